@@ -1,0 +1,39 @@
+# mlff-distill: distill a teacher force field into a small, fast student.
+# Stages: sample -> label -> train -> tune -> evaluate (workflow/rules/*.smk).
+from snakemake.utils import min_version, validate
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+from mlff_distill.config_check import config_errors
+
+problems = config_errors(config, "workflow/schemas/config.schema.yaml")
+if problems:
+    raise ValueError("invalid config:\n  " + "\n  ".join(problems))
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/tracking.smk"
+include: "workflow/rules/sample.smk"
+include: "workflow/rules/label.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/tune.smk"
+include: "workflow/rules/evaluate.smk"
+
+
+rule all:
+    input:
+        stage_path("evaluate", "metrics.json"),
+    default_target: True
+
+
+onsuccess:
+    print_summary(stage_path("evaluate", "metrics.json"))
+
+
+onerror:
+    mark_pipeline_failed()

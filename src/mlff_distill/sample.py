@@ -1,0 +1,169 @@
+"""The sample stage: structures for the teacher to label, written as extxyz.
+
+Built-in seeds are small H/C/N/O molecules from ASE's G2 database. Two strategies make structures
+from them: rattling (Gaussian displacements, sigma in Angstrom) and short Langevin MD driven by the
+teacher at several temperatures (K). Every structure records in ``atoms.info`` where it came from
+(``seed``, ``strategy``, ``temperature_K``), its ``group`` (one MD trajectory, or one rattled
+structure) and its ``split``; splits are drawn by group, so frames of one trajectory never straddle
+train, validation and test.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms, units
+from ase.build import molecule
+from ase.collections import g2
+from ase.io import write
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from tqdm import tqdm
+
+from mlff_distill.teachers import Teacher, TeacherCalculator
+
+SPLITS = ("train", "val", "test")
+
+
+def seed_molecules(names: Sequence[str]) -> list[Atoms]:
+    """Molecules by name from ASE's G2 database, with ``info["seed"]`` set."""
+    unknown = [name for name in names if name not in g2.names]
+    if unknown:
+        raise ValueError(f"sample.molecules: {unknown} are not in ASE's G2 molecule database")
+    seeds = []
+    for name in names:
+        atoms = molecule(name)
+        atoms.info = {"seed": name}
+        seeds.append(atoms)
+    return seeds
+
+
+def rattled(seed: Atoms, count: int, sigma_range_A: Sequence[float],
+            rng: np.random.Generator) -> list[Atoms]:
+    """``count`` copies of ``seed``, each displaced by a Gaussian of sigma drawn from the range."""
+    structures = []
+    for _ in range(count):
+        sigma = rng.uniform(*sigma_range_A)
+        atoms = seed.copy()
+        atoms.positions += rng.normal(0.0, sigma, atoms.positions.shape)
+        atoms.info = {"seed": seed.info["seed"], "strategy": "rattle", "sigma_A": sigma}
+        structures.append(atoms)
+    return structures
+
+
+def teacher_md(seed: Atoms, teacher: Teacher, temperature_K: float, md: dict,
+               rng: np.random.Generator) -> list[Atoms]:
+    """Frames of a Langevin trajectory driven by the teacher, taken after equilibration."""
+    atoms = seed.copy()
+    atoms.calc = TeacherCalculator(teacher)
+    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    Stationary(atoms)
+    ZeroRotation(atoms)
+    dynamics = Langevin(atoms, timestep=md["timestep_fs"] * units.fs, temperature_K=temperature_K,
+                        friction=md["friction_per_fs"] / units.fs, fixcm=False, rng=rng)
+    dynamics.run(md["equilibration_steps"])
+    frames = []
+    for _ in range(md["frames_per_trajectory"]):
+        dynamics.run(md["steps_between_frames"])
+        frame = Atoms(numbers=atoms.numbers, positions=atoms.positions.copy())
+        frame.info = {"seed": seed.info["seed"], "strategy": "md", "temperature_K": temperature_K}
+        frames.append(frame)
+    return frames
+
+
+def min_distance_A(atoms: Atoms) -> float:
+    """Shortest interatomic distance (minimum image for periodic cells), Angstrom."""
+    if len(atoms) < 2:
+        return float("inf")
+    distances = atoms.get_all_distances(mic=atoms.pbc.any())
+    return float(distances[np.triu_indices(len(atoms), k=1)].min())
+
+
+def assign_splits(groups: Sequence[int], val_fraction: float, test_fraction: float,
+                  rng: np.random.Generator) -> list[str]:
+    """A split per structure such that all structures of a group share one split.
+
+    Groups are shuffled and filled into test, then validation, until each holds its fraction of
+    the structures; the rest is training data.
+    """
+    groups = np.asarray(groups)
+    unique, sizes = np.unique(groups, return_counts=True)
+    order = rng.permutation(len(unique))
+    targets = {"test": test_fraction * len(groups), "val": val_fraction * len(groups)}
+    split_of_group, filled = {}, {"test": 0, "val": 0}
+    for position in order:
+        split = next((s for s in ("test", "val") if filled[s] < targets[s]), "train")
+        split_of_group[unique[position]] = split
+        if split != "train":
+            filled[split] += sizes[position]
+    return [split_of_group[g] for g in groups]
+
+
+def sample_structures(config: dict, teacher: Teacher, logger: logging.Logger) -> list[Atoms]:
+    """All structures of the sample stage, filtered, grouped and split."""
+    settings = config["sample"]
+    rng = np.random.default_rng(config["seed"])
+    seeds = seed_molecules(settings["molecules"])
+    trajectories: list[list[Atoms]] = []
+    for seed in seeds:
+        trajectories += [[atoms] for atoms in rattled(
+            seed, settings["rattle"]["structures_per_seed"], settings["rattle"]["sigma_A"], rng)]
+    md_jobs = [(seed, t) for seed in seeds for t in settings["md"]["temperatures_K"]]
+    if settings["md"]["frames_per_trajectory"]:
+        for seed, temperature in tqdm(md_jobs, desc="teacher MD", unit="trajectory"):
+            trajectories.append(teacher_md(seed, teacher, temperature, settings["md"], rng))
+            logger.info("MD %s at %g K: %d frames", seed.info["seed"], temperature,
+                        len(trajectories[-1]))
+    structures, groups = [], []
+    for group, trajectory in enumerate(trajectories):
+        for atoms in trajectory:
+            if min_distance_A(atoms) < settings["min_distance_A"]:
+                logger.warning("dropped a %s structure (%s): atoms closer than %g A",
+                               atoms.info["seed"], atoms.info["strategy"],
+                               settings["min_distance_A"])
+                continue
+            atoms.info["group"] = group
+            structures.append(atoms)
+            groups.append(group)
+    splits = assign_splits(groups, settings["val_fraction"], settings["test_fraction"], rng)
+    for index, (atoms, split) in enumerate(zip(structures, splits)):
+        atoms.info["split"] = split
+        atoms.info["sample_index"] = index
+    return structures
+
+
+def write_structures(structures: Sequence[Atoms], path: Path) -> None:
+    """Write ``structures`` to an extxyz file atomically (temporary file, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial.extxyz")
+    write(partial, list(structures), format="extxyz")
+    partial.rename(path)
+
+
+def run(config: dict, structures_file: Path, pipeline_file: Path, log_file: Path) -> None:
+    """The Snakemake job: sample, write extxyz, log counts to MLflow."""
+    import collections
+    import time
+
+    from mlff_distill.logs import stage_logger
+    from mlff_distill.teachers import load_teacher
+    from mlff_distill.tracking import stage_run
+
+    logger = stage_logger("sample", log_file)
+    with stage_run(pipeline_file, "sample", config["sample"]) as tracker:
+        start = time.perf_counter()
+        teacher = load_teacher(config["teacher"])
+        tracker.set_tags({"teacher": teacher.identity.label})
+        structures = sample_structures(config, teacher, logger)
+        write_structures(structures, structures_file)
+        counts = collections.Counter(atoms.info["split"] for atoms in structures)
+        strategies = collections.Counter(atoms.info["strategy"] for atoms in structures)
+        metrics = {"n_structures": len(structures), "seconds": time.perf_counter() - start,
+                   **{f"n_{split}": counts[split] for split in SPLITS},
+                   **{f"n_{name}": count for name, count in strategies.items()}}
+        tracker.log_metrics(metrics)
+        logger.info("wrote %d structures to %s: %s", len(structures), structures_file, metrics)

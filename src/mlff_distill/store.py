@@ -1,0 +1,237 @@
+"""The label store: teacher labels of sampled structures in a Zarr (format 3) directory.
+
+Layout of a store (and of each shard, which is a small store of the same layout)::
+
+    atoms/numbers            [M]       int16    atomic numbers
+    atoms/positions_A        [M, 3]    float64  Angstrom
+    atoms/forces_eV_per_A    [M, 3]    float64  eV/Angstrom
+    structures/atoms_ptr     [N + 1]   int64    offsets: atoms of structure i are atoms_ptr[i]:atoms_ptr[i+1]
+    structures/energy_eV     [N]       float64  eV
+    structures/energy_std_eV [N]       float64  eV, spread over the teacher's ensemble members
+    structures/cell_A        [N, 3, 3] float64  Angstrom (zeros for molecules)
+    structures/pbc           [N, 3]    bool
+    structures/split         [N]       int8     `SPLIT_CODES`
+    structures/group         [N]       int64    trajectory/seed group a structure came from
+    structures/sample_index  [N]       int64    index in the sampled structures file
+
+Zarr has no ragged arrays, so per-atom arrays are flat with per-structure offsets. Several processes
+writing one Zarr array lose data, so each labeling task writes its own shard (`write_shard`) and one
+writer concatenates the shards (`combine_shards`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import zarr
+
+from mlff_distill.data import LabeledArrays
+
+SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+
+
+class ArraySpec(NamedTuple):
+    """Where an array lives in the store, its dtype, trailing shape and unit."""
+
+    path: str  # inside the store
+    dtype: type
+    tail: tuple[int, ...]  # shape after the first (atoms or structures) axis
+    unit: str
+
+
+# Per-atom arrays first; every shard and store holds exactly these.
+ARRAYS = {
+    "numbers": ArraySpec("atoms/numbers", np.int16, (), "atomic number"),
+    "positions_A": ArraySpec("atoms/positions_A", np.float64, (3,), "Angstrom"),
+    "forces_eV_per_A": ArraySpec("atoms/forces_eV_per_A", np.float64, (3,), "eV/Angstrom"),
+    "atoms_ptr": ArraySpec("structures/atoms_ptr", np.int64, (), "atom index"),
+    "energy_eV": ArraySpec("structures/energy_eV", np.float64, (), "eV"),
+    "energy_std_eV": ArraySpec("structures/energy_std_eV", np.float64, (), "eV"),
+    "cell_A": ArraySpec("structures/cell_A", np.float64, (3, 3), "Angstrom"),
+    "pbc": ArraySpec("structures/pbc", np.bool_, (3,), "bool"),
+    "split": ArraySpec("structures/split", np.int8, (), "code, see split_codes"),
+    "group": ArraySpec("structures/group", np.int64, (), "group id"),
+    "sample_index": ArraySpec("structures/sample_index", np.int64, (), "index in the sampled structures file"),
+}
+PER_ATOM = ("numbers", "positions_A", "forces_eV_per_A")
+CHUNK_ROWS = 65536
+
+
+def marker_path(shard_path: Path) -> Path:
+    """The marker file of a shard: ``<shard_path>.done.json``."""
+    shard_path = Path(shard_path)
+    return shard_path.with_name(shard_path.name + ".done.json")
+
+
+def write_shard(shard_path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write one shard (arrays named as in `ARRAYS`, ``atoms_ptr`` starting at 0) atomically.
+
+    Data goes to a temporary sibling directory renamed into place; then the marker
+    ``<shard_path>.done.json`` records the structure count, atom count and SHA-256 of the arrays.
+    Stale data and marker at ``shard_path`` are removed first.
+    """
+    shard_path = Path(shard_path)
+    arrays = _checked(arrays)
+    marker = marker_path(shard_path)
+    marker.unlink(missing_ok=True)
+    shutil.rmtree(shard_path, ignore_errors=True)
+    partial = shard_path.with_name(f".{shard_path.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    group = zarr.open_group(store=str(partial), mode="w", zarr_format=3)
+    for name, values in arrays.items():
+        group.create_array(ARRAYS[name].path, data=values, chunks=(max(1, len(values)),) + ARRAYS[name].tail)
+    os.rename(partial, shard_path)
+    _write_json_atomic(marker, {
+        "n_structures": len(arrays["energy_eV"]),
+        "n_atoms": len(arrays["numbers"]),
+        "sha256": _checksum(arrays),
+    })
+
+
+def read_shard(shard_path: Path) -> dict[str, np.ndarray]:
+    """The arrays of a complete shard; raises if the marker is missing or does not match the data."""
+    shard_path = Path(shard_path)
+    marker = json.loads(marker_path(shard_path).read_text())
+    group = zarr.open_group(store=str(shard_path), mode="r", zarr_format=3)
+    arrays = {name: group[spec.path][...] for name, spec in ARRAYS.items()}
+    found = {"n_structures": len(arrays["energy_eV"]), "n_atoms": len(arrays["numbers"]),
+             "sha256": _checksum(arrays)}
+    if found != marker:
+        raise ValueError(f"shard {shard_path} does not match its marker: {found} != {marker}")
+    return arrays
+
+
+def shard_is_complete(shard_path: Path) -> bool:
+    """True only if the shard's marker and data exist and the data's checksum matches the marker."""
+    try:
+        read_shard(shard_path)
+    except Exception:  # missing, partial or corrupt files fail in many ways; all mean "relabel"
+        return False
+    return True
+
+
+def combine_shards(shard_paths: list[Path], store_path: Path, attrs: dict) -> None:
+    """Concatenate complete shards, in order, into the store at ``store_path``, replacing it whole.
+
+    The store is built in a temporary sibling directory and renamed into place, so ``store_path``
+    never holds a half-written store. ``attrs`` (JSON-serializable: teacher identity, config hash,
+    versions) go into the root attributes beside ``units``, ``split_codes``, ``n_structures`` and
+    ``n_atoms``. One shard is held in memory at a time.
+    """
+    reserved = {"units", "split_codes", "n_structures", "n_atoms"} & set(attrs)
+    if reserved:
+        raise ValueError(f"attrs may not set the store's own keys {sorted(reserved)}")
+    store_path = Path(store_path)
+    markers = [json.loads(marker_path(p).read_text()) for p in shard_paths]
+    n_structures = sum(m["n_structures"] for m in markers)
+    n_atoms = sum(m["n_atoms"] for m in markers)
+
+    partial = store_path.with_name(f".{store_path.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    group = zarr.open_group(store=str(partial), mode="w", zarr_format=3)
+    targets = {}
+    for name, spec in ARRAYS.items():
+        rows = _rows(name, n_structures, n_atoms)
+        targets[name] = group.create_array(
+            spec.path, shape=(rows,) + spec.tail, dtype=spec.dtype,
+            chunks=(min(max(rows, 1), CHUNK_ROWS),) + spec.tail,
+        )
+    targets["atoms_ptr"][0] = 0
+    structure_offset = atom_offset = 0
+    for shard_path in shard_paths:
+        arrays = read_shard(shard_path)
+        n, m = len(arrays["energy_eV"]), len(arrays["numbers"])
+        for name, values in arrays.items():
+            if name == "atoms_ptr":
+                targets[name][structure_offset + 1:structure_offset + n + 1] = values[1:] + atom_offset
+            elif name in PER_ATOM:
+                targets[name][atom_offset:atom_offset + m] = values
+            else:
+                targets[name][structure_offset:structure_offset + n] = values
+        structure_offset, atom_offset = structure_offset + n, atom_offset + m
+    group.attrs.update({
+        **attrs,
+        "units": {name: spec.unit for name, spec in ARRAYS.items()},
+        "split_codes": SPLIT_CODES,
+        "n_structures": n_structures,
+        "n_atoms": n_atoms,
+    })
+
+    old = store_path.with_name(f".{store_path.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if store_path.exists():
+        os.rename(store_path, old)
+    os.rename(partial, store_path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_labels(store_path: Path, split: str | None = None) -> LabeledArrays:
+    """The structures of the store (all, or those of ``split``: train/val/test), in store order."""
+    group = zarr.open_group(store=str(store_path), mode="r", zarr_format=3)
+    ptr = group["structures/atoms_ptr"][...]
+    keep = np.ones(len(ptr) - 1, dtype=bool)
+    if split is not None:
+        if split not in SPLIT_CODES:
+            raise ValueError(f"split {split!r} is not one of {sorted(SPLIT_CODES)}")
+        keep = group["structures/split"][...] == SPLIT_CODES[split]
+    keep_atoms = np.repeat(keep, np.diff(ptr))
+    n_atoms = np.diff(ptr)[keep]
+    return LabeledArrays(
+        numbers=group["atoms/numbers"][...][keep_atoms].astype(np.int64),
+        positions_A=group["atoms/positions_A"][...][keep_atoms],
+        forces_eV_per_A=group["atoms/forces_eV_per_A"][...][keep_atoms],
+        energy_eV=group["structures/energy_eV"][...][keep],
+        atoms_ptr=np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64),
+        cell_A=group["structures/cell_A"][...][keep],
+        pbc=group["structures/pbc"][...][keep],
+    )
+
+
+def store_attrs(store_path: Path) -> dict:
+    """The root attributes of the store (units, split_codes, counts, and the caller's attrs)."""
+    return zarr.open_group(store=str(store_path), mode="r", zarr_format=3).attrs.asdict()
+
+
+def _checked(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``arrays`` cast to the store's dtypes, in `ARRAYS` order, after checking names and shapes."""
+    if set(arrays) != set(ARRAYS):
+        raise ValueError(f"shard arrays must be exactly {sorted(ARRAYS)}, got {sorted(arrays)}")
+    out = {name: np.ascontiguousarray(arrays[name], dtype=spec.dtype) for name, spec in ARRAYS.items()}
+    n, m, ptr = len(out["energy_eV"]), len(out["numbers"]), out["atoms_ptr"]
+    for name, values in out.items():
+        shape = (_rows(name, n, m),) + ARRAYS[name].tail
+        if values.shape != shape:
+            raise ValueError(f"{name} has shape {values.shape}, expected {shape}")
+    if ptr[0] != 0 or ptr[-1] != m or np.any(np.diff(ptr) < 0):
+        raise ValueError(f"atoms_ptr must rise from 0 to {m}")
+    return out
+
+
+def _rows(name: str, n_structures: int, n_atoms: int) -> int:
+    """Length of array ``name`` along its first axis."""
+    if name in PER_ATOM:
+        return n_atoms
+    return n_structures + 1 if name == "atoms_ptr" else n_structures
+
+
+def _checksum(arrays: dict[str, np.ndarray]) -> str:
+    """SHA-256 over the name, dtype, shape and bytes of each array, in `ARRAYS` order."""
+    digest = hashlib.sha256()
+    for name in ARRAYS:
+        values = np.ascontiguousarray(arrays[name])
+        digest.update(f"{name}:{values.dtype.str}:{values.shape};".encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()
+
+
+def _write_json_atomic(path: Path, content: dict) -> None:
+    """Write ``content`` as JSON to ``path`` via a temporary file and ``os.replace``."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(json.dumps(content, indent=1))
+    os.replace(partial, path)

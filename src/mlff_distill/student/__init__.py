@@ -1,0 +1,25 @@
+"""The student: a small, fast PaiNN-style potential distilled from a teacher force field.
+
+Units throughout: Angstrom, eV, eV/Angstrom, eV/Angstrom^3.
+"""
+
+from mlff_distill.student.calculator import StudentCalculator
+from mlff_distill.student.checkpoint import load_student, save_student
+from mlff_distill.student.fitting import TrainSettings, fit_reference_energies, predict, train_student
+from mlff_distill.student.model import StudentPotential, energy_forces_stress
+from mlff_distill.student.neighbours import neighbour_list
+from mlff_distill.student.radial import bessel_cosine_basis
+
+__all__ = [
+    "StudentCalculator",
+    "StudentPotential",
+    "TrainSettings",
+    "bessel_cosine_basis",
+    "energy_forces_stress",
+    "fit_reference_energies",
+    "load_student",
+    "neighbour_list",
+    "predict",
+    "save_student",
+    "train_student",
+]

@@ -1,0 +1,235 @@
+"""The student: a small PaiNN-style equivariant message-passing potential.
+
+Why PaiNN (Schütt et al. 2021) rather than SchNet: the vector features carry directional
+information, which gives clearly better forces at the same width and depth, while the cost stays
+that of a few ``[E, 3, F]`` elementwise products and scatter-adds per layer (no spherical
+harmonics or tensor products). The scalar filters of all layers come from one linear map of the
+Bessel-cosine radial basis (`mlff_distill.student.radial`); since that basis already goes smoothly
+to zero at the cutoff and the map has no bias, energies and forces are smooth at the cutoff.
+
+Units: positions and cells in Angstrom, energies in eV, forces in eV/Angstrom, stress in
+eV/Angstrom^3.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from mlff_distill.student.neighbours import edge_vectors
+from mlff_distill.student.radial import bessel_cosine_basis
+
+
+def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(n_in, n_hidden), nn.SiLU(), nn.Linear(n_hidden, n_out))
+
+
+class _Interaction(nn.Module):
+    """One PaiNN message + update block on scalar ``s [N, F]`` and vector ``v [N, 3, F]`` features."""
+
+    def __init__(self, n_features: int) -> None:
+        super().__init__()
+        self.n_features = n_features
+        self.message = _mlp(n_features, n_features, 3 * n_features)
+        self.vector_u = nn.Linear(n_features, n_features, bias=False)
+        self.vector_v = nn.Linear(n_features, n_features, bias=False)
+        self.update = _mlp(2 * n_features, n_features, 3 * n_features)
+
+    def forward(
+        self,
+        s: torch.Tensor,
+        v: torch.Tensor,
+        edge_filter: torch.Tensor,
+        edge_unit: torch.Tensor,
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+        vectors_are_zero: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.n_features
+        x = self.message(s).index_select(0, edge_dst) * edge_filter
+        ds, dv_vector, dv_direction = x.split(f, dim=-1)
+        dv = dv_direction.unsqueeze(1) * edge_unit.unsqueeze(-1)
+        if not vectors_are_zero:
+            dv = dv + v.index_select(0, edge_dst) * dv_vector.unsqueeze(1)
+        s = s.index_add(0, edge_src, ds)
+        v = v.index_add(0, edge_src, dv)
+
+        u, w = self.vector_u(v), self.vector_v(v)
+        w_norm = torch.sqrt((w * w).sum(dim=1) + 1e-8)
+        a_vv, a_sv, a_ss = self.update(torch.cat([s, w_norm], dim=-1)).split(f, dim=-1)
+        return s + a_sv * (u * w).sum(dim=1) + a_ss, v + a_vv.unsqueeze(1) * u
+
+
+class StudentPotential(nn.Module):
+    """Conservative potential: ``E = sum_i [energy_scale_eV * readout(s_i) + E_ref(Z_i)]`` in eV.
+
+    Args:
+        species: atomic numbers the model knows; any other raises ``ValueError``.
+        cutoff_A: neighbour cutoff, Angstrom.
+        n_features: width of the scalar and vector features.
+        n_radial: number of Bessel radial basis functions.
+        n_interactions: number of message-passing blocks.
+        reference_energies_eV: per-species atomic energies (eV) added to the output; 0 if ``None``
+            or missing for a species. Usually from `fitting.fit_reference_energies`.
+        energy_scale_eV: scale of the learned per-atom energy (eV), e.g. the RMS of the per-atom
+            energy residual or of the force components of the training set.
+        radial_backend: ``"torch"`` (reference) or ``"triton"`` (GPU kernel); a runtime
+            choice, also settable later as the attribute ``radial_backend``.
+
+    Layout: species embedding -> ``n_interactions`` PaiNN blocks on scalar ``[N, F]`` and vector
+    ``[N, 3, F]`` features -> scalar MLP readout ``F -> F/2 -> 1`` per atom, summed per structure.
+    The reference energies are a float64 buffer: ``model.double()`` is fine, but avoid
+    ``model.float()`` / ``.half()``, which would round them too.
+    """
+
+    def __init__(
+        self,
+        species: Sequence[int] = (1, 6, 7, 8),
+        cutoff_A: float = 5.0,
+        n_features: int = 64,
+        n_radial: int = 8,
+        n_interactions: int = 2,
+        reference_energies_eV: Optional[dict[int, float]] = None,
+        energy_scale_eV: float = 1.0,
+        radial_backend: str = "torch",
+    ) -> None:
+        super().__init__()
+        self.species = [int(z) for z in species]
+        self.cutoff_A = float(cutoff_A)
+        self.n_features = n_features
+        self.n_radial = n_radial
+        self.n_interactions = n_interactions
+        self.radial_backend = radial_backend
+
+        index = torch.full((max(self.species) + 1,), -1, dtype=torch.long)
+        index[torch.tensor(self.species)] = torch.arange(len(self.species))
+        self.register_buffer("species_index", index, persistent=False)
+        reference = reference_energies_eV or {}
+        self.register_buffer(
+            "reference_energies_eV",
+            torch.tensor([float(reference.get(z, 0.0)) for z in self.species], dtype=torch.float64),
+        )
+        self.register_buffer("energy_scale_eV", torch.tensor(float(energy_scale_eV)))
+
+        self.embedding = nn.Embedding(len(self.species), n_features)
+        self.radial_filter = nn.Linear(n_radial, n_interactions * 3 * n_features, bias=False)
+        self.interactions = nn.ModuleList(_Interaction(n_features) for _ in range(n_interactions))
+        self.readout = _mlp(n_features, n_features // 2, 1)
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """Constructor arguments that rebuild this model (weights come from ``state_dict``)."""
+        return {
+            "species": list(self.species),
+            "cutoff_A": self.cutoff_A,
+            "n_features": self.n_features,
+            "n_radial": self.n_radial,
+            "n_interactions": self.n_interactions,
+            "reference_energies_eV": dict(zip(self.species, self.reference_energies_eV.tolist())),
+            "energy_scale_eV": float(self.energy_scale_eV),
+        }
+
+    def _species_indices(self, numbers: torch.Tensor) -> torch.Tensor:
+        numbers = numbers.to(self.species_index.device, torch.long)
+        known = (numbers >= 0) & (numbers < len(self.species_index))
+        index = torch.where(known, self.species_index[numbers.clamp(0, len(self.species_index) - 1)], -1)
+        if (index < 0).any():
+            unknown = sorted(set(numbers[index < 0].tolist()))
+            raise ValueError(f"unknown species: atomic number(s) {unknown}; model knows {self.species}")
+        return index
+
+    def _radial_basis(self, distances_A: torch.Tensor) -> torch.Tensor:
+        if self.radial_backend == "torch":
+            return bessel_cosine_basis(distances_A, self.n_radial, self.cutoff_A)
+        if self.radial_backend == "triton":
+            from mlff_distill.kernels.bessel_cosine import bessel_cosine_basis_triton
+
+            return bessel_cosine_basis_triton(distances_A, self.n_radial, self.cutoff_A)
+        raise ValueError(f"unknown radial_backend {self.radial_backend!r}; use 'torch' or 'triton'")
+
+    def forward(
+        self,
+        numbers: torch.Tensor,
+        positions_A: torch.Tensor,
+        cell_A: torch.Tensor,
+        pbc: torch.Tensor,
+        atoms_ptr: torch.Tensor,
+    ) -> torch.Tensor:
+        """Energies ``[B]`` in eV of a batch (inputs as in `neighbours.neighbour_list`, Angstrom).
+
+        Positions and cells are cast to the model's dtype; gradients flow to both. The energy is
+        float64: the learned part is computed in the model's dtype, the (large) reference-energy
+        sum in float64 so that float32 models do not lose total-energy precision.
+        """
+        dtype = self.embedding.weight.dtype
+        positions, cell = positions_A.to(dtype), cell_A.to(dtype)
+        atoms_ptr = atoms_ptr.to(positions.device, torch.long)
+        species = self._species_indices(numbers)
+        n_structures = len(atoms_ptr) - 1
+        batch = torch.repeat_interleave(
+            torch.arange(n_structures, device=positions.device), atoms_ptr[1:] - atoms_ptr[:-1]
+        )
+
+        src, dst, vectors = edge_vectors(positions, cell, pbc, atoms_ptr, self.cutoff_A)
+        distances = torch.linalg.vector_norm(vectors, dim=-1)
+        units = vectors / distances.unsqueeze(-1)
+        filters = self.radial_filter(self._radial_basis(distances)).split(3 * self.n_features, dim=-1)
+
+        s = self.embedding(species)
+        v = s.new_zeros(len(s), 3, self.n_features)
+        for layer, (interaction, edge_filter) in enumerate(zip(self.interactions, filters)):
+            s, v = interaction(s, v, edge_filter, units, src, dst, vectors_are_zero=layer == 0)
+
+        atom_energy = (self.readout(s).squeeze(-1) * self.energy_scale_eV.to(dtype)).double()
+        atom_energy = atom_energy + self.reference_energies_eV.double()[species]
+        return atom_energy.new_zeros(n_structures).index_add(0, batch, atom_energy)
+
+
+def energy_forces_stress(
+    model: StudentPotential,
+    numbers: torch.Tensor,
+    positions_A: torch.Tensor,
+    cell_A: torch.Tensor,
+    pbc: torch.Tensor,
+    atoms_ptr: torch.Tensor,
+    compute_stress: bool,
+    create_graph: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Energy ``[B]`` (eV), forces ``[M, 3]`` (eV/Angstrom) and optionally stress ``[B, 3, 3]``.
+
+    Forces are ``-dE/dpositions``. The stress is ``(1/V) dE/d(eps)`` for a symmetric strain ``eps``
+    applied to positions and cell (``r -> r (1 + eps)``), the convention of ASE's
+    ``atoms.get_stress(voigt=False)`` (positive under tension). It is NaN for structures that are
+    not periodic in all three directions. The energy is float64, forces and stress are in the
+    model's dtype. Use ``create_graph=True`` to train on forces; otherwise all outputs are detached.
+    """
+    dtype = model.embedding.weight.dtype
+    device = model.embedding.weight.device
+    positions = positions_A.detach().to(device, dtype).requires_grad_(True)
+    cell = cell_A.detach().to(device, dtype)
+    atoms_ptr = atoms_ptr.to(device, torch.long)
+    pbc = pbc.to(device, torch.bool)
+    inputs = [positions]
+    strained_positions, strained_cell = positions, cell
+    if compute_stress:
+        n_structures = len(atoms_ptr) - 1
+        strain = torch.zeros(n_structures, 3, 3, dtype=dtype, device=device, requires_grad=True)
+        symmetric = 0.5 * (strain + strain.transpose(1, 2))
+        batch = torch.repeat_interleave(torch.arange(n_structures, device=device), atoms_ptr[1:] - atoms_ptr[:-1])
+        strained_positions = positions + torch.einsum("mi,mij->mj", positions, symmetric[batch])
+        strained_cell = cell + cell @ symmetric
+        inputs.append(strain)
+
+    energy = model(numbers.to(device), strained_positions, strained_cell, pbc, atoms_ptr)
+    gradients = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph)
+    if not create_graph:
+        energy = energy.detach()
+    forces = -gradients[0]
+    stress = None
+    if compute_stress:
+        periodic = pbc.all(dim=1)[:, None, None]
+        volume = torch.where(periodic, torch.linalg.det(cell).abs()[:, None, None], 1.0)
+        stress = torch.where(periodic, gradients[1] / volume, torch.nan)
+    return energy, forces, stress

@@ -1,0 +1,80 @@
+"""What every teacher is and returns, whatever code computes it.
+
+A teacher maps structures (ASE ``Atoms``) to energies in eV and forces in eV/Angstrom. Its
+`TeacherIdentity` says exactly which model it is; it goes into the label store and MLflow.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Protocol, Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+
+@dataclass(frozen=True)
+class TeacherIdentity:
+    """Facts about a teacher that make its labels reproducible."""
+
+    name: str  # e.g. "fennol-pmc/ani1x"
+    kind: str  # "fennol", "orb", ...
+    source: str  # where the weights came from (paths or URL)
+    weights_sha256: str  # checksum over all weight files, in order
+    cutoff_A: float
+    species: tuple[int, ...]  # atomic numbers the model covers
+    conservative: bool  # forces are minus the gradient of the energy
+    trained: bool  # False for seeded random weights ("untrained teacher")
+    members: int = 1  # ensemble size
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """Human-readable name; says "untrained teacher" when the weights are random."""
+        return self.name if self.trained else f"{self.name} (untrained teacher)"
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "label": self.label}
+
+
+@dataclass
+class TeacherOutput:
+    """Labels for a batch of structures; per-atom arrays are flat, in input order."""
+
+    energy_eV: np.ndarray  # [N]
+    forces_eV_per_A: np.ndarray  # [M, 3]
+    energy_std_eV: np.ndarray  # [N], spread over ensemble members (zeros for one model)
+
+
+class Teacher(Protocol):
+    identity: TeacherIdentity
+
+    def compute(self, structures: Sequence[Atoms]) -> TeacherOutput:
+        """Energies and forces of ``structures`` (molecules; periodic cells where supported)."""
+        ...
+
+
+def sha256_of_files(paths: Sequence[Path]) -> str:
+    """SHA-256 over the SHA-256 digests of ``paths``, in the order given."""
+    outer = hashlib.sha256()
+    for path in paths:
+        outer.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    return outer.hexdigest()
+
+
+class TeacherCalculator(Calculator):
+    """An ASE calculator that evaluates a `Teacher` one structure at a time (for MD)."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def __init__(self, teacher: Teacher):
+        super().__init__()
+        self.teacher = teacher
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        out = self.teacher.compute([self.atoms])
+        self.results = {"energy": float(out.energy_eV[0]), "forces": out.forces_eV_per_A.copy()}

@@ -1,0 +1,198 @@
+"""MLflow tracking: one parent run per pipeline run, one child run per stage.
+
+The parent run is created once, by the first job of the DAG, before any fan-out; its ids are written
+to a JSON file that every later job reads (`PipelineRun`). Children attach with ``parent_run_id``,
+which works across processes. Metrics are logged in batches and every call to the store is retried
+when SQLite reports a lock, so concurrent Snakemake jobs neither fail nor corrupt the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable, Iterator, TypeVar
+
+PACKAGES = ("mlff-distill", "torch", "jax", "fennol", "orb-models", "snakemake", "zarr", "dask",
+            "distributed", "triton", "mlflow", "ase", "numpy")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class PipelineRun:
+    """Where the pipeline's parent run lives."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "PipelineRun":
+        return cls(**json.loads(Path(path).read_text()))
+
+
+def tracking_uri(config: dict) -> str:
+    """The configured tracking URI, else a SQLite file under the results folder (absolute)."""
+    if config["mlflow"]["tracking_uri"]:
+        return config["mlflow"]["tracking_uri"]
+    return f"sqlite:///{Path(config['results_dir']).resolve() / 'mlflow.db'}"
+
+
+def config_hash(config: dict) -> str:
+    """SHA-256 of the config as canonical JSON (first 16 hex digits)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages the results depend on."""
+    versions = {}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
+
+
+def git_commit() -> str:
+    """The commit of the working tree this package runs from, or "unknown"."""
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                              capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become strings."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
+
+
+def retry_locked(call: Callable[[], T], attempts: int = 20) -> T:
+    """Run ``call``, retrying with backoff while SQLite says the database is locked."""
+    for attempt in range(attempts):
+        try:
+            return call()
+        except Exception as error:  # MLflow wraps sqlite3.OperationalError in its own types
+            if "locked" not in str(error) or attempt == attempts - 1:
+                raise
+            time.sleep(min(0.1 * 2**attempt, 5.0))
+    raise AssertionError("unreachable")
+
+
+def start_pipeline_run(config: dict) -> PipelineRun:
+    """Create the store, the experiment and the parent run; return where they are."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri(config)
+    client = MlflowClient(tracking_uri=uri)
+    name = config["mlflow"]["experiment"]
+    experiment = retry_locked(lambda: client.get_experiment_by_name(name))
+    if experiment is None:
+        artifacts = (Path(config["results_dir"]).resolve() / "mlflow-artifacts").as_uri()
+        experiment_id = retry_locked(lambda: client.create_experiment(name, artifact_location=artifacts))
+    else:
+        experiment_id = experiment.experiment_id
+    tags = {"mlflow.runName": config["run_name"], "git_commit": git_commit(),
+            "config_hash": config_hash(config),
+            **{f"version.{k}": v for k, v in package_versions().items()}}
+    run = retry_locked(lambda: client.create_run(experiment_id, tags=tags))
+    params = flatten(config)
+    retry_locked(lambda: client.log_batch(
+        run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()]))
+    return PipelineRun(uri, experiment_id, run.info.run_id)
+
+
+def finish_pipeline_run(pipeline: PipelineRun, status: str = "FINISHED") -> None:
+    """Mark the parent run as ended (``FINISHED`` or ``FAILED``)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=pipeline.tracking_uri)
+    retry_locked(lambda: client.set_terminated(pipeline.run_id, status))
+
+
+class StageRun:
+    """A child run of the pipeline run: batched, lock-tolerant logging for one stage."""
+
+    def __init__(self, pipeline: PipelineRun, run_id: str):
+        from mlflow.tracking import MlflowClient
+
+        self.pipeline = pipeline
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri=pipeline.tracking_uri)
+
+    def log_params(self, params: dict) -> None:
+        from mlflow.entities import Param
+
+        flat = flatten(params)
+        retry_locked(lambda: self.client.log_batch(
+            self.run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()]))
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        retry_locked(lambda: self.client.log_batch(self.run_id, metrics=batch))
+
+    def set_tags(self, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        retry_locked(lambda: self.client.log_batch(
+            self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
+
+    def child(self, name: str) -> "StageRun":
+        """A run nested under this one (for example one per labeling shard)."""
+        return _create_child(self.pipeline, self.run_id, name)
+
+    def end(self, status: str = "FINISHED") -> None:
+        retry_locked(lambda: self.client.set_terminated(self.run_id, status))
+
+
+def _create_child(pipeline: PipelineRun, parent_id: str, name: str) -> StageRun:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=pipeline.tracking_uri)
+    tags = {"mlflow.runName": name, "mlflow.parentRunId": parent_id}
+    run = retry_locked(lambda: client.create_run(pipeline.experiment_id, tags=tags))
+    return StageRun(pipeline, run.info.run_id)
+
+
+@contextmanager
+def stage_run(pipeline_file: Path, stage: str, params: dict | None = None,
+              log_file: Path | None = None) -> Iterator[StageRun]:
+    """A child run for ``stage``; it ends FAILED if the body raises, and carries the log file."""
+    pipeline = PipelineRun.load(pipeline_file)
+    run = _create_child(pipeline, pipeline.run_id, stage)
+    run.set_tags({"stage": stage, "git_commit": git_commit()})
+    if params:
+        run.log_params(params)
+    try:
+        yield run
+    except BaseException:
+        if log_file and Path(log_file).exists():
+            run.log_artifact(log_file, "logs")
+        run.end("FAILED")
+        raise
+    if log_file and Path(log_file).exists():
+        run.log_artifact(log_file, "logs")
+    run.end("FINISHED")

@@ -1,0 +1,46 @@
+"""The config schema: the default validates; wrong keys and types are named before any job."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from mlff_distill.config_check import config_errors
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def test_default_config_is_valid():
+    assert config_errors(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), SCHEMA) == []
+
+
+def test_wrong_key_and_type_are_named():
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["train"]["epochz"] = 3
+    config["seed"] = "abc"
+    problems = config_errors(config, SCHEMA)
+    assert any(p.startswith("train:") and "epochz" in p for p in problems)
+    assert any(p.startswith("seed:") and "integer" in p for p in problems)
+
+
+def test_snakemake_stops_on_bad_config_before_any_job(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("label:\n  shard_size: -3\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad),
+         "--config", f"results_dir={tmp_path / 'results'}"],
+        cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "label.shard_size" in result.stderr + result.stdout
+    assert not (tmp_path / "results").exists()
+
+
+def test_dry_run_and_lint_are_clean(tmp_path):
+    for flag in ("-n", "--lint"):
+        result = subprocess.run(
+            [sys.executable, "-m", "snakemake", flag, "--config",
+             f"results_dir={tmp_path / 'results'}"],
+            cwd=ROOT, capture_output=True, text=True)
+        assert result.returncode == 0, result.stdout + result.stderr

@@ -1,0 +1,278 @@
+"""Student neighbour list, potential, checkpoint and ASE calculator."""
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms, units
+from ase.build import bulk, molecule
+from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.emt import EMT
+from ase.md.verlet import VelocityVerlet
+from ase.neighborlist import neighbor_list
+from scipy.spatial.transform import Rotation
+
+from mlff_distill.data import concatenate_structures
+from mlff_distill.student import (
+    StudentCalculator,
+    StudentPotential,
+    energy_forces_stress,
+    load_student,
+    neighbour_list,
+    save_student,
+)
+from mlff_distill.student.neighbours import ALL_PAIRS_MAX_CANDIDATES
+
+SPECIES = [1, 6, 8, 14]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def single_thread():
+    """Small tensors: one intra-op thread is faster and steadier than several on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def as_batch(structures: list[Atoms]) -> dict[str, torch.Tensor]:
+    return {name: torch.as_tensor(value) for name, value in concatenate_structures(structures).items()}
+
+
+def water_box(n_molecules: int, length_A: float, seed: int) -> Atoms:
+    """Randomly placed and oriented water molecules in a cubic periodic box."""
+    rng = np.random.default_rng(seed)
+    box = Atoms(cell=[length_A] * 3, pbc=True)
+    for _ in range(n_molecules):
+        water = molecule("H2O")
+        water.rotate(rng.uniform(0, 360), rng.normal(size=3))
+        water.translate(rng.uniform(0, length_A, size=3))
+        box += water
+    return box
+
+
+def silicon() -> Atoms:
+    """2-atom primitive Si, rattled; its cell heights (3.1 A) are below the 5 A cutoff."""
+    atoms = bulk("Si", "diamond", a=5.43)
+    atoms.rattle(0.05, seed=1)
+    return atoms
+
+
+def triclinic_sioh() -> Atoms:
+    """A small triclinic cell holding Si, O, H, C atoms."""
+    atoms = Atoms(
+        "Si2O3CH2",
+        scaled_positions=np.random.default_rng(3).uniform(size=(8, 3)),
+        cell=[[5.2, 0.0, 0.0], [1.1, 4.8, 0.0], [0.7, -0.9, 5.5]],
+        pbc=True,
+    )
+    return atoms
+
+
+@pytest.fixture(scope="module")
+def model() -> StudentPotential:
+    torch.manual_seed(0)
+    return StudentPotential(species=SPECIES, n_features=16, reference_energies_eV={1: -13.6, 8: -2041.0}).double()
+
+
+def energy_of(model: StudentPotential, structures: list[Atoms]) -> np.ndarray:
+    return model(**as_batch(structures)).detach().numpy()
+
+
+def pair_set(structures: list[Atoms], cutoff_A: float) -> set:
+    batch = as_batch(structures)
+    src, dst, shifts = neighbour_list(batch["positions_A"], batch["cell_A"], batch["pbc"], batch["atoms_ptr"], cutoff_A)
+    pairs = list(zip(src.tolist(), dst.tolist(), map(tuple, shifts.tolist())))
+    assert len(pairs) == len(set(pairs)), "duplicate pairs"
+    return set(pairs)
+
+
+def ase_pair_set(structures: list[Atoms], cutoff_A: float) -> set:
+    pairs, offset = set(), 0
+    for atoms in structures:
+        i, j, shifts = neighbor_list("ijS", atoms, cutoff_A)
+        pairs |= set(zip((i + offset).tolist(), (j + offset).tolist(), map(tuple, shifts.tolist())))
+        offset += len(atoms)
+    return pairs
+
+
+@pytest.mark.parametrize(
+    "structures",
+    [
+        [molecule("CH3CH2OH")],
+        [silicon()],
+        [water_box(40, 10.0, seed=0)],
+        [silicon(), molecule("H2O"), water_box(20, 8.0, seed=1), triclinic_sioh(), molecule("C6H6")],
+    ],
+    ids=["molecule", "si-primitive", "water-box", "mixed-batch"],
+)
+def test_neighbour_list_matches_ase(structures: list[Atoms]) -> None:
+    for atoms in structures:  # positions outside the cell must not matter
+        if atoms.pbc.all():
+            atoms.positions += atoms.cell.array.sum(axis=0) * 1.7 - 0.3
+    assert pair_set(structures, 5.0) == ase_pair_set(structures, 5.0)
+
+
+def test_neighbour_list_large_systems_match_ase() -> None:
+    """Above ALL_PAIRS_MAX_CANDIDATES a molecular batch goes through the cell list too."""
+    crystal = bulk("Si", "diamond", a=5.43, cubic=True) * (4, 4, 4)
+    crystal.rattle(0.1, seed=2)
+    cluster = water_box(100, 15.0, seed=3)
+    cluster.pbc = False
+    cluster.cell = np.zeros((3, 3))
+    assert len(cluster) ** 2 > ALL_PAIRS_MAX_CANDIDATES
+    for structures in ([crystal], [cluster], [molecule("H2O"), cluster]):
+        assert pair_set(structures, 5.0) == ase_pair_set(structures, 5.0)
+
+
+@pytest.mark.parametrize("atoms", [molecule("CH3CH2OH"), triclinic_sioh()], ids=["molecule", "triclinic"])
+def test_forces_are_minus_finite_difference_gradient(model: StudentPotential, atoms: Atoms) -> None:
+    _, forces, _ = energy_forces_stress(model, **as_batch([atoms]), compute_stress=False)
+    step = 1e-4
+    numerical = np.zeros((len(atoms), 3))
+    for i in range(len(atoms)):
+        for k in range(3):
+            plus, minus = atoms.copy(), atoms.copy()
+            plus.positions[i, k] += step
+            minus.positions[i, k] -= step
+            numerical[i, k] = -(energy_of(model, [plus])[0] - energy_of(model, [minus])[0]) / (2 * step)
+    assert np.abs(forces.numpy()).max() > 1e-3
+    np.testing.assert_allclose(forces.numpy(), numerical, atol=1e-6 * np.abs(numerical).max())
+
+
+def finite_difference_stress(energy, atoms: Atoms, step: float = 1e-4) -> np.ndarray:
+    """``(1/V) dE/d eps_ij`` by central differences of a symmetric strain of cell and positions."""
+    stress = np.zeros((3, 3))
+    for i in range(3):
+        for j in range(3):
+            strain = np.zeros((3, 3))
+            strain[i, j] += 0.5 * step
+            strain[j, i] += 0.5 * step
+            deformed = []
+            for sign in (1, -1):
+                strained = atoms.copy()
+                strained.set_cell(atoms.cell.array @ (np.eye(3) + sign * strain), scale_atoms=True)
+                deformed.append(energy(strained))
+            stress[i, j] = (deformed[0] - deformed[1]) / (2 * step) / atoms.get_volume()
+    return stress
+
+
+def test_finite_difference_stress_follows_ase_convention() -> None:
+    """The finite-difference definition used below reproduces ASE's EMT stress, sign included."""
+    atoms = bulk("Cu", "fcc", a=3.5) * (2, 1, 1)  # compressed (EMT a0 = 3.59 A)
+    atoms.rattle(0.05, seed=4)
+    atoms.calc = EMT()
+
+    def emt_energy(strained: Atoms) -> float:
+        strained.calc = EMT()
+        return strained.get_potential_energy()
+
+    reference = atoms.get_stress(voigt=False)
+    assert np.trace(reference) < 0  # ASE: compressed crystal, negative stress
+    np.testing.assert_allclose(finite_difference_stress(emt_energy, atoms), reference, atol=1e-6)
+
+
+@pytest.mark.parametrize("atoms", [silicon(), triclinic_sioh()], ids=["si-primitive", "triclinic"])
+def test_stress_is_strain_derivative_over_volume(model: StudentPotential, atoms: Atoms) -> None:
+    _, _, stress = energy_forces_stress(model, **as_batch([atoms]), compute_stress=True)
+    numerical = finite_difference_stress(lambda strained: energy_of(model, [strained])[0], atoms)
+    assert np.abs(numerical).max() > 1e-4
+    np.testing.assert_allclose(stress[0].numpy(), numerical, atol=1e-6 * np.abs(numerical).max())
+
+
+def test_stress_is_nan_for_molecules(model: StudentPotential) -> None:
+    _, _, stress = energy_forces_stress(model, **as_batch([molecule("H2O"), silicon()]), compute_stress=True)
+    assert torch.isnan(stress[0]).all() and torch.isfinite(stress[1]).all()
+
+
+def test_invariances(model: StudentPotential) -> None:
+    atoms = triclinic_sioh()
+    energy, forces, _ = energy_forces_stress(model, **as_batch([atoms]), compute_stress=False)
+
+    rotation = Rotation.from_euler("xyz", [30, -50, 110], degrees=True).as_matrix()
+    rotated = atoms.copy()
+    rotated.set_cell(atoms.cell.array @ rotation.T)
+    rotated.positions = atoms.positions @ rotation.T
+    e_rot, f_rot, _ = energy_forces_stress(model, **as_batch([rotated]), compute_stress=False)
+    np.testing.assert_allclose(e_rot.numpy(), energy.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(f_rot.numpy(), forces.numpy() @ rotation.T, atol=1e-10)
+
+    moved = atoms.copy()
+    moved.positions += [1.3, -7.2, 4.4]
+    wrapped = moved.copy()
+    wrapped.wrap()
+    assert not np.allclose(wrapped.positions, moved.positions)
+    for other in (moved, wrapped):
+        e_other, f_other, _ = energy_forces_stress(model, **as_batch([other]), compute_stress=False)
+        np.testing.assert_allclose(e_other.numpy(), energy.numpy(), rtol=1e-12)
+        np.testing.assert_allclose(f_other.numpy(), forces.numpy(), atol=1e-10)
+
+    permutation = np.random.default_rng(0).permutation(len(atoms))
+    e_perm, f_perm, _ = energy_forces_stress(model, **as_batch([atoms[permutation]]), compute_stress=False)
+    np.testing.assert_allclose(e_perm.numpy(), energy.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(f_perm.numpy(), forces.numpy()[permutation], atol=1e-10)
+
+    mol = molecule("CH3CH2OH")
+    e_mol = energy_of(model, [mol])
+    mol.positions = (mol.positions + 3.0) @ rotation.T
+    np.testing.assert_allclose(energy_of(model, [mol]), e_mol, rtol=1e-12)
+
+
+def test_batch_equals_structures_alone(model: StudentPotential) -> None:
+    structures = [molecule("CH3CH2OH"), triclinic_sioh(), silicon()]
+    energy, forces, stress = energy_forces_stress(model, **as_batch(structures), compute_stress=True)
+    offset = 0
+    for b, atoms in enumerate(structures):
+        e_alone, f_alone, s_alone = energy_forces_stress(model, **as_batch([atoms]), compute_stress=True)
+        np.testing.assert_allclose(energy[b].item(), e_alone.item(), rtol=1e-12)
+        np.testing.assert_allclose(forces[offset : offset + len(atoms)].numpy(), f_alone.numpy(), atol=1e-10)
+        np.testing.assert_allclose(stress[b].numpy(), s_alone[0].numpy(), atol=1e-10)
+        offset += len(atoms)
+
+
+def test_reference_energies_are_added(model: StudentPotential) -> None:
+    zeroed = StudentPotential(**{**model.hyperparameters, "reference_energies_eV": None}).double()
+    zeros = torch.zeros(len(SPECIES), dtype=torch.float64)
+    zeroed.load_state_dict({**model.state_dict(), "reference_energies_eV": zeros})
+    water = molecule("H2O")
+    np.testing.assert_allclose(energy_of(model, [water]) - energy_of(zeroed, [water]), 2 * -13.6 - 2041.0, rtol=1e-12)
+
+
+def test_unknown_species_raises(model: StudentPotential) -> None:
+    with pytest.raises(ValueError, match="29"):
+        model(**as_batch([bulk("Cu")]))
+    with pytest.raises(ValueError, match="120"):
+        model(**as_batch([Atoms(numbers=[120, 1], positions=[[0, 0, 0], [1, 0, 0]])]))
+
+
+def test_checkpoint_round_trip(model: StudentPotential, tmp_path) -> None:
+    path = tmp_path / "student.pt"
+    save_student(path, model, {"teacher": "ani1x", "val_force_mae_eV_per_A": 0.05})
+    loaded, metadata = load_student(path)
+    assert metadata == {"teacher": "ani1x", "val_force_mae_eV_per_A": 0.05}
+    assert loaded.hyperparameters == model.hyperparameters
+    structures = [molecule("CH3CH2OH"), triclinic_sioh()]
+    np.testing.assert_array_equal(energy_of(loaded, structures), energy_of(model, structures))
+
+
+def test_calculator_runs_molecular_dynamics(model: StudentPotential, tmp_path) -> None:
+    path = tmp_path / "student.pt"
+    save_student(path, model, {})
+    atoms = triclinic_sioh()
+    atoms.calc = StudentCalculator(path)
+    energy, forces, stress = energy_forces_stress(model, **as_batch([atoms]), compute_stress=True)
+    assert atoms.get_potential_energy() == pytest.approx(energy.item(), rel=1e-12)
+    np.testing.assert_allclose(atoms.get_forces(), forces.numpy(), atol=1e-12)
+    np.testing.assert_allclose(atoms.get_stress(voigt=False), stress[0].numpy(), atol=1e-12)
+    assert atoms.get_stress().shape == (6,)
+
+    atoms.set_momenta(np.random.default_rng(0).normal(scale=0.5, size=(len(atoms), 3)))
+    start = atoms.get_positions()
+    VelocityVerlet(atoms, timestep=0.5 * units.fs).run(3)
+    assert not np.allclose(atoms.get_positions(), start)
+    assert np.isfinite(atoms.get_potential_energy())
+
+    water = molecule("H2O")
+    water.calc = StudentCalculator(model)
+    assert np.isfinite(water.get_forces()).all()
+    with pytest.raises(PropertyNotImplementedError):
+        water.get_stress()

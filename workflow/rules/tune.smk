@@ -1,0 +1,16 @@
+rule tune:
+    """Autotune Triton kernels on a CUDA GPU; without one, record and choose the CPU path."""
+    input:
+        pipeline=PIPELINE_RUN,
+        store=stage_path("label", "labels.zarr"),
+        checkpoint=stage_path("train", "student.pt"),
+    output:
+        record=stage_path("tune", "inference_path.json"),
+    log:
+        log_path("tune"),
+    benchmark:
+        benchmark_path("tune")
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/tune.py"
