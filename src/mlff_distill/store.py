@@ -57,7 +57,7 @@ ARRAYS = {
     "pbc": ArraySpec("structures/pbc", np.bool_, (3,), "bool"),
     "split": ArraySpec("structures/split", np.int8, (), "code, see split_codes"),
     "group": ArraySpec("structures/group", np.int64, (), "group id"),
-    "sample_index": ArraySpec("structures/sample_index", np.int64, (), "index in the sampled structures file"),
+    "sample_index": ArraySpec("structures/sample_index", np.int64, (), "index in the sampled file"),
 }
 PER_ATOM = ("numbers", "positions_A", "forces_eV_per_A")
 CHUNK_ROWS = 65536

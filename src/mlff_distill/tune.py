@@ -62,6 +62,7 @@ def run(config: dict, store: Path, checkpoint: Path, record_file: Path, pipeline
     from mlff_distill.tracking import stage_run
 
     logger = stage_logger("tune", log_file)
+    torch.set_num_threads(1)  # as in the evaluate stage: one structure per call, one thread
     with stage_run(pipeline_file, "tune", config["tune"], log_file) as tracker:
         model, _ = load_student(checkpoint)
         record = tune(model.eval(), read_labels(store, "test"), config["tune"]["try_compile"],
