@@ -1,5 +1,6 @@
 """MLflow: parent and child runs in one SQLite store, written by several processes at once."""
 
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 from mlflow.tracking import MlflowClient
@@ -32,7 +33,7 @@ def test_parent_and_concurrent_children(tmp_path):
     assert PipelineRun.load(pipeline_file) == pipeline
 
     names = [f"stage{i}" for i in range(6)]
-    with ProcessPoolExecutor(max_workers=6) as pool:
+    with ProcessPoolExecutor(max_workers=6, mp_context=multiprocessing.get_context("spawn")) as pool:
         run_ids = list(pool.map(log_stage, [str(pipeline_file)] * 6, names))
 
     client = MlflowClient(tracking_uri=pipeline.tracking_uri)

@@ -20,7 +20,7 @@ from ase.build import molecule
 from ase.collections import g2
 from ase.io import write
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from tqdm import tqdm
 
 from mlff_distill.teachers import Teacher, TeacherCalculator
@@ -59,7 +59,7 @@ def teacher_md(seed: Atoms, teacher: Teacher, temperature_K: float, md: dict,
     """Frames of a Langevin trajectory driven by the teacher, taken after equilibration."""
     atoms = seed.copy()
     atoms.calc = TeacherCalculator(teacher)
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
     ZeroRotation(atoms)
     dynamics = Langevin(atoms, timestep=md["timestep_fs"] * units.fs, temperature_K=temperature_K,

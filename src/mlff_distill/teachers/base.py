@@ -42,18 +42,25 @@ class TeacherIdentity:
 
 @dataclass
 class TeacherOutput:
-    """Labels for a batch of structures; per-atom arrays are flat, in input order."""
+    """Labels for a batch of structures; per-atom arrays are flat, in input order.
+
+    For an ensemble, values are the mean over members and ``*_std`` their standard deviation
+    (zeros for a single model). Stress follows ASE's sign convention and is NaN for structures
+    that are not periodic in all three directions, and for all structures when not asked for.
+    """
 
     energy_eV: np.ndarray  # [N]
     forces_eV_per_A: np.ndarray  # [M, 3]
-    energy_std_eV: np.ndarray  # [N], spread over ensemble members (zeros for one model)
+    energy_std_eV: np.ndarray  # [N]
+    forces_std_eV_per_A: np.ndarray | None = None  # [M, 3]
+    stress_eV_per_A3: np.ndarray | None = None  # [N, 3, 3]
 
 
 class Teacher(Protocol):
     identity: TeacherIdentity
 
-    def compute(self, structures: Sequence[Atoms]) -> TeacherOutput:
-        """Energies and forces of ``structures`` (molecules; periodic cells where supported)."""
+    def compute(self, structures: Sequence[Atoms], compute_stress: bool = False) -> TeacherOutput:
+        """Energies, forces and (if asked, for periodic cells) stress of ``structures``."""
         ...
 
 

@@ -1,15 +1,21 @@
 """A FeNNol model or an ensemble of FeNNol models (``.fnx`` files) as a teacher.
 
-The members of an ensemble share one architecture, so their weights are stacked and evaluated with
-one ``jax.vmap``: one compilation and one call for all members. Structures are padded by FeNNol's
-atom padding, so batches of different sizes do not trigger recompilation.
-Models store energies in their own unit (Hartree for ANI); outputs here are eV and eV/Angstrom.
+Members that share one architecture (same model description, same weight shapes) have their weights
+stacked and are evaluated with one ``jax.vmap``: one compilation and one call for all members.
+Members that cannot be stacked are evaluated one by one. A single ``.fnx`` is an ensemble of one.
+Structures are padded by FeNNol's atom padding, so batches of different sizes rarely recompile.
+Models store energies in their own unit (Hartree for ANI); outputs here are eV, eV/Angstrom and
+eV/Angstrom^3.
+
+FeNNol's neighbour list sums over every periodic image within the cutoff (it is not a minimum-image
+list), so cells smaller than twice the cutoff are handled; periodicity must be all or nothing.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -17,61 +23,78 @@ from ase import Atoms
 from mlff_distill.teachers.base import TeacherIdentity, TeacherOutput, sha256_of_files
 
 
+@dataclass
+class _Stack:
+    """Members sharing one architecture: their stacked weights and vmapped functions."""
+
+    model: Any  # the first member's FENNIX model: preprocessing and unit
+    variables: Any  # weights with a leading member axis
+    energy_and_forces: Callable
+    energy_forces_and_virial: Callable
+    eV_per_model_unit: float
+
+
 class FennolEnsembleTeacher:
-    """Mean energy and forces over the members of a FeNNol ensemble, in eV and eV/Angstrom."""
+    """Mean and std over the members of a FeNNol ensemble of energy (eV), forces (eV/Angstrom)
+    and, when asked, stress of periodic cells (eV/Angstrom^3, ASE's sign convention)."""
+
+    handles_small_cells = True  # the neighbour list includes all periodic images within the cutoff
+    handles_mixed_pbc = False  # FeNNol takes a cell periodic in all three directions or none
 
     def __init__(self, model_files: Sequence[Path], name: str, batch_size: int = 32,
-                 float64: bool = False):
+                 float64: bool = False, species: Sequence[int] | None = None):
         import jax
 
         if float64:
             jax.config.update("jax_enable_x64", True)
-        import jax.numpy as jnp
-        from ase.units import Hartree
         from fennol import FENNIX
-        from fennol.utils.atomic_units import au
 
         self.model_files = [Path(p) for p in model_files]
+        if not self.model_files:
+            raise ValueError("a FeNNol ensemble needs at least one .fnx file")
         members = [FENNIX.load(str(p), use_atom_padding=True) for p in self.model_files]
-        first = members[0]
-        self._model = first
-        self._variables = jax.tree_util.tree_map(
-            lambda *leaves: jnp.stack(leaves), *[m.variables for m in members]
-        )
-        self._energy_and_forces = jax.jit(jax.vmap(first._energy_and_forces, in_axes=(0, None)))
-        self._eV_per_model_unit = Hartree / au.get_multiplier(first.energy_unit)
+        groups = [members] if _stackable(members) else [[m] for m in members]
+        self._stacks = [_make_stack(group) for group in groups]
         self._dtype = np.float64 if float64 else np.float32
         self.batch_size = batch_size
-        species = tuple(sorted(_species_of(first)))
+        first = members[0]
         self.identity = TeacherIdentity(
             name=name,
             kind="fennol",
             source=", ".join(str(p) for p in self.model_files),
             weights_sha256=sha256_of_files(self.model_files),
-            cutoff_A=float(first.cutoff),
-            species=species,
+            cutoff_A=max(float(m.cutoff) for m in members),
+            species=tuple(sorted(species if species is not None else _species_of(first))),
             conservative=True,
             trained=True,
             members=len(members),
-            extra={"energy_unit_in_model": first.energy_unit, "float64": float64},
+            extra={"energy_unit_in_model": first.energy_unit, "float64": float64,
+                   "stacked": len(self._stacks) == 1},
         )
 
-    def compute(self, structures: Sequence[Atoms]) -> TeacherOutput:
-        """Energies (eV) and forces (eV/Angstrom) of molecules or periodic cells."""
-        energies, stds, forces = [], [], []
+    def compute(self, structures: Sequence[Atoms], compute_stress: bool = False) -> TeacherOutput:
+        """Energies (eV), forces (eV/Angstrom) and, if ``compute_stress``, stress (eV/Angstrom^3,
+        NaN for molecules and when not asked) of molecules or cells periodic in all directions."""
+        parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for start in range(0, len(structures), self.batch_size):
-            chunk = structures[start:start + self.batch_size]
-            for group in _split_by_cell(chunk):
-                e, e_std, f = self._compute_group(group)
-                energies.append(e), stds.append(e_std), forces.append(f)
-        # _split_by_cell keeps molecules batched and periodic cells one by one, in input order.
+            for group in _split_by_cell(structures[start:start + self.batch_size]):
+                parts.append(self._compute_group(group, compute_stress))
+        # Per-member energies [K, N], forces [K, M, 3], stress [K, N, 3, 3], in input order.
+        energy = np.concatenate([p[0] for p in parts], axis=1) if parts else np.zeros((1, 0))
+        forces = np.concatenate([p[1] for p in parts], axis=1) if parts else np.zeros((1, 0, 3))
+        stress = np.concatenate([p[2] for p in parts], axis=1) if parts else np.zeros((1, 0, 3, 3))
         return TeacherOutput(
-            energy_eV=np.concatenate(energies) if energies else np.zeros(0),
-            forces_eV_per_A=np.concatenate(forces) if forces else np.zeros((0, 3)),
-            energy_std_eV=np.concatenate(stds) if stds else np.zeros(0),
+            energy_eV=energy.mean(axis=0),
+            forces_eV_per_A=forces.mean(axis=0),
+            energy_std_eV=energy.std(axis=0),
+            forces_std_eV_per_A=forces.std(axis=0),
+            stress_eV_per_A3=stress.mean(axis=0),
         )
 
-    def _compute_group(self, structures: Sequence[Atoms]):
+    def _compute_group(self, structures: Sequence[Atoms], compute_stress: bool
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-member energy [K, n] (eV), forces [K, m, 3] (eV/A), stress [K, n, 3, 3] (eV/A^3)
+        of molecules, or of one periodic cell."""
         n_atoms = np.array([len(a) for a in structures], dtype=np.int32)
         inputs = {
             "species": np.concatenate([a.numbers for a in structures]).astype(np.int32),
@@ -79,34 +102,85 @@ class FennolEnsembleTeacher:
             "natoms": n_atoms,
             "batch_index": np.repeat(np.arange(len(structures)), n_atoms).astype(np.int32),
         }
-        if structures[0].pbc.all():
+        periodic = bool(structures[0].pbc.all())
+        if periodic:
             cell = structures[0].cell.array.astype(self._dtype)
             inputs["cells"] = cell.reshape(1, 3, 3)
             inputs["reciprocal_cells"] = np.linalg.inv(cell).reshape(1, 3, 3)
-        processed = self._model.preprocess(**inputs)
-        energy, forces, output = self._energy_and_forces(self._variables, processed)
-        true_systems = np.asarray(output["true_sys"][0], dtype=bool)
-        true_atoms = np.asarray(output["true_atoms"][0], dtype=bool)
-        energy = np.asarray(energy, dtype=np.float64)[:, true_systems] * self._eV_per_model_unit
-        forces = np.asarray(forces, dtype=np.float64)[:, true_atoms] * self._eV_per_model_unit
-        return energy.mean(axis=0), energy.std(axis=0), forces.mean(axis=0)
+        with_stress = compute_stress and periodic
+        energies, forces, stresses = [], [], []
+        for stack in self._stacks:
+            processed = stack.model.preprocess(**inputs)
+            if with_stress:
+                e, f, virial, output = stack.energy_forces_and_virial(stack.variables, processed)
+            else:
+                e, f, output = stack.energy_and_forces(stack.variables, processed)
+            true_systems = np.asarray(output["true_sys"][0], dtype=bool)
+            true_atoms = np.asarray(output["true_atoms"][0], dtype=bool)
+            energies.append(np.asarray(e, dtype=np.float64)[:, true_systems] * stack.eV_per_model_unit)
+            forces.append(np.asarray(f, dtype=np.float64)[:, true_atoms] * stack.eV_per_model_unit)
+            if with_stress:
+                virial = np.asarray(virial, dtype=np.float64)[:, true_systems]
+                stresses.append(virial * stack.eV_per_model_unit / structures[0].get_volume())
+            else:
+                stresses.append(np.full((len(e), len(structures), 3, 3), np.nan))
+        return np.concatenate(energies), np.concatenate(forces), np.concatenate(stresses)
+
+
+def _architecture(model) -> tuple:
+    """What must agree for two FeNNol models to share one compiled function."""
+    import jax
+
+    leaves, tree = jax.tree_util.tree_flatten(model.variables)
+    shapes = tuple((np.shape(leaf), np.asarray(leaf).dtype.str) for leaf in leaves)
+    return repr(model._input_args), repr(model.energy_terms), tree, shapes
+
+
+def _stackable(members: Sequence[Any]) -> bool:
+    """True when all members have the same description, weight tree and weight shapes."""
+    first = _architecture(members[0])
+    return all(_architecture(m) == first for m in members[1:])
+
+
+def _make_stack(members: Sequence[Any]) -> _Stack:
+    """Stack the weights of ``members`` (one architecture) and vmap the first's functions."""
+    import jax
+    import jax.numpy as jnp
+    from ase.units import Hartree
+    from fennol.utils.atomic_units import au
+
+    first = members[0]
+    return _Stack(
+        model=first,
+        variables=jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves),
+                                         *[m.variables for m in members]),
+        energy_and_forces=jax.jit(jax.vmap(first._energy_and_forces, in_axes=(0, None))),
+        energy_forces_and_virial=jax.jit(
+            jax.vmap(first._energy_and_forces_and_virial, in_axes=(0, None))),
+        eV_per_model_unit=Hartree / au.get_multiplier(first.energy_unit),
+    )
 
 
 def _species_of(model) -> set[int]:
-    """Atomic numbers named in the ``species_order`` entries of the model's description."""
+    """Atomic numbers the model's description names: its ``species_order`` entries, else (MACE)
+    elements 1..``zmax``; empty when it names neither."""
     from ase.data import atomic_numbers
 
     found: set[int] = set()
+    zmax: list[int] = []
 
     def visit(node):
         if isinstance(node, dict):
             for key, value in node.items():
                 if key == "species_order":
-                    found.update(atomic_numbers[symbol] for symbol in value)
+                    symbols = value.split(",") if isinstance(value, str) else value
+                    found.update(atomic_numbers[s.strip()] for s in symbols)
+                elif key == "zmax" and isinstance(value, int):
+                    zmax.append(value)
                 visit(value)
 
     visit(model._input_args)
-    return found
+    return found or (set(range(1, min(zmax) + 1)) if zmax else set())
 
 
 def _split_by_cell(structures: Sequence[Atoms]) -> list[list[Atoms]]:
