@@ -3,7 +3,8 @@
 PYTHON3 ?= python3
 VENV ?= .venv
 CORES ?= 2
-# Where the teacher's model files are (see README, "Teachers"); CI keeps them in ../shared/teachers.
+# FeNNol-PMC model files for configs with `teacher.source: fennol-pmc` and for the tests that
+# compare against them (CI keeps them in ../shared/teachers). The default config needs none.
 MODELS_DIR ?= $(abspath ../shared/teachers)
 
 BIN := $(VENV)/bin

@@ -1,5 +1,6 @@
 """Fixtures shared by the tests: the real ANI-1x teacher files from ../shared/teachers."""
 
+import copy
 import os
 from pathlib import Path
 
@@ -25,10 +26,19 @@ def models_dir() -> Path:
     return found
 
 
+def full_config(partial: dict) -> dict:
+    """``partial`` with every default of the workflow's config schema filled in."""
+    from snakemake.utils import validate
+
+    config = copy.deepcopy(partial)
+    validate(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    return config
+
+
 @pytest.fixture(scope="session")
 def ani1x_teacher_config(models_dir) -> dict:
-    return {"kind": "fennol", "name": "ani1x", "models_dir": str(models_dir),
-            "precision": "float32", "batch_size": 32}
+    """FeNNol-PMC's ANI-1x files from the models directory."""
+    return full_config({"teacher": {"source": "fennol-pmc", "models_dir": str(models_dir)}})["teacher"]
 
 
 @pytest.fixture(scope="session")

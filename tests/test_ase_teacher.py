@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 from ase.build import bulk
-from ase.constraints import FixAtoms
 from ase.calculators.emt import EMT
+from ase.constraints import FixAtoms
 
 from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
 
@@ -35,9 +35,10 @@ def test_emt_teacher_matches_emt():
         np.testing.assert_allclose(out.energy_eV[index], atoms.get_potential_energy(), rtol=1e-12)
         np.testing.assert_allclose(out.forces_eV_per_A[start:start + len(atoms)],
                                    atoms.get_forces(apply_constraint=False), atol=1e-12)
-    np.testing.assert_allclose(out.stress_eV_per_A3[0], items[0].get_stress(voigt=False), atol=1e-12)
+    np.testing.assert_allclose(out.stress_eV_per_A3[0], items[0].get_stress(voigt=False),
+                               atol=1e-12)
     assert np.abs(out.forces_eV_per_A[0]).max() > 1e-3  # atom 0 is fixed, yet has a force
-    assert np.abs(out.stress_eV_per_A3[0]).max() > 1e-4  # a strained cell: stress is not trivially 0
+    assert np.abs(out.stress_eV_per_A3[0]).max() > 1e-4  # a strained cell: stress is not 0
     assert np.isnan(out.stress_eV_per_A3[1:]).all()  # a cluster and a slab have no stress
     assert not out.energy_std_eV.any() and not out.forces_std_eV_per_A.any()
     assert np.isnan(teacher.compute(items[:1]).stress_eV_per_A3).all()  # not asked for

@@ -13,7 +13,10 @@ from pathlib import Path
 import pytest
 
 from mlff_distill.teachers.fennol_pmc import (
-    LFS_BASE_URL, RAW_BASE_URL, fennol_pmc_manifest, resolve_fennol_pmc,
+    LFS_BASE_URL,
+    RAW_BASE_URL,
+    fennol_pmc_manifest,
+    resolve_fennol_pmc,
 )
 
 ANI1X_PATHS = [f"ANI/ANI1X/ani1x_model{i}.fnx" for i in range(8)]
@@ -67,7 +70,8 @@ def test_manifest_names_and_lfs_files():
 
 
 def test_models_dir_short_layout_is_found_and_checked(models_dir, tmp_path):
-    found = resolve_fennol_pmc("ani1x", models_dir, tmp_path / "cache", raw_base_url=closed_port_url())
+    found = resolve_fennol_pmc("ani1x", models_dir, tmp_path / "cache",
+                               raw_base_url=closed_port_url())
     assert found == [models_dir / "fennol-pmc" / "ANI1X" / Path(p).name for p in ANI1X_PATHS]
     assert not (tmp_path / "cache").exists()
 
@@ -93,8 +97,9 @@ def test_corrupted_local_file_is_rejected(models_dir, tmp_path):
     data = bytearray(corrupted.read_bytes())
     data[1000] ^= 0xFF
     corrupted.write_bytes(bytes(data))
+    expected = "61e975e7af40fe3a6ddac0c70b90d0e30727c53d"  # ANI/ANI1X/ani1x_model3.fnx
     with pytest.raises(ValueError, match=rf"{corrupted}: git blob SHA-1 [0-9a-f]{{40}} differs "
-                                         rf"from FeNNol-PMC's 61e975e7af40fe3a6ddac0c70b90d0e30727c53d"):
+                                         rf"from FeNNol-PMC's {expected}"):
         resolve_fennol_pmc("ani1x", None, cache, raw_base_url=closed_port_url())
 
 

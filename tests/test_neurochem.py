@@ -21,8 +21,9 @@ from ase.build import molecule
 from ase.units import Hartree
 
 from mlff_distill.teachers import neurochem
+from mlff_distill.teachers.base import default_cache_dir
 from mlff_distill.teachers.neurochem import (
-    AEV_PARAMS_FILE, SELF_ENERGIES_FILE, ani1x_cache_dir, build_ani1x_fnx, default_cache_dir,
+    AEV_PARAMS_FILE, SELF_ENERGIES_FILE, ani1x_cache_dir, build_ani1x_fnx,
     read_aev_params, read_network, read_self_energies, torchani_resource_dir,
 )
 
@@ -199,6 +200,7 @@ def test_cache_dirs(monkeypatch, tmp_path):
     assert default_cache_dir() == tmp_path
     assert ani1x_cache_dir() == tmp_path / "teachers" / "torchani-ani1x"
     monkeypatch.delenv("MLFF_DISTILL_CACHE")
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
     assert default_cache_dir() == Path.home() / ".cache" / "mlff-distill"
 
 

@@ -22,12 +22,14 @@ METRIC_KEYS = ("teacher", "student", "n_test", "energy_mae_per_atom_eV", "force_
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, models_dir):
+def tiny_run(tmp_path_factory):
+    """The tiny config on the default teacher, built from the torchani wheel into an empty cache."""
     results = tmp_path_factory.mktemp("pipeline") / "results"
     command = [sys.executable, "-m", "snakemake", "--cores", "2",
                "--configfile", str(ROOT / "tests" / "data" / "tiny_config.yaml"),
                "--config", f"results_dir={results}"]
-    env = {**os.environ, "MLFF_DISTILL_MODELS_DIR": str(models_dir)}
+    env = {**os.environ, "MLFF_DISTILL_CACHE": str(results.parent / "cache")}
+    env.pop("MLFF_DISTILL_MODELS_DIR", None)
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-5000:]
     return results, completed.stdout + completed.stderr
@@ -54,14 +56,14 @@ def test_structures_and_store_agree(tiny_run):
     for index in (0, len(structures) - 1):
         assert (labels.atoms(index).numbers == structures[index].numbers).all()
     attrs = store_attrs(store_path)
-    assert attrs["teacher"]["name"] == "fennol-pmc/ani1x" and attrs["units"]["energy_eV"] == "eV"
+    assert "ani1x" in attrs["teacher"]["name"] and attrs["units"]["energy_eV"] == "eV"
     assert math.isfinite(labels.energy_eV.sum()) and math.isfinite(labels.forces_eV_per_A.sum())
 
 
 def test_checkpoint_tune_record_and_metrics(tiny_run):
     results, _ = tiny_run
     model, metadata = load_student(results / "tiny" / "train" / "student.pt")
-    assert metadata["teacher"]["name"] == "fennol-pmc/ani1x"
+    assert "ani1x" in metadata["teacher"]["name"]
     record = json.loads((results / "tiny" / "tune" / "inference_path.json").read_text())
     assert record["cuda_available"] is False and record["chosen_path"] in ("eager", "torch_compile")
     metrics = json.loads((results / "tiny" / "evaluate" / "metrics.json").read_text())

@@ -20,7 +20,7 @@ from ase import Atoms
 
 from mlff_distill.data import concatenate_structures
 from mlff_distill.store import SPLIT_CODES, combine_shards, read_shard, write_shard
-from mlff_distill.teachers import Teacher, load_teacher
+from mlff_distill.teachers import Teacher, check_structures_for, load_teacher
 
 REQUIRED_INFO = ("split", "group", "sample_index")
 # Each worker is a single-threaded process: keep XLA's Eigen off the other workers' cores
@@ -199,20 +199,6 @@ def _invalidate_if_teacher_changed(shards_dir: Path, teacher_config: dict) -> No
     path.write_text(wanted)
 
 
-def check_species(structures: Sequence[Atoms], species: Sequence[int], teacher_name: str) -> None:
-    """Raise naming the first structure holding an element the teacher does not cover."""
-    covered = set(species)
-    for index, atoms in enumerate(structures):
-        unknown = sorted(set(atoms.numbers.tolist()) - covered)
-        if unknown:
-            from ase.data import chemical_symbols
-
-            names = ", ".join(chemical_symbols[z] for z in unknown)
-            raise ValueError(f"structure {index} ({atoms.get_chemical_formula()}) holds {names}, "
-                             f"which {teacher_name} does not cover (it knows "
-                             f"{', '.join(chemical_symbols[z] for z in sorted(covered))})")
-
-
 def run(config: dict, structures_file: Path, store: Path, shards_dir: Path, pipeline_file: Path,
         log_file: Path, threads: int) -> None:
     """The Snakemake job: label, combine, log throughput and one MLflow child run per shard."""
@@ -224,7 +210,7 @@ def run(config: dict, structures_file: Path, store: Path, shards_dir: Path, pipe
     logger = stage_logger("label", log_file)
     structures = read(structures_file, ":")
     teacher = load_teacher(config["teacher"])
-    check_species(structures, teacher.identity.species, teacher.identity.label)
+    check_structures_for(teacher, structures, config["teacher"]["molecule_only"])
     n_workers = config["label"]["workers"] or threads
     with stage_run(pipeline_file, "label", {**config["label"], "n_workers": n_workers},
                    log_file) as tracker:

@@ -150,13 +150,15 @@ def run(config: dict, structures_file: Path, pipeline_file: Path, log_file: Path
     import time
 
     from mlff_distill.logs import stage_logger
-    from mlff_distill.teachers import load_teacher
+    from mlff_distill.teachers import check_structures_for, load_teacher
     from mlff_distill.tracking import stage_run
 
     logger = stage_logger("sample", log_file)
     with stage_run(pipeline_file, "sample", config["sample"]) as tracker:
         start = time.perf_counter()
         teacher = load_teacher(config["teacher"])
+        check_structures_for(teacher, seed_molecules(config["sample"]["molecules"]),
+                             config["teacher"]["molecule_only"])
         tracker.set_tags({"teacher": teacher.identity.label})
         structures = sample_structures(config, teacher, logger)
         write_structures(structures, structures_file)

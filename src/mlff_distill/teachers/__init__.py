@@ -1,81 +1,115 @@
 """Teachers: the slow, accurate models a student learns from.
 
-`load_teacher` turns the ``teacher:`` section of the config into a `Teacher`. Model files are looked
-up in a models directory: ``teacher.models_dir`` in the config, else the environment variable
-``MLFF_DISTILL_MODELS_DIR``.
+`load_teacher` turns the ``teacher:`` section of the config into a `Teacher`:
+
+- ``kind: fennol``: ``source: torchani`` builds FeNNol-PMC's ANI-1x ensemble from the NeuroChem
+  files of the ``torchani==2.2.4`` wheel into the user cache (no download, no files at hand);
+  ``source: fennol-pmc`` takes a FeNNol-PMC model by ``name`` from the models directory
+  (``teacher.models_dir`` or ``$MLFF_DISTILL_MODELS_DIR``), the user cache, or a checked download;
+  ``source: files`` takes the ``.fnx`` files listed in ``files`` (one model or an ensemble).
+- ``kind: orb``: an Orb model by ``name``, with ``weights: pretrained`` (orb-models' loader and
+  cache), a local ``checkpoint``, or ``weights: random`` (seeded; an "untrained teacher").
+- ``kind: ase``: any ASE calculator, ``factory: package.module:callable`` called with ``kwargs``.
+
+`check_structures_for` runs the checks of `mlff_distill.teachers.checks` with what the teacher
+can handle, before any labeling starts.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
+from typing import Sequence
 
-from mlff_distill.teachers.base import Teacher, TeacherCalculator, TeacherIdentity, TeacherOutput
+from ase import Atoms
+
+from mlff_distill.teachers.base import (Teacher, TeacherCalculator, TeacherIdentity,
+                                        TeacherOutput, default_cache_dir)
 
 MODELS_DIR_ENV = "MLFF_DISTILL_MODELS_DIR"
-
-# FeNNol-PMC (github.com/thomasple/FeNNol-PMC, commit 7448eec72cc26c8e600bc414a72ab19cfa5db2d7),
-# folder ANI/ANI1X, stored under <models_dir>/fennol-pmc/ANI1X/: SHA-256 of each member.
-ANI1X_SHA256 = {
-    "ani1x_model0.fnx": "7d1b256b383041db11b0d448873b61e5e58eb76f8d60d416e0e89b4686a27e86",
-    "ani1x_model1.fnx": "03aacd04d46d3a20d15e0dfcb14056a464073ddea8399598e501e4a58e737504",
-    "ani1x_model2.fnx": "7425c078e966ace366f8c37de2517297d2be9c3479eab564e6f6ac42dd2c5a33",
-    "ani1x_model3.fnx": "92f6c523fc7bc6c613e27bcfbafbb39044267fcf6ae34e2847453f26ca6c3ba5",
-    "ani1x_model4.fnx": "b9a8291eb7c92e4a4212578bf263d30ee690ce724bccd17548bad47e6967a166",
-    "ani1x_model5.fnx": "87cc2415ef448a0534aa3e4cced3f9338721245b5921d2c92e3202ba525be562",
-    "ani1x_model6.fnx": "9213ed8136cdfc7f3116ebe6ed3678dc0b9d1fdc5eb4180ac90a8c54b31d59f3",
-    "ani1x_model7.fnx": "17799e691c9395a9899e0d743083e6ac9e9c616561bbda86e9c33ae31200af73",
-}
-ANI1X_SUBDIR = Path("fennol-pmc") / "ANI1X"
+# The config's precision names per kind: FeNNol runs float32 or float64 (JAX x64).
+ORB_PRECISION = {"float32": "float32-high", "float32-high": "float32-high",
+                 "float32-highest": "float32-highest", "float64": "float64"}
 
 
-def resolve_models_dir(configured: str | None) -> Path:
-    """The models directory: the configured path, else ``$MLFF_DISTILL_MODELS_DIR``."""
+def models_dir(configured: str | None) -> Path | None:
+    """The configured models directory, else ``$MLFF_DISTILL_MODELS_DIR``, else None."""
     chosen = configured or os.environ.get(MODELS_DIR_ENV)
-    if not chosen:
-        raise FileNotFoundError(
-            "No models directory: set teacher.models_dir in the config or the environment "
-            f"variable {MODELS_DIR_ENV} (for example to ../shared/teachers)."
-        )
-    path = Path(chosen).expanduser().resolve()
-    if not path.is_dir():
-        raise FileNotFoundError(f"Models directory {path} does not exist.")
-    return path
+    return Path(chosen).expanduser().resolve() if chosen else None
 
 
-def ani1x_files(models_dir: Path) -> list[Path]:
-    """The 8 ANI-1x ``.fnx`` files under ``models_dir``, each checked against its SHA-256."""
-    files = []
-    for file_name, expected in ANI1X_SHA256.items():
-        path = models_dir / ANI1X_SUBDIR / file_name
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"ANI-1x member {file_name} not found: place FeNNol-PMC's ANI/ANI1X/{file_name} "
-                f"at {path}."
-            )
-        actual = hashlib.sha256(path.read_bytes()).hexdigest()
-        if actual != expected:
-            raise ValueError(f"{path}: SHA-256 {actual} differs from FeNNol-PMC's {expected}.")
-        files.append(path)
-    return files
+def cache_dir(configured: str | None) -> Path:
+    """The configured cache directory, else `default_cache_dir`."""
+    return Path(configured).expanduser() if configured else default_cache_dir()
 
 
 def load_teacher(teacher_config: dict) -> Teacher:
-    """Build the teacher named by the config's ``teacher:`` section."""
+    """Build the teacher named by the config's ``teacher:`` section (see the module docstring)."""
     kind, name = teacher_config["kind"], teacher_config["name"]
-    if (kind, name) == ("fennol", "ani1x"):
-        from mlff_distill.teachers.fennol_ensemble import FennolEnsembleTeacher
+    precision = teacher_config["precision"]
+    if kind == "fennol":
+        return _load_fennol(teacher_config)
+    if kind == "orb":
+        from mlff_distill.teachers.orb import OrbTeacher
 
-        files = ani1x_files(resolve_models_dir(teacher_config.get("models_dir")))
-        return FennolEnsembleTeacher(
-            files, name="fennol-pmc/ani1x", batch_size=teacher_config["batch_size"],
-            float64=teacher_config["precision"] == "float64",
-        )
-    raise ValueError(f"teacher: kind={kind!r}, name={name!r} is not supported")
+        return OrbTeacher(name, weights=teacher_config["weights"], seed=teacher_config["seed"],
+                          checkpoint=teacher_config["checkpoint"],
+                          precision=ORB_PRECISION[precision], device=teacher_config["device"],
+                          batch_size=teacher_config["batch_size"])
+    if kind == "ase":
+        from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
+
+        if not teacher_config["factory"]:
+            raise ValueError("teacher.factory: kind 'ase' needs 'package.module:callable'")
+        return AseCalculatorTeacher(teacher_config["factory"], teacher_config["kwargs"],
+                                    teacher_config["species"], teacher_config["cutoff_A"],
+                                    name=f"ase/{name}")
+    raise ValueError(f"teacher.kind: {kind!r} is not one of fennol, orb, ase")
+
+
+def _load_fennol(teacher_config: dict) -> Teacher:
+    from mlff_distill.teachers.fennol_ensemble import FennolEnsembleTeacher
+
+    name, source = teacher_config["name"], teacher_config["source"]
+    if teacher_config["precision"] not in ("float32", "float64"):
+        raise ValueError(f"teacher.precision: FeNNol runs 'float32' or 'float64', "
+                         f"not {teacher_config['precision']!r}")
+    options = {"batch_size": teacher_config["batch_size"],
+               "float64": teacher_config["precision"] == "float64"}
+    if source == "torchani":
+        if name != "ani1x":
+            raise ValueError(f"teacher.source: torchani provides only ani1x, not {name!r}; "
+                             "use source: fennol-pmc")
+        from mlff_distill.teachers.neurochem import ani1x_cache_dir, build_ani1x_fnx
+
+        files = build_ani1x_fnx(ani1x_cache_dir(cache_dir(teacher_config["cache_dir"])))
+        return FennolEnsembleTeacher(files, name="ani1x/torchani-2.2.4",
+                                     **options)
+    if source == "fennol-pmc":
+        from mlff_distill.teachers.fennol_pmc import load_fennol_pmc_teacher
+
+        return load_fennol_pmc_teacher(name, models_dir(teacher_config["models_dir"]),
+                                       cache_dir(teacher_config["cache_dir"]), **options)
+    if source == "files":
+        files = [Path(f).expanduser() for f in teacher_config["files"]]
+        missing = [str(f) for f in files if not f.is_file()]
+        if not files or missing:
+            raise FileNotFoundError(f"teacher.files: {missing or 'empty list'}: no such .fnx file")
+        return FennolEnsembleTeacher(files, name=name, **options)
+    raise ValueError(f"teacher.source: {source!r} is not one of torchani, fennol-pmc, files")
+
+
+def check_structures_for(teacher: Teacher, structures: Sequence[Atoms],
+                         molecule_only: bool = False) -> None:
+    """Raise a ValueError naming the first structure ``teacher`` cannot label, and why."""
+    from mlff_distill.teachers.checks import check_structures
+
+    check_structures(structures, teacher.identity, molecule_only,
+                     getattr(teacher, "handles_small_cells", False),
+                     getattr(teacher, "handles_mixed_pbc", False))
 
 
 __all__ = [
     "Teacher", "TeacherCalculator", "TeacherIdentity", "TeacherOutput", "load_teacher",
-    "resolve_models_dir", "MODELS_DIR_ENV",
+    "check_structures_for", "models_dir", "cache_dir", "MODELS_DIR_ENV",
 ]

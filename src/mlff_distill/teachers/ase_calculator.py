@@ -21,14 +21,14 @@ from mlff_distill.teachers.base import TeacherIdentity, TeacherOutput
 class AseCalculatorTeacher:
     """The ASE calculator ``factory(**kwargs)`` as a single-model teacher.
 
-    ``species`` (atomic numbers) and ``cutoff_A`` are what the calculator covers, when known; unknown
-    is recorded as ``species=()`` and ``cutoff_A=0.0``, and the checks that need them are skipped.
+    ``species`` (atomic numbers) and ``cutoff_A`` are what the calculator covers, when known;
+    unknown is recorded as ``species=()`` and ``cutoff_A=0.0``, and the checks needing them skip.
     Whether forces are the energy's gradient cannot be known from outside: ``conservative`` is
     assumed True. The identity's ``weights_sha256`` hashes the factory string and ``kwargs``, not
     any weights the calculator may load itself.
     """
 
-    handles_small_cells = True  # ASE calculators get the Atoms as they are (ase.neighborlist images)
+    handles_small_cells = True  # ASE calculators get the Atoms as they are, images and all
     handles_mixed_pbc = True
 
     def __init__(self, factory: str, kwargs: dict | None = None,
@@ -57,7 +57,7 @@ class AseCalculatorTeacher:
         forces = []
         for index, structure in enumerate(structures):
             atoms = structure.copy()
-            atoms.set_constraint()  # labels are the raw forces, whatever the structure's constraints
+            atoms.set_constraint()  # labels are raw forces, whatever the constraints
             atoms.calc = self.calculator
             energies[index] = atoms.get_potential_energy()
             forces.append(np.array(atoms.get_forces(), dtype=np.float64))
@@ -77,7 +77,8 @@ def import_factory(factory: str) -> Callable:
     """The callable named ``package.module:attribute`` (attribute may be dotted)."""
     module_name, sep, attribute = factory.partition(":")
     if not sep or not module_name or not attribute:
-        raise ValueError(f"ASE calculator factory {factory!r} must look like 'package.module:callable'")
+        raise ValueError(f"ASE calculator factory {factory!r} must look like "
+                         "'package.module:callable'")
     try:
         target = importlib.import_module(module_name)
     except ImportError as error:

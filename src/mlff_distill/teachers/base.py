@@ -7,6 +7,7 @@ A teacher maps structures (ASE ``Atoms``) to energies in eV and forces in eV/Ang
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Protocol, Sequence
@@ -62,6 +63,17 @@ class Teacher(Protocol):
     def compute(self, structures: Sequence[Atoms], compute_stress: bool = False) -> TeacherOutput:
         """Energies, forces and (if asked, for periodic cells) stress of ``structures``."""
         ...
+
+
+CACHE_ENV = "MLFF_DISTILL_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """The user cache: ``$MLFF_DISTILL_CACHE``, else ``$XDG_CACHE_HOME/mlff-distill``, else
+    ``~/.cache/mlff-distill``."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlff-distill"
 
 
 def sha256_of_files(paths: Sequence[Path]) -> str:

@@ -66,7 +66,8 @@ def _periodicity(atoms: Atoms, molecule_only: bool, handles_mixed_pbc: bool) -> 
         return f"mixed periodicity pbc={pbc.tolist()}: the teacher needs all three or none"
     periodic_vectors = atoms.cell.array[pbc]
     if np.linalg.matrix_rank(periodic_vectors, tol=MIN_CELL_A) < len(periodic_vectors):
-        return f"periodic (pbc={pbc.tolist()}) with degenerate cell vectors {atoms.cell.array.tolist()}"
+        return (f"periodic (pbc={pbc.tolist()}) with degenerate cell vectors "
+                f"{atoms.cell.array.tolist()}")
     return None
 
 
@@ -79,8 +80,9 @@ def _small_cell(atoms: Atoms, cutoff_A: float, handles_small_cells: bool) -> str
         heights = 1.0 / np.linalg.norm(atoms.cell.reciprocal(), axis=1)
     for axis in np.flatnonzero(atoms.pbc):
         if heights[axis] < 2 * cutoff_A:
-            return (f"cell height {heights[axis]:.3f} A along cell vector {axis} is less than twice "
-                    f"the cutoff (2 x {cutoff_A} A); this teacher uses the minimum image convention")
+            return (f"cell height {heights[axis]:.3f} A along cell vector {axis} is less than "
+                    f"twice the cutoff (2 x {cutoff_A} A); this teacher uses the minimum image "
+                    "convention")
     return None
 
 
@@ -94,4 +96,5 @@ def _overlap(atoms: Atoms) -> str | None:
     k = int(np.argmin(distance))
     i, j = sorted((int(first[k]), int(second[k])))
     pair = f"atoms {i} and {j}" if i != j else f"atom {i} and its own periodic image"
-    return f"{pair} are {distance[k]:.3f} A apart (closer than {MIN_DISTANCE_A} A): overlapping atoms"
+    return (f"{pair} are {distance[k]:.3f} A apart (closer than {MIN_DISTANCE_A} A): "
+            "overlapping atoms")

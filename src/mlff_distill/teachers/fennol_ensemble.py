@@ -117,11 +117,12 @@ class FennolEnsembleTeacher:
                 e, f, output = stack.energy_and_forces(stack.variables, processed)
             true_systems = np.asarray(output["true_sys"][0], dtype=bool)
             true_atoms = np.asarray(output["true_atoms"][0], dtype=bool)
-            energies.append(np.asarray(e, dtype=np.float64)[:, true_systems] * stack.eV_per_model_unit)
-            forces.append(np.asarray(f, dtype=np.float64)[:, true_atoms] * stack.eV_per_model_unit)
+            to_eV = stack.eV_per_model_unit
+            energies.append(np.asarray(e, dtype=np.float64)[:, true_systems] * to_eV)
+            forces.append(np.asarray(f, dtype=np.float64)[:, true_atoms] * to_eV)
             if with_stress:
                 virial = np.asarray(virial, dtype=np.float64)[:, true_systems]
-                stresses.append(virial * stack.eV_per_model_unit / structures[0].get_volume())
+                stresses.append(virial * to_eV / structures[0].get_volume())
             else:
                 stresses.append(np.full((len(e), len(structures), 3, 3), np.nan))
         return np.concatenate(energies), np.concatenate(forces), np.concatenate(stresses)

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+
 REPO = "thomasple/FeNNol-PMC"
 COMMIT = "7448eec72cc26c8e600bc414a72ab19cfa5db2d7"
 RAW_BASE_URL = f"https://raw.githubusercontent.com/{REPO}/{COMMIT}"
@@ -27,9 +28,9 @@ DOWNLOAD_TIMEOUT_S = 20.0  # per socket operation (connect, each read)
 SUBDIR = "fennol-pmc"
 SHORT_LAYOUT_PREFIX = "ANI/"  # ../shared/teachers keeps ANI/ANI1X/ as fennol-pmc/ANI1X/
 # Elements a model was trained on where its description does not name them (MACE-OFF23 paper).
-TRAINED_SPECIES = {
-    f"mace-off23-{size}": (1, 6, 7, 8, 9, 15, 16, 17, 35, 53) for size in ("small", "medium", "large")
-}
+MACE_OFF23_SPECIES = (1, 6, 7, 8, 9, 15, 16, 17, 35, 53)  # H C N O F P S Cl Br I
+TRAINED_SPECIES = {f"mace-off23-{size}": MACE_OFF23_SPECIES
+                   for size in ("small", "medium", "large")}
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,9 @@ class PmcFile:
         else:
             blob = hashlib.sha1(b"blob %d\0" % size)
             actual, expected, kind = _digest(path, blob), self.git_blob_sha1, "git blob SHA-1"
-        return None if actual == expected else f"{kind} {actual} differs from FeNNol-PMC's {expected}"
+        if actual == expected:
+            return None
+        return f"{kind} {actual} differs from FeNNol-PMC's {expected}"
 
 
 def fennol_pmc_manifest() -> dict[str, list[PmcFile]]:
@@ -68,11 +71,6 @@ def fennol_pmc_manifest() -> dict[str, list[PmcFile]]:
             table.setdefault(name, []).append(
                 PmcFile(path, sha1, lfs_sha256 or None, int(lfs_size) if lfs_size else None))
     return table
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/mlff-distill``, else ``~/.cache/mlff-distill``."""
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlff-distill"
 
 
 def resolve_fennol_pmc(name: str, models_dir: Path | None, cache_dir: Path,

@@ -32,12 +32,13 @@ from pathlib import Path
 
 import numpy as np
 
+from mlff_distill.teachers.base import default_cache_dir
+
 TORCHANI_REQUIREMENT = "torchani==2.2.4"
 RESOURCE_SUBPATH = "torchani/resources/ani-1x_8x"
 AEV_PARAMS_FILE = "rHCNO-5.2R_16-3.5A_a4-8.params"
 SELF_ENERGIES_FILE = "sae_linfit.dat"
 N_MEMBERS = 8
-CACHE_ENV = "MLFF_DISTILL_CACHE"
 CACHE_SUBDIR = Path("teachers") / "torchani-ani1x"
 
 # NeuroChem activation codes -> activation strings (FeNNol names for 9 and 6).
@@ -281,12 +282,6 @@ def _aev_size(params: dict) -> int:
     return n * len(params["ShfR"]) + n * (n + 1) // 2 * len(params["ShfA"]) * len(params["ShfZ"])
 
 
-def default_cache_dir() -> Path:
-    """The project's cache: ``$MLFF_DISTILL_CACHE``, else ``~/.cache/mlff-distill``."""
-    chosen = os.environ.get(CACHE_ENV)
-    return Path(chosen).expanduser() if chosen else Path.home() / ".cache" / "mlff-distill"
-
-
 def ani1x_cache_dir(cache: str | Path | None = None) -> Path:
     """Where the converted ANI-1x files live: ``<cache>/teachers/torchani-ani1x``."""
     return (Path(cache) if cache is not None else default_cache_dir()) / CACHE_SUBDIR
@@ -327,5 +322,5 @@ def build_ani1x_fnx(cache_dir: str | Path | None = None,
 __all__ = [
     "torchani_resource_dir", "read_aev_params", "read_self_energies", "read_network",
     "ani_aev_options", "ani1x_description", "fennol_ani1x_member", "build_ani1x_fnx",
-    "default_cache_dir", "ani1x_cache_dir", "ani1x_file_names", "TORCHANI_REQUIREMENT",
+    "ani1x_cache_dir", "ani1x_file_names", "TORCHANI_REQUIREMENT",
 ]

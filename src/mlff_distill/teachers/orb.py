@@ -47,6 +47,9 @@ def available_models() -> dict[str, str]:
 class OrbTeacher:
     """Energies (eV), forces (eV/Angstrom) and stress (eV/Angstrom^3) from one Orb model."""
 
+    handles_small_cells = True  # checked: a rattled 8-atom Si cell equals its 2x2x2 supercell
+    handles_mixed_pbc = False
+
     def __init__(self, model: str, weights: str = "pretrained", seed: int = 0,
                  checkpoint: str | None = None, precision: str = "float32-high",
                  device: str = "cpu", batch_size: int = 8):
@@ -65,16 +68,22 @@ class OrbTeacher:
         self._precision = precision
         self._dtype = torch.float64 if precision == "float64" else torch.float32
 
-        with _torch_precision(precision), warnings.catch_warnings():
+        # Building draws from torch's generator: fork it, so the caller's random stream is kept.
+        with _torch_precision(precision), torch.random.fork_rng(devices=[]), \
+                warnings.catch_warnings():
             warnings.filterwarnings("ignore", module="orb_models.utils")  # "global dtype" notes
             if weights == "random":
                 self._model = _random_model(loader, seed, precision, device)
                 source, sha256 = f"random(seed={seed})", _state_dict_sha256(self._model)
             else:
-                path = Path(checkpoint) if checkpoint else _pretrained_weights(model, models[model])
+                if checkpoint:
+                    path = Path(checkpoint).expanduser().resolve()
+                    source = str(path)
+                else:
+                    path, source = _pretrained_weights(model, models[model]), models[model]
                 self._model = loader(weights_path=str(path), device=device, precision=precision,
                                      compile=False)
-                source, sha256 = checkpoint or models[model], _file_sha256(path)
+                sha256 = _file_sha256(path)
 
         self._conservative = hasattr(self._model, "grad_forces_name")
         if self._conservative:
@@ -109,20 +118,20 @@ class OrbTeacher:
             for start in range(0, len(structures), self.batch_size):
                 chunk = structures[start:start + self.batch_size]
                 energy, force, stress = self._compute_batch(chunk)
-                energies.append(energy), forces.append(force), stresses.append(stress)
+                energies.append(energy)
+                forces.append(force)
+                stresses.append(stress)
         n = len(structures)
-        stress = np.concatenate(stresses) if stresses else np.zeros((0, 3, 3))
-        if not compute_stress:
-            stress = np.full((n, 3, 3), np.nan)
         return TeacherOutput(
             energy_eV=np.concatenate(energies) if energies else np.zeros(0),
             forces_eV_per_A=np.concatenate(forces) if forces else np.zeros((0, 3)),
             energy_std_eV=np.zeros(n),
             forces_std_eV_per_A=np.zeros((sum(len(a) for a in structures), 3)),
-            stress_eV_per_A3=stress,
+            stress_eV_per_A3=(np.concatenate(stresses) if compute_stress and stresses
+                              else np.full((n, 3, 3), np.nan)),
         )
 
-    def _compute_batch(self, structures: Sequence[Atoms]):
+    def _compute_batch(self, structures: Sequence[Atoms]) -> tuple[np.ndarray, ...]:
         """Energy [N] (eV), forces [M, 3] (eV/Angstrom), stress [N, 3, 3] (eV/Angstrom^3)."""
         if self._needs_charge_spin and any(
                 "charge" not in a.info or "spin" not in a.info for a in structures):
@@ -172,10 +181,9 @@ def _random_model(loader: Callable, seed: int, precision: str, device: str) -> t
     load_model = pretrained.load_model
     pretrained.load_model = without_weights
     try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            torch.set_default_dtype(torch.float32)
-            return loader(weights_path=None, device=device, precision=precision, compile=False)
+        torch.manual_seed(seed)
+        torch.set_default_dtype(torch.float32)
+        return loader(weights_path=None, device=device, precision=precision, compile=False)
     finally:
         pretrained.load_model = load_model
 
