@@ -46,3 +46,14 @@ def ani1x_teacher(ani1x_teacher_config):
     from mlff_distill.teachers import load_teacher
 
     return load_teacher(ani1x_teacher_config)
+
+
+@pytest.fixture(scope="module")
+def single_thread():
+    """Small tensors: one intra-op thread is faster and steadier than several on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,13 +12,7 @@ from mlff_distill.student import StudentPotential, TrainSettings, fit_reference_
 SPECIES = [13, 29]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small tensors: one intra-op thread is faster and steadier than several on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def emt_dataset(n_structures: int, seed: int) -> LabeledArrays:

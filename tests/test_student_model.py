@@ -25,13 +25,7 @@ from mlff_distill.student.neighbours import ALL_PAIRS_MAX_CANDIDATES
 SPECIES = [1, 6, 8, 14]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def single_thread():
-    """Small tensors: one intra-op thread is faster and steadier than several on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def as_batch(structures: list[Atoms]) -> dict[str, torch.Tensor]:
