@@ -214,7 +214,9 @@ def run(config: dict, structures_file: Path, store: Path, shards_dir: Path, pipe
     n_workers = config["label"]["workers"] or threads
     with stage_run(pipeline_file, "label", {**config["label"], "n_workers": n_workers},
                    log_file) as tracker:
-        tracker.set_tags({"teacher": teacher.identity.label})
+        tracker.set_tags({"teacher": teacher.identity.label,
+                          "teacher_trained": teacher.identity.trained})
+        tracker.log_params({"teacher": teacher.identity.as_dict()})
 
         def progress(stat: dict) -> None:
             logger.info("shard %s done: %d/%d structures, %.1f structures/s, %.0f s left",
