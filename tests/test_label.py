@@ -1,4 +1,5 @@
-"""Labeling in shards with the real ANI-1x teacher on a 2-worker Dask cluster, and resuming.
+"""Labeling in shards with the real ANI-1x teacher on a 2-worker Dask cluster, and resuming;
+structures a real (EMT-based, tests/failing_calculator.py) teacher fails on; scheduler choice.
 
 ``ani1x_teacher_config`` and ``ani1x_teacher`` come from conftest.py (skipped without the files).
 """
@@ -7,12 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import numpy as np
 import pytest
 from ase.build import molecule
+from ase.calculators.emt import EMT
+from conftest import full_config
 
-from mlff_distill.label import label_structures, plan_shards
-from mlff_distill.store import marker_path, read_labels, store_attrs
+from mlff_distill.label import LabelingFailedError, label_structures, plan_shards, slurm_cluster
+from mlff_distill.store import marker_path, read_labels, read_marker, store_attrs
 
 MOLECULES = ["CH4", "H2O", "NH3", "C2H6", "C2H4", "HCN", "CH3OH", "H2CO", "CH3CN", "HCOOH",
              "N2H4", "H3CNH2"]
@@ -104,3 +109,110 @@ def test_changed_teacher_config_relabels_every_shard_in_process(labeled, ani1x_t
                                n_workers=0, shard_size=4, attrs={})
     assert (summary["shards_labeled"], summary["shards_reused"]) == (3, 0)
     np.testing.assert_allclose(read_labels(root / "labels.zarr").energy_eV, before, rtol=1e-6)
+
+
+def ase_teacher_config(factory: str) -> dict:
+    return full_config({"teacher": {"kind": "ase", "name": "emt", "factory": factory}})["teacher"]
+
+
+def poisoned_molecules() -> list:
+    """`rattled_molecules` with samples 4, 5 and 9 raising and 6, 7 giving NaN in `FailingEMT`:
+    shard 4-8 (of 4) fails entirely; shard 8-12 loses one structure."""
+    structures = rattled_molecules()
+    for index, poison in {4: "raise", 5: "raise", 6: "nan", 7: "nan", 9: "raise"}.items():
+        structures[index].info["poison"] = poison
+    return structures
+
+
+def test_failed_structures_are_left_out_recorded_and_not_retried(tmp_path):
+    config = ase_teacher_config("failing_calculator:FailingEMT")
+    store = tmp_path / "labels.zarr"
+
+    def label(max_failed_fraction):
+        return label_structures(poisoned_molecules(), config, tmp_path / "shards", store,
+                                n_workers=0, shard_size=4, attrs={},
+                                max_failed_fraction=max_failed_fraction)
+
+    summary = label(0.5)
+    assert (summary["n_failed"], summary["n_stored"], summary["shards_labeled"]) == (5, 7, 3)
+    assert summary["failed_fraction"] == pytest.approx(5 / 12)
+    failures = {f["sample_index"]: f for f in summary["failures"]}
+    assert sorted(failures) == [4, 5, 6, 7, 9]
+    assert failures[4]["error"] == "TeacherBlewUp" and "cannot handle" in failures[4]["reason"]
+    assert failures[6] == {"sample_index": 6, "error": None, "reason": "non-finite energy/forces"}
+    assert json.loads((tmp_path / "failures.json").read_text()) == summary["failures"]
+    assert [s["n_failed"] for s in summary["shards"]] == [0, 4, 1]
+    assert read_marker(tmp_path / "shards" / "shard-00000004-00000008.zarr")["n_structures"] == 0
+
+    kept = [a for a in rattled_molecules() if a.info["sample_index"] not in failures]
+    labels = read_labels(store)
+    assert labels.n_structures == 7
+    for index, atoms in enumerate(kept):
+        atoms.calc = EMT()
+        np.testing.assert_allclose(labels.energy_eV[index], atoms.get_potential_energy(), rtol=1e-12)
+        np.testing.assert_allclose(labels.forces_eV_per_A[labels.atoms_ptr[index]:labels.atoms_ptr[index + 1]],
+                                   atoms.get_forces(), atol=1e-12)
+
+    # A shard with failures is complete: the rerun reuses it, and the limit is checked after combining.
+    store.rename(tmp_path / "old.zarr")
+    with pytest.raises(LabelingFailedError, match=r"5 of 12 structures \(41.7%\) failed.*sample 4: "
+                                                  r"TeacherBlewUp: cannot handle") as raised:
+        label(0.4)
+    assert (raised.value.summary["shards_labeled"], raised.value.summary["shards_reused"]) == (0, 3)
+    assert read_labels(store).n_structures == 7
+
+
+def test_existing_scheduler_by_address(tmp_path):
+    from distributed import LocalCluster
+
+    structures = rattled_molecules()[:4]
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                      dashboard_address=None) as cluster:
+        summary = label_structures(structures, ase_teacher_config("ase.calculators.emt:EMT"),
+                                   tmp_path / "shards", tmp_path / "labels.zarr", n_workers=0,
+                                   shard_size=2, attrs={},
+                                   scheduler={"kind": "address", "address": cluster.scheduler_address})
+    assert (summary["scheduler"], summary["shards_labeled"], summary["n_failed"]) == ("address", 2, 0)
+    energies = []
+    for atoms in structures:
+        atoms.calc = EMT()
+        energies.append(atoms.get_potential_energy())
+    np.testing.assert_allclose(read_labels(tmp_path / "labels.zarr").energy_eV, energies, rtol=1e-12)
+
+
+@pytest.mark.parametrize("scheduler, message", [
+    ({"kind": "kubernetes"}, "is not one of local, address, slurm"),
+    ({"kind": "address"}, "needs 'address'"),
+])
+def test_bad_scheduler_is_refused_before_labeling(tmp_path, scheduler, message):
+    with pytest.raises(ValueError, match=message):
+        label_structures(rattled_molecules(), {}, tmp_path / "shards", tmp_path / "labels.zarr",
+                         n_workers=1, shard_size=4, attrs={}, scheduler=scheduler)
+    assert not (tmp_path / "shards").exists()
+
+
+SLURM = {"kind": "slurm", "cores": 4, "memory": "16GB", "walltime": "01:30:00", "queue": "cpu-short",
+         "jobs": 3}
+
+
+def test_slurm_scheduler_without_dask_jobqueue_says_what_to_install():
+    try:
+        import dask_jobqueue  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"pip install dask-jobqueue==0\.9\.0"):
+            slurm_cluster(SLURM)
+    else:
+        pytest.skip("dask-jobqueue is installed: test_slurm_job_script covers the slurm kind")
+
+
+def test_slurm_job_script_holds_the_resources():
+    pytest.importorskip("dask_jobqueue")
+    cluster = slurm_cluster(SLURM, {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"})
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH -p cpu-short" in script and "#SBATCH -t 01:30:00" in script
+    assert "#SBATCH --cpus-per-task=4" in script and "#SBATCH --mem=15G" in script
+    assert "--nworkers 4" in script and "--nthreads 1" in script
+    assert "export XLA_FLAGS=--xla_cpu_multi_thread_eigen=false" in script

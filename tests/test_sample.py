@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from ase.io import read
 
+from conftest import full_config
 from mlff_distill.sample import (assign_splits, min_distance_A, rattled, sample_structures,
                                  seed_molecules, teacher_md, write_structures)
 
@@ -54,7 +55,7 @@ def test_teacher_md_and_full_sampling(ani1x_teacher, tmp_path):
         "molecules": ["H2O", "NH3"], "rattle": {"structures_per_seed": 4, "sigma_A": [0.02, 0.1]},
         "md": {**md, "temperatures_K": [300.0]}, "min_distance_A": 0.6,
         "val_fraction": 0.2, "test_fraction": 0.2}}
-    structures = sample_structures(config, ani1x_teacher, logging.getLogger("test"))
+    structures = sample_structures(full_config(config), ani1x_teacher, logging.getLogger("test"))
     assert len(structures) == 2 * 4 + 2 * 3
     path = tmp_path / "s.extxyz"
     write_structures(structures, path)

@@ -8,18 +8,21 @@ labels only what is missing. Units: positions Angstrom, energies eV, forces eV/A
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import hashlib
 import json
 import logging
+import shlex
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from ase import Atoms
 
 from mlff_distill.data import concatenate_structures
-from mlff_distill.store import SPLIT_CODES, combine_shards, read_shard, write_shard
+from mlff_distill.store import SPLIT_CODES, combine_shards, read_marker, read_shard, write_shard
 from mlff_distill.teachers import Teacher, check_structures_for, load_teacher
 
 REQUIRED_INFO = ("split", "group", "sample_index")
@@ -29,6 +32,8 @@ WORKER_ENV = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}
 # Workers share compiled teacher functions through JAX's persistent cache in <shards_dir>/jax-cache.
 JAX_CACHE_DIR = "jax-cache"
 TEACHER_CONFIG_FILE = "teacher_config.json"
+# Written beside the label store: the structures left out because the teacher failed on them.
+FAILURES_FILE = "failures.json"
 
 
 def plan_shards(n_structures: int, shard_size: int) -> list[range]:
@@ -42,24 +47,49 @@ def plan_shards(n_structures: int, shard_size: int) -> list[range]:
 def label_shard(teacher_config: dict, structures: list[Atoms], shard_path: Path) -> dict:
     """Label ``structures`` with the teacher and write them as the shard at ``shard_path``.
 
-    Runs in a Dask worker; the teacher is loaded once per process. Returns
-    ``{shard, n_structures, n_atoms, seconds}`` (wall time of the whole task, in s).
+    Runs in a Dask worker; the teacher is loaded once per process. If the teacher raises on the
+    whole batch or returns non-finite energies/forces, the structures are labeled one at a time;
+    a structure that then raises or gives non-finite energy/forces is left out of the shard and
+    recorded in ``failures`` (``sample_index``, ``error``: exception type or None, ``reason``).
+    A shard with failures is still complete: its marker records the failures and a hash of all
+    its input structures, so a rerun reuses it instead of retrying the failing structures
+    (delete the shard, or change the teacher config, to retry them).
+
+    Returns ``{shard, n_structures (labeled), n_atoms, n_failed, failures, seconds (whole task),
+    teacher_seconds, write_seconds}``; times in s.
     """
     start = time.perf_counter()
-    output = _cached_teacher(_canonical_json(teacher_config)).compute(structures)
-    arrays = _input_arrays(structures)
+    teacher = _cached_teacher(_canonical_json(teacher_config))
+    teacher_start = time.perf_counter()
+    kept, output, failures = _compute_with_fallback(teacher, structures)
+    teacher_seconds = time.perf_counter() - teacher_start
+    arrays = _input_arrays(kept)
     arrays.update(
-        forces_eV_per_A=output.forces_eV_per_A,
-        energy_eV=output.energy_eV,
-        energy_std_eV=output.energy_std_eV,
+        forces_eV_per_A=output["forces_eV_per_A"],
+        energy_eV=output["energy_eV"],
+        energy_std_eV=output["energy_std_eV"],
     )
-    write_shard(shard_path, arrays)
+    write_start = time.perf_counter()
+    write_shard(shard_path, arrays, {"failures": failures, "inputs_sha256": _inputs_sha256(structures)})
     return {
         "shard": Path(shard_path).name,
-        "n_structures": len(structures),
+        "n_structures": len(kept),
         "n_atoms": int(arrays["atoms_ptr"][-1]),
+        "n_failed": len(failures),
+        "failures": failures,
         "seconds": time.perf_counter() - start,
+        "teacher_seconds": teacher_seconds,
+        "write_seconds": time.perf_counter() - write_start,
     }
+
+
+class LabelingFailedError(RuntimeError):
+    """More structures failed to label than ``max_failed_fraction`` allows; ``summary`` holds the
+    labeling summary (the store was written all the same, without the failed structures)."""
+
+    def __init__(self, message: str, summary: dict):
+        super().__init__(message)
+        self.summary = summary
 
 
 def label_structures(
@@ -71,19 +101,33 @@ def label_structures(
     shard_size: int,
     attrs: dict,
     progress: Callable[[dict], None] | None = None,
+    max_failed_fraction: float = 0.0,
+    scheduler: dict | None = None,
 ) -> dict:
     """Label ``structures`` in shards under ``shards_dir`` and combine them into ``store_path``.
 
     Every structure needs ``info["split"]`` (train/val/test), ``info["group"]`` and
-    ``info["sample_index"]``. Shards are labeled by a local cluster of ``n_workers`` processes of
-    one thread each (``n_workers=0``: in this process, without Dask). Complete shards holding the
-    same structures, labeled with the same ``teacher_config``, are reused. ``progress`` receives
-    each finished shard's stats with ``structures_per_second`` and ``eta_seconds``. ``attrs`` go
-    into the store's root attributes. Returns a summary with per-shard stats; times in s,
-    ``structures_per_second`` over the labeling phase including the cluster's start.
+    ``info["sample_index"]``. ``scheduler`` picks where shards are labeled (see `open_client`):
+    None or ``{"kind": "local"}``: a local cluster of ``n_workers`` processes of one thread each
+    (``n_workers=0``: in this process, without Dask); ``{"kind": "address", "address": ...}``: an
+    existing Dask scheduler; ``{"kind": "slurm", "jobs": N, ...}``: a dask-jobqueue SLURMCluster.
+    Complete shards holding the same structures, labeled with the same ``teacher_config``, are
+    reused. ``progress`` receives each finished shard's stats with ``structures_per_second`` and
+    ``eta_seconds``. ``attrs`` go into the store's root attributes.
+
+    Structures the teacher fails on (see `label_shard`) are left out of the store; all failures,
+    of new and reused shards, are in the summary (``n_failed``, ``failed_fraction``, ``failures``)
+    and in ``failures.json`` beside the store. If the failed fraction exceeds
+    ``max_failed_fraction``, `LabelingFailedError` is raised after the store is combined.
+
+    Returns a summary with per-shard stats; times in s, ``structures_per_second`` over the
+    labeling phase including the cluster's start.
     """
     start = time.perf_counter()
     _check_info(structures)
+    if not 0.0 <= max_failed_fraction <= 1.0:
+        raise ValueError(f"max_failed_fraction must be within [0, 1], got {max_failed_fraction}")
+    scheduler = _checked_scheduler(scheduler)
     shards_dir = Path(shards_dir).resolve()
     shards_dir.mkdir(parents=True, exist_ok=True)
     _invalidate_if_teacher_changed(shards_dir, teacher_config)
@@ -92,60 +136,188 @@ def label_structures(
     shards = [[structures[i] for i in r] for r in ranges]
     todo = [(path, shard) for path, shard in zip(paths, shards) if not _reusable(path, shard)]
     label_start = time.perf_counter()
-    env = {**WORKER_ENV, "JAX_COMPILATION_CACHE_DIR": str(shards_dir / JAX_CACHE_DIR)}
-    stats = _label_todo(todo, teacher_config, n_workers, env, progress)
+    stats = _label_todo(todo, teacher_config, n_workers, worker_env(shards_dir), progress, scheduler)
     label_seconds = time.perf_counter() - label_start
 
     combine_start = time.perf_counter()
     combine_shards(paths, store_path, attrs)
-    n_labeled = sum(s["n_structures"] for s in stats)
-    return {
+    combine_seconds = time.perf_counter() - combine_start
+    failures = [failure for path in paths for failure in read_marker(path).get("failures", [])]
+    failures_file = Path(store_path).resolve().parent / FAILURES_FILE
+    failures_file.write_text(json.dumps(failures, indent=1))
+    n_labeled = sum(s["n_structures"] + s["n_failed"] for s in stats)
+    summary = {
         "n_structures": len(structures),
         "n_atoms": sum(len(a) for a in structures),
+        "n_stored": len(structures) - len(failures),
+        "n_failed": len(failures),
+        "failed_fraction": len(failures) / len(structures) if structures else 0.0,
         "shards_labeled": len(todo),
         "shards_reused": len(paths) - len(todo),
         "seconds": time.perf_counter() - start,
         "label_seconds": label_seconds,
-        "combine_seconds": time.perf_counter() - combine_start,
+        "combine_seconds": combine_seconds,
         "structures_per_second": n_labeled / label_seconds if n_labeled else 0.0,
+        "scheduler": scheduler["kind"],
+        "failures_file": str(failures_file),
+        "failures": failures,
         "shards": sorted(stats, key=lambda s: s["shard"]),
     }
+    if summary["failed_fraction"] > max_failed_fraction:
+        reasons = "; ".join(f"sample {f['sample_index']}: {f['reason']}" for f in failures[:3])
+        raise LabelingFailedError(
+            f"{len(failures)} of {len(structures)} structures ({summary['failed_fraction']:.1%}) "
+            f"failed to label, more than max_failed_fraction={max_failed_fraction}; first: "
+            f"{reasons}; all in {failures_file}", summary)
+    return summary
+
+
+def worker_env(shards_dir: Path) -> dict[str, str]:
+    """Environment of labeling worker processes: `WORKER_ENV` and the shared JAX cache."""
+    return {**WORKER_ENV, "JAX_COMPILATION_CACHE_DIR": str(Path(shards_dir) / JAX_CACHE_DIR)}
 
 
 def _label_todo(todo: list[tuple[Path, list[Atoms]]], teacher_config: dict, n_workers: int,
-                env: dict[str, str], progress: Callable[[dict], None] | None) -> list[dict]:
-    """Label the shards in ``todo`` (in this process if ``n_workers <= 0``; else in worker
-    processes with environment ``env``); their stats."""
+                env: dict[str, str], progress: Callable[[dict], None] | None,
+                scheduler: dict | None = None) -> list[dict]:
+    """Label the shards in ``todo`` (in this process if the scheduler is local and
+    ``n_workers <= 0``; else on Dask workers, see `open_client`); their stats."""
     if not todo:
         return []
+    scheduler = _checked_scheduler(scheduler)
     total = sum(len(shard) for _, shard in todo)
     start = time.perf_counter()
     stats: list[dict] = []
 
     def finished(stat: dict) -> None:
         stats.append(stat)
-        done = sum(s["n_structures"] for s in stats)
+        done = sum(s["n_structures"] + s["n_failed"] for s in stats)
         rate = done / (time.perf_counter() - start)
         if progress is not None:
             progress({**stat, "shards_done": len(stats), "shards_total": len(todo),
                       "structures_done": done, "structures_total": total,
                       "structures_per_second": rate, "eta_seconds": (total - done) / rate})
 
-    if n_workers <= 0:
+    if scheduler["kind"] == "local" and n_workers <= 0:
         for path, shard in todo:
             finished(label_shard(teacher_config, shard, path))
         return stats
 
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import as_completed
 
-    with LocalCluster(n_workers=min(n_workers, len(todo)), threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.WARNING, env=env) as cluster, \
-            Client(cluster) as client:
+    with open_client(scheduler, min(n_workers, len(todo)), env) as client:
         futures = [client.submit(label_shard, teacher_config, shard, path, pure=False)
                    for path, shard in todo]
         for future in as_completed(futures):
             finished(future.result())
     return stats
+
+
+SCHEDULER_KINDS = ("local", "address", "slurm")
+JOBQUEUE_PIN = "dask-jobqueue==0.9.0"
+
+
+def _checked_scheduler(scheduler: dict | None) -> dict:
+    """``scheduler`` with its kind checked (None means ``{"kind": "local"}``)."""
+    scheduler = dict(scheduler or {"kind": "local"})
+    kind = scheduler.get("kind", "local")
+    if kind not in SCHEDULER_KINDS:
+        raise ValueError(f"scheduler kind {kind!r} is not one of {', '.join(SCHEDULER_KINDS)}")
+    if kind == "address" and not scheduler.get("address"):
+        raise ValueError("scheduler kind 'address' needs 'address' (e.g. tcp://host:8786)")
+    if kind == "slurm" and int(scheduler.get("jobs", 1)) < 1:
+        raise ValueError(f"scheduler kind 'slurm': jobs must be at least 1, got {scheduler['jobs']}")
+    return {**scheduler, "kind": kind}
+
+
+@contextlib.contextmanager
+def open_client(scheduler: dict | None, n_workers: int, env: dict[str, str]) -> Iterator:
+    """A Dask ``Client`` for ``scheduler``, closed (with any cluster it started) on exit.
+
+    - ``local`` (or None): a LocalCluster of ``n_workers`` single-threaded processes with ``env``.
+    - ``address``: connects to the running scheduler at ``scheduler["address"]``; its workers keep
+      their own environment (``env`` is not applied) and must import this package.
+    - ``slurm``: `slurm_cluster` scaled to ``scheduler["jobs"]`` jobs (default 1); ``n_workers`` is
+      not used.
+    """
+    from distributed import Client, LocalCluster
+
+    scheduler = _checked_scheduler(scheduler)
+    if scheduler["kind"] == "address":
+        with Client(scheduler["address"], timeout=scheduler.get("timeout", "30s")) as client:
+            yield client
+        return
+    if scheduler["kind"] == "slurm":
+        with slurm_cluster(scheduler, env) as cluster:
+            cluster.scale(jobs=int(scheduler.get("jobs", 1)))
+            with Client(cluster) as client:
+                yield client
+        return
+    with LocalCluster(n_workers=max(1, n_workers), threads_per_worker=1, processes=True,
+                      dashboard_address=None, silence_logs=logging.WARNING, env=env) as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
+def slurm_cluster(scheduler: dict, env: dict[str, str] | None = None):
+    """A ``dask_jobqueue.SLURMCluster`` from ``scheduler`` (not scaled: nothing is submitted).
+
+    Every key but ``kind``, ``jobs`` and ``timeout`` is passed to SLURMCluster (``cores``,
+    ``memory``, ``walltime``, ``queue``, ``account``, ``job_extra_directives``, ...).
+    ``processes`` defaults to ``cores`` (single-threaded workers, like the local cluster); ``env``
+    is exported in the job script before the workers start.
+    """
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as error:
+        raise ImportError(f"scheduler kind 'slurm' needs dask-jobqueue: pip install {JOBQUEUE_PIN} "
+                          f"({error})") from error
+    options = {k: v for k, v in scheduler.items() if k not in ("kind", "jobs", "timeout")}
+    if "cores" in options:
+        options.setdefault("processes", options["cores"])
+    exports = [f"export {name}={shlex.quote(value)}" for name, value in (env or {}).items()]
+    options["job_script_prologue"] = exports + list(options.get("job_script_prologue", []))
+    return SLURMCluster(**options)
+
+
+def _compute_with_fallback(teacher: Teacher, structures: list[Atoms]
+                           ) -> tuple[list[Atoms], dict[str, np.ndarray], list[dict]]:
+    """The structures the teacher labeled, their labels and the failures (see `label_shard`)."""
+    try:
+        output = teacher.compute(structures)
+        if _finite(output):
+            return list(structures), _label_arrays(output), []
+    except Exception:  # one bad structure spoils the batch: find it below
+        pass
+    kept, outputs, failures = [], [], []
+    for atoms in structures:
+        failure = {"sample_index": int(atoms.info["sample_index"]), "error": None,
+                   "reason": "non-finite energy/forces"}
+        try:
+            output = teacher.compute([atoms])
+        except Exception as error:  # any teacher error means: this structure fails
+            failures.append({**failure, "error": type(error).__name__,
+                             "reason": f"{type(error).__name__}: {error}"})
+            continue
+        if not _finite(output):
+            failures.append(failure)
+            continue
+        kept.append(atoms)
+        outputs.append(_label_arrays(output))
+    if not outputs:
+        return [], {"energy_eV": np.zeros(0), "energy_std_eV": np.zeros(0),
+                    "forces_eV_per_A": np.zeros((0, 3))}, failures
+    return kept, {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}, failures
+
+
+def _label_arrays(output) -> dict[str, np.ndarray]:
+    return {"energy_eV": np.asarray(output.energy_eV, dtype=np.float64),
+            "energy_std_eV": np.asarray(output.energy_std_eV, dtype=np.float64),
+            "forces_eV_per_A": np.asarray(output.forces_eV_per_A, dtype=np.float64)}
+
+
+def _finite(output) -> bool:
+    return bool(np.isfinite(output.energy_eV).all() and np.isfinite(output.forces_eV_per_A).all())
 
 
 @functools.lru_cache(maxsize=2)
@@ -179,13 +351,29 @@ def _input_arrays(structures: Sequence[Atoms]) -> dict[str, np.ndarray]:
 
 
 def _reusable(shard_path: Path, structures: Sequence[Atoms]) -> bool:
-    """True if the shard is complete and holds exactly ``structures``."""
+    """True if the shard is complete and was labeled from exactly ``structures`` (those the
+    teacher failed on are recorded in its marker, not stored)."""
     try:
         existing = read_shard(shard_path)
+        marker = read_marker(shard_path)
     except Exception:  # missing, partial or corrupt: relabel
         return False
+    if "inputs_sha256" in marker and marker["inputs_sha256"] != _inputs_sha256(structures):
+        return False
+    failed = {f["sample_index"] for f in marker.get("failures", [])}
+    kept = [a for a in structures if a.info["sample_index"] not in failed]
     return all(np.array_equal(existing[name], values)
-               for name, values in _input_arrays(structures).items())
+               for name, values in _input_arrays(kept).items())
+
+
+def _inputs_sha256(structures: Sequence[Atoms]) -> str:
+    """SHA-256 of the input arrays of ``structures`` (all of them, failing ones included)."""
+    digest = hashlib.sha256()
+    for name, values in sorted(_input_arrays(structures).items()):
+        values = np.ascontiguousarray(values)
+        digest.update(f"{name}:{values.dtype.str}:{values.shape};".encode())
+        digest.update(values.tobytes())
+    return digest.hexdigest()
 
 
 def _invalidate_if_teacher_changed(shards_dir: Path, teacher_config: dict) -> None:
@@ -229,13 +417,26 @@ def run(config: dict, structures_file: Path, store: Path, shards_dir: Path, pipe
         attrs = {"teacher": teacher.identity.as_dict(), "config_hash": config_hash(config),
                  "package_versions": package_versions(),
                  "structures_file": str(Path(structures_file).resolve())}
-        summary = label_structures(structures, config["teacher"], shards_dir, store, n_workers,
-                                   config["label"]["shard_size"], attrs, progress)
+        try:
+            summary = label_structures(
+                structures, config["teacher"], shards_dir, store, n_workers,
+                config["label"]["shard_size"], attrs, progress,
+                max_failed_fraction=config["label"].get("max_failed_fraction", 0.0),
+                scheduler=config["label"].get("scheduler"))
+        except LabelingFailedError as error:
+            tracker.log_metrics({"n_failed": error.summary["n_failed"],
+                                 "failed_fraction": error.summary["failed_fraction"]})
+            logger.error("%s", error)
+            raise
+        for failure in summary["failures"]:
+            logger.warning("structure %d left out: %s", failure["sample_index"], failure["reason"])
         for stat in summary["shards"]:
             shard_run = tracker.child(f"label {stat['shard']}")
-            shard_run.log_metrics({k: stat[k] for k in ("n_structures", "n_atoms", "seconds")})
+            shard_run.log_metrics({k: stat[k] for k in ("n_structures", "n_atoms", "n_failed", "seconds",
+                                                        "teacher_seconds", "write_seconds")})
             shard_run.end()
         tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        logger.info("labeled %d structures (%d shards new, %d reused) in %.1f s into %s",
-                    summary["n_structures"], summary["shards_labeled"], summary["shards_reused"],
+        logger.info("labeled %d structures (%d failed, %d shards new, %d reused, scheduler %s) "
+                    "in %.1f s into %s", summary["n_structures"], summary["n_failed"],
+                    summary["shards_labeled"], summary["shards_reused"], summary["scheduler"],
                     summary["seconds"], store)

@@ -23,6 +23,7 @@ from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from tqdm import tqdm
 
+from mlff_distill import strategies
 from mlff_distill.teachers import Teacher, TeacherCalculator
 
 SPLITS = ("train", "val", "test")
@@ -61,14 +62,16 @@ def teacher_md(seed: Atoms, teacher: Teacher, temperature_K: float, md: dict,
     atoms.calc = TeacherCalculator(teacher)
     thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
-    ZeroRotation(atoms)
+    if not atoms.pbc.any():  # rotation is a rigid mode of molecules only
+        ZeroRotation(atoms)
     dynamics = Langevin(atoms, timestep=md["timestep_fs"] * units.fs, temperature_K=temperature_K,
                         friction=md["friction_per_fs"] / units.fs, fixcm=False, rng=rng)
     dynamics.run(md["equilibration_steps"])
     frames = []
     for _ in range(md["frames_per_trajectory"]):
         dynamics.run(md["steps_between_frames"])
-        frame = Atoms(numbers=atoms.numbers, positions=atoms.positions.copy())
+        frame = Atoms(numbers=atoms.numbers, positions=atoms.positions.copy(),
+                      cell=atoms.cell.copy(), pbc=atoms.pbc.copy())
         frame.info = {"seed": seed.info["seed"], "strategy": "md", "temperature_K": temperature_K}
         frames.append(frame)
     return frames
@@ -102,11 +105,71 @@ def assign_splits(groups: Sequence[int], val_fraction: float, test_fraction: flo
     return [split_of_group[g] for g in groups]
 
 
+def seed_structures(settings: dict) -> list[Atoms]:
+    """The seeds: G2 molecules by name, then every frame of ``seed_files`` (if any), periodic ones
+    replicated to ``min_cell_length_A`` (Angstrom; 0: as they are)."""
+    files = strategies.read_seed_files(settings["seed_files"])
+    return seed_molecules(settings["molecules"]) + [
+        strategies.replicate_to_min_size(atoms, settings["min_cell_length_A"]) for atoms in files]
+
+
+def extra_strategies(seeds: Sequence[Atoms], settings: dict, teacher: Teacher,
+                     rng: np.random.Generator, logger: logging.Logger) -> list[list[Atoms]]:
+    """Groups of structures from the optional strategies of `mlff_distill.strategies`; each is off
+    unless its settings ask for structures."""
+    groups: list[list[Atoms]] = []
+    strain = settings["rattle_strain"]
+    if strain["structures_per_seed"]:
+        for seed in seeds:
+            groups += [[atoms] for atoms in strategies.rattle_and_strain(
+                seed, strain["structures_per_seed"], strain["sigma_A"], strain["max_strain"], rng)]
+    relax = settings["rattle_relax"]
+    if relax["generations"]:
+        for seed in tqdm(seeds, desc="rattle-relax", unit="seed"):
+            groups.append(strategies.rattle_relax(
+                seed, teacher, relax["generations"], relax["children_per_generation"],
+                relax["sigma_A"], relax["relax_steps"], relax["temperature_K"], rng))
+            logger.info("rattle-relax %s: %d structures", seed.info["seed"], len(groups[-1]))
+    modes = settings["normal_modes"]
+    if modes["structures_per_seed"]:
+        for seed in tqdm(seeds, desc="normal modes", unit="seed"):
+            for temperature in modes["temperatures_K"]:
+                groups += [[atoms] for atoms in strategies.normal_mode_samples(
+                    seed, teacher, temperature, modes["structures_per_seed"], rng,
+                    modes["delta_A"])]
+    return groups
+
+
+def teacher_filters(structures: list[Atoms], settings: dict, teacher: Teacher,
+                    logger: logging.Logger) -> list[Atoms]:
+    """The optional filters, in order: near duplicates (``duplicate_tolerance_A``), largest
+    teacher force (``max_force_eV_per_A``), ensemble disagreement (``select_by_disagreement``, a
+    count). Each is off when its setting is null."""
+    before = len(structures)
+    if settings["duplicate_tolerance_A"] is not None:
+        structures = strategies.remove_near_duplicates(structures,
+                                                       settings["duplicate_tolerance_A"])
+        logger.info("near-duplicate removal kept %d of %d structures", len(structures), before)
+    if settings["max_force_eV_per_A"] is not None and structures:
+        forces = [teacher.compute(structures[i:i + 64]).forces_eV_per_A
+                  for i in range(0, len(structures), 64)]
+        count = len(structures)
+        structures = strategies.max_force_filter(structures, np.concatenate(forces),
+                                                 settings["max_force_eV_per_A"])
+        logger.info("max-force filter kept %d of %d structures", len(structures), count)
+    if settings["select_by_disagreement"] is not None:
+        count = len(structures)
+        structures = strategies.select_by_disagreement(structures, teacher,
+                                                       settings["select_by_disagreement"])
+        logger.info("disagreement selection kept %d of %d structures", len(structures), count)
+    return structures
+
+
 def sample_structures(config: dict, teacher: Teacher, logger: logging.Logger) -> list[Atoms]:
     """All structures of the sample stage, filtered, grouped and split."""
     settings = config["sample"]
     rng = np.random.default_rng(config["seed"])
-    seeds = seed_molecules(settings["molecules"])
+    seeds = seed_structures(settings)
     trajectories: list[list[Atoms]] = []
     for seed in seeds:
         trajectories += [[atoms] for atoms in rattled(
@@ -117,7 +180,8 @@ def sample_structures(config: dict, teacher: Teacher, logger: logging.Logger) ->
             trajectories.append(teacher_md(seed, teacher, temperature, settings["md"], rng))
             logger.info("MD %s at %g K: %d frames", seed.info["seed"], temperature,
                         len(trajectories[-1]))
-    structures, groups = [], []
+    trajectories += extra_strategies(seeds, settings, teacher, rng, logger)
+    structures = []
     for group, trajectory in enumerate(trajectories):
         for atoms in trajectory:
             if min_distance_A(atoms) < settings["min_distance_A"]:
@@ -127,7 +191,8 @@ def sample_structures(config: dict, teacher: Teacher, logger: logging.Logger) ->
                 continue
             atoms.info["group"] = group
             structures.append(atoms)
-            groups.append(group)
+    structures = teacher_filters(structures, settings, teacher, logger)
+    groups = [atoms.info["group"] for atoms in structures]
     splits = assign_splits(groups, settings["val_fraction"], settings["test_fraction"], rng)
     for index, (atoms, split) in enumerate(zip(structures, splits)):
         atoms.info["split"] = split
@@ -157,7 +222,7 @@ def run(config: dict, structures_file: Path, pipeline_file: Path, log_file: Path
     with stage_run(pipeline_file, "sample", config["sample"]) as tracker:
         start = time.perf_counter()
         teacher = load_teacher(config["teacher"])
-        check_structures_for(teacher, seed_molecules(config["sample"]["molecules"]),
+        check_structures_for(teacher, seed_structures(config["sample"]),
                              config["teacher"]["molecule_only"])
         tracker.set_tags({"teacher": teacher.identity.label})
         structures = sample_structures(config, teacher, logger)

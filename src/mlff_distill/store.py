@@ -69,14 +69,21 @@ def marker_path(shard_path: Path) -> Path:
     return shard_path.with_name(shard_path.name + ".done.json")
 
 
-def write_shard(shard_path: Path, arrays: dict[str, np.ndarray]) -> None:
+MARKER_KEYS = ("n_structures", "n_atoms", "sha256")
+
+
+def write_shard(shard_path: Path, arrays: dict[str, np.ndarray], extra: dict | None = None) -> None:
     """Write one shard (arrays named as in `ARRAYS`, ``atoms_ptr`` starting at 0) atomically.
 
     Data goes to a temporary sibling directory renamed into place; then the marker
-    ``<shard_path>.done.json`` records the structure count, atom count and SHA-256 of the arrays.
-    Stale data and marker at ``shard_path`` are removed first.
+    ``<shard_path>.done.json`` records the structure count, atom count and SHA-256 of the arrays,
+    plus ``extra`` (JSON-serializable, e.g. the structures that failed to label; see `read_marker`).
+    A shard may hold zero structures. Stale data and marker at ``shard_path`` are removed first.
     """
     shard_path = Path(shard_path)
+    extra = dict(extra or {})
+    if set(extra) & set(MARKER_KEYS):
+        raise ValueError(f"extra may not set the marker's own keys {sorted(set(extra) & set(MARKER_KEYS))}")
     arrays = _checked(arrays)
     marker = marker_path(shard_path)
     marker.unlink(missing_ok=True)
@@ -91,7 +98,13 @@ def write_shard(shard_path: Path, arrays: dict[str, np.ndarray]) -> None:
         "n_structures": len(arrays["energy_eV"]),
         "n_atoms": len(arrays["numbers"]),
         "sha256": _checksum(arrays),
+        **extra,
     })
+
+
+def read_marker(shard_path: Path) -> dict:
+    """The marker of a shard: its counts, checksum and the ``extra`` given to `write_shard`."""
+    return json.loads(marker_path(Path(shard_path)).read_text())
 
 
 def read_shard(shard_path: Path) -> dict[str, np.ndarray]:
@@ -102,8 +115,9 @@ def read_shard(shard_path: Path) -> dict[str, np.ndarray]:
     arrays = {name: group[spec.path][...] for name, spec in ARRAYS.items()}
     found = {"n_structures": len(arrays["energy_eV"]), "n_atoms": len(arrays["numbers"]),
              "sha256": _checksum(arrays)}
-    if found != marker:
-        raise ValueError(f"shard {shard_path} does not match its marker: {found} != {marker}")
+    if found != {key: marker.get(key) for key in MARKER_KEYS}:
+        raise ValueError(f"shard {shard_path} does not match its marker: {found} != "
+                         f"{ {key: marker.get(key) for key in MARKER_KEYS} }")
     return arrays
 
 

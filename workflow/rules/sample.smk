@@ -2,6 +2,7 @@ rule sample:
     """Structures for the teacher: rattled seeds and short teacher MD, as extxyz."""
     input:
         pipeline=PIPELINE_RUN,
+        seed_files=config["sample"]["seed_files"],
     output:
         structures=stage_path("sample", "structures.extxyz"),
     log:
