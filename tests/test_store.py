@@ -12,8 +12,8 @@ from ase.build import bulk, molecule
 
 from mlff_distill.data import LabeledArrays, concatenate_structures
 from mlff_distill.store import (
-    ARRAYS, SPLIT_CODES, combine_shards, marker_path, read_labels, read_shard, shard_is_complete,
-    store_attrs, write_shard,
+    ARRAYS, SPLIT_CODES, combine_shards, marker_path, read_labels, read_marker, read_shard,
+    shard_is_complete, store_attrs, write_shard,
 )
 
 
@@ -167,3 +167,20 @@ def test_combine_refuses_a_corrupt_shard_and_keeps_the_old_store(two_shards, tmp
     with pytest.raises(ValueError, match="does not match its marker"):
         combine_shards(paths, store, {"run": 2})
     assert store_attrs(store)["run"] == 1 and read_labels(store).n_structures == 5
+
+
+def test_marker_extra_and_an_empty_shard_combine(tmp_path):
+    """A shard may hold no structures (all failed) and carry extra marker entries."""
+    full = tmp_path / "full.zarr"
+    empty = tmp_path / "empty.zarr"
+    write_shard(full, shard_arrays([molecule("CH4")], ["train"], 0, seed=0),
+                extra={"failures": [{"sample_index": 1, "error": None, "reason": "non-finite"}]})
+    write_shard(empty, shard_arrays([], [], 2, seed=0), extra={"failures": []})
+    assert read_marker(full)["failures"][0]["sample_index"] == 1
+    assert read_marker(full)["n_structures"] == 1 and shard_is_complete(full)
+    assert read_marker(empty)["n_structures"] == 0 and shard_is_complete(empty)
+    combine_shards([empty, full, empty], tmp_path / "labels.zarr", {})
+    labels = read_labels(tmp_path / "labels.zarr")
+    assert labels.n_structures == 1 and labels.atoms_ptr.tolist() == [0, 5]
+    with pytest.raises(ValueError, match="may not set the marker's own keys"):
+        write_shard(full, shard_arrays([molecule("CH4")], ["train"], 0, seed=0), extra={"sha256": "x"})

@@ -421,8 +421,8 @@ def run(config: dict, structures_file: Path, store: Path, shards_dir: Path, pipe
             summary = label_structures(
                 structures, config["teacher"], shards_dir, store, n_workers,
                 config["label"]["shard_size"], attrs, progress,
-                max_failed_fraction=config["label"].get("max_failed_fraction", 0.0),
-                scheduler=config["label"].get("scheduler"))
+                max_failed_fraction=config["label"]["max_failed_fraction"],
+                scheduler=config["label"]["scheduler"])
         except LabelingFailedError as error:
             tracker.log_metrics({"n_failed": error.summary["n_failed"],
                                  "failed_fraction": error.summary["failed_fraction"]})
