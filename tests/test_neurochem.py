@@ -22,6 +22,7 @@ from ase.units import Hartree
 
 from mlff_distill.teachers import neurochem
 from mlff_distill.teachers.base import default_cache_dir
+from mlff_distill.teachers.fennol_ensemble import fennol_inputs
 from mlff_distill.teachers.neurochem import (
     AEV_PARAMS_FILE, SELF_ENERGIES_FILE, ani1x_cache_dir, build_ani1x_fnx,
     read_aev_params, read_network, read_self_energies, torchani_resource_dir,
@@ -115,18 +116,7 @@ def _ensemble_energy_forces(files: list[Path], structures: list[Atoms]):
     assert first.energy_unit == "Ha"
     variables = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves),
                                        *[m.variables for m in models])
-    n_atoms = np.array([len(a) for a in structures], dtype=np.int32)
-    inputs = {
-        "species": np.concatenate([a.numbers for a in structures]).astype(np.int32),
-        "coordinates": np.concatenate([a.positions for a in structures]).astype(np.float64),
-        "natoms": n_atoms,
-        "batch_index": np.repeat(np.arange(len(structures)), n_atoms).astype(np.int32),
-    }
-    if structures[0].pbc.all():
-        assert len(structures) == 1
-        cell = structures[0].cell.array.astype(np.float64)
-        inputs["cells"] = cell.reshape(1, 3, 3)
-        inputs["reciprocal_cells"] = np.linalg.inv(cell).reshape(1, 3, 3)
+    inputs = fennol_inputs(structures, np.float64)
     processed = first.preprocess(**inputs)
     energy, forces, _ = jax.jit(jax.vmap(first._energy_and_forces, in_axes=(0, None)))(
         variables, processed)

@@ -95,18 +95,8 @@ class FennolEnsembleTeacher:
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-member energy [K, n] (eV), forces [K, m, 3] (eV/A), stress [K, n, 3, 3] (eV/A^3)
         of molecules, or of one periodic cell."""
-        n_atoms = np.array([len(a) for a in structures], dtype=np.int32)
-        inputs = {
-            "species": np.concatenate([a.numbers for a in structures]).astype(np.int32),
-            "coordinates": np.concatenate([a.positions for a in structures]).astype(self._dtype),
-            "natoms": n_atoms,
-            "batch_index": np.repeat(np.arange(len(structures)), n_atoms).astype(np.int32),
-        }
-        periodic = bool(structures[0].pbc.all())
-        if periodic:
-            cell = structures[0].cell.array.astype(self._dtype)
-            inputs["cells"] = cell.reshape(1, 3, 3)
-            inputs["reciprocal_cells"] = np.linalg.inv(cell).reshape(1, 3, 3)
+        inputs = fennol_inputs(structures, self._dtype)
+        periodic = "cells" in inputs
         with_stress = compute_stress and periodic
         energies, forces, stresses = [], [], []
         for stack in self._stacks:
@@ -197,3 +187,22 @@ def _split_by_cell(structures: Sequence[Atoms]) -> list[list[Atoms]]:
         else:
             groups.append([atoms])
     return groups
+
+
+def fennol_inputs(structures: Sequence[Atoms], dtype: type) -> dict[str, np.ndarray]:
+    """FeNNol's raw inputs for a batch of molecules, or for one periodic cell (Angstrom)."""
+    n_atoms = np.array([len(a) for a in structures], dtype=np.int32)
+    inputs = {
+        "species": np.concatenate([a.numbers for a in structures]).astype(np.int32),
+        "coordinates": np.concatenate([a.positions for a in structures]).astype(dtype),
+        "natoms": n_atoms,
+        "batch_index": np.repeat(np.arange(len(structures)), n_atoms).astype(np.int32),
+    }
+    if structures[0].pbc.all():
+        if len(structures) != 1:
+            raise ValueError("FeNNol takes one periodic cell per call")
+        cell = structures[0].cell.array.astype(dtype)
+        inputs["cells"] = cell.reshape(1, 3, 3)
+        inputs["reciprocal_cells"] = np.linalg.inv(cell).reshape(1, 3, 3)
+    return inputs
+
