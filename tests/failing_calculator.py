@@ -29,3 +29,17 @@ class FailingEMT(EMT):
             self.results["energy"] = np.nan
             self.results["free_energy"] = np.nan
             self.results["forces"] = np.full((len(atoms), 3), np.nan)
+
+
+class SlowEMT(EMT):
+    """EMT that takes at least ``delay_s`` seconds per call: time to kill a labeling run midway."""
+
+    def __init__(self, delay_s: float = 0.3, **kwargs):
+        super().__init__(**kwargs)
+        self.delay_s = delay_s
+
+    def calculate(self, *args, **kwargs):
+        import time
+
+        time.sleep(self.delay_s)
+        super().calculate(*args, **kwargs)

@@ -6,9 +6,13 @@ structures a real (EMT-based, tests/failing_calculator.py) teacher fails on; sch
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -216,3 +220,57 @@ def test_slurm_job_script_holds_the_resources():
     assert "#SBATCH --cpus-per-task=4" in script and "#SBATCH --mem=15G" in script
     assert "--nworkers 4" in script and "--nthreads 1" in script
     assert "export XLA_FLAGS=--xla_cpu_multi_thread_eigen=false" in script
+
+
+KILL_SCRIPT = """
+import json, sys
+from ase.io import read
+from mlff_distill.label import label_structures
+structures, config, root = read(sys.argv[1], ":"), json.loads(sys.argv[2]), sys.argv[3]
+label_structures(structures, config, root + "/shards", root + "/labels.zarr", n_workers=0,
+                 shard_size=2, attrs={})
+"""
+
+
+def test_killed_run_and_corrupt_shard_resume_to_the_uninterrupted_store(tmp_path):
+    """SIGKILL a labeling run after its second shard, corrupt one finished shard, rerun: the store
+    equals an uninterrupted run's, each structure exactly once, only the missing shards labeled."""
+    from ase.io import read, write
+
+    config = ase_teacher_config("failing_calculator:SlowEMT")
+    config["kwargs"] = {"delay_s": 0.25}
+    write(tmp_path / "structures.extxyz", rattled_molecules())
+    structures = read(tmp_path / "structures.extxyz", ":")  # exactly what the killed run reads
+    reference = label_structures(structures, config, tmp_path / "ref" / "shards",
+                                 tmp_path / "ref" / "labels.zarr", n_workers=0, shard_size=2,
+                                 attrs={})
+    assert reference["shards_labeled"] == 6
+
+    run = tmp_path / "run"
+    run.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "structures.extxyz"),
+                                json.dumps(config), str(run)], env=env)
+    deadline = time.monotonic() + 120
+    while len(list((run / "shards").glob("*.done.json"))) < 2:
+        assert process.poll() is None and time.monotonic() < deadline, "labeling ended before the kill"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    finished = sorted((run / "shards").glob("*.done.json"))
+    assert 2 <= len(finished) < 6 and not (run / "labels.zarr").exists()
+
+    first_shard = Path(str(finished[0]).removesuffix(".done.json"))
+    chunk = next(p for p in (first_shard / "structures" / "energy_eV").rglob("*") if p.is_file()
+                 and p.name != "zarr.json")
+    chunk.write_bytes(bytes(len(chunk.read_bytes())))  # same size, wrong content
+
+    resumed = label_structures(structures, config, run / "shards", run / "labels.zarr",
+                               n_workers=0, shard_size=2, attrs={})
+    assert resumed["shards_reused"] == len(finished) - 1
+    assert resumed["shards_labeled"] == 6 - resumed["shards_reused"]
+    got, want = read_labels(run / "labels.zarr"), read_labels(tmp_path / "ref" / "labels.zarr")
+    assert got.n_structures == len(structures) == want.n_structures
+    for name in ("numbers", "positions_A", "forces_eV_per_A", "energy_eV", "atoms_ptr", "cell_A"):
+        np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
