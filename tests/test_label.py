@@ -274,3 +274,25 @@ def test_killed_run_and_corrupt_shard_resume_to_the_uninterrupted_store(tmp_path
     assert got.n_structures == len(structures) == want.n_structures
     for name in ("numbers", "positions_A", "forces_eV_per_A", "energy_eV", "atoms_ptr", "cell_A"):
         np.testing.assert_array_equal(getattr(got, name), getattr(want, name))
+
+
+def test_periodic_structures_get_stress_molecules_nan(tmp_path):
+    """Stress labels (eV/Angstrom^3, ASE's sign) for a periodic cell; NaN for a molecule."""
+    from ase.build import bulk
+
+    config = ase_teacher_config("ase.calculators.emt:EMT")
+    copper = bulk("Cu", cubic=True) * (2, 1, 1)
+    copper.rattle(0.05, seed=1)
+    copper.cell *= 0.98
+    water = molecule("H2O")
+    for index, atoms in enumerate((copper, water)):
+        atoms.info.update(split="train", group=index, sample_index=index)
+    label_structures([copper, water], config, tmp_path / "shards", tmp_path / "labels.zarr",
+                     n_workers=0, shard_size=2, attrs={})
+    labels = read_labels(tmp_path / "labels.zarr")
+    expected = copper.copy()
+    expected.calc = EMT()
+    np.testing.assert_allclose(labels.stress_eV_per_A3[0], expected.get_stress(voigt=False),
+                               atol=1e-12)
+    assert expected.get_stress()[0] < 0  # compressed: ASE's sign
+    assert np.isnan(labels.stress_eV_per_A3[1]).all()

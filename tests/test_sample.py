@@ -65,3 +65,21 @@ def test_teacher_md_and_full_sampling(ani1x_teacher, tmp_path):
     for atoms in back:
         if atoms.info["strategy"] == "md":
             assert atoms.info["split"] == md_groups[atoms.info["group"]]
+
+
+def test_test_files_are_the_test_split(tmp_path):
+    """Frames of ``test_files`` form the test split as given; nothing sampled is held out."""
+    from ase.build import molecule
+    from ase.io import write
+
+    test_file = tmp_path / "held_out.extxyz"
+    write(test_file, [molecule("CH3CH2OH"), molecule("C6H6")])
+    config = full_config({"seed": 0, "sample": {
+        "molecules": ["H2O"], "rattle": {"structures_per_seed": 5},
+        "md": {"frames_per_trajectory": 0}, "test_files": [str(test_file)]}})
+    structures = sample_structures(config, None, logging.getLogger("test"))
+    tests = [a for a in structures if a.info["split"] == "test"]
+    assert [a.get_chemical_formula() for a in tests] == ["C2H6O", "C6H6"]
+    assert all(a.info["strategy"] == "test-file" for a in tests)
+    assert len(structures) == 7 and [a.info["sample_index"] for a in structures] == list(range(7))
+    assert len({a.info["group"] for a in structures}) == 7

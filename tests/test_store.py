@@ -26,6 +26,8 @@ def shard_arrays(structures, splits, first_index, seed):
         forces_eV_per_A=rng.normal(size=(m, 3)),
         energy_eV=rng.normal(-1000.0, 10.0, size=n),
         energy_std_eV=rng.uniform(0.0, 0.1, size=n),
+        stress_eV_per_A3=np.where(np.array([a.pbc.all() for a in structures])[:, None, None],
+                                  rng.normal(size=(n, 3, 3)), np.nan),
         split=np.array([SPLIT_CODES[s] for s in splits], dtype=np.int8),
         group=np.arange(n, dtype=np.int64) // 2 + first_index,
         sample_index=np.arange(first_index, first_index + n, dtype=np.int64),

@@ -2,7 +2,8 @@
 
 Per-atom arrays are concatenated over structures; ``atoms_ptr[i]:atoms_ptr[i+1]`` selects the atoms
 of structure ``i`` (the layout of the Zarr store, see `mlff_distill.store`).
-Units: positions and cells in Angstrom, energies in eV, forces in eV/Angstrom.
+Units: positions and cells in Angstrom, energies in eV, forces in eV/Angstrom, stress in
+eV/Angstrom^3.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class LabeledArrays:
     atoms_ptr: np.ndarray  # [N + 1] int, offsets into the per-atom arrays
     cell_A: np.ndarray  # [N, 3, 3] float, Angstrom (zeros for molecules)
     pbc: np.ndarray  # [N, 3] bool
+    stress_eV_per_A3: np.ndarray | None = None  # [N, 3, 3], ASE's sign; NaN for molecules
 
     @property
     def n_structures(self) -> int:
@@ -50,6 +52,7 @@ class LabeledArrays:
             atoms_ptr=ptr,
             cell_A=self.cell_A[indices],
             pbc=self.pbc[indices],
+            stress_eV_per_A3=None if self.stress_eV_per_A3 is None else self.stress_eV_per_A3[indices],
         )
 
     def atoms(self, index: int) -> Atoms:

@@ -64,11 +64,7 @@ def label_shard(teacher_config: dict, structures: list[Atoms], shard_path: Path)
     kept, output, failures = _compute_with_fallback(teacher, structures)
     teacher_seconds = time.perf_counter() - teacher_start
     arrays = _input_arrays(kept)
-    arrays.update(
-        forces_eV_per_A=output["forces_eV_per_A"],
-        energy_eV=output["energy_eV"],
-        energy_std_eV=output["energy_std_eV"],
-    )
+    arrays.update(output)
     write_start = time.perf_counter()
     write_shard(shard_path, arrays, {"failures": failures, "inputs_sha256": _inputs_sha256(structures)})
     return {
@@ -284,7 +280,7 @@ def _compute_with_fallback(teacher: Teacher, structures: list[Atoms]
                            ) -> tuple[list[Atoms], dict[str, np.ndarray], list[dict]]:
     """The structures the teacher labeled, their labels and the failures (see `label_shard`)."""
     try:
-        output = teacher.compute(structures)
+        output = teacher.compute(structures, compute_stress=True)
         if _finite(output):
             return list(structures), _label_arrays(output), []
     except Exception:  # one bad structure spoils the batch: find it below
@@ -294,7 +290,7 @@ def _compute_with_fallback(teacher: Teacher, structures: list[Atoms]
         failure = {"sample_index": int(atoms.info["sample_index"]), "error": None,
                    "reason": "non-finite energy/forces"}
         try:
-            output = teacher.compute([atoms])
+            output = teacher.compute([atoms], compute_stress=True)
         except Exception as error:  # any teacher error means: this structure fails
             failures.append({**failure, "error": type(error).__name__,
                              "reason": f"{type(error).__name__}: {error}"})
@@ -306,14 +302,19 @@ def _compute_with_fallback(teacher: Teacher, structures: list[Atoms]
         outputs.append(_label_arrays(output))
     if not outputs:
         return [], {"energy_eV": np.zeros(0), "energy_std_eV": np.zeros(0),
-                    "forces_eV_per_A": np.zeros((0, 3))}, failures
+                    "forces_eV_per_A": np.zeros((0, 3)),
+                    "stress_eV_per_A3": np.zeros((0, 3, 3))}, failures
     return kept, {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}, failures
 
 
 def _label_arrays(output) -> dict[str, np.ndarray]:
+    n_structures = len(output.energy_eV)
+    stress = (np.full((n_structures, 3, 3), np.nan) if output.stress_eV_per_A3 is None
+              else np.asarray(output.stress_eV_per_A3, dtype=np.float64))
     return {"energy_eV": np.asarray(output.energy_eV, dtype=np.float64),
             "energy_std_eV": np.asarray(output.energy_std_eV, dtype=np.float64),
-            "forces_eV_per_A": np.asarray(output.forces_eV_per_A, dtype=np.float64)}
+            "forces_eV_per_A": np.asarray(output.forces_eV_per_A, dtype=np.float64),
+            "stress_eV_per_A3": stress}
 
 
 def _finite(output) -> bool:

@@ -166,7 +166,10 @@ def teacher_filters(structures: list[Atoms], settings: dict, teacher: Teacher,
 
 
 def sample_structures(config: dict, teacher: Teacher, logger: logging.Logger) -> list[Atoms]:
-    """All structures of the sample stage, filtered, grouped and split."""
+    """All structures of the sample stage, filtered, grouped and split.
+
+    With ``test_files``, their frames are the test split, as given, and no sampled structure is.
+    """
     settings = config["sample"]
     rng = np.random.default_rng(config["seed"])
     seeds = seed_structures(settings)
@@ -193,7 +196,12 @@ def sample_structures(config: dict, teacher: Teacher, logger: logging.Logger) ->
             structures.append(atoms)
     structures = teacher_filters(structures, settings, teacher, logger)
     groups = [atoms.info["group"] for atoms in structures]
-    splits = assign_splits(groups, settings["val_fraction"], settings["test_fraction"], rng)
+    test_files = strategies.read_seed_files(settings["test_files"])
+    test_fraction = 0.0 if test_files else settings["test_fraction"]
+    splits = assign_splits(groups, settings["val_fraction"], test_fraction, rng)
+    for group, atoms in enumerate(test_files, start=len(trajectories)):
+        atoms.info.update(strategy="test-file", group=group)
+    structures, splits = structures + test_files, splits + ["test"] * len(test_files)
     for index, (atoms, split) in enumerate(zip(structures, splits)):
         atoms.info["split"] = split
         atoms.info["sample_index"] = index

@@ -8,6 +8,7 @@ Layout of a store (and of each shard, which is a small store of the same layout)
     structures/atoms_ptr     [N + 1]   int64    offsets: atoms of structure i are atoms_ptr[i]:atoms_ptr[i+1]
     structures/energy_eV     [N]       float64  eV
     structures/energy_std_eV [N]       float64  eV, spread over the teacher's ensemble members
+    structures/stress_eV_per_A3 [N, 3, 3] float64 eV/Angstrom^3, ASE's sign; NaN for molecules
     structures/cell_A        [N, 3, 3] float64  Angstrom (zeros for molecules)
     structures/pbc           [N, 3]    bool
     structures/split         [N]       int8     `SPLIT_CODES`
@@ -53,6 +54,8 @@ ARRAYS = {
     "atoms_ptr": ArraySpec("structures/atoms_ptr", np.int64, (), "atom index"),
     "energy_eV": ArraySpec("structures/energy_eV", np.float64, (), "eV"),
     "energy_std_eV": ArraySpec("structures/energy_std_eV", np.float64, (), "eV"),
+    "stress_eV_per_A3": ArraySpec("structures/stress_eV_per_A3", np.float64, (3, 3),
+                                  "eV/Angstrom^3, ASE sign convention, NaN for molecules"),
     "cell_A": ArraySpec("structures/cell_A", np.float64, (3, 3), "Angstrom"),
     "pbc": ArraySpec("structures/pbc", np.bool_, (3,), "bool"),
     "split": ArraySpec("structures/split", np.int8, (), "code, see split_codes"),
@@ -201,6 +204,7 @@ def read_labels(store_path: Path, split: str | None = None) -> LabeledArrays:
         positions_A=group["atoms/positions_A"][...][keep_atoms],
         forces_eV_per_A=group["atoms/forces_eV_per_A"][...][keep_atoms],
         energy_eV=group["structures/energy_eV"][...][keep],
+        stress_eV_per_A3=group["structures/stress_eV_per_A3"][...][keep],
         atoms_ptr=np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64),
         cell_A=group["structures/cell_A"][...][keep],
         pbc=group["structures/pbc"][...][keep],

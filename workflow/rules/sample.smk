@@ -3,6 +3,7 @@ rule sample:
     input:
         pipeline=PIPELINE_RUN,
         seed_files=config["sample"]["seed_files"],
+        test_files=config["sample"]["test_files"],
     output:
         structures=stage_path("sample", "structures.extxyz"),
     log:
