@@ -7,6 +7,7 @@ import pytest
 from ase.io import read
 
 from conftest import full_config
+from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
 from mlff_distill.sample import (assign_splits, min_distance_A, rattled, sample_structures,
                                  seed_molecules, teacher_md, write_structures)
 
@@ -77,7 +78,8 @@ def test_test_files_are_the_test_split(tmp_path):
     config = full_config({"seed": 0, "sample": {
         "molecules": ["H2O"], "rattle": {"structures_per_seed": 5},
         "md": {"frames_per_trajectory": 0}, "test_files": [str(test_file)]}})
-    structures = sample_structures(config, None, logging.getLogger("test"))
+    emt = AseCalculatorTeacher("ase.calculators.emt:EMT")
+    structures = sample_structures(config, emt, logging.getLogger("test"))
     tests = [a for a in structures if a.info["split"] == "test"]
     assert [a.get_chemical_formula() for a in tests] == ["C2H6O", "C6H6"]
     assert all(a.info["strategy"] == "test-file" for a in tests)

@@ -24,7 +24,7 @@ from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_mom
 from tqdm import tqdm
 
 from mlff_distill import strategies
-from mlff_distill.teachers import Teacher, TeacherCalculator
+from mlff_distill.teachers import Teacher, TeacherCalculator, check_structures_for
 
 SPLITS = ("train", "val", "test")
 
@@ -173,6 +173,7 @@ def sample_structures(config: dict, teacher: Teacher, logger: logging.Logger) ->
     settings = config["sample"]
     rng = np.random.default_rng(config["seed"])
     seeds = seed_structures(settings)
+    check_structures_for(teacher, seeds, config["teacher"]["molecule_only"])
     trajectories: list[list[Atoms]] = []
     for seed in seeds:
         trajectories += [[atoms] for atoms in rattled(
@@ -223,22 +224,20 @@ def run(config: dict, structures_file: Path, pipeline_file: Path, log_file: Path
     import time
 
     from mlff_distill.logs import stage_logger
-    from mlff_distill.teachers import check_structures_for, load_teacher
+    from mlff_distill.teachers import load_teacher
     from mlff_distill.tracking import stage_run
 
     logger = stage_logger("sample", log_file)
-    with stage_run(pipeline_file, "sample", config["sample"]) as tracker:
+    with stage_run(pipeline_file, "sample", config["sample"], log_file) as tracker:
         start = time.perf_counter()
         teacher = load_teacher(config["teacher"])
-        check_structures_for(teacher, seed_structures(config["sample"]),
-                             config["teacher"]["molecule_only"])
         tracker.set_tags({"teacher": teacher.identity.label})
         structures = sample_structures(config, teacher, logger)
         write_structures(structures, structures_file)
         counts = collections.Counter(atoms.info["split"] for atoms in structures)
-        strategies = collections.Counter(atoms.info["strategy"] for atoms in structures)
+        per_strategy = collections.Counter(atoms.info["strategy"] for atoms in structures)
         metrics = {"n_structures": len(structures), "seconds": time.perf_counter() - start,
                    **{f"n_{split}": counts[split] for split in SPLITS},
-                   **{f"n_{name}": count for name, count in strategies.items()}}
+                   **{f"n_{name}": count for name, count in per_strategy.items()}}
         tracker.log_metrics(metrics)
         logger.info("wrote %d structures to %s: %s", len(structures), structures_file, metrics)
