@@ -22,7 +22,8 @@ import numpy as np
 from ase import Atoms
 
 from mlff_distill.data import concatenate_structures
-from mlff_distill.store import SPLIT_CODES, combine_shards, read_marker, read_shard, write_shard
+from mlff_distill.store import (SPLIT_CODES, combine_shards, read_marker, read_shard,
+                                 write_json_atomic, write_shard)
 from mlff_distill.teachers import Teacher, check_structures_for, load_teacher
 
 REQUIRED_INFO = ("split", "group", "sample_index")
@@ -140,7 +141,7 @@ def label_structures(
     combine_seconds = time.perf_counter() - combine_start
     failures = [failure for path in paths for failure in read_marker(path).get("failures", [])]
     failures_file = Path(store_path).resolve().parent / FAILURES_FILE
-    failures_file.write_text(json.dumps(failures, indent=1))
+    write_json_atomic(failures_file, failures)
     n_labeled = sum(s["n_structures"] + s["n_failed"] for s in stats)
     summary = {
         "n_structures": len(structures),
@@ -175,12 +176,11 @@ def worker_env(shards_dir: Path) -> dict[str, str]:
 
 def _label_todo(todo: list[tuple[Path, list[Atoms]]], teacher_config: dict, n_workers: int,
                 env: dict[str, str], progress: Callable[[dict], None] | None,
-                scheduler: dict | None = None) -> list[dict]:
-    """Label the shards in ``todo`` (in this process if the scheduler is local and
+                scheduler: dict) -> list[dict]:
+    """Label the shards in ``todo`` (in this process if the (checked) scheduler is local and
     ``n_workers <= 0``; else on Dask workers, see `open_client`); their stats."""
     if not todo:
         return []
-    scheduler = _checked_scheduler(scheduler)
     total = sum(len(shard) for _, shard in todo)
     start = time.perf_counter()
     stats: list[dict] = []
@@ -441,3 +441,4 @@ def run(config: dict, structures_file: Path, store: Path, shards_dir: Path, pipe
                     "in %.1f s into %s", summary["n_structures"], summary["n_failed"],
                     summary["shards_labeled"], summary["shards_reused"], summary["scheduler"],
                     summary["seconds"], store)
+

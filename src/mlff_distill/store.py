@@ -97,7 +97,7 @@ def write_shard(shard_path: Path, arrays: dict[str, np.ndarray], extra: dict | N
     for name, values in arrays.items():
         group.create_array(ARRAYS[name].path, data=values, chunks=(max(1, len(values)),) + ARRAYS[name].tail)
     os.rename(partial, shard_path)
-    _write_json_atomic(marker, {
+    write_json_atomic(marker, {
         "n_structures": len(arrays["energy_eV"]),
         "n_atoms": len(arrays["numbers"]),
         "sha256": _checksum(arrays),
@@ -248,7 +248,7 @@ def _checksum(arrays: dict[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _write_json_atomic(path: Path, content: dict) -> None:
+def write_json_atomic(path: Path, content: dict | list) -> None:
     """Write ``content`` as JSON to ``path`` via a temporary file and ``os.replace``."""
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text(json.dumps(content, indent=1))
