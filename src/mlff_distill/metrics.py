@@ -1,0 +1,149 @@
+"""Accuracy of predictions against teacher labels, the ensemble's own spread, and acceptance gates.
+
+Units: energies per atom in eV/atom, forces in eV/Angstrom, stress in GPa (labels and predictions
+come in eV/Angstrom^3 with ASE's sign convention; NaN marks structures without a stress, such as
+molecules). Relative errors are dimensionless: the RMS error over the RMS of the teacher's values.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+from ase.data import chemical_symbols
+from ase.units import GPa
+
+from mlff_distill.data import LabeledArrays
+
+# Gates on these metrics are lower bounds (larger is better); all other gates are upper bounds.
+HIGHER_IS_BETTER = frozenset({"force_cosine"})
+
+
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(values))))
+
+
+def force_cosine(reference_eV_per_A: np.ndarray, predicted_eV_per_A: np.ndarray) -> float:
+    """Mean cosine between reference and predicted force vectors, weighted by the reference magnitude.
+
+    ``sum_i |F_i| cos(F_i, P_i) / sum_i |F_i|``; an atom with a zero predicted force counts with
+    cosine 0. 1 means every force points the teacher's way.
+    """
+    reference_norm = np.linalg.norm(reference_eV_per_A, axis=1)
+    predicted_norm = np.linalg.norm(predicted_eV_per_A, axis=1)
+    dot = np.sum(reference_eV_per_A * predicted_eV_per_A, axis=1)
+    both = (reference_norm > 0) & (predicted_norm > 0)
+    cosine = np.zeros_like(dot)
+    cosine[both] = dot[both] / (reference_norm[both] * predicted_norm[both])
+    return float(np.sum(reference_norm * cosine) / np.sum(reference_norm))
+
+
+def energy_force_errors(reference: LabeledArrays, energy_eV: np.ndarray,
+                        forces_eV_per_A: np.ndarray) -> dict[str, float]:
+    """Energy errors per atom (eV/atom) and force errors (eV/Angstrom; MAE over components)."""
+    energy_eV = np.asarray(energy_eV, dtype=np.float64)
+    forces_eV_per_A = np.asarray(forces_eV_per_A, dtype=np.float64)
+    if energy_eV.shape != reference.energy_eV.shape:
+        raise ValueError(f"energy_eV has shape {energy_eV.shape}, the reference {reference.energy_eV.shape}")
+    if forces_eV_per_A.shape != reference.forces_eV_per_A.shape:
+        raise ValueError(f"forces_eV_per_A has shape {forces_eV_per_A.shape}, "
+                         f"the reference {reference.forces_eV_per_A.shape}")
+    energy_error = (energy_eV - reference.energy_eV) / reference.n_atoms
+    force_error = forces_eV_per_A - reference.forces_eV_per_A
+    return {
+        "energy_mae_per_atom_eV": float(np.mean(np.abs(energy_error))),
+        "energy_rmse_per_atom_eV": _rms(energy_error),
+        "force_mae_eV_per_A": float(np.mean(np.abs(force_error))),
+        "force_rmse_eV_per_A": _rms(force_error),
+        "force_rel_rmse": _rms(force_error) / _rms(reference.forces_eV_per_A),
+        "force_cosine": force_cosine(reference.forces_eV_per_A, forces_eV_per_A),
+    }
+
+
+def per_species_force_errors(reference: LabeledArrays,
+                             forces_eV_per_A: np.ndarray) -> dict[str, dict[str, float]]:
+    """Force errors (eV/Angstrom) of the atoms of each element, keyed by chemical symbol."""
+    errors = {}
+    for z in np.unique(reference.numbers):
+        mask = reference.numbers == z
+        error = forces_eV_per_A[mask] - reference.forces_eV_per_A[mask]
+        errors[chemical_symbols[int(z)]] = {
+            "n_atoms": int(mask.sum()),
+            "force_mae_eV_per_A": float(np.mean(np.abs(error))),
+            "force_rmse_eV_per_A": _rms(error),
+            "force_rel_rmse": _rms(error) / _rms(reference.forces_eV_per_A[mask]),
+        }
+    return errors
+
+
+def stress_errors(reference_eV_per_A3: np.ndarray | None,
+                  predicted_eV_per_A3: np.ndarray | None) -> dict[str, float]:
+    """Stress MAE and RMSE in GPa over the 9 components and the RMS error over the teacher's RMS stress.
+
+    Only structures whose reference and predicted stress are both finite count; ``{}`` when there
+    are none (for example, molecules only).
+    """
+    if reference_eV_per_A3 is None or predicted_eV_per_A3 is None:
+        return {}
+    reference = np.asarray(reference_eV_per_A3, dtype=np.float64).reshape(-1, 9)
+    predicted = np.asarray(predicted_eV_per_A3, dtype=np.float64).reshape(-1, 9)
+    keep = np.isfinite(reference).all(axis=1) & np.isfinite(predicted).all(axis=1)
+    if not keep.any():
+        return {}
+    error_GPa = (predicted[keep] - reference[keep]) / GPa
+    teacher_rms_GPa = _rms(reference[keep] / GPa)
+    return {
+        "n_stress": int(keep.sum()),
+        "stress_mae_GPa": float(np.mean(np.abs(error_GPa))),
+        "stress_rmse_GPa": _rms(error_GPa),
+        "stress_rel_error": _rms(error_GPa) / teacher_rms_GPa if teacher_rms_GPa > 0 else float("inf"),
+    }
+
+
+def ensemble_spread(reference: LabeledArrays, energy_std_eV: np.ndarray | None,
+                    forces_std_eV_per_A: np.ndarray | None = None) -> dict[str, float]:
+    """The teacher ensemble's standard deviation over members, in the place of an error: a yardstick.
+
+    Same names as `energy_force_errors` (``energy_mae_per_atom_eV`` is the mean of std/atoms,
+    ``energy_rmse_per_atom_eV`` its RMS; force keys from the per-component std). ``{}`` when there
+    is no spread (a single model stores zeros).
+    """
+    spread: dict[str, float] = {}
+    if energy_std_eV is not None and np.any(np.asarray(energy_std_eV) > 0):
+        per_atom = np.asarray(energy_std_eV, dtype=np.float64) / reference.n_atoms
+        spread.update(energy_mae_per_atom_eV=float(np.mean(per_atom)),
+                      energy_rmse_per_atom_eV=_rms(per_atom))
+    if forces_std_eV_per_A is not None and np.any(np.asarray(forces_std_eV_per_A) > 0):
+        std = np.asarray(forces_std_eV_per_A, dtype=np.float64)
+        spread.update(force_mae_eV_per_A=float(np.mean(std)), force_rmse_eV_per_A=_rms(std),
+                      force_rel_rmse=_rms(std) / _rms(reference.forces_eV_per_A))
+    return spread
+
+
+def check_gates(metrics: Mapping[str, float], gates: Mapping[str, float | None]) -> list[dict]:
+    """One row per configured gate: metric, threshold, value, and passed (None: metric not computed).
+
+    A gate's threshold is an upper bound, except for metrics in `HIGHER_IS_BETTER` (a lower
+    bound). Gates set to ``None`` are off and left out.
+    """
+    rows = []
+    for name, threshold in gates.items():
+        if threshold is None:
+            continue
+        value = metrics.get(name)
+        if value is None:
+            passed = None
+        elif name in HIGHER_IS_BETTER:
+            passed = bool(value >= threshold)
+        else:
+            passed = bool(value <= threshold)
+        rows.append({"metric": name, "threshold": float(threshold),
+                     "bound": "min" if name in HIGHER_IS_BETTER else "max",
+                     "value": None if value is None else float(value), "passed": passed})
+    return rows
+
+
+def failed_gates(rows: list[dict]) -> list[str]:
+    """``"metric value > threshold"`` for each gate in ``rows`` (from `check_gates`) that failed."""
+    return [f"{row['metric']} {row['value']:.4g} {'<' if row['bound'] == 'min' else '>'} "
+            f"{row['threshold']:.4g}" for row in rows if row["passed"] is False]
