@@ -1,0 +1,182 @@
+"""Does MD with a potential behave: NVE energy drift and blow-ups, NVT radial distributions.
+
+`nve_run` integrates with velocity Verlet and reports total energies (eV) against time (ps);
+`energy_drift_eV_per_atom_per_ps` fits their slope. `nvt_run` samples frames with ASE's Langevin
+thermostat; `radial_distribution` turns frames into g(r) and `rdf_difference` compares two.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import Calculator
+from ase.md.langevin import Langevin
+from ase.constraints import FixCom
+from ase.md.velocitydistribution import Stationary, thermalize_momenta
+from ase.md.verlet import VelocityVerlet
+
+# A run "blows up" when any of these is crossed.
+MAX_FORCE_eV_PER_A = 100.0
+MAX_STEP_DISPLACEMENT_A = 0.5  # per atom, in one MD step
+MAX_ENERGY_CHANGE_eV_PER_ATOM = 1.0  # total energy against the first frame
+
+
+def _start(atoms: Atoms, calculator: Calculator, temperature_K: float, seed: int) -> Atoms:
+    """A copy of ``atoms`` with ``calculator`` and Maxwell-Boltzmann velocities, no net momentum."""
+    if temperature_K < 0:
+        raise ValueError(f"temperature_K: must be >= 0, got {temperature_K}")
+    atoms = atoms.copy()
+    atoms.calc = calculator
+    thermalize_momenta(atoms, temperature_K, rng=np.random.default_rng(seed))
+    Stationary(atoms)
+    return atoms
+
+
+def _check_steps(timestep_fs: float, steps: int) -> None:
+    if timestep_fs <= 0 or steps < 1:
+        raise ValueError(f"timestep_fs must be > 0 and steps >= 1, got {timestep_fs} and {steps}")
+
+
+def nve_run(calculator: Calculator, atoms: Atoms, timestep_fs: float, steps: int,
+            temperature_K: float, seed: int) -> dict:
+    """Velocity-Verlet NVE from ``atoms`` with velocities drawn at ``temperature_K``.
+
+    Returns ``times_ps`` and ``total_energies_eV`` (one per step done, the start included),
+    ``blew_up`` and ``reason`` (None when it ran to the end). The run stops at the first step
+    with a non-finite energy or force, a force above `MAX_FORCE_eV_PER_A`, an atom moving more
+    than `MAX_STEP_DISPLACEMENT_A` in one step, or a total energy more than
+    `MAX_ENERGY_CHANGE_eV_PER_ATOM` per atom away from the start.
+    """
+    _check_steps(timestep_fs, steps)
+    atoms = _start(atoms, calculator, temperature_K, seed)
+    dynamics = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
+    energies = [atoms.get_total_energy()]
+    reason = _blow_up_reason(atoms, energies[0], energies[0], atoms.positions)
+    while reason is None and len(energies) <= steps:
+        previous = atoms.positions.copy()
+        dynamics.run(1)
+        energies.append(atoms.get_total_energy())
+        reason = _blow_up_reason(atoms, energies[-1], energies[0], previous)
+    times_ps = np.arange(len(energies)) * timestep_fs * 1e-3
+    return {"times_ps": times_ps, "total_energies_eV": np.array(energies),
+            "blew_up": reason is not None, "reason": reason}
+
+
+def _blow_up_reason(atoms: Atoms, energy_eV: float, start_energy_eV: float,
+                    previous_positions_A: np.ndarray) -> str | None:
+    """Why this MD step counts as a blow-up, or None."""
+    forces = atoms.get_forces()
+    if not np.isfinite(energy_eV) or not np.isfinite(forces).all():
+        return "non-finite energy or forces"
+    largest_force = float(np.linalg.norm(forces, axis=1).max())
+    if largest_force > MAX_FORCE_eV_PER_A:
+        return f"force of {largest_force:.1f} eV/A"
+    largest_step = float(np.linalg.norm(atoms.positions - previous_positions_A, axis=1).max())
+    if largest_step > MAX_STEP_DISPLACEMENT_A:
+        return f"an atom moved {largest_step:.2f} A in one step"
+    change = abs(energy_eV - start_energy_eV) / len(atoms)
+    if change > MAX_ENERGY_CHANGE_eV_PER_ATOM:
+        return f"total energy changed by {change:.2f} eV/atom"
+    return None
+
+
+def energy_drift_eV_per_atom_per_ps(times_ps: np.ndarray, energies_eV: np.ndarray,
+                                    n_atoms: int) -> float:
+    """Least-squares slope of total energy against time, per atom (eV/atom/ps)."""
+    times_ps, energies_eV = np.asarray(times_ps, float), np.asarray(energies_eV, float)
+    if times_ps.shape != energies_eV.shape or len(times_ps) < 2 or np.ptp(times_ps) == 0:
+        raise ValueError(f"times_ps and energies_eV: need two or more points at different times "
+                         f"and equal lengths, got {len(times_ps)} and {len(energies_eV)}")
+    if n_atoms < 1:
+        raise ValueError(f"n_atoms: must be >= 1, got {n_atoms}")
+    slope_eV_per_ps = np.polyfit(times_ps, energies_eV, 1)[0]
+    return float(slope_eV_per_ps / n_atoms)
+
+
+def nvt_run(calculator: Calculator, atoms: Atoms, temperature_K: float, timestep_fs: float,
+            steps: int, sample_every: int, seed: int, friction_per_fs: float = 0.01) -> list[Atoms]:
+    """Langevin NVT at ``temperature_K``; a copy of the structure every ``sample_every`` steps
+    (positions in Angstrom, no calculator or constraint attached), the start excluded."""
+    _check_steps(timestep_fs, steps)
+    if sample_every < 1:
+        raise ValueError(f"sample_every: must be >= 1, got {sample_every}")
+    atoms = _start(atoms, calculator, temperature_K, seed)
+    atoms.set_constraint(FixCom())  # the thermostat's noise would otherwise move the whole system
+    dynamics = Langevin(atoms, timestep=timestep_fs * units.fs, temperature_K=temperature_K,
+                        friction=friction_per_fs / units.fs, fixcm=False,
+                        rng=np.random.default_rng(seed + 1))
+    frames: list[Atoms] = []
+    for _ in range(steps // sample_every):
+        dynamics.run(sample_every)
+        frame = atoms.copy()
+        frame.calc = None
+        frame.set_constraint()
+        frames.append(frame)
+    return frames
+
+
+def radial_distribution(frames: Sequence[Atoms], r_max_A: float, n_bins: int,
+                        pairs: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Bin centres ``r`` (Angstrom) and g(r) averaged over ``frames``.
+
+    Periodic frames (all three directions): the usual g(r), pair counts over shells with all
+    images within ``r_max_A``, normalised by the ideal-gas count at the frame's number density,
+    so g -> 1 at long range. Molecules (no periodic direction): the pair-distance histogram
+    divided by the number of pairs and the bin width (a density per Angstrom that integrates to
+    the fraction of pairs within ``r_max_A``). ``pairs=(Z1, Z2)`` keeps pairs of those atomic
+    numbers only.
+    """
+    if not frames:
+        raise ValueError("frames: empty")
+    if r_max_A <= 0 or n_bins < 1:
+        raise ValueError(f"r_max_A must be > 0 and n_bins >= 1, got {r_max_A} and {n_bins}")
+    periodic = [bool(frame.pbc.all()) for frame in frames]
+    if any(frame.pbc.any() and not p for frame, p in zip(frames, periodic)) or len(set(periodic)) > 1:
+        raise ValueError("frames: all must be periodic in x, y and z, or all without periodicity")
+    edges = np.linspace(0.0, r_max_A, n_bins + 1)
+    g = np.zeros(n_bins)
+    for frame in frames:
+        g += (_periodic_g(frame, edges, pairs) if periodic[0]
+              else _molecular_g(frame, edges, pairs))
+    return 0.5 * (edges[1:] + edges[:-1]), g / len(frames)
+
+
+def _pair_selection(numbers: np.ndarray, pairs: tuple[int, int] | None) -> tuple[np.ndarray, np.ndarray]:
+    """Masks of centre and neighbour atoms for ``pairs`` (all atoms when None)."""
+    if pairs is None:
+        everything = np.ones(len(numbers), bool)
+        return everything, everything
+    first, second = (numbers == pairs[0]), (numbers == pairs[1])
+    if not first.any() or not second.any():
+        raise ValueError(f"pairs: {pairs} not present in a frame with atomic numbers {sorted(set(numbers))}")
+    return first, second
+
+
+def _periodic_g(frame: Atoms, edges: np.ndarray, pairs: tuple[int, int] | None) -> np.ndarray:
+    from ase.neighborlist import neighbor_list
+
+    centres, neighbours = _pair_selection(frame.numbers, pairs)
+    i, j, d = neighbor_list("ijd", frame, float(edges[-1]))
+    keep = centres[i] & neighbours[j]
+    counts = np.histogram(d[keep], bins=edges)[0]
+    shells_A3 = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+    density_per_A3 = neighbours.sum() / frame.get_volume()
+    return counts / (centres.sum() * density_per_A3 * shells_A3)
+
+
+def _molecular_g(frame: Atoms, edges: np.ndarray, pairs: tuple[int, int] | None) -> np.ndarray:
+    centres, neighbours = _pair_selection(frame.numbers, pairs)
+    distances = np.linalg.norm(frame.positions[:, None] - frame.positions[None], axis=-1)
+    keep = centres[:, None] & neighbours[None, :] & ~np.eye(len(frame), dtype=bool)
+    counts = np.histogram(distances[keep], bins=edges)[0]
+    return counts / (keep.sum() * np.diff(edges))
+
+
+def rdf_difference(r: np.ndarray, g_a: np.ndarray, g_b: np.ndarray) -> float:
+    """Integral of |g_a - g_b| dr over ``r`` (trapezoid rule; Angstrom for g(r))."""
+    r, g_a, g_b = (np.asarray(x, float) for x in (r, g_a, g_b))
+    if not r.shape == g_a.shape == g_b.shape or r.ndim != 1:
+        raise ValueError(f"r, g_a and g_b: need equal 1-D shapes, got {r.shape}, {g_a.shape}, {g_b.shape}")
+    return float(np.trapezoid(np.abs(g_a - g_b), r))

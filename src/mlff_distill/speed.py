@@ -1,0 +1,199 @@
+"""Teacher against student speed on systems of several sizes built from the run's own seeds.
+
+`build_timing_systems` makes periodic systems of about the requested numbers of atoms,
+`time_calls` times one ASE calculator on one system (median latency in ms per energy + forces
+(+ stress for periodic cells) call, neighbour list included; throughput in atom-steps per second;
+peak memory in MB), and `compare_speed` gives one row per system for a teacher and a student.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from typing import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, all_changes
+
+from mlff_distill.strategies import cell_heights_A
+
+# Liquid water and small organics hold about 0.1 atoms per cubic Angstrom.
+LIQUID_DENSITY_ATOMS_PER_A3 = 0.1
+MIN_DISTANCE_A = 1.2  # between atoms of different molecules in a packed box
+_PLACEMENT_TRIES = 2000
+
+
+def build_timing_systems(seeds: Sequence[Atoms], sizes: Sequence[int], cutoff_A: float, seed: int,
+                         density_atoms_per_A3: float = LIQUID_DENSITY_ATOMS_PER_A3,
+                         min_distance_A: float = MIN_DISTANCE_A) -> list[Atoms]:
+    """One periodic system of about each of ``sizes`` atoms, in the order of ``sizes``.
+
+    If any seed is periodic in all three directions (a crystal), the first such seed is repeated
+    to the size, as close to cubic as its cell allows. Otherwise copies of the molecular seeds,
+    drawn at random and turned to random orientations, are packed into a cubic periodic box at
+    ``density_atoms_per_A3`` (atoms per Angstrom^3), no two atoms of different molecules closer
+    than ``min_distance_A`` (Angstrom). Every cell height is at least ``cutoff_A`` (Angstrom):
+    crystals are repeated further, and a molecular box that would be smaller raises ValueError.
+    """
+    if not seeds:
+        raise ValueError("seeds: empty; timing systems are built from the run's seeds")
+    if any(int(size) < 1 for size in sizes):
+        raise ValueError(f"sizes: every size must be a positive number of atoms, got {list(sizes)}")
+    crystals = [atoms for atoms in seeds if atoms.pbc.all()]
+    molecules = [atoms for atoms in seeds if not atoms.pbc.any()]
+    rng = np.random.default_rng(seed)
+    if crystals:
+        return [_replicated(crystals[0], int(size), cutoff_A) for size in sizes]
+    if not molecules:
+        raise ValueError("seeds: neither a crystal (periodic in x, y and z) nor a molecule "
+                         "(no periodic direction); slabs and wires are not supported here")
+    return [_packed(molecules, int(size), cutoff_A, density_atoms_per_A3, min_distance_A, rng)
+            for size in sizes]
+
+
+def _replicated(crystal: Atoms, size: int, cutoff_A: float) -> Atoms:
+    """``crystal`` repeated to about ``size`` atoms, the supercell as near cubic as possible."""
+    heights = cell_heights_A(crystal)
+    factor = max(size / len(crystal), 1.0)
+    side_A = (factor * np.prod(heights)) ** (1 / 3)
+    low = np.maximum(np.floor(side_A / heights), 1).astype(int)
+    at_least = np.ceil(cutoff_A / heights - 1e-9).astype(int)
+    candidates = [np.maximum(low + np.array(step), at_least)
+                  for step in np.ndindex(2, 2, 2)]
+    # Closest in number of atoms (log scale), then the most cubic.
+    best = min(candidates, key=lambda r: (abs(np.log(np.prod(r) / factor)),
+                                          np.ptp(r * heights)))
+    system = crystal.repeat(tuple(int(r) for r in best))
+    system.info = {"timing_source": "replicated", "repeats": " ".join(map(str, best))}
+    return system
+
+
+def _packed(molecules: Sequence[Atoms], size: int, cutoff_A: float, density: float,
+            min_distance_A: float, rng: np.random.Generator) -> Atoms:
+    """Random copies of ``molecules`` at random orientations in a cubic box of ``density``."""
+    chosen: list[Atoms] = []
+    n_atoms = 0
+    while True:
+        candidate = molecules[rng.integers(len(molecules))]
+        if n_atoms and n_atoms + len(candidate) / 2 > size:
+            break
+        chosen.append(candidate)
+        n_atoms += len(candidate)
+    side_A = (n_atoms / density) ** (1 / 3)
+    if side_A < cutoff_A:
+        raise ValueError(f"sizes: {size} atoms at {density} atoms/A^3 fill a box of {side_A:.2f} A, "
+                         f"smaller than the cutoff {cutoff_A} A; ask for more atoms")
+    box = np.eye(3) * side_A
+    positions: list[np.ndarray] = []
+    numbers: list[np.ndarray] = []
+    placed = np.zeros((0, 3))
+    for index, molecule in enumerate(chosen):
+        centred = molecule.positions - molecule.positions.mean(axis=0)
+        for _ in range(_PLACEMENT_TRIES):
+            trial = centred @ _random_rotation(rng).T + rng.uniform(0, side_A, 3)
+            if len(placed) == 0 or _min_image_distance_A(trial, placed, side_A) >= min_distance_A:
+                break
+        else:
+            raise ValueError(f"could not place molecule {index + 1} of {len(chosen)} "
+                             f"({molecule.get_chemical_formula()}) in a {side_A:.2f} A box with "
+                             f"min_distance_A={min_distance_A}; lower the density or the distance")
+        placed = np.concatenate([placed, trial])
+        positions.append(trial)
+        numbers.append(molecule.numbers)
+    system = Atoms(numbers=np.concatenate(numbers), positions=np.concatenate(positions),
+                   cell=box, pbc=True)
+    system.wrap()
+    system.info = {"timing_source": "packed", "molecules": len(chosen)}
+    return system
+
+
+def _random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A rotation matrix drawn uniformly (QR of a Gaussian matrix, signs fixed, det +1)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
+def _min_image_distance_A(new: np.ndarray, placed: np.ndarray, side_A: float) -> float:
+    """Smallest minimum-image distance between rows of ``new`` and ``placed`` in a cubic box."""
+    delta = new[:, None, :] - placed[None, :, :]
+    delta -= side_A * np.round(delta / side_A)
+    return float(np.sqrt((delta ** 2).sum(axis=-1).min()))
+
+
+def time_calls(calculator: Calculator, atoms: Atoms, repeats: int, warmup: int = 2) -> dict:
+    """Time ``calculator`` on ``atoms``: ``warmup`` untimed calls, then ``repeats`` timed ones.
+
+    Each call computes energy and forces, and stress when ``atoms`` is periodic in all three
+    directions and the calculator implements it, from scratch (neighbour list included).
+
+    Returns ``median_ms`` (ms per call), ``atom_steps_per_s`` (atoms / median seconds),
+    ``with_stress``, ``peak_MB`` (CUDA peak allocated by torch when CUDA is available, else the
+    rise of this process's peak resident memory over its resident memory before the calls) and
+    both of those under ``rss_peak_MB`` and ``cuda_peak_MB`` (None without CUDA).
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    atoms = atoms.copy()
+    with_stress = bool(atoms.pbc.all()) and "stress" in calculator.implemented_properties
+    properties = ["energy", "forces"] + (["stress"] if with_stress else [])
+    cuda = torch.cuda.is_available()
+    rss_before_kB = _reset_peak_rss_kB()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        cuda_before = torch.cuda.memory_allocated()
+    seconds = []
+    for call in range(warmup + repeats):
+        start = time.perf_counter()
+        calculator.calculate(atoms, properties, all_changes)
+        if cuda:
+            torch.cuda.synchronize()
+        if call >= warmup:
+            seconds.append(time.perf_counter() - start)
+    rss_peak_MB = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before_kB, 0) / 1024
+    cuda_peak_MB = (torch.cuda.max_memory_allocated() - cuda_before) / 2**20 if cuda else None
+    median_s = statistics.median(seconds)
+    return {"n_atoms": len(atoms), "median_ms": 1e3 * median_s,
+            "atom_steps_per_s": len(atoms) / median_s, "with_stress": with_stress,
+            "peak_MB": cuda_peak_MB if cuda else rss_peak_MB,
+            "rss_peak_MB": rss_peak_MB, "cuda_peak_MB": cuda_peak_MB}
+
+
+def _reset_peak_rss_kB() -> int:
+    """Reset this process's peak resident memory to its current value (Linux ``clear_refs``)
+    and return it in kB. Where that cannot be done, the peak so far is returned, and a later
+    rise measures only what goes above the earlier peak."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def compare_speed(teacher_calc: Calculator, student_calc: Calculator, systems: Sequence[Atoms],
+                  repeats: int, warmup: int = 2) -> list[dict]:
+    """One row per system: ``n_atoms``, ``teacher_ms``/``student_ms`` (median ms per call),
+    ``speedup`` (teacher_ms / student_ms), ``*_atom_steps_per_s``, ``*_peak_MB`` and
+    ``*_with_stress`` (whether stress was part of the timed call)."""
+    rows = []
+    for atoms in systems:
+        student = time_calls(student_calc, atoms, repeats, warmup)
+        teacher = time_calls(teacher_calc, atoms, repeats, warmup)
+        rows.append({
+            "n_atoms": len(atoms),
+            "teacher_ms": teacher["median_ms"], "student_ms": student["median_ms"],
+            "speedup": teacher["median_ms"] / student["median_ms"],
+            "teacher_atom_steps_per_s": teacher["atom_steps_per_s"],
+            "student_atom_steps_per_s": student["atom_steps_per_s"],
+            "teacher_peak_MB": teacher["peak_MB"], "student_peak_MB": student["peak_MB"],
+            "teacher_with_stress": teacher["with_stress"],
+            "student_with_stress": student["with_stress"],
+        })
+    return rows
