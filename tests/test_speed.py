@@ -1,0 +1,96 @@
+"""Timing systems built from seeds, and the timing of ASE calculators (latency, throughput, memory)."""
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, fcc111, molecule
+from ase.calculators.calculator import Calculator
+from ase.calculators.emt import EMT
+
+from mlff_distill.speed import build_timing_systems, compare_speed, time_calls
+from mlff_distill.strategies import cell_heights_A
+from mlff_distill.student import StudentCalculator, StudentPotential
+from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
+from mlff_distill.teachers.base import TeacherCalculator
+
+
+def test_molecules_are_packed_at_the_density_without_close_contacts():
+    seeds = [molecule(name) for name in ("H2O", "CH4", "CH3OH")]
+    systems = build_timing_systems(seeds, [64, 300], cutoff_A=5.0, seed=0)
+    for size, system in zip([64, 300], systems):
+        assert system.pbc.all() and abs(len(system) - size) <= 3  # half the largest seed
+        assert len(system) / system.get_volume() == pytest.approx(0.1)
+        assert set(system.numbers) <= {1, 6, 8}
+        distances = system.get_all_distances(mic=True)[np.triu_indices(len(system), 1)]
+        # Closest pair inside a molecule (C-H, O-H: ~0.96 A) or between molecules (>= 1.2 A).
+        assert distances.min() > 0.9
+    again = build_timing_systems(seeds, [64], cutoff_A=5.0, seed=0)[0]
+    assert np.allclose(again.positions, systems[0].positions)
+
+
+def test_molecules_in_a_packed_box_keep_their_shape():
+    water = molecule("H2O")
+    box = build_timing_systems([water], [90], cutoff_A=5.0, seed=3)[0]
+    for start in range(0, len(box), 3):
+        copy = box[start:start + 3]
+        assert list(copy.numbers) == list(water.numbers)
+        assert np.allclose(np.sort(copy.get_all_distances(mic=True).ravel()),
+                           np.sort(water.get_all_distances().ravel()), atol=1e-8)
+
+
+def test_crystals_are_replicated_near_cubic_to_about_the_size():
+    copper = bulk("Cu", "fcc", a=3.6, cubic=True)
+    systems = build_timing_systems([molecule("H2O"), copper], [64, 500, 2048], cutoff_A=5.0, seed=0)
+    assert [len(s) for s in systems][1:] == [500, 2048]
+    assert 48 <= len(systems[0]) <= 96 and set(systems[0].numbers) == {29}
+    for system in systems:
+        heights = cell_heights_A(system)
+        assert heights.min() >= 5.0 and heights.max() / heights.min() < 1.6
+
+
+def test_unusable_seeds_and_sizes_are_named():
+    with pytest.raises(ValueError, match="slabs"):
+        build_timing_systems([fcc111("Cu", (2, 2, 3), vacuum=5.0)], [64], 5.0, 0)
+    with pytest.raises(ValueError, match="sizes"):
+        build_timing_systems([molecule("H2O")], [6], 5.0, 0)
+    with pytest.raises(ValueError, match="seeds"):
+        build_timing_systems([], [64], 5.0, 0)
+
+
+def test_time_calls_reports_latency_throughput_and_stress():
+    copper = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    timing = time_calls(EMT(), copper, repeats=3, warmup=1)
+    assert timing["with_stress"] and timing["median_ms"] > 0
+    assert timing["atom_steps_per_s"] == pytest.approx(32 / (timing["median_ms"] / 1e3))
+    molecule_timing = time_calls(EMT(), molecule("CH4"), repeats=2, warmup=0)
+    assert not molecule_timing["with_stress"]
+
+
+class _AllocatingCalculator(EMT):
+    """EMT that also holds a 200 MB array during each call, to test the memory measurement."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        scratch = np.ones(25_000_000)  # 200 MB of float64, touched
+        super().calculate(atoms, properties, system_changes)
+        self.results["energy"] += 0.0 * scratch[-1]
+
+
+def test_peak_memory_sees_an_allocation_inside_the_call():
+    copper = bulk("Cu", "fcc", a=3.6, cubic=True)
+    big = time_calls(_AllocatingCalculator(), copper, repeats=1, warmup=0)
+    small = time_calls(EMT(), copper, repeats=1, warmup=0)
+    assert big["rss_peak_MB"] > 150  # measured again after the first call freed its array
+    assert small["rss_peak_MB"] < 50
+
+
+def test_compare_speed_rows_for_a_teacher_and_an_untrained_student(single_thread):
+    systems = build_timing_systems([molecule("H2O"), molecule("CH4")], [48, 96], cutoff_A=4.0, seed=1)
+    teacher = TeacherCalculator(AseCalculatorTeacher("ase.calculators.emt:EMT", species=(1, 6, 8)))
+    student = StudentCalculator(StudentPotential(species=(1, 6, 8), cutoff_A=4.0, n_features=16))
+    rows = compare_speed(teacher, student, systems, repeats=2, warmup=1)
+    assert [row["n_atoms"] for row in rows] == [len(s) for s in systems]
+    for row in rows:
+        assert row["speedup"] == pytest.approx(row["teacher_ms"] / row["student_ms"])
+        assert row["student_with_stress"] and not row["teacher_with_stress"]
+        assert row["student_atom_steps_per_s"] == pytest.approx(row["n_atoms"] * 1e3 / row["student_ms"])
+        assert row["teacher_peak_MB"] >= 0 and row["student_peak_MB"] >= 0
