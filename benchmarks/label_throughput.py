@@ -78,7 +78,7 @@ def measure(teacher: str, n_workers: int, structures: list[Atoms], warmup: list[
     """One teacher and worker count: start-up, warm-up and labeling times and throughput."""
     from distributed import Client, LocalCluster, wait
 
-    from mlff_distill.label import label_shard, label_structures, worker_env
+    from mlff_distill.label import label_shard, label_structures, pin_workers_to_cores, worker_env
 
     config = teacher_config(teacher)
     shards_dir = workdir / f"{teacher}-{n_workers}" / "shards"
@@ -88,6 +88,7 @@ def measure(teacher: str, n_workers: int, structures: list[Atoms], warmup: list[
                       dashboard_address=None, silence_logs=logging.WARNING,
                       env=worker_env(shards_dir)) as cluster, Client(cluster) as client:
         client.wait_for_workers(n_workers)
+        pin_workers_to_cores(client)
         cluster_start = time.perf_counter() - start
         start = time.perf_counter()
         workers = sorted(client.scheduler_info()["workers"])

@@ -11,7 +11,8 @@ from mlff_distill.strategies import (cell_heights_A, ensemble_spread, harmonic_d
                                      max_force_filter, normal_mode_samples, rattle_and_strain,
                                      rattle_relax, read_seed_files, remove_near_duplicates,
                                      replicate_to_min_size, select_by_disagreement,
-                                     teacher_hessian, teacher_relax, vibrational_modes)
+                                     teacher_hessian, teacher_relax, vibrational_modes,
+                                     with_vacancies)
 
 
 def seeded(name: str) -> Atoms:
@@ -213,3 +214,43 @@ def test_sample_stage_with_seed_files_and_new_strategies(emt_teacher, tmp_path):
         assert atoms.info["seed"] == "cu.cif:0"
     relax_groups = {a.info["group"] for a in structures if a.info["strategy"] == "rattle-relax"}
     assert len(relax_groups) == 1  # one family tree, one group: one split
+
+
+def test_vacancies_remove_atoms_and_need_a_periodic_seed():
+    seed = bulk("Si", "diamond", a=5.43, cubic=True)
+    seed.info = {"seed": "Si"}
+    structures = with_vacancies(seed, 6, 2, [0.01, 0.02], np.random.default_rng(0))
+    assert {len(seed) - len(a) for a in structures} == {a.info["n_vacancies"] for a in structures}
+    assert {a.info["n_vacancies"] for a in structures} <= {1, 2}
+    assert all(a.info["strategy"] == "vacancies" and a.pbc.all() for a in structures)
+    with pytest.raises(ValueError, match="'water' is not periodic"):
+        with_vacancies(_renamed("H2O", "water"), 1, 1, [0.01, 0.02], np.random.default_rng(0))
+
+
+def _renamed(name: str, seed: str) -> Atoms:
+    atoms = molecule(name)
+    atoms.info = {"seed": seed}
+    return atoms
+
+
+def test_builtin_crystals_and_vacancies_in_the_sample_stage(emt_teacher):
+    import logging
+
+    from mlff_distill.sample import sample_structures
+
+    config = full_config({"seed": 0, "sample": {
+        "molecules": [], "min_cell_length_A": 7.0,
+        "crystals": [{"formula": "Cu", "structure": "fcc", "a_A": 3.61}],
+        "rattle": {"structures_per_seed": 1}, "md": {"frames_per_trajectory": 0},
+        "vacancies": {"structures_per_seed": 3, "max_vacancies": 1}}})
+    structures = sample_structures(config, emt_teacher, logging.getLogger("test"))
+    counts = {a.info["strategy"]: len(a) for a in structures}
+    assert counts == {"rattle": 32, "vacancies": 31}
+    assert all(a.info["seed"] == "Cu-fcc" for a in structures)
+
+
+def test_unknown_crystal_structure_is_named():
+    from mlff_distill.sample import seed_crystals
+
+    with pytest.raises(ValueError, match=r"sample.crystals\[0\]"):
+        seed_crystals([{"formula": "Xx", "structure": "fcc", "a_A": 3.6, "cubic": True}])

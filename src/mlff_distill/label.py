@@ -13,6 +13,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import shlex
 import time
 from pathlib import Path
@@ -20,6 +21,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from ase import Atoms
+from distributed import WorkerPlugin
 
 from mlff_distill.data import concatenate_structures
 from mlff_distill.store import (SPLIT_CODES, combine_shards, read_marker, read_shard,
@@ -28,7 +30,10 @@ from mlff_distill.teachers import Teacher, check_structures_for, load_teacher
 
 REQUIRED_INFO = ("split", "group", "sample_index")
 # Each worker is a single-threaded process: keep XLA's Eigen off the other workers' cores
-# (distributed already sets OMP_NUM_THREADS=1). On 2 cores this measured neither faster nor slower.
+# (distributed already sets OMP_NUM_THREADS=1). JAX still keeps a second thread busy (about 0.4 of
+# a core, dispatch and spin-waiting, measured with getrusage), so local workers are also pinned to
+# one core each (`CorePinning`): pinned, one ANI-1x worker labels as fast and leaves the other
+# cores to the other workers.
 WORKER_ENV = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}
 # Workers share compiled teacher functions through JAX's persistent cache in <shards_dir>/jax-cache.
 JAX_CACHE_DIR = "jax-cache"
@@ -252,7 +257,34 @@ def open_client(scheduler: dict | None, n_workers: int, env: dict[str, str]) -> 
     with LocalCluster(n_workers=max(1, n_workers), threads_per_worker=1, processes=True,
                       dashboard_address=None, silence_logs=logging.WARNING, env=env) as cluster, \
             Client(cluster) as client:
+        pin_workers_to_cores(client)
         yield client
+
+
+def pin_workers_to_cores(client) -> None:
+    """Pin each worker of a local cluster to its own core, if there are at least as many cores
+    (this process's affinity) as workers; otherwise leave them unpinned."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    n_workers = len(client.scheduler_info()["workers"])
+    if 1 <= n_workers <= len(cores):
+        client.register_plugin(CorePinning(cores), name="mlff-distill-core-pinning")
+
+
+class CorePinning(WorkerPlugin):
+    """Dask worker plugin: pins every thread of worker ``name`` (0, 1, ... in a LocalCluster) to
+    core ``cores[name % len(cores)]``; threads started later inherit the affinity."""
+
+    def __init__(self, cores: list[int]):
+        self.cores = list(cores)
+
+    def setup(self, worker) -> None:
+        try:
+            core = self.cores[int(worker.name) % len(self.cores)]
+        except (TypeError, ValueError):
+            return  # not a LocalCluster worker: leave it to its own scheduler
+        for thread_id in os.listdir("/proc/self/task"):
+            with contextlib.suppress(OSError):
+                os.sched_setaffinity(int(thread_id), {core})
 
 
 def slurm_cluster(scheduler: dict, env: dict[str, str] | None = None):

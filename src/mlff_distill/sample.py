@@ -16,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms, units
-from ase.build import molecule
+from ase.build import bulk, molecule
 from ase.collections import g2
 from ase.io import write
 from ase.md.langevin import Langevin
@@ -38,6 +38,20 @@ def seed_molecules(names: Sequence[str]) -> list[Atoms]:
     for name in names:
         atoms = molecule(name)
         atoms.info = {"seed": name}
+        seeds.append(atoms)
+    return seeds
+
+
+def seed_crystals(specs: Sequence[dict]) -> list[Atoms]:
+    """Bulk crystals from ``{formula, structure, a_A, cubic}`` specs (`ase.build.bulk`), with
+    ``info["seed"]`` such as ``"Si-diamond"``."""
+    seeds = []
+    for index, spec in enumerate(specs):
+        try:
+            atoms = bulk(spec["formula"], spec["structure"], a=spec["a_A"], cubic=spec["cubic"])
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise ValueError(f"sample.crystals[{index}] {spec}: ase.build.bulk failed: {error}") from error
+        atoms.info = {"seed": f"{spec['formula']}-{spec['structure']}"}
         seeds.append(atoms)
     return seeds
 
@@ -106,11 +120,11 @@ def assign_splits(groups: Sequence[int], val_fraction: float, test_fraction: flo
 
 
 def seed_structures(settings: dict) -> list[Atoms]:
-    """The seeds: G2 molecules by name, then every frame of ``seed_files`` (if any), periodic ones
-    replicated to ``min_cell_length_A`` (Angstrom; 0: as they are)."""
-    files = strategies.read_seed_files(settings["seed_files"])
+    """The seeds: G2 molecules by name, built-in crystals, then every frame of ``seed_files`` (if
+    any); periodic ones replicated to ``min_cell_length_A`` (Angstrom; 0: as they are)."""
+    periodic = seed_crystals(settings["crystals"]) + strategies.read_seed_files(settings["seed_files"])
     return seed_molecules(settings["molecules"]) + [
-        strategies.replicate_to_min_size(atoms, settings["min_cell_length_A"]) for atoms in files]
+        strategies.replicate_to_min_size(atoms, settings["min_cell_length_A"]) for atoms in periodic]
 
 
 def extra_strategies(seeds: Sequence[Atoms], settings: dict, teacher: Teacher,
@@ -130,6 +144,12 @@ def extra_strategies(seeds: Sequence[Atoms], settings: dict, teacher: Teacher,
                 seed, teacher, relax["generations"], relax["children_per_generation"],
                 relax["sigma_A"], relax["relax_steps"], relax["temperature_K"], rng))
             logger.info("rattle-relax %s: %d structures", seed.info["seed"], len(groups[-1]))
+    vacancies = settings["vacancies"]
+    if vacancies["structures_per_seed"]:
+        for seed in (seed for seed in seeds if seed.pbc.all()):
+            groups += [[atoms] for atoms in strategies.with_vacancies(
+                seed, vacancies["structures_per_seed"], vacancies["max_vacancies"],
+                vacancies["sigma_A"], rng)]
     modes = settings["normal_modes"]
     if modes["structures_per_seed"]:
         for seed in tqdm(seeds, desc="normal modes", unit="seed"):

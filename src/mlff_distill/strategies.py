@@ -112,6 +112,32 @@ def rattle_and_strain(seed: Atoms, count: int, sigma_range_A: Sequence[float], m
     return structures
 
 
+def with_vacancies(seed: Atoms, count: int, max_vacancies: int, sigma_range_A: Sequence[float],
+                   rng: np.random.Generator) -> list[Atoms]:
+    """``count`` copies of a periodic ``seed`` with 1 to ``max_vacancies`` random atoms removed,
+    then displaced by a Gaussian of sigma (Angstrom) drawn from ``sigma_range_A``.
+
+    ``info``: ``strategy="vacancies"``, ``n_vacancies``, ``sigma_A``.
+    """
+    if not seed.pbc.all():
+        raise ValueError(f"vacancies: seed {seed.info['seed']!r} is not periodic in 3 directions")
+    if max_vacancies >= len(seed):
+        raise ValueError(f"vacancies: seed {seed.info['seed']!r} has {len(seed)} atoms, too few "
+                         f"for up to {max_vacancies} vacancies")
+    structures = []
+    for _ in range(count):
+        n_vacancies = int(rng.integers(1, max_vacancies + 1))
+        sigma = rng.uniform(*sigma_range_A)
+        atoms = seed.copy()
+        atoms.calc = None
+        del atoms[rng.choice(len(atoms), n_vacancies, replace=False).tolist()]
+        atoms.positions += rng.normal(0.0, sigma, atoms.positions.shape)
+        atoms.info = {"seed": seed.info["seed"], "strategy": "vacancies",
+                      "n_vacancies": n_vacancies, "sigma_A": sigma}
+        structures.append(atoms)
+    return structures
+
+
 def boltzmann_weights(energies_eV: Sequence[float], temperature_K: float) -> np.ndarray:
     """Normalised weights exp(-(E - E_min)/(k_B T)) for energies in eV at ``temperature_K``."""
     energies = np.asarray(energies_eV, dtype=float)

@@ -9,7 +9,10 @@ rule label:
         shards_dir=stage_path("label", "shards"),
     threads: workflow.cores
     log:
-        log_path("label"),
+        # failures.json (structures the teacher failed on) is a log, not an output, so that it
+        # survives when the job fails for too many failures.
+        main=log_path("label"),
+        failures=stage_path("label", "failures.json"),
     benchmark:
         benchmark_path("label")
     conda:
