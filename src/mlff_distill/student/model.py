@@ -81,8 +81,11 @@ class StudentPotential(nn.Module):
     Layout: species embedding -> ``n_interactions`` PaiNN blocks on scalar ``[N, F]`` and vector
     ``[N, 3, F]`` features -> scalar MLP readout ``F -> F/2 -> 1`` per atom, summed per structure.
     The reference energies are a float64 buffer: ``model.double()`` is fine, but avoid
-    ``model.float()`` / ``.half()``, which would round them too.
+    ``model.float()`` / ``.half()``, which would round them too. The model compiles with
+    ``torch.jit.script`` (see `mlff_distill.student.export`).
     """
+
+    __jit_unused_properties__ = ["hyperparameters"]
 
     def __init__(
         self,
@@ -135,19 +138,24 @@ class StudentPotential(nn.Module):
         numbers = numbers.to(self.species_index.device, torch.long)
         known = (numbers >= 0) & (numbers < len(self.species_index))
         index = torch.where(known, self.species_index[numbers.clamp(0, len(self.species_index) - 1)], -1)
-        if (index < 0).any():
-            unknown = sorted(set(numbers[index < 0].tolist()))
-            raise ValueError(f"unknown species: atomic number(s) {unknown}; model knows {self.species}")
+        if bool((index < 0).any()):
+            unknown: list[int] = torch.unique(numbers[index < 0]).tolist()
+            raise ValueError("unknown species: atomic number(s) " + str(unknown) + "; model knows " + str(self.species))
         return index
 
     def _radial_basis(self, distances_A: torch.Tensor) -> torch.Tensor:
         if self.radial_backend == "torch":
             return bessel_cosine_basis(distances_A, self.n_radial, self.cutoff_A)
-        if self.radial_backend == "triton":
-            from mlff_distill.kernels.bessel_cosine import bessel_cosine_basis_triton
+        if self.radial_backend == "triton" and not torch.jit.is_scripting():
+            return self._triton_radial_basis(distances_A)
+        raise ValueError("unknown radial_backend '" + self.radial_backend + "'; use 'torch' or 'triton' "
+                         "(TorchScript: 'torch' only)")
 
-            return bessel_cosine_basis_triton(distances_A, self.n_radial, self.cutoff_A)
-        raise ValueError(f"unknown radial_backend {self.radial_backend!r}; use 'torch' or 'triton'")
+    @torch.jit.unused
+    def _triton_radial_basis(self, distances_A: torch.Tensor) -> torch.Tensor:
+        from mlff_distill.kernels.bessel_cosine import bessel_cosine_basis_triton
+
+        return bessel_cosine_basis_triton(distances_A, self.n_radial, self.cutoff_A)
 
     def forward(
         self,
@@ -179,12 +187,66 @@ class StudentPotential(nn.Module):
 
         s = self.embedding(species)
         v = s.new_zeros(len(s), 3, self.n_features)
-        for layer, (interaction, edge_filter) in enumerate(zip(self.interactions, filters)):
-            s, v = interaction(s, v, edge_filter, units, src, dst, vectors_are_zero=layer == 0)
+        for layer, interaction in enumerate(self.interactions):
+            s, v = interaction(s, v, filters[layer], units, src, dst, vectors_are_zero=layer == 0)
 
         atom_energy = (self.readout(s).squeeze(-1) * self.energy_scale_eV.to(dtype)).double()
         atom_energy = atom_energy + self.reference_energies_eV.double()[species]
         return atom_energy.new_zeros(n_structures).index_add(0, batch, atom_energy)
+
+
+    @torch.jit.export
+    def energy_forces_stress(
+        self,
+        numbers: torch.Tensor,
+        positions_A: torch.Tensor,
+        cell_A: torch.Tensor,
+        pbc: torch.Tensor,
+        atoms_ptr: torch.Tensor,
+        compute_stress: bool,
+        create_graph: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+        """Energy ``[B]`` (eV), forces ``[M, 3]`` (eV/Angstrom) and optionally stress ``[B, 3, 3]``.
+
+        Forces are ``-dE/dpositions``. The stress is ``(1/V) dE/d(eps)`` for a symmetric strain
+        ``eps`` applied to positions and cell (``r -> r (1 + eps)``), the convention of ASE's
+        ``atoms.get_stress(voigt=False)`` (positive under tension). It is NaN for structures that
+        are not periodic in all three directions. The energy is float64, forces and stress are in
+        the model's dtype. Use ``create_graph=True`` to train on forces; otherwise all outputs are
+        detached.
+        """
+        dtype = self.embedding.weight.dtype
+        device = self.embedding.weight.device
+        positions = positions_A.detach().to(device, dtype).requires_grad_(True)
+        cell = cell_A.detach().to(device, dtype)
+        atoms_ptr = atoms_ptr.to(device, torch.long)
+        pbc = pbc.to(device, torch.bool)
+        inputs = [positions]
+        strained_positions, strained_cell = positions, cell
+        if compute_stress:
+            n_structures = len(atoms_ptr) - 1
+            strain = torch.zeros((n_structures, 3, 3), dtype=dtype, device=device).requires_grad_(True)
+            symmetric = 0.5 * (strain + strain.transpose(1, 2))
+            batch = torch.repeat_interleave(torch.arange(n_structures, device=device), atoms_ptr[1:] - atoms_ptr[:-1])
+            strained_positions = positions + torch.einsum("mi,mij->mj", positions, symmetric[batch])
+            strained_cell = cell + cell @ symmetric
+            inputs.append(strain)
+
+        energy = self.forward(numbers.to(device), strained_positions, strained_cell, pbc, atoms_ptr)
+        gradients = torch.autograd.grad([energy.sum()], inputs, create_graph=create_graph)
+        if not create_graph:
+            energy = energy.detach()
+        first = gradients[0]
+        assert first is not None
+        forces = -first
+        stress: Optional[torch.Tensor] = None
+        if compute_stress:
+            strain_gradient = gradients[1]
+            assert strain_gradient is not None
+            periodic = pbc.all(dim=1)[:, None, None]
+            volume = torch.where(periodic, torch.linalg.det(cell).abs()[:, None, None], 1.0)
+            stress = torch.where(periodic, strain_gradient / volume, torch.nan)
+        return energy, forces, stress
 
 
 def energy_forces_stress(
@@ -197,39 +259,5 @@ def energy_forces_stress(
     compute_stress: bool,
     create_graph: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Energy ``[B]`` (eV), forces ``[M, 3]`` (eV/Angstrom) and optionally stress ``[B, 3, 3]``.
-
-    Forces are ``-dE/dpositions``. The stress is ``(1/V) dE/d(eps)`` for a symmetric strain ``eps``
-    applied to positions and cell (``r -> r (1 + eps)``), the convention of ASE's
-    ``atoms.get_stress(voigt=False)`` (positive under tension). It is NaN for structures that are
-    not periodic in all three directions. The energy is float64, forces and stress are in the
-    model's dtype. Use ``create_graph=True`` to train on forces; otherwise all outputs are detached.
-    """
-    dtype = model.embedding.weight.dtype
-    device = model.embedding.weight.device
-    positions = positions_A.detach().to(device, dtype).requires_grad_(True)
-    cell = cell_A.detach().to(device, dtype)
-    atoms_ptr = atoms_ptr.to(device, torch.long)
-    pbc = pbc.to(device, torch.bool)
-    inputs = [positions]
-    strained_positions, strained_cell = positions, cell
-    if compute_stress:
-        n_structures = len(atoms_ptr) - 1
-        strain = torch.zeros(n_structures, 3, 3, dtype=dtype, device=device, requires_grad=True)
-        symmetric = 0.5 * (strain + strain.transpose(1, 2))
-        batch = torch.repeat_interleave(torch.arange(n_structures, device=device), atoms_ptr[1:] - atoms_ptr[:-1])
-        strained_positions = positions + torch.einsum("mi,mij->mj", positions, symmetric[batch])
-        strained_cell = cell + cell @ symmetric
-        inputs.append(strain)
-
-    energy = model(numbers.to(device), strained_positions, strained_cell, pbc, atoms_ptr)
-    gradients = torch.autograd.grad(energy.sum(), inputs, create_graph=create_graph)
-    if not create_graph:
-        energy = energy.detach()
-    forces = -gradients[0]
-    stress = None
-    if compute_stress:
-        periodic = pbc.all(dim=1)[:, None, None]
-        volume = torch.where(periodic, torch.linalg.det(cell).abs()[:, None, None], 1.0)
-        stress = torch.where(periodic, gradients[1] / volume, torch.nan)
-    return energy, forces, stress
+    """`StudentPotential.energy_forces_stress` of ``model`` (eV, eV/Angstrom, eV/Angstrom^3)."""
+    return model.energy_forces_stress(numbers, positions_A, cell_A, pbc, atoms_ptr, compute_stress, create_graph)

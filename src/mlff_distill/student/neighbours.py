@@ -44,6 +44,7 @@ def neighbour_list(
     pbc: torch.Tensor,
     atoms_ptr: torch.Tensor,
     cutoff_A: float,
+    all_pairs_max_candidates: int = ALL_PAIRS_MAX_CANDIDATES,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """All ordered pairs closer than ``cutoff_A`` (Angstrom) within each structure of a batch.
 
@@ -53,6 +54,8 @@ def neighbour_list(
         pbc: ``[B, 3]`` bool periodicity per cell direction.
         atoms_ptr: ``[B + 1]`` offsets; atoms ``atoms_ptr[b]:atoms_ptr[b+1]`` form structure ``b``.
         cutoff_A: cutoff radius, Angstrom.
+        all_pairs_max_candidates: the all-pairs method's limit on ``sum n_b^2`` (a default
+            argument rather than a global read, so that TorchScript compiles it).
 
     Returns:
         ``(edge_src, edge_dst, cell_shifts)``: long ``[E]``, long ``[E]``, long ``[E, 3]``. The
@@ -65,7 +68,7 @@ def neighbour_list(
         atoms_ptr = atoms_ptr.to(device=device, dtype=torch.long)
         pbc = pbc.to(device=device, dtype=torch.bool)
         n_atoms = atoms_ptr[1:] - atoms_ptr[:-1]
-        if not pbc.any() and int((n_atoms**2).sum()) <= ALL_PAIRS_MAX_CANDIDATES:
+        if not pbc.any() and int((n_atoms**2).sum()) <= all_pairs_max_candidates:
             return _all_pairs(positions_A.detach(), atoms_ptr, cutoff_A)
         return _cell_list(positions_A.detach(), cell_A.detach(), pbc, atoms_ptr, cutoff_A)
 
@@ -82,6 +85,11 @@ def _all_pairs(
     keep = ((vectors * vectors).sum(dim=1) < cutoff_A**2) & (src != dst)
     src, dst = src[keep], dst[keep]
     return src, dst, torch.zeros(len(src), 3, dtype=torch.long, device=positions.device)
+
+
+def _bin_key(structure: torch.Tensor, bins: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """One integer per (structure, bin) on a grid of ``grid [3]`` bins per structure."""
+    return ((structure * grid[0] + bins[..., 0]) * grid[1] + bins[..., 1]) * grid[2] + bins[..., 2]
 
 
 def _cell_list(
@@ -105,7 +113,7 @@ def _cell_list(
 
     # Periodic images per direction from the perpendicular heights h_d = V / |a_e x a_f|.
     cross = torch.linalg.cross(cell.roll(-1, dims=1), cell.roll(-2, dims=1), dim=-1)
-    heights = torch.linalg.det(cell).abs()[:, None] / cross.norm(dim=-1)
+    heights = torch.linalg.det(cell).abs()[:, None] / torch.linalg.vector_norm(cross, dim=-1)
     padding = torch.where(pbc, cutoff_A / heights + 1e-5, math.inf)
     n_images = torch.where(pbc, torch.ceil(cutoff_A / heights), 0).long()
     n_shifts = (2 * n_images + 1).prod(dim=1)
@@ -135,18 +143,14 @@ def _cell_list(
     point_bins = torch.floor((point_positions - origin[point_batch]) / cutoff_A).long() + 1
     grid = point_bins.max(dim=0).values + 2 if len(point_bins) else torch.ones(3, dtype=torch.long, device=device)
 
-    def bin_key(structure: torch.Tensor, bins: torch.Tensor) -> torch.Tensor:
-        return ((structure * grid[0] + bins[..., 0]) * grid[1] + bins[..., 1]) * grid[2] + bins[..., 2]
-
-    point_keys, order = torch.sort(bin_key(point_batch, point_bins))
+    point_keys, order = torch.sort(_bin_key(point_batch, point_bins, grid))
     point_atom, shifts, point_positions = point_atom[order], shifts[order], point_positions[order]
 
     # Each atom (its zero-shift point) queries the 27 bins around its own.
     atom_bins = torch.floor((positions - origin[batch]) / cutoff_A).long() + 1
-    offsets = torch.stack(
-        torch.meshgrid(*[torch.arange(-1, 2, device=device)] * 3, indexing="ij"), dim=-1
-    ).reshape(27, 3)
-    query_keys = bin_key(batch[:, None], atom_bins[:, None, :] + offsets).reshape(-1)
+    neighbour_bin = torch.arange(27, device=device)
+    offsets = torch.stack([neighbour_bin // 9, (neighbour_bin // 3) % 3, neighbour_bin % 3], dim=1) - 1
+    query_keys = _bin_key(batch[:, None], atom_bins[:, None, :] + offsets, grid).reshape(-1)
     start = torch.searchsorted(point_keys, query_keys, side="left")
     end = torch.searchsorted(point_keys, query_keys, side="right")
     query, index = _ragged_arange(end - start)
