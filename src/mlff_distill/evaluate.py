@@ -1,38 +1,54 @@
-"""The evaluate stage: the student against its teacher on the held-out test split.
+"""The evaluate stage: the student against its teacher on the held-out test split, and the report.
 
-Accuracy: energy error per atom (eV/atom) and force errors (eV/Angstrom) against the teacher's
-labels. Speed: teacher and student timed in this one process on the same test structures, one
-structure per call as in MD (energy and forces, neighbour list included), after a warm-up call on
-every structure; the median over repeats is reported in seconds per structure.
+Accuracy (`mlff_distill.metrics`): energy per atom (eV/atom), forces (eV/Angstrom), stress (GPa)
+for periodic structures, per element, beside the teacher ensemble's own spread; acceptance gates
+from ``evaluate.gates``. Speed on the test structures: teacher and student timed in this one
+process, one structure per call as in MD (energy and forces, neighbour list included), after a
+warm-up call on every structure; the median over repeats, in seconds per structure. Speed at
+several sizes (`mlff_distill.speed`) and MD validation (`mlff_distill.md_validation`) are called
+when those modules exist (`optional_step`); the report says "not run" otherwise.
+
+Outputs in ``<results>/<run>/evaluate/``: metrics.json, parity.png, errors.png (and speed.png,
+rdf.png when those steps ran), report.html; all logged to MLflow with the student as a model.
+The acceptance rule (`check_acceptance`) fails afterwards when ``evaluate.strict`` and a gate
+fails, so that these files are kept.
 """
 
 from __future__ import annotations
 
+import collections
+import importlib
 import json
 import time
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from ase import Atoms
 
 from mlff_distill.data import LabeledArrays
+from mlff_distill.metrics import (check_gates, energy_force_errors, ensemble_spread, failed_gates,
+                                  per_species_force_errors, stress_errors)
+
+OPTIONAL_STEPS = {"speed": ("speed", "speed_rows"), "md_validation": ("md_validation", "md_validation")}
 
 
-def accuracy_metrics(reference: LabeledArrays, energy_eV: np.ndarray,
-                     forces_eV_per_A: np.ndarray) -> dict[str, float]:
-    """Errors of predicted energies and forces against the reference labels."""
-    n_atoms = reference.n_atoms
-    energy_error = (energy_eV - reference.energy_eV) / n_atoms
-    force_error = forces_eV_per_A - reference.forces_eV_per_A
-    force_rmse = float(np.sqrt(np.mean(force_error**2)))
-    return {
-        "energy_mae_per_atom_eV": float(np.mean(np.abs(energy_error))),
-        "energy_rmse_per_atom_eV": float(np.sqrt(np.mean(energy_error**2))),
-        "force_mae_eV_per_A": float(np.mean(np.abs(force_error))),
-        "force_rmse_eV_per_A": force_rmse,
-        "force_rel_rmse": force_rmse / float(np.sqrt(np.mean(reference.forces_eV_per_A**2))),
-    }
+class GatesFailedError(RuntimeError):
+    """Raised by `check_acceptance` in strict mode when an acceptance gate fails."""
+
+
+def accuracy(reference: LabeledArrays, predictions: dict[str, np.ndarray],
+             energy_std_eV: np.ndarray | None = None) -> dict[str, Any]:
+    """Flat error metrics (see `metrics`), plus ``per_species`` and ``ensemble_spread`` dicts.
+
+    ``predictions``: ``energy_eV``, ``forces_eV_per_A`` and optionally ``stress_eV_per_A3``.
+    """
+    result: dict[str, Any] = energy_force_errors(reference, predictions["energy_eV"],
+                                                 predictions["forces_eV_per_A"])
+    result.update(stress_errors(reference.stress_eV_per_A3, predictions.get("stress_eV_per_A3")))
+    result["per_species"] = per_species_force_errors(reference, predictions["forces_eV_per_A"])
+    result["ensemble_spread"] = ensemble_spread(reference, energy_std_eV)
+    return result
 
 
 def seconds_per_structure(compute: Callable[[Atoms], object], structures: Sequence[Atoms],
@@ -49,10 +65,86 @@ def seconds_per_structure(compute: Callable[[Atoms], object], structures: Sequen
     return float(np.median(totals)) / len(structures)
 
 
+def energy_std_of_split(store: Path, split: str) -> np.ndarray:
+    """The teacher ensemble's energy spread (eV) of the structures of ``split``, in store order."""
+    import zarr
+
+    from mlff_distill.store import SPLIT_CODES
+
+    group = zarr.open_group(store=str(store), mode="r", zarr_format=3)
+    keep = group["structures/split"][...] == SPLIT_CODES[split]
+    return group["structures/energy_std_eV"][...][keep]
+
+
+def provenance(store: Path, structures_file: Path | None) -> dict[str, Any]:
+    """Where the data came from: store path and attributes, structures per split and per strategy."""
+    import zarr
+    from ase.io import read
+
+    from mlff_distill.label import FAILURES_FILE
+    from mlff_distill.store import SPLIT_CODES, store_attrs
+
+    attrs = store_attrs(store)
+    splits = zarr.open_group(store=str(store), mode="r", zarr_format=3)["structures/split"][...]
+    facts: dict[str, Any] = {
+        "label store": str(Path(store).resolve()),
+        "structures file": attrs.get("structures_file", str(structures_file)),
+        "structures labeled": attrs.get("n_structures"),
+        "atoms labeled": attrs.get("n_atoms"),
+        "config hash": attrs.get("config_hash"),
+    }
+    failures = Path(store).resolve().parent / FAILURES_FILE
+    if failures.is_file():
+        facts["structures the teacher failed on"] = len(json.loads(failures.read_text()))
+    facts["structures per split"] = {name: int(np.sum(splits == code)) for name, code in SPLIT_CODES.items()}
+    if structures_file is not None and Path(structures_file).is_file():
+        strategies = collections.Counter(a.info.get("strategy", "unknown")
+                                         for a in read(structures_file, ":"))
+        facts["sampled structures per strategy"] = dict(sorted(strategies.items()))
+    facts["package versions"] = attrs.get("package_versions") or {}
+    return facts
+
+
+def optional_step(name: str) -> Callable[..., Any] | None:
+    """The function of an optional step (`OPTIONAL_STEPS`) if its module defines it, else None.
+
+    Both are called as ``function(config, teacher, student, inference_path, structures)`` with
+    the sampled structures (``list[Atoms]``); ``speed`` returns rows ``{"n_atoms",
+    "teacher_ms", "student_ms", ...}``, ``md_validation`` a dict ``{"drift": [rows], "rdf":
+    {"r_A", "g_teacher", "g_student", scalars...}}``.
+    """
+    module_name, function = OPTIONAL_STEPS[name]
+    try:
+        module = importlib.import_module(f"mlff_distill.{module_name}")
+    except ModuleNotFoundError as error:
+        if error.name != f"mlff_distill.{module_name}":
+            raise
+        return None
+    return getattr(module, function, None)
+
+
+def write_figures(out_dir: Path, test: LabeledArrays, predictions: dict[str, np.ndarray],
+                  metrics: dict[str, Any]) -> dict[str, Path]:
+    """The PNG files of the evaluate stage in ``out_dir``, by report key."""
+    from mlff_distill import plots
+
+    items = plots.quantities(test, predictions["energy_eV"], predictions["forces_eV_per_A"],
+                             predictions.get("stress_eV_per_A3"))
+    figures = {"parity": plots.parity_plot(items, out_dir / "parity.png"),
+               "errors": plots.error_histograms(items, out_dir / "errors.png")}
+    if metrics.get("speed"):
+        figures["speed"] = plots.speed_plot(metrics["speed"], out_dir / "speed.png")
+    rdf = (metrics.get("md_validation") or {}).get("rdf")
+    if rdf:
+        figures["rdf"] = plots.rdf_plot(np.asarray(rdf["r_A"]), np.asarray(rdf["g_teacher"]),
+                                        np.asarray(rdf["g_student"]), out_dir / "rdf.png")
+    return figures
+
+
 def summary_text(metrics_file: Path) -> str:
     """The lines printed when the pipeline ends."""
     metrics = json.loads(Path(metrics_file).read_text())
-    return "\n".join([
+    lines = [
         "",
         "mlff-distill finished",
         f"  teacher:               {metrics['teacher']}",
@@ -64,58 +156,77 @@ def summary_text(metrics_file: Path) -> str:
         f"({1000 * metrics['teacher_s_per_structure']:.2f} ms -> "
         f"{1000 * metrics['student_s_per_structure']:.2f} ms per structure, "
         f"{metrics['inference_path']})",
-        f"  results:               {Path(metrics_file).resolve().parent.parent}",
-    ])
+    ]
+    if metrics.get("gates"):
+        failed = failed_gates(metrics["gates"])
+        lines.append(f"  acceptance gates:      {'FAILED: ' + '; '.join(failed) if failed else 'passed'}")
+    report = Path(metrics_file).with_name("report.html")
+    if report.is_file():
+        lines.append(f"  report:                {report.resolve()}")
+    lines.append(f"  results:               {Path(metrics_file).resolve().parent.parent}")
+    return "\n".join(lines)
 
 
-def parity_plot(reference: LabeledArrays, energy_eV: np.ndarray, forces_eV_per_A: np.ndarray,
-                path: Path) -> None:
-    """Student against teacher: energy per atom and force components."""
-    import matplotlib
+def check_acceptance(metrics_file: Path, strict: bool, verdict_file: Path, log_file: Path) -> None:
+    """Write the gates' verdict to ``log_file`` and ``verdict_file``; in strict mode raise
+    `GatesFailedError` naming the failed gates instead of writing ``verdict_file``."""
+    metrics = json.loads(Path(metrics_file).read_text())
+    failed = failed_gates(metrics.get("gates", []))
+    verdict = f"acceptance gates failed: {'; '.join(failed)}" if failed else "acceptance gates passed"
+    Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    Path(log_file).write_text(f"{verdict} (strict: {strict})\n")
+    if strict and failed:
+        raise GatesFailedError(f"{verdict} (evaluate.strict is true); metrics and report: "
+                               f"{Path(metrics_file).parent}")
+    Path(verdict_file).write_text(json.dumps({"strict": strict, "failed": failed,
+                                              "gates": metrics.get("gates", [])}, indent=2))
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(9, 4))
-    pairs = [(reference.energy_eV / reference.n_atoms, energy_eV / reference.n_atoms,
-              "energy per atom (eV)"),
-             (reference.forces_eV_per_A.ravel(), forces_eV_per_A.ravel(), "force component (eV/Å)")]
-    for axis, (teacher, student, label) in zip(axes, pairs):
-        axis.scatter(teacher, student, s=3, alpha=0.5)
-        low, high = min(teacher.min(), student.min()), max(teacher.max(), student.max())
-        axis.plot([low, high], [low, high], "k--", lw=0.8)
-        axis.set(xlabel=f"teacher {label}", ylabel=f"student {label}")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+def _log_student_model(tracker: Any, model: Any) -> str:
+    """Log the student as an MLflow model (pytorch flavour, pickled) in the stage run; its URI."""
+    import mlflow
+    import mlflow.pytorch
+    import torch
+
+    mlflow.set_tracking_uri(tracker.pipeline.tracking_uri)
+    with mlflow.start_run(run_id=tracker.run_id):
+        info = mlflow.pytorch.log_model(
+            model, name="student", serialization_format="pickle",  # pt2 needs a traceable forward
+            pip_requirements=["mlff-distill", f"torch=={torch.__version__.split('+')[0]}"])
+    return info.model_uri
 
 
 def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
-        metrics_file: Path, pipeline_file: Path, log_file: Path) -> None:
+        metrics_file: Path, pipeline_file: Path, log_file: Path,
+        structures_file: Path | None = None) -> None:
     """The Snakemake job; it also ends the pipeline's MLflow parent run."""
     import torch
+    from ase.io import read
 
     from mlff_distill.logs import stage_logger
-    from mlff_distill.store import read_labels
+    from mlff_distill.report import build_report
+    from mlff_distill.store import read_labels, store_attrs
     from mlff_distill.student import StudentCalculator, load_student
     from mlff_distill.student.fitting import predict
     from mlff_distill.teachers import load_teacher
-    from mlff_distill.tracking import PipelineRun, finish_pipeline_run, stage_run
+    from mlff_distill.tracking import PipelineRun, finish_pipeline_run, flatten, stage_run
 
+    settings = config["evaluate"]
     logger = stage_logger("evaluate", log_file)
-    with stage_run(pipeline_file, "evaluate", config["evaluate"], log_file) as tracker:
+    out_dir = Path(metrics_file).parent
+    with stage_run(pipeline_file, "evaluate", settings, log_file) as tracker:
         test = read_labels(store, "test")
         if test.n_structures == 0:
             raise ValueError(f"{store}: the test split is empty; raise sample.test_fraction")
-        model, metadata = load_student(checkpoint)
+        model, _ = load_student(checkpoint)
         chosen = json.loads(Path(inference_path_file).read_text())["chosen_path"]
-        predictions = predict(model, test)
-        metrics = accuracy_metrics(test, predictions["energy_eV"], predictions["forces_eV_per_A"])
+        periodic = bool(test.pbc.all(axis=1).any())
+        predictions = predict(model, test, compute_stress=periodic)
+        metrics = accuracy(test, predictions, energy_std_of_split(store, "test"))
 
         teacher = load_teacher(config["teacher"])
-        structures = [test.atoms(i) for i in range(min(test.n_structures,
-                                                       config["evaluate"]["timing_structures"]))]
-        repeats = config["evaluate"]["timing_repeats"]
+        structures = [test.atoms(i) for i in range(min(test.n_structures, settings["timing_structures"]))]
+        repeats = settings["timing_repeats"]
         teacher_s = seconds_per_structure(lambda a: teacher.compute([a]), structures, repeats)
         calculator = StudentCalculator(model)
         if chosen == "torch_compile":
@@ -139,12 +250,33 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
             "inference_path": chosen,
             "teacher_weights_sha256": teacher.identity.weights_sha256,
         })
+        sampled = read(structures_file, ":") if structures_file else [test.atoms(i) for i in range(test.n_structures)]
+        for key in OPTIONAL_STEPS:
+            step = optional_step(key)
+            metrics[key] = None if step is None else step(config, teacher, model, chosen, sampled)
+            logger.info("%s: %s", key, "done" if step else
+                        "not run (no mlff_distill.%s.%s)" % OPTIONAL_STEPS[key])
+        metrics["gates"] = check_gates(metrics, settings["gates"])
+        metrics["gates_passed"] = not failed_gates(metrics["gates"]) if metrics["gates"] else None
+        metrics["strict"] = settings["strict"]
         Path(metrics_file).write_text(json.dumps(metrics, indent=2))
-        plot = Path(metrics_file).with_name("parity.png")
-        parity_plot(test, predictions["energy_eV"], predictions["forces_eV_per_A"], plot)
-        tracker.log_metrics({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
-        tracker.set_tags({"teacher": metrics["teacher"], "student": metrics["student"]})
-        for artifact in (metrics_file, plot):
+
+        figures = write_figures(out_dir, test, predictions, metrics)
+        teacher_identity = store_attrs(store).get("teacher") or teacher.identity.as_dict()
+        report = build_report(out_dir / "report.html", metrics, config, teacher_identity,
+                              provenance(store, structures_file), figures)
+
+        numbers = {k: v for k, v in flatten({k: v for k, v in metrics.items()
+                                             if k not in ("gates", "speed", "md_validation")}).items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers.update({f"gate.{g['metric']}": float(g["passed"]) for g in metrics["gates"]
+                        if g["passed"] is not None})
+        tracker.log_metrics(numbers)
+        tracker.set_tags({"teacher": metrics["teacher"], "student": metrics["student"],
+                          "gates_passed": metrics["gates_passed"]})
+        for artifact in (metrics_file, report, *figures.values()):
             tracker.log_artifact(artifact)
-        logger.info("metrics %s", metrics)
+        tracker.log_artifact(checkpoint, "student")
+        model_uri = _log_student_model(tracker, model)
+        logger.info("metrics %s; student model %s; report %s", numbers, model_uri, report)
     finish_pipeline_run(PipelineRun.load(pipeline_file))

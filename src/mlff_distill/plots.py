@@ -1,0 +1,100 @@
+"""Figures of the evaluate stage as PNG files (matplotlib, Agg backend): parity, error histograms,
+speed against system size, radial distribution functions.
+
+A *quantity* is ``(label, teacher_values, student_values)`` with the unit in the label, e.g.
+``("energy per atom (eV/atom)", teacher, student)``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
+import numpy as np  # noqa: E402
+from ase.units import GPa  # noqa: E402
+
+from mlff_distill.data import LabeledArrays  # noqa: E402
+
+Quantity = tuple[str, np.ndarray, np.ndarray]
+
+
+def quantities(reference: LabeledArrays, energy_eV: np.ndarray, forces_eV_per_A: np.ndarray,
+               stress_eV_per_A3: np.ndarray | None = None) -> list[Quantity]:
+    """Energy per atom, force components and (where both are finite) stress components in GPa."""
+    n_atoms = reference.n_atoms
+    found = [("energy per atom (eV/atom)", reference.energy_eV / n_atoms, np.asarray(energy_eV) / n_atoms),
+             ("force component (eV/Å)", reference.forces_eV_per_A.ravel(),
+              np.asarray(forces_eV_per_A).ravel())]
+    if reference.stress_eV_per_A3 is not None and stress_eV_per_A3 is not None:
+        teacher = reference.stress_eV_per_A3.reshape(-1, 9)
+        student = np.asarray(stress_eV_per_A3).reshape(-1, 9)
+        keep = np.isfinite(teacher).all(axis=1) & np.isfinite(student).all(axis=1)
+        if keep.any():
+            found.append(("stress component (GPa)", teacher[keep].ravel() / GPa,
+                          student[keep].ravel() / GPa))
+    return found
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    path = Path(path)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def parity_plot(items: Sequence[Quantity], path: Path) -> Path:
+    """Student against teacher, one panel per quantity, with the diagonal."""
+    figure, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 4), squeeze=False)
+    for axis, (label, teacher, student) in zip(axes[0], items):
+        axis.scatter(teacher, student, s=3, alpha=0.5)
+        low = float(min(np.min(teacher), np.min(student)))
+        high = float(max(np.max(teacher), np.max(student)))
+        axis.plot([low, high], [low, high], "k--", lw=0.8)
+        axis.set(xlabel=f"teacher {label}", ylabel=f"student {label}")
+    return _save(figure, path)
+
+
+def error_histograms(items: Sequence[Quantity], path: Path) -> Path:
+    """Histogram of student minus teacher, one panel per quantity, log counts."""
+    figure, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 3.6), squeeze=False)
+    for axis, (label, teacher, student) in zip(axes[0], items):
+        axis.hist(np.asarray(student) - np.asarray(teacher), bins=60, log=True)
+        axis.axvline(0.0, color="k", lw=0.8)
+        axis.set(xlabel=f"student - teacher, {label}", ylabel="count")
+    return _save(figure, path)
+
+
+def speed_plot(rows: Sequence[Mapping[str, float]], path: Path) -> Path:
+    """Milliseconds per call against atom count, log-log, for teacher and student.
+
+    ``rows``: ``{"n_atoms", "teacher_ms", "student_ms"}`` each; a missing or None time is skipped.
+    """
+    rows = sorted(rows, key=lambda row: row["n_atoms"])
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    for key, name, marker in (("teacher_ms", "teacher", "o"), ("student_ms", "student", "s")):
+        points = [(row["n_atoms"], row[key]) for row in rows if row.get(key) is not None]
+        if points:
+            axis.plot(*zip(*points), marker=marker, label=name)
+    axis.set(xscale="log", yscale="log", xlabel="atoms", ylabel="time per call (ms)")
+    axis.grid(True, which="both", alpha=0.3)
+    axis.legend()
+    return _save(figure, path)
+
+
+def rdf_plot(r_A: np.ndarray, g_teacher: np.ndarray, g_student: np.ndarray, path: Path) -> Path:
+    """Radial distribution functions of teacher and student MD, and their difference."""
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True,
+                                         gridspec_kw={"height_ratios": [3, 1]})
+    top.plot(r_A, g_teacher, label="teacher")
+    top.plot(r_A, g_student, "--", label="student")
+    top.set(ylabel="g(r)")
+    top.legend()
+    bottom.plot(r_A, np.asarray(g_student) - np.asarray(g_teacher), color="k", lw=0.8)
+    bottom.axhline(0.0, color="grey", lw=0.5)
+    bottom.set(xlabel="r (Å)", ylabel="student - teacher")
+    return _save(figure, path)

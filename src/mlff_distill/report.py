@@ -1,0 +1,214 @@
+"""The run's report: one self-contained HTML page (figures embedded as base64 PNG).
+
+Sections: summary and gates, accuracy (overall, per species, ensemble yardstick), accuracy figures,
+speed, MD validation, teacher, data provenance, config. A section whose inputs are missing says
+"not run" instead of disappearing. Everything comes from the evaluate stage's ``metrics.json``
+content plus the config, the teacher's identity, the provenance and the figure files.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import yaml
+
+# (metrics key, label, unit shown, factor from the key's unit to the unit shown)
+ACCURACY_ROWS = (
+    ("energy_mae_per_atom_eV", "energy MAE per atom", "meV/atom", 1000.0),
+    ("energy_rmse_per_atom_eV", "energy RMSE per atom", "meV/atom", 1000.0),
+    ("force_mae_eV_per_A", "force MAE (components)", "meV/Å", 1000.0),
+    ("force_rmse_eV_per_A", "force RMSE (components)", "meV/Å", 1000.0),
+    ("force_rel_rmse", "relative RMS force error", "%", 100.0),
+    ("force_cosine", "force cosine (magnitude-weighted)", "", 1.0),
+    ("stress_mae_GPa", "stress MAE (periodic structures)", "GPa", 1.0),
+    ("stress_rmse_GPa", "stress RMSE (periodic structures)", "GPa", 1.0),
+    ("stress_rel_error", "relative RMS stress error", "%", 100.0),
+)
+NOT_RUN = '<p class="notrun">not run</p>'
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
+h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+th { background: #f0f0f0; }
+.pass { color: #176b2c; font-weight: bold; } .fail { color: #b00020; font-weight: bold; }
+.na, .notrun { color: #777; font-style: italic; }
+.warning { background: #fff3cd; border: 1px solid #e0b100; padding: 0.5em 1em; font-weight: bold; }
+pre { background: #f7f7f7; padding: 1em; overflow-x: auto; font-size: 0.85em; }
+img { max-width: 100%; }
+"""
+
+
+def _number(value: Any, factor: float = 1.0) -> str:
+    if value is None:
+        return '<span class="na">n/a</span>'
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return html.escape(str(value))
+    if isinstance(value, int):
+        return f"{value:d}"
+    if not math.isfinite(value):
+        return html.escape(str(value))
+    return f"{value * factor:.4g}"
+
+
+def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """An HTML table of ``rows`` (dicts), one column per key (those of the first row by default)."""
+    if not rows:
+        return '<p class="na">no rows</p>'
+    columns = list(columns or rows[0].keys())
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
+    body = "".join("<tr>" + "".join(f"<td>{_number(row.get(c))}</td>" for c in columns) + "</tr>"
+                   for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _image(path: Path | None, alt: str) -> str:
+    if path is None or not Path(path).is_file():
+        return NOT_RUN
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _verdict(passed: bool | None) -> str:
+    if passed is None:
+        return '<span class="na">not evaluated</span>'
+    return '<span class="pass">pass</span>' if passed else '<span class="fail">FAIL</span>'
+
+
+def _summary(metrics: Mapping[str, Any]) -> str:
+    facts = [("teacher", metrics.get("teacher")), ("student", metrics.get("student")),
+             ("test structures", metrics.get("n_test"))]
+    if metrics.get("force_rel_rmse") is not None:
+        facts.append(("relative RMS force error", f"{100 * metrics['force_rel_rmse']:.2f} %"))
+    if metrics.get("energy_mae_per_atom_eV") is not None:
+        facts.append(("energy MAE", f"{1000 * metrics['energy_mae_per_atom_eV']:.2f} meV/atom"))
+    if metrics.get("speedup") is not None:
+        facts.append(("speed-up on test structures", f"{metrics['speedup']:.1f}x"))
+    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_number(v)}</td></tr>" for k, v in facts)
+    gates = metrics.get("gates")
+    if not gates:
+        gate_html = '<p class="na">no gates configured</p>'
+    else:
+        gate_rows = "".join(
+            f"<tr><td>{html.escape(g['metric'])}</td><td>{g['bound']} {_number(g['threshold'])}</td>"
+            f"<td>{_number(g['value'])}</td><td>{_verdict(g['passed'])}</td></tr>" for g in gates)
+        overall = metrics.get("gates_passed")
+        gate_html = ("<table><tr><th>gate</th><th>threshold</th><th>value</th><th>verdict</th></tr>"
+                     f"{gate_rows}</table><p>All gates: {_verdict(overall)}"
+                     f"{' (strict: the run fails)' if metrics.get('strict') and overall is False else ''}</p>")
+    return f"<table>{rows}</table><h3>Acceptance gates</h3>{gate_html}"
+
+
+def _accuracy(metrics: Mapping[str, Any]) -> str:
+    spread = metrics.get("ensemble_spread") or {}
+    body = "".join(
+        f"<tr><td>{label}</td><td>{unit}</td><td>{_number(metrics.get(key), factor)}</td>"
+        f"<td>{_number(spread.get(key), factor)}</td></tr>"
+        for key, label, unit, factor in ACCURACY_ROWS)
+    overall = ("<table><tr><th>metric</th><th>unit</th><th>student vs teacher</th>"
+               f"<th>teacher ensemble spread</th></tr>{body}</table>")
+    note = ("<p>The ensemble spread is the standard deviation over the teacher's members, in the "
+            "place of an error: a student much closer to the teacher than this is fitting "
+            "the teacher's noise.</p>" if spread else
+            '<p class="na">Ensemble yardstick: not available (single-model teacher, or no spread '
+            "stored).</p>")
+    if metrics.get("n_stress") is None:
+        note += '<p class="na">Stress: no periodic structures in the test split.</p>'
+    species = metrics.get("per_species")
+    per_species = (table([{"element": z, **v} for z, v in species.items()]) if species else NOT_RUN)
+    return f"{overall}{note}<h3>Forces per element</h3>{per_species}"
+
+
+def _speed(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
+    parts = []
+    if metrics.get("teacher_s_per_structure") is not None:
+        parts.append("<h3>Test structures, one per call</h3>" + table([{
+            "structures timed": metrics.get("n_timed"),
+            "teacher (ms)": 1000 * metrics["teacher_s_per_structure"],
+            "student (ms)": 1000 * metrics["student_s_per_structure"],
+            "speed-up": metrics.get("speedup"),
+            "student inference path": metrics.get("inference_path")}]))
+    parts.append("<h3>Systems of several sizes</h3>")
+    rows = metrics.get("speed")
+    parts.append(table(rows) + _image(figures.get("speed"), "time per call against atoms")
+                 if rows else NOT_RUN)
+    return "".join(parts)
+
+
+def _md(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
+    md = metrics.get("md_validation")
+    if not md:
+        return NOT_RUN
+    parts = ["<h3>NVE energy drift</h3>", table(md["drift"]) if md.get("drift") else NOT_RUN,
+             "<h3>NVT radial distribution function</h3>"]
+    rdf = md.get("rdf")
+    if rdf:
+        scalars = {k: v for k, v in rdf.items() if not isinstance(v, (list, tuple))}
+        parts.append(table([scalars]) if scalars else "")
+        parts.append(_image(figures.get("rdf"), "radial distribution functions"))
+    else:
+        parts.append(NOT_RUN)
+    return "".join(parts)
+
+
+def _teacher(teacher: Mapping[str, Any] | None) -> str:
+    if not teacher:
+        return NOT_RUN
+    warning = ("" if teacher.get("trained", True) else
+               '<p class="warning">untrained teacher: random weights; its labels mean nothing '
+               "physically.</p>")
+    keys = ("label", "name", "kind", "source", "weights_sha256", "members", "cutoff_A", "species",
+            "conservative", "trained")
+    rows = "".join(f"<tr><td>{k}</td><td>{_number(teacher.get(k))}</td></tr>" for k in keys if k in teacher)
+    return f"{warning}<table>{rows}</table>"
+
+
+def _provenance(provenance: Mapping[str, Any] | None) -> str:
+    if not provenance:
+        return NOT_RUN
+    parts = ["<table>" + "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_number(v)}</td></tr>"
+        for k, v in provenance.items() if not isinstance(v, dict)) + "</table>"]
+    for key, counts in provenance.items():
+        if isinstance(counts, dict):
+            parts.append(f"<h3>{html.escape(key)}</h3>" + table([counts]))
+    return "".join(parts)
+
+
+def build_report(path: Path, metrics: Mapping[str, Any], config: Mapping[str, Any],
+                 teacher: Mapping[str, Any] | None, provenance: Mapping[str, Any] | None,
+                 figures: Mapping[str, Path]) -> Path:
+    """Write the report to ``path`` and return it.
+
+    ``metrics``: the content of metrics.json (its optional ``gates``, ``per_species``,
+    ``ensemble_spread``, ``speed`` rows and ``md_validation`` fill their sections);
+    ``teacher``: `TeacherIdentity.as_dict()`; ``provenance``: flat facts plus dicts of counts;
+    ``figures``: PNG paths under the keys ``parity``, ``errors``, ``speed``, ``rdf``.
+    """
+    run_name = str(config.get("run_name", ""))
+    sections = [
+        ("Summary", _summary(metrics)),
+        ("Accuracy on the test split", _accuracy(metrics)),
+        ("Accuracy figures", "<h3>Parity</h3>" + _image(figures.get("parity"), "parity")
+         + "<h3>Error histograms</h3>" + _image(figures.get("errors"), "error histograms")),
+        ("Speed", _speed(metrics, figures)),
+        ("MD validation", _md(metrics, figures)),
+        ("Teacher", _teacher(teacher)),
+        ("Data provenance", _provenance(provenance)),
+        ("Config", f"<pre>{html.escape(yaml.safe_dump(dict(config), sort_keys=False))}</pre>"),
+    ]
+    stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    body = "".join(f'<h2 id="{title.lower().replace(" ", "-")}">{title}</h2>{content}'
+                   for title, content in sections)
+    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>mlff-distill report: {html.escape(run_name)}</title><style>{STYLE}</style></head>"
+            f"<body><h1>mlff-distill report: {html.escape(run_name)}</h1>"
+            f"<p>Written {stamp}.</p>{body}</body></html>")
+    Path(path).write_text(page, encoding="utf-8")
+    return Path(path)
