@@ -191,24 +191,65 @@ def combine_shards(shard_paths: list[Path], store_path: Path, attrs: dict) -> No
 def read_labels(store_path: Path, split: str | None = None) -> LabeledArrays:
     """The structures of the store (all, or those of ``split``: train/val/test), in store order."""
     group = zarr.open_group(store=str(store_path), mode="r", zarr_format=3)
-    ptr = group["structures/atoms_ptr"][...]
+    return read_structures(store_path, 0, group["structures/energy_eV"].shape[0], split)
+
+
+def read_structures(store_path: Path, start: int, stop: int, split: str | None = None) -> LabeledArrays:
+    """Structures ``start:stop`` of the store (those of ``split`` among them, if given).
+
+    Reads only the slices of the per-atom arrays that hold these structures' atoms, so a block
+    of structures loads without the rest of the store.
+    """
+    group = zarr.open_group(store=str(store_path), mode="r", zarr_format=3)
+    ptr = group["structures/atoms_ptr"][start:stop + 1]
     keep = np.ones(len(ptr) - 1, dtype=bool)
     if split is not None:
         if split not in SPLIT_CODES:
             raise ValueError(f"split {split!r} is not one of {sorted(SPLIT_CODES)}")
-        keep = group["structures/split"][...] == SPLIT_CODES[split]
+        keep = group["structures/split"][start:stop] == SPLIT_CODES[split]
     keep_atoms = np.repeat(keep, np.diff(ptr))
+    atoms = slice(int(ptr[0]), int(ptr[-1]))
     n_atoms = np.diff(ptr)[keep]
     return LabeledArrays(
-        numbers=group["atoms/numbers"][...][keep_atoms].astype(np.int64),
-        positions_A=group["atoms/positions_A"][...][keep_atoms],
-        forces_eV_per_A=group["atoms/forces_eV_per_A"][...][keep_atoms],
-        energy_eV=group["structures/energy_eV"][...][keep],
-        stress_eV_per_A3=group["structures/stress_eV_per_A3"][...][keep],
+        numbers=group["atoms/numbers"][atoms][keep_atoms].astype(np.int64),
+        positions_A=group["atoms/positions_A"][atoms][keep_atoms],
+        forces_eV_per_A=group["atoms/forces_eV_per_A"][atoms][keep_atoms],
+        energy_eV=group["structures/energy_eV"][start:stop][keep],
+        stress_eV_per_A3=group["structures/stress_eV_per_A3"][start:stop][keep],
         atoms_ptr=np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64),
-        cell_A=group["structures/cell_A"][...][keep],
-        pbc=group["structures/pbc"][...][keep],
+        cell_A=group["structures/cell_A"][start:stop][keep],
+        pbc=group["structures/pbc"][start:stop][keep],
     )
+
+
+def read_structure_table(store_path: Path) -> dict[str, np.ndarray | int]:
+    """The store's small index arrays: ``atoms_ptr [N + 1]``, ``split [N]`` (codes) and
+    ``atom_chunk_rows``, the chunk length (atoms) of its per-atom arrays."""
+    group = zarr.open_group(store=str(store_path), mode="r", zarr_format=3)
+    return {"atoms_ptr": group["structures/atoms_ptr"][...], "split": group["structures/split"][...],
+            "atom_chunk_rows": int(group["atoms/positions_A"].chunks[0])}
+
+
+def store_species(store_path: Path) -> list[int]:
+    """Sorted atomic numbers present in the store, read one chunk of atoms at a time."""
+    numbers = zarr.open_group(store=str(store_path), mode="r", zarr_format=3)["atoms/numbers"]
+    step = max(1, numbers.chunks[0])
+    found: set[int] = set()
+    for start in range(0, numbers.shape[0], step):
+        found.update(np.unique(numbers[start:start + step]).tolist())
+    return sorted(int(z) for z in found)
+
+
+def store_checksum(store_path: Path) -> str:
+    """SHA-256 over the relative paths and bytes of every file of the store, streamed."""
+    store_path = Path(store_path)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in store_path.rglob("*") if p.is_file()):
+        digest.update(f"{path.relative_to(store_path).as_posix()}\0".encode())
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 def store_attrs(store_path: Path) -> dict:

@@ -10,33 +10,58 @@ import copy
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mlff_distill.data import LabeledArrays
+from mlff_distill.student.dataset import StructureBlocks, shuffled_batches
 from mlff_distill.student.model import StudentPotential, energy_forces_stress
 
 
-def fit_reference_energies(data: LabeledArrays, species: Sequence[int]) -> dict[int, float]:
+def fit_reference_energies(data: Union[LabeledArrays, StructureBlocks], species: Sequence[int]) -> dict[int, float]:
     """Per-species atomic energies (eV) from least squares of the energies on species counts.
 
-    Species absent from ``data`` get 0 (minimum-norm solution). Raises ``ValueError`` if ``data``
+    Species absent from ``data`` get 0 (minimum-norm solution). ``data`` may be a `StructureBlocks`
+    read block by block (the normal equations are accumulated). Raises ``ValueError`` if ``data``
     holds a species not in ``species``.
     """
     species = [int(z) for z in species]
-    unknown = sorted(set(np.unique(data.numbers).tolist()) - set(species))
-    if unknown:
-        raise ValueError(f"data holds atomic number(s) {unknown} not in species {species}")
     lookup = np.zeros(max(species) + 1, dtype=np.int64)
     lookup[species] = np.arange(len(species))
-    column = lookup[data.numbers]
-    counts = np.zeros((data.n_structures, len(species)))
-    np.add.at(counts, (np.repeat(np.arange(data.n_structures), data.n_atoms), column), 1.0)
-    solution, *_ = np.linalg.lstsq(counts, data.energy_eV, rcond=None)
+    gram, moment = np.zeros((len(species), len(species))), np.zeros(len(species))
+    for block in _as_blocks(data).blocks():
+        unknown = sorted(set(np.unique(block.numbers).tolist()) - set(species))
+        if unknown:
+            raise ValueError(f"data holds atomic number(s) {unknown} not in species {species}")
+        counts = np.zeros((block.n_structures, len(species)))
+        np.add.at(counts, (np.repeat(np.arange(block.n_structures), block.n_atoms), lookup[block.numbers]), 1.0)
+        gram += counts.T @ counts
+        moment += counts.T @ block.energy_eV
+    solution, *_ = np.linalg.lstsq(gram, moment, rcond=None)
     return {z: float(e) for z, e in zip(species, solution)}
+
+
+def _as_blocks(data: Union[LabeledArrays, StructureBlocks]) -> StructureBlocks:
+    return data if isinstance(data, StructureBlocks) else StructureBlocks.in_memory(data)
+
+
+def _stress_mask(data: LabeledArrays) -> np.ndarray:
+    """Structures periodic in all directions with finite stress labels, ``[N]`` bool."""
+    if data.stress_eV_per_A3 is None:
+        return np.zeros(data.n_structures, dtype=bool)
+    return data.pbc.all(axis=1) & np.isfinite(data.stress_eV_per_A3).all(axis=(1, 2))
+
+
+def stress_rms(data: Union[LabeledArrays, StructureBlocks]) -> float:
+    """RMS stress component (eV/Angstrom^3) over the periodic structures with stress labels; 0 if none."""
+    total, count = 0.0, 0
+    for block in _as_blocks(data).blocks():
+        labels = block.stress_eV_per_A3[_stress_mask(block)] if block.stress_eV_per_A3 is not None else np.zeros(0)
+        total, count = total + float((labels**2).sum()), count + labels.size
+    return math.sqrt(total / count) if count else 0.0
 
 
 @dataclass
@@ -48,7 +73,10 @@ class TrainSettings:
     the per-step decay of an exponential moving average of the weights (0 = off); when on,
     validation and the returned model use the averaged weights. ``max_minutes`` caps the
     wall-clock time and ``patience`` the number of epochs without a better validation loss
-    (``None`` = no limit); either stops training after a validation.
+    (``None`` = no limit); either stops training after a validation. ``stress_weight`` weighs the
+    MSE of the stress components of periodic structures divided by the training set's RMS stress
+    (dimensionless). ``shuffle_buffer_blocks`` is the number of store blocks pooled and shuffled
+    together (see `mlff_distill.student.dataset.shuffled_batches`).
     """
 
     epochs: int = 100
@@ -57,6 +85,7 @@ class TrainSettings:
     weight_decay: float = 1e-5
     energy_weight: float = 1.0
     force_weight: float = 10.0
+    stress_weight: float = 1.0
     warmup_epochs: int = 2
     ema_decay: float = 0.99
     grad_clip: float = 10.0
@@ -64,6 +93,7 @@ class TrainSettings:
     max_minutes: Optional[float] = None
     patience: Optional[int] = None
     final_lr_fraction: float = 0.01
+    shuffle_buffer_blocks: int = 8
 
 
 def structure_tensors(data: LabeledArrays, device: torch.device) -> dict[str, torch.Tensor]:
@@ -106,48 +136,108 @@ def predict(
     }
 
 
-def _validation_metrics(model: StudentPotential, val: LabeledArrays, settings: TrainSettings) -> dict[str, float]:
-    prediction = predict(model, val, batch_size=settings.batch_size)
-    energy_error = (prediction["energy_eV"] - val.energy_eV) / val.n_atoms
-    force_error = prediction["forces_eV_per_A"] - val.forces_eV_per_A
-    force_rmse = float(np.sqrt(np.mean(force_error**2)))
-    return {
-        "val_loss": float(
-            settings.energy_weight * np.mean(energy_error**2) + settings.force_weight * np.mean(force_error**2)
-        ),
-        "val_energy_mae_per_atom_eV": float(np.mean(np.abs(energy_error))),
-        "val_energy_rmse_per_atom_eV": float(np.sqrt(np.mean(energy_error**2))),
-        "val_force_mae_eV_per_A": float(np.mean(np.abs(force_error))),
+def _validation_metrics(
+    model: StudentPotential, val: StructureBlocks, settings: TrainSettings, stress_scale_eV_per_A3: float
+) -> dict[str, float]:
+    """Validation errors accumulated block by block; stress metrics only if ``val`` has stress labels."""
+    sums = dict.fromkeys(["n_structures", "energy_abs", "energy_sq", "n_force", "force_abs", "force_sq",
+                          "force_ref_sq", "n_stress", "stress_sq", "stress_ref_sq"], 0.0)
+    for block in val.blocks():
+        mask = _stress_mask(block)
+        prediction = predict(model, block, batch_size=settings.batch_size, compute_stress=bool(mask.any()))
+        energy_error = (prediction["energy_eV"] - block.energy_eV) / block.n_atoms
+        force_error = prediction["forces_eV_per_A"] - block.forces_eV_per_A
+        sums["n_structures"] += block.n_structures
+        sums["energy_abs"] += float(np.abs(energy_error).sum())
+        sums["energy_sq"] += float((energy_error**2).sum())
+        sums["n_force"] += force_error.size
+        sums["force_abs"] += float(np.abs(force_error).sum())
+        sums["force_sq"] += float((force_error**2).sum())
+        sums["force_ref_sq"] += float((block.forces_eV_per_A**2).sum())
+        if mask.any():
+            stress_error = prediction["stress_eV_per_A3"][mask] - block.stress_eV_per_A3[mask]
+            sums["n_stress"] += stress_error.size
+            sums["stress_sq"] += float((stress_error**2).sum())
+            sums["stress_ref_sq"] += float((block.stress_eV_per_A3[mask] ** 2).sum())
+    energy_mse, force_mse = sums["energy_sq"] / sums["n_structures"], sums["force_sq"] / sums["n_force"]
+    force_rmse = math.sqrt(force_mse)
+    metrics = {
+        "val_loss": settings.energy_weight * energy_mse + settings.force_weight * force_mse,
+        "val_energy_mae_per_atom_eV": sums["energy_abs"] / sums["n_structures"],
+        "val_energy_rmse_per_atom_eV": math.sqrt(energy_mse),
+        "val_force_mae_eV_per_A": sums["force_abs"] / sums["n_force"],
         "val_force_rmse_eV_per_A": force_rmse,
-        "val_force_rel_rmse": force_rmse / float(np.sqrt(np.mean(val.forces_eV_per_A**2))),
+        "val_force_rel_rmse": force_rmse / math.sqrt(sums["force_ref_sq"] / sums["n_force"]),
     }
+    if sums["n_stress"]:
+        stress_mse = sums["stress_sq"] / sums["n_stress"]
+        if stress_scale_eV_per_A3 > 0:
+            metrics["val_loss"] += settings.stress_weight * stress_mse / stress_scale_eV_per_A3**2
+        metrics["val_stress_rmse_eV_per_A3"] = math.sqrt(stress_mse)
+        metrics["val_stress_rel_rmse"] = math.sqrt(stress_mse / max(sums["stress_ref_sq"] / sums["n_stress"], 1e-300))
+    return metrics
+
+
+def _batch_loss(
+    model: StudentPotential, batch: LabeledArrays, settings: TrainSettings, stress_scale_eV_per_A3: float
+) -> torch.Tensor:
+    """Weighted energy-per-atom, force and (periodic structures only) scaled stress MSE of one batch."""
+    device = model.embedding.weight.device
+    stress_mask = _stress_mask(batch)
+    with_stress = settings.stress_weight > 0 and stress_scale_eV_per_A3 > 0 and bool(stress_mask.any())
+    inputs = structure_tensors(batch, device)
+    energy, forces, stress = energy_forces_stress(model, **inputs, compute_stress=with_stress, create_graph=True)
+    n_atoms = torch.as_tensor(batch.n_atoms, dtype=torch.float64, device=device)
+    energy_error = (energy - torch.as_tensor(batch.energy_eV, device=device)) / n_atoms
+    force_error = forces - torch.as_tensor(batch.forces_eV_per_A, dtype=forces.dtype, device=device)
+    loss = settings.energy_weight * (energy_error**2).mean() + settings.force_weight * (force_error**2).mean()
+    if with_stress:
+        assert stress is not None
+        mask = torch.as_tensor(stress_mask, device=device)
+        reference = torch.as_tensor(batch.stress_eV_per_A3[stress_mask], dtype=stress.dtype, device=device)
+        loss = loss + settings.stress_weight * (((stress[mask] - reference) / stress_scale_eV_per_A3) ** 2).mean()
+    return loss
 
 
 def train_student(
     model: StudentPotential,
-    train: LabeledArrays,
-    val: LabeledArrays,
+    train: Union[LabeledArrays, StructureBlocks],
+    val: Union[LabeledArrays, StructureBlocks],
     settings: TrainSettings,
     on_epoch: Optional[Callable[[int, dict[str, float]], None]] = None,
+    resume_from: Optional[dict[str, Any]] = None,
+    on_state: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
-    """Fit ``model`` in place to energies and forces of ``train``; validate on ``val`` each epoch.
+    """Fit ``model`` in place to energies, forces and stresses of ``train``; validate on ``val`` each epoch.
 
     Loss: ``energy_weight * MSE(energy per atom, eV) + force_weight * MSE(force components,
-    eV/Angstrom)``, AdamW on shuffled batches of ``batch_size`` structures. At the end the model
-    holds the weights (EMA weights if ``ema_decay > 0``) of the epoch with the lowest ``val_loss``.
+    eV/Angstrom) + stress_weight * MSE(stress components / RMS training stress)``, the stress term
+    over structures periodic in all directions with stress labels. AdamW on shuffled batches of
+    ``batch_size`` structures (`dataset.shuffled_batches`: ``train`` may be a `StructureBlocks`
+    read from the store block by block). At the end the model holds the weights (EMA weights if
+    ``ema_decay > 0``) of the epoch with the lowest ``val_loss``.
 
     ``on_epoch(epoch, metrics)`` is called after every epoch (numbered from 1) with
     ``train_loss`` (mean over its steps), ``lr`` (at its end), ``val_loss``, ``val_energy_mae_per_atom_eV``,
-    ``val_energy_rmse_per_atom_eV``, ``val_force_mae_eV_per_A``, ``val_force_rmse_eV_per_A`` and
-    ``val_force_rel_rmse`` (force RMSE over the RMS of the reference forces).
+    ``val_energy_rmse_per_atom_eV``, ``val_force_mae_eV_per_A``, ``val_force_rmse_eV_per_A``,
+    ``val_force_rel_rmse`` (force RMSE over the RMS of the reference forces) and, when ``val``
+    holds periodic structures with stress labels, ``val_stress_rmse_eV_per_A3`` and
+    ``val_stress_rel_rmse``.
+
+    Resuming: after each epoch ``on_state(state)`` receives the full training state (model, EMA,
+    optimiser, scheduler, RNG states, early-stopping state, history; plain tensors and Python
+    values, safe for ``torch.save``/``torch.load(weights_only=True)``). Passing such a state as
+    ``resume_from`` (same model, data and settings) continues after its epoch and ends with the
+    same weights and history as a run never interrupted; a state saved at the end of training
+    returns at once.
 
     Returns the history: ``{"epochs": [metrics per epoch, each with "epoch"], "best_epoch": int,
     "best_val_loss": float, "stop_reason": "epochs" | "patience" | "max_minutes"}``. With a fixed
     ``seed`` the run is deterministic on a given machine.
     """
+    train, val = _as_blocks(train), _as_blocks(val)
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    device = model.embedding.weight.device
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(train.n_structures / settings.batch_size)
     warmup_steps = settings.warmup_epochs * steps_per_epoch
@@ -164,21 +254,28 @@ def train_student(
     if settings.ema_decay > 0:
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
     evaluated = ema.module if ema is not None else model
+    stress_scale = stress_rms(train) if settings.stress_weight > 0 else 0.0
 
-    start_time = time.monotonic()
     history: dict[str, Any] = {"epochs": [], "best_epoch": 0, "best_val_loss": math.inf, "stop_reason": "epochs"}
-    best_state = None
-    for epoch in range(1, settings.epochs + 1):
+    best_state, first_epoch, elapsed = None, 1, 0.0
+    if resume_from is not None:
+        model.load_state_dict(resume_from["model"])
+        if ema is not None:
+            ema.load_state_dict(resume_from["ema"])
+        optimizer.load_state_dict(resume_from["optimizer"])
+        scheduler.load_state_dict(resume_from["scheduler"])
+        generator.set_state(resume_from["generator"])
+        torch.set_rng_state(resume_from["torch_rng"])
+        history, best_state = copy.deepcopy(resume_from["history"]), copy.deepcopy(resume_from["best_state"])
+        first_epoch = settings.epochs + 1 if resume_from["finished"] else resume_from["epoch"] + 1
+        elapsed = resume_from["elapsed_s"]
+
+    start_time = time.monotonic() - elapsed
+    for epoch in range(first_epoch, settings.epochs + 1):
         model.train()
         losses, out_of_time = [], False
-        for indices in torch.randperm(train.n_structures, generator=generator).split(settings.batch_size):
-            subset = train.subset(indices.tolist())
-            batch = structure_tensors(subset, device)
-            energy, forces, _ = energy_forces_stress(model, **batch, compute_stress=False, create_graph=True)
-            n_atoms = torch.as_tensor(subset.n_atoms, dtype=torch.float64, device=device)
-            energy_error = (energy - torch.as_tensor(subset.energy_eV, device=device)) / n_atoms
-            force_error = forces - torch.as_tensor(subset.forces_eV_per_A, dtype=forces.dtype, device=device)
-            loss = settings.energy_weight * (energy_error**2).mean() + settings.force_weight * (force_error**2).mean()
+        for batch in shuffled_batches(train, settings.batch_size, generator, settings.shuffle_buffer_blocks):
+            loss = _batch_loss(model, batch, settings, stress_scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
@@ -192,18 +289,29 @@ def train_student(
                 break
 
         metrics = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
-        metrics.update(_validation_metrics(evaluated, val, settings))
+        metrics.update(_validation_metrics(evaluated, val, settings, stress_scale))
         history["epochs"].append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)
         if metrics["val_loss"] < history["best_val_loss"]:
             history["best_epoch"], history["best_val_loss"] = epoch, metrics["val_loss"]
             best_state = copy.deepcopy(evaluated.state_dict())
+        stop = None
         if out_of_time:
-            history["stop_reason"] = "max_minutes"
-            break
-        if settings.patience is not None and epoch - history["best_epoch"] >= settings.patience:
-            history["stop_reason"] = "patience"
+            stop = "max_minutes"
+        elif settings.patience is not None and epoch - history["best_epoch"] >= settings.patience:
+            stop = "patience"
+        if stop is not None:
+            history["stop_reason"] = stop
+        if on_state is not None:
+            on_state(copy.deepcopy({
+                "epoch": epoch, "finished": stop is not None or epoch == settings.epochs,
+                "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+                "history": history, "best_state": best_state, "elapsed_s": time.monotonic() - start_time,
+            }))
+        if stop is not None:
             break
 
     if best_state is not None:
