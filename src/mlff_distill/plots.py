@@ -62,13 +62,15 @@ def parity_plot(items: Sequence[Quantity], path: Path) -> Path:
 def error_histograms(items: Sequence[Quantity], path: Path) -> Path:
     """Histogram of student minus teacher, one panel per quantity, log counts.
 
-    Errors that are all equal up to rounding (a constant offset) go in one bin.
+    Errors that are all equal up to rounding (a constant offset) are binned over +-5 % around it.
     """
     figure, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 3.6), squeeze=False)
     for axis, (label, teacher, student) in zip(axes[0], items):
         errors = np.asarray(student) - np.asarray(teacher)
-        spread = np.ptp(errors) > 1e-9 * max(float(np.max(np.abs(errors))), 1.0)
-        axis.hist(errors, bins=60 if spread else 1, log=True)
+        low, high = float(np.min(errors)), float(np.max(errors))
+        size = max(abs(low), abs(high))
+        pad = 0.05 * max(size, 1e-12) if high - low <= 1e-9 * max(size, 1.0) else 0.0
+        axis.hist(errors, bins=60, range=(low - pad, high + pad), log=True)
         axis.axvline(0.0, color="k", lw=0.8)
         axis.set(xlabel=f"student - teacher, {label}", ylabel="count")
     return _save(figure, path)

@@ -34,8 +34,8 @@ STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
 h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
-th:first-child, td:first-child { text-align: left; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
 th { background: #f0f0f0; }
 .pass { color: #176b2c; font-weight: bold; } .fail { color: #b00020; font-weight: bold; }
 .na, .notrun { color: #777; font-style: italic; }
@@ -57,13 +57,18 @@ def _number(value: Any, factor: float = 1.0) -> str:
     return f"{value * factor:.4g}"
 
 
+def _cell(value: Any, factor: float = 1.0) -> str:
+    numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return f'<td class="num">{_number(value, factor)}</td>' if numeric else f"<td>{_number(value)}</td>"
+
+
 def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
     """An HTML table of ``rows`` (dicts), one column per key (those of the first row by default)."""
     if not rows:
         return '<p class="na">no rows</p>'
     columns = list(columns or rows[0].keys())
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{_number(row.get(c))}</td>" for c in columns) + "</tr>"
+    body = "".join("<tr>" + "".join(_cell(row.get(c)) for c in columns) + "</tr>"
                    for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
@@ -90,14 +95,14 @@ def _summary(metrics: Mapping[str, Any]) -> str:
         facts.append(("energy MAE", f"{1000 * metrics['energy_mae_per_atom_eV']:.2f} meV/atom"))
     if metrics.get("speedup") is not None:
         facts.append(("speed-up on test structures", f"{metrics['speedup']:.1f}x"))
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{_number(v)}</td></tr>" for k, v in facts)
+    rows = "".join(f"<tr><td>{html.escape(k)}</td>{_cell(v)}</tr>" for k, v in facts)
     gates = metrics.get("gates")
     if not gates:
         gate_html = '<p class="na">no gates configured</p>'
     else:
         gate_rows = "".join(
-            f"<tr><td>{html.escape(g['metric'])}</td><td>{g['bound']} {_number(g['threshold'])}</td>"
-            f"<td>{_number(g['value'])}</td><td>{_verdict(g['passed'])}</td></tr>" for g in gates)
+            f"<tr><td>{html.escape(g['metric'])}</td><td class=\"num\">{g['bound']} {_number(g['threshold'])}</td>"
+            f"{_cell(g['value'])}<td>{_verdict(g['passed'])}</td></tr>" for g in gates)
         overall = metrics.get("gates_passed")
         gate_html = ("<table><tr><th>gate</th><th>threshold</th><th>value</th><th>verdict</th></tr>"
                      f"{gate_rows}</table><p>All gates: {_verdict(overall)}"
@@ -108,8 +113,8 @@ def _summary(metrics: Mapping[str, Any]) -> str:
 def _accuracy(metrics: Mapping[str, Any]) -> str:
     spread = metrics.get("ensemble_spread") or {}
     body = "".join(
-        f"<tr><td>{label}</td><td>{unit}</td><td>{_number(metrics.get(key), factor)}</td>"
-        f"<td>{_number(spread.get(key), factor)}</td></tr>"
+        f"<tr><td>{label}</td><td>{unit}</td>{_cell(metrics.get(key), factor)}"
+        f"{_cell(spread.get(key), factor)}</tr>"
         for key, label, unit, factor in ACCURACY_ROWS)
     overall = ("<table><tr><th>metric</th><th>unit</th><th>student vs teacher</th>"
                f"<th>teacher ensemble spread</th></tr>{body}</table>")
@@ -165,7 +170,7 @@ def _teacher(teacher: Mapping[str, Any] | None) -> str:
                "physically.</p>")
     keys = ("label", "name", "kind", "source", "weights_sha256", "members", "cutoff_A", "species",
             "conservative", "trained")
-    rows = "".join(f"<tr><td>{k}</td><td>{_number(teacher.get(k))}</td></tr>" for k in keys if k in teacher)
+    rows = "".join(f"<tr><td>{k}</td>{_cell(teacher.get(k))}</tr>" for k in keys if k in teacher)
     return f"{warning}<table>{rows}</table>"
 
 
@@ -173,7 +178,7 @@ def _provenance(provenance: Mapping[str, Any] | None) -> str:
     if not provenance:
         return NOT_RUN
     parts = ["<table>" + "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{_number(v)}</td></tr>"
+        f"<tr><td>{html.escape(k)}</td>{_cell(v)}</tr>"
         for k, v in provenance.items() if not isinstance(v, dict)) + "</table>"]
     for key, counts in provenance.items():
         if isinstance(counts, dict):
@@ -201,7 +206,7 @@ def build_report(path: Path, metrics: Mapping[str, Any], config: Mapping[str, An
         ("MD validation", _md(metrics, figures)),
         ("Teacher", _teacher(teacher)),
         ("Data provenance", _provenance(provenance)),
-        ("Config", f"<pre>{html.escape(yaml.safe_dump(dict(config), sort_keys=False))}</pre>"),
+        ("Config", f"<pre>{html.escape(yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None, width=100))}</pre>"),
     ]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = "".join(f'<h2 id="{title.lower().replace(" ", "-")}">{title}</h2>{content}'
