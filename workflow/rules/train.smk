@@ -1,10 +1,13 @@
 rule train:
-    """Fit the student to the teacher's energies and forces; save a checkpoint."""
+    """Fit the student to the teacher's energies, forces and stresses; save a checkpoint and its
+    TorchScript export. The resumable state goes to train/resume/state.pt, not an output, so it
+    survives Snakemake's removal of an interrupted job's outputs."""
     input:
         pipeline=PIPELINE_RUN,
         store=stage_path("label", "labels.zarr"),
     output:
         checkpoint=stage_path("train", "student.pt"),
+        torchscript=stage_path("train", "student.torchscript.pt"),
         history=stage_path("train", "history.json"),
     threads: workflow.cores
     log:
