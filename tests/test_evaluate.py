@@ -2,6 +2,9 @@
 store labeled by EMT (periodic copper, so stress is evaluated) with an MLflow store in tmp_path."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,3 +152,22 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
     assert len(models) == 1 and models[0].source_run_id == stage.info.run_id
     loaded = mlflow.pytorch.load_model(models[0].model_uri)
     assert isinstance(loaded, StudentPotential) and loaded.species == [29]
+
+
+def test_strict_acceptance_rule_fails_and_keeps_metrics_and_report(tmp_path):
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "results" / "x" / "evaluate"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(json.dumps({"gates": [
+        {"metric": "force_rel_rmse", "threshold": 0.03, "bound": "max", "value": 0.2, "passed": False}]}))
+    (out / "report.html").write_text("<html></html>")
+    config = tmp_path / "strict.yaml"
+    config.write_text(f"run_name: x\nresults_dir: {tmp_path / 'results'}\nevaluate:\n  strict: true\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--cores", "1", "--configfile", str(config),
+         "--allowed-rules", "acceptance", "--", str(out / "acceptance.json")],
+        cwd=root, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "acceptance gates failed: force_rel_rmse 0.2 > 0.03" in result.stdout + result.stderr
+    assert (out / "metrics.json").is_file() and (out / "report.html").is_file()
+    assert not (out / "acceptance.json").exists()
