@@ -1,0 +1,132 @@
+"""Training killed after some epochs and resumed ends with the uninterrupted run's weights."""
+
+import logging
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
+
+from mlff_distill.data import concatenate_structures
+from mlff_distill.store import ARRAYS, combine_shards, store_checksum, write_shard
+from mlff_distill.train import fit, state_path_for
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def write_emt_store(path, n_crystals: int, seed: int) -> None:
+    """A label store of rattled, strained Cu/Al cells and two Cu-free molecules, labelled with EMT."""
+    rng = np.random.default_rng(seed)
+    structures = []
+    for _ in range(n_crystals):
+        atoms = bulk("Cu", "fcc", a=3.7, cubic=True)
+        atoms.numbers[rng.random(len(atoms)) < 0.4] = 13
+        atoms.set_cell(atoms.cell.array @ (np.eye(3) + rng.normal(scale=0.02, size=(3, 3))), scale_atoms=True)
+        atoms.positions += rng.normal(scale=0.1, size=atoms.positions.shape)
+        structures.append(atoms)
+    structures += [molecule("CH4"), molecule("H2O")]
+    energy, forces, stress = [], [], []
+    for atoms in structures:
+        atoms.calc = EMT()
+        energy.append(atoms.get_potential_energy())
+        forces.append(atoms.get_forces())
+        stress.append(atoms.get_stress(voigt=False) if atoms.pbc.all() else np.full((3, 3), np.nan))
+    n = len(structures)
+    split = np.zeros(n, dtype=np.int8)
+    split[[1, 5, n - 1]] = 1  # validation: two crystals and a molecule
+    arrays = {**concatenate_structures(structures), "forces_eV_per_A": np.concatenate(forces),
+              "energy_eV": np.array(energy), "energy_std_eV": np.zeros(n), "stress_eV_per_A3": np.array(stress),
+              "split": split, "group": np.arange(n), "sample_index": np.arange(n)}
+    assert set(arrays) == set(ARRAYS)
+    write_shard(path.parent / "shard", arrays)
+    combine_shards([path.parent / "shard"], path, {"teacher": "emt"})
+
+
+def config_for(results, **train):
+    from conftest import full_config
+
+    return full_config({
+        "results_dir": str(results), "seed": 3,
+        "student": {"cutoff_A": 4.0, "n_features": 16, "n_interactions": 1},
+        "train": {"epochs": 5, "batch_size": 4, "learning_rate": 5e-3, "warmup_epochs": 1, "ema_decay": 0.9,
+                  "patience": 100, "max_minutes": 10, **train},
+        "teacher": {"kind": "ase", "name": "emt", "factory": "ase.calculators.emt:EMT"},
+    })
+
+
+# Runs in a fresh interpreter and kills itself (SIGKILL) during epoch 3's logging, before that
+# epoch's state is saved: the state on disk is the one after epoch 2.
+KILLED_RUN = """
+import logging, os, pickle, signal, sys
+import torch
+torch.set_num_threads(1)
+from mlff_distill.train import fit
+config, store, state = pickle.load(open(sys.argv[1], "rb"))
+def on_epoch(epoch, metrics):
+    if epoch == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+fit(config, store, state, logging.getLogger("killed"), on_epoch)
+"""
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    path = tmp_path_factory.mktemp("labels") / "labels.zarr"
+    write_emt_store(path, n_crystals=14, seed=0)
+    return path
+
+
+def test_killed_training_resumes_to_the_uninterrupted_result(store, tmp_path, caplog) -> None:
+    import pickle
+
+    config = config_for(tmp_path)
+    reference, reference_history, info = fit(config, store, tmp_path / "full" / "state.pt", logging.getLogger("full"))
+    assert info["train_stress_rms_eV_per_A3"] > 0 and info["n_train"] == 13
+    assert "val_stress_rel_rmse" in reference_history["epochs"][-1]  # stress is trained and validated
+
+    state = state_path_for(tmp_path / "run" / "train" / "student.pt")
+    (tmp_path / "args.pkl").write_bytes(pickle.dumps((config, store, state)))
+    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path / "args.pkl")],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr
+    assert torch.load(state, weights_only=True)["state"]["epoch"] == 2
+
+    logged = []
+    with caplog.at_level(logging.INFO, logger="resumed"):
+        resumed, history, _ = fit(config, store, state, logging.getLogger("resumed"),
+                                  on_epoch=lambda epoch, metrics: logged.append(epoch))
+    assert "resuming from" in caplog.text and "after epoch 2" in caplog.text
+    assert logged == [1, 2, 3, 4, 5]  # the saved epochs are replayed to the new tracker run
+    assert history == reference_history
+    for (name, a), b in zip(resumed.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+
+    # A finished state returns at once with the same result.
+    again, history_again, _ = fit(config, store, state, logging.getLogger("resumed"))
+    assert history_again == reference_history
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), reference.state_dict().values()))
+
+
+def test_state_of_another_config_or_store_is_not_resumed(store, tmp_path, caplog) -> None:
+    state = tmp_path / "state.pt"
+    fit(config_for(tmp_path, epochs=1), store, state, logging.getLogger("first"))
+    with caplog.at_level(logging.INFO, logger="second"):
+        _, history, _ = fit(config_for(tmp_path, epochs=2), store, state, logging.getLogger("second"))
+    assert "different config_hash: starting fresh" in caplog.text
+    assert [row["epoch"] for row in history["epochs"]] == [1, 2]
+
+    other = tmp_path / "other" / "labels.zarr"
+    write_emt_store(other, n_crystals=14, seed=1)
+    assert store_checksum(other) != store_checksum(store)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="third"):
+        fit(config_for(tmp_path, epochs=2), other, state, logging.getLogger("third"))
+    assert "different store_sha256: starting fresh" in caplog.text
+
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="fourth"):
+        _, history, _ = fit(config_for(tmp_path, epochs=2, resume=False), other, state, logging.getLogger("fourth"))
+    assert "resuming" not in caplog.text and len(history["epochs"]) == 2
