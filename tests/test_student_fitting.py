@@ -7,7 +7,11 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from mlff_distill.data import LabeledArrays, concatenate_structures
+from mlff_distill.store import read_labels
 from mlff_distill.student import StudentPotential, TrainSettings, fit_reference_energies, predict, train_student
+from mlff_distill.student.dataset import StructureBlocks, concatenate, shuffled_batches
+from mlff_distill.student.fitting import batch_loss, stress_rms, structure_tensors
+from mlff_distill.student.model import energy_forces_stress
 
 SPECIES = [13, 29]
 
@@ -101,3 +105,63 @@ def test_predict_stress_and_time_limit(dataset) -> None:
     assert stress.shape == (8, 3, 3) and np.isfinite(stress).all()
     history = train_student(model, train, val, TrainSettings(epochs=50, batch_size=8, max_minutes=0.0))
     assert history["stop_reason"] == "max_minutes" and len(history["epochs"]) == 1
+
+
+@pytest.fixture(scope="module")
+def emt_store(tmp_path_factory):
+    from test_train_resume import write_emt_store
+
+    path = tmp_path_factory.mktemp("store") / "labels.zarr"
+    write_emt_store(path, n_crystals=14, seed=0)
+    return path
+
+
+def test_block_reading_covers_the_split_once_per_epoch(emt_store) -> None:
+    whole = read_labels(emt_store, "train")
+    blocks = StructureBlocks.from_store(emt_store, "train", max_in_memory_bytes=0, block_atoms=10)
+    assert blocks.in_memory_data is None and len(blocks) > 3 and blocks.n_structures == whole.n_structures
+    assert StructureBlocks.from_store(emt_store, "train", max_in_memory_bytes=1e9).in_memory_data is not None
+    np.testing.assert_array_equal(concatenate(list(blocks.blocks())).positions_A, whole.positions_A)
+
+    generator = torch.Generator().manual_seed(0)
+    epochs = [list(shuffled_batches(blocks, 4, generator, buffer_blocks=2)) for _ in range(2)]
+    for batches in epochs:
+        assert len(batches) == -(-whole.n_structures // 4) and all(b.n_structures == 4 for b in batches[:-1])
+        np.testing.assert_array_equal(np.sort(np.concatenate([b.energy_eV for b in batches])), np.sort(whole.energy_eV))
+    assert not np.array_equal(epochs[0][0].energy_eV, epochs[1][0].energy_eV)  # reshuffled each epoch
+
+    references = fit_reference_energies(blocks, SPECIES + [1, 6, 8])
+    expected = fit_reference_energies(whole, SPECIES + [1, 6, 8])
+    assert references == pytest.approx(expected, abs=1e-9)
+    with pytest.raises(ValueError, match="split 'training'"):
+        StructureBlocks.from_store(emt_store, "training", max_in_memory_bytes=0)
+
+
+def test_training_from_store_blocks_is_deterministic(emt_store) -> None:
+    def train_from_blocks():
+        train = StructureBlocks.from_store(emt_store, "train", max_in_memory_bytes=0, block_atoms=10)
+        val = StructureBlocks.from_store(emt_store, "val", max_in_memory_bytes=0, block_atoms=10)
+        torch.manual_seed(0)
+        model = StudentPotential(species=[1, 6, 8, 13, 29], cutoff_A=4.0, n_features=8, n_interactions=1)
+        settings = TrainSettings(epochs=2, batch_size=4, warmup_epochs=1, seed=1, shuffle_buffer_blocks=2)
+        return model, train_student(model, train, val, settings)
+
+    (first, history), (second, again) = train_from_blocks(), train_from_blocks()
+    assert history == again and "val_stress_rmse_eV_per_A3" in history["epochs"][0]
+    assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
+
+
+def test_stress_term_counts_periodic_structures_only(emt_store) -> None:
+    data = read_labels(emt_store)
+    batch = data.subset([0, 1, data.n_structures - 1])  # two crystals and a molecule (NaN stress)
+    torch.manual_seed(0)
+    model = StudentPotential(species=[1, 6, 8, 13, 29], cutoff_A=4.0, n_features=8).double()
+    scale = stress_rms(data)
+    assert scale == pytest.approx(np.sqrt(np.nanmean(data.stress_eV_per_A3[:-2] ** 2)))
+    settings = TrainSettings(stress_weight=0.0)
+    without = batch_loss(model, batch, settings, scale)
+    with_stress = batch_loss(model, batch, TrainSettings(stress_weight=2.5), scale)
+    _, _, stress = energy_forces_stress(model, **structure_tensors(batch, torch.device("cpu")), compute_stress=True)
+    expected = 2.5 * np.mean(((stress[:2].numpy() - batch.stress_eV_per_A3[:2]) / scale) ** 2)
+    assert torch.isfinite(with_stress) and expected > 1e-6
+    assert (with_stress - without).item() == pytest.approx(expected, rel=1e-9)

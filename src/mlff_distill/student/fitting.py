@@ -178,7 +178,7 @@ def _validation_metrics(
     return metrics
 
 
-def _batch_loss(
+def batch_loss(
     model: StudentPotential, batch: LabeledArrays, settings: TrainSettings, stress_scale_eV_per_A3: float
 ) -> torch.Tensor:
     """Weighted energy-per-atom, force and (periodic structures only) scaled stress MSE of one batch."""
@@ -275,7 +275,7 @@ def train_student(
         model.train()
         losses, out_of_time = [], False
         for batch in shuffled_batches(train, settings.batch_size, generator, settings.shuffle_buffer_blocks):
-            loss = _batch_loss(model, batch, settings, stress_scale)
+            loss = batch_loss(model, batch, settings, stress_scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
