@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.build import bulk
+from ase.io import write
 
 from mlff_distill.data import LabeledArrays, concatenate_structures
 from mlff_distill.evaluate import GatesFailedError, accuracy, check_acceptance, run, summary_text
@@ -84,6 +85,7 @@ def copper_store(path, teacher):
         atoms.set_cell(atoms.cell.array @ (np.eye(3) + 0.01 * rng.standard_normal((3, 3))),
                        scale_atoms=True)
         atoms.rattle(0.05, rng=rng)
+        atoms.info["strategy"] = "rattle"
         structures.append(atoms)
     labels = teacher.compute(structures, compute_stress=True)
     arrays = {**concatenate_structures(structures),
@@ -93,6 +95,7 @@ def copper_store(path, teacher):
               "group": np.arange(6), "sample_index": np.arange(6)}
     write_shard(path.parent / "shard-0", arrays)
     combine_shards([path.parent / "shard-0"], path, {"teacher": teacher.identity.as_dict()})
+    return structures
 
 
 def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_thread):
@@ -117,7 +120,7 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
     start_pipeline_run(config).save(pipeline_file)
     store = tmp_path / "label" / "labels.zarr"
     store.parent.mkdir()
-    copper_store(store, load_teacher(config["teacher"]))
+    write(tmp_path / "structures.extxyz", copper_store(store, load_teacher(config["teacher"])))
     checkpoint = tmp_path / "student.pt"
     save_student(checkpoint, StudentPotential(species=[29], cutoff_A=4.0, n_features=8,
                                               n_radial=4, n_interactions=1), {})
@@ -126,7 +129,7 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
     out.mkdir()
 
     run(config, store, checkpoint, tmp_path / "inference_path.json", out / "metrics.json",
-        pipeline_file, tmp_path / "evaluate.log")
+        pipeline_file, tmp_path / "evaluate.log", tmp_path / "structures.extxyz")
 
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_test"] == 2 and metrics["stress_mae_GPa"] > 0 and metrics["speedup"] > 0
@@ -138,6 +141,7 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     page = (out / "report.html").read_text()
     assert "ase/emt" in page and "relative RMS stress error" in page
+    assert "per strategy" in page and "<th>rattle</th>" in page and "<td class=\"num\">6</td>" in page
     assert page.count("data:image/png;base64,") == 2  # parity and histograms; no speed, no RDF
 
     pipeline = PipelineRun.load(pipeline_file)

@@ -76,10 +76,10 @@ def energy_std_of_split(store: Path, split: str) -> np.ndarray:
     return group["structures/energy_std_eV"][...][keep]
 
 
-def provenance(store: Path, structures_file: Path | None) -> dict[str, Any]:
-    """Where the data came from: store path and attributes, structures per split and per strategy."""
+def provenance(store: Path, sampled: Sequence[Atoms] | None) -> dict[str, Any]:
+    """Where the data came from: store path and attributes, structures per split, and the sampled
+    structures (``info["strategy"]`` of each) per strategy."""
     import zarr
-    from ase.io import read
 
     from mlff_distill.label import FAILURES_FILE
     from mlff_distill.store import SPLIT_CODES, store_attrs
@@ -88,7 +88,7 @@ def provenance(store: Path, structures_file: Path | None) -> dict[str, Any]:
     splits = zarr.open_group(store=str(store), mode="r", zarr_format=3)["structures/split"][...]
     facts: dict[str, Any] = {
         "label store": str(Path(store).resolve()),
-        "structures file": attrs.get("structures_file", str(structures_file)),
+        "structures file": attrs.get("structures_file"),
         "structures labeled": attrs.get("n_structures"),
         "atoms labeled": attrs.get("n_atoms"),
         "config hash": attrs.get("config_hash"),
@@ -97,9 +97,8 @@ def provenance(store: Path, structures_file: Path | None) -> dict[str, Any]:
     if failures.is_file():
         facts["structures the teacher failed on"] = len(json.loads(failures.read_text()))
     facts["structures per split"] = {name: int(np.sum(splits == code)) for name, code in SPLIT_CODES.items()}
-    if structures_file is not None and Path(structures_file).is_file():
-        strategies = collections.Counter(a.info.get("strategy", "unknown")
-                                         for a in read(structures_file, ":"))
+    if sampled is not None:
+        strategies = collections.Counter(a.info.get("strategy", "unknown") for a in sampled)
         facts["sampled structures per strategy"] = dict(sorted(strategies.items()))
     facts["package versions"] = attrs.get("package_versions") or {}
     return facts
@@ -250,10 +249,12 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
             "inference_path": chosen,
             "teacher_weights_sha256": teacher.identity.weights_sha256,
         })
-        sampled = read(structures_file, ":") if structures_file else [test.atoms(i) for i in range(test.n_structures)]
+        sampled = read(structures_file, ":") if structures_file else None
         for key in OPTIONAL_STEPS:
             step = optional_step(key)
-            metrics[key] = None if step is None else step(config, teacher, model, chosen, sampled)
+            metrics[key] = None if step is None else step(
+                config, teacher, model, chosen,
+                sampled or [test.atoms(i) for i in range(test.n_structures)])
             logger.info("%s: %s", key, "done" if step else
                         "not run (no mlff_distill.%s.%s)" % OPTIONAL_STEPS[key])
         metrics["gates"] = check_gates(metrics, settings["gates"])
@@ -264,7 +265,7 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
         figures = write_figures(out_dir, test, predictions, metrics)
         teacher_identity = store_attrs(store).get("teacher") or teacher.identity.as_dict()
         report = build_report(out_dir / "report.html", metrics, config, teacher_identity,
-                              provenance(store, structures_file), figures)
+                              provenance(store, sampled), figures)
 
         numbers = {k: v for k, v in flatten({k: v for k, v in metrics.items()
                                              if k not in ("gates", "speed", "md_validation")}).items()

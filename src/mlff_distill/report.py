@@ -101,12 +101,13 @@ def _summary(metrics: Mapping[str, Any]) -> str:
         gate_html = '<p class="na">no gates configured</p>'
     else:
         gate_rows = "".join(
-            f"<tr><td>{html.escape(g['metric'])}</td><td class=\"num\">{g['bound']} {_number(g['threshold'])}</td>"
+            f"<tr><td>{html.escape(g['metric'])}</td>"
+            f"<td class=\"num\">{g['bound']} {_number(g['threshold'])}</td>"
             f"{_cell(g['value'])}<td>{_verdict(g['passed'])}</td></tr>" for g in gates)
         overall = metrics.get("gates_passed")
+        strict = " (strict: the run fails)" if metrics.get("strict") and overall is False else ""
         gate_html = ("<table><tr><th>gate</th><th>threshold</th><th>value</th><th>verdict</th></tr>"
-                     f"{gate_rows}</table><p>All gates: {_verdict(overall)}"
-                     f"{' (strict: the run fails)' if metrics.get('strict') and overall is False else ''}</p>")
+                     f"{gate_rows}</table><p>All gates: {_verdict(overall)}{strict}</p>")
     return f"<table>{rows}</table><h3>Acceptance gates</h3>{gate_html}"
 
 
@@ -197,6 +198,7 @@ def build_report(path: Path, metrics: Mapping[str, Any], config: Mapping[str, An
     ``figures``: PNG paths under the keys ``parity``, ``errors``, ``speed``, ``rdf``.
     """
     run_name = str(config.get("run_name", ""))
+    config_yaml = yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None, width=100)
     sections = [
         ("Summary", _summary(metrics)),
         ("Accuracy on the test split", _accuracy(metrics)),
@@ -206,7 +208,7 @@ def build_report(path: Path, metrics: Mapping[str, Any], config: Mapping[str, An
         ("MD validation", _md(metrics, figures)),
         ("Teacher", _teacher(teacher)),
         ("Data provenance", _provenance(provenance)),
-        ("Config", f"<pre>{html.escape(yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None, width=100))}</pre>"),
+        ("Config", f"<pre>{html.escape(config_yaml)}</pre>"),
     ]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     body = "".join(f'<h2 id="{title.lower().replace(" ", "-")}">{title}</h2>{content}'
