@@ -211,6 +211,24 @@ def test_invariances(model: StudentPotential) -> None:
     np.testing.assert_allclose(energy_of(model, [mol]), e_mol, rtol=1e-12)
 
 
+def test_stress_rotates_with_the_cell_and_ignores_wrapping_and_order(model: StudentPotential) -> None:
+    atoms = triclinic_sioh()
+    _, _, stress = energy_forces_stress(model, **as_batch([atoms]), compute_stress=True)
+    assert np.abs(stress.numpy()).max() > 1e-4
+
+    rotation = Rotation.from_euler("zyx", [75, 20, -40], degrees=True).as_matrix()
+    rotated = atoms.copy()
+    rotated.set_cell(atoms.cell.array @ rotation.T)
+    rotated.positions = atoms.positions @ rotation.T
+    moved = atoms[np.random.default_rng(1).permutation(len(atoms))]
+    moved.positions += [-11.0, 2.5, 17.3]  # several cells away, then wrapped back
+    moved.wrap()
+    _, _, s_rot = energy_forces_stress(model, **as_batch([rotated]), compute_stress=True)
+    _, _, s_moved = energy_forces_stress(model, **as_batch([moved]), compute_stress=True)
+    np.testing.assert_allclose(s_rot[0].numpy(), rotation @ stress[0].numpy() @ rotation.T, atol=1e-12)
+    np.testing.assert_allclose(s_moved[0].numpy(), stress[0].numpy(), atol=1e-12)
+
+
 def test_batch_equals_structures_alone(model: StudentPotential) -> None:
     structures = [molecule("CH3CH2OH"), triclinic_sioh(), silicon()]
     energy, forces, stress = energy_forces_stress(model, **as_batch(structures), compute_stress=True)
