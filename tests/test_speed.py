@@ -96,3 +96,38 @@ def test_compare_speed_rows_for_a_teacher_and_an_untrained_student(single_thread
         assert not row["with_stress"]  # the teacher calculator gives no stress: neither is timed with it
         assert row["student_atom_steps_per_s"] == pytest.approx(row["n_atoms"] * 1e3 / row["student_ms"])
         assert row["teacher_peak_MB"] >= 0 and row["student_peak_MB"] >= 0
+
+
+def test_benchmark_script_writes_the_table_and_logs_it(tmp_path, single_thread):
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    import mlflow
+    import yaml
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "student_speed.py"
+    spec = importlib.util.spec_from_file_location("student_speed", script)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    config = tmp_path / "emt.yaml"
+    config.write_text(yaml.safe_dump({
+        "teacher": {"kind": "ase", "name": "emt", "factory": "ase.calculators.emt:EMT"},
+        "sample": {"molecules": ["H2O", "CH4"]},
+        "student": {"cutoff_A": 4.0, "n_features": 8}}))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    out = tmp_path / "speed.json"
+    previous_uri = mlflow.get_tracking_uri()
+    try:
+        report = benchmark.main(["--configfile", str(config), "--sizes", "48", "96", "--repeats", "1",
+                                 "--warmup", "0", "--out", str(out), "--mlflow-uri", uri])
+    finally:
+        mlflow.set_tracking_uri(previous_uri)  # the script sets it for the whole process
+    rows = report["results"]["molecules"]
+    assert len(rows) == 2 and all(abs(row["n_atoms"] - size) <= 3 for row, size in zip(rows, [48, 96]))
+    assert json.loads(out.read_text())["results"]["molecules"] == rows
+    assert report["settings"]["student"] == "untrained StudentPotential"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("benchmarks").experiment_id])
+    history = client.get_metric_history(run.info.run_id, "molecules.speedup")
+    assert [m.step for m in history] == [row["n_atoms"] for row in rows]
