@@ -12,7 +12,8 @@ from ase.build import bulk
 from ase.io import write
 
 from mlff_distill.data import LabeledArrays, concatenate_structures
-from mlff_distill.evaluate import GatesFailedError, accuracy, check_acceptance, run, summary_text
+from mlff_distill.evaluate import (GatesFailedError, accuracy, check_acceptance, mlflow_metrics, run,
+                                   summary_text)
 
 
 def two_structures() -> LabeledArrays:
@@ -58,6 +59,18 @@ def test_summary_names_teacher_student_error_speedup_and_gates(tmp_path):
     for expected in ("fennol-pmc/ani1x", "StudentPotential", "5.12 %", "12.3x", str(tmp_path),
                      "FAILED: force_rel_rmse 0.0512 > 0.03"):
         assert expected in text
+
+
+def test_mlflow_metrics_are_flat_numbers_with_gate_verdicts():
+    numbers = mlflow_metrics({
+        "teacher": "ani1x", "force_rel_rmse": 0.2, "per_species": {"H": {"n_atoms": 3}},
+        "md_validation": {"rdf": {"r_A": [1.0, 2.0], "integrated_abs_difference": 0.1}},
+        "speed": [{"n_atoms": 64, "teacher_ms": 1.0}], "strict": True,
+        "gates": [{"metric": "force_rel_rmse", "passed": False},
+                  {"metric": "stress_rel_error", "passed": None}]})
+    assert numbers == {"force_rel_rmse": 0.2, "per_species.H.n_atoms": 3.0,
+                       "md_validation.rdf.integrated_abs_difference": 0.1,
+                       "gate.force_rel_rmse": 0.0}
 
 
 def test_acceptance_fails_only_when_strict(tmp_path):

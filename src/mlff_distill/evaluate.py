@@ -181,6 +181,41 @@ def check_acceptance(metrics_file: Path, strict: bool, verdict_file: Path, log_f
                                               "gates": metrics.get("gates", [])}, indent=2))
 
 
+def time_test_structures(teacher: Any, model: Any, inference_path: str,
+                          structures: Sequence[Atoms], repeats: int) -> dict[str, float]:
+    """Teacher and student (eager, or ``torch.compile`` when that path was chosen) in seconds per
+    structure by `seconds_per_structure`, energy and forces one structure per call, and the ratio."""
+    import torch
+
+    from mlff_distill.student import StudentCalculator
+
+    teacher_s = seconds_per_structure(lambda a: teacher.compute([a]), structures, repeats)
+    calculator = StudentCalculator(model)
+    if inference_path == "torch_compile":
+        calculator.model = torch.compile(model, dynamic=True)
+
+    def student_call(atoms: Atoms) -> None:
+        calculator.calculate(atoms, ["energy", "forces"])
+
+    torch.set_num_threads(1)  # one thread: fastest for molecules; the tune stage times so too
+    student_s = seconds_per_structure(student_call, structures, repeats)
+    return {"n_timed": len(structures), "teacher_s_per_structure": teacher_s,
+            "student_s_per_structure": student_s, "speedup": teacher_s / student_s}
+
+
+def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of ``metrics`` under flat names (``per_species.H.force_mae_eV_per_A``,
+    ``md_validation.rdf.<scalar>``), and ``gate.<metric>`` 1/0 for each evaluated gate."""
+    from mlff_distill.tracking import flatten
+
+    flat = flatten({k: v for k, v in metrics.items() if k not in ("gates", "speed")})
+    numbers = {k: float(v) for k, v in flat.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numbers.update({f"gate.{g['metric']}": float(g["passed"]) for g in metrics.get("gates", [])
+                    if g["passed"] is not None})
+    return numbers
+
+
 def _log_student_model(tracker: Any, model: Any) -> str:
     """Log the student as an MLflow model (pytorch flavour, pickled) in the stage run; its URI."""
     import mlflow
@@ -199,16 +234,15 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
         metrics_file: Path, pipeline_file: Path, log_file: Path,
         structures_file: Path | None = None) -> None:
     """The Snakemake job; it also ends the pipeline's MLflow parent run."""
-    import torch
     from ase.io import read
 
     from mlff_distill.logs import stage_logger
     from mlff_distill.report import build_report
     from mlff_distill.store import read_labels, store_attrs
-    from mlff_distill.student import StudentCalculator, load_student
+    from mlff_distill.student import load_student
     from mlff_distill.student.fitting import predict
     from mlff_distill.teachers import load_teacher
-    from mlff_distill.tracking import PipelineRun, finish_pipeline_run, flatten, stage_run
+    from mlff_distill.tracking import PipelineRun, finish_pipeline_run, stage_run
 
     settings = config["evaluate"]
     logger = stage_logger("evaluate", log_file)
@@ -224,28 +258,14 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
         metrics = accuracy(test, predictions, energy_std_of_split(store, "test"))
 
         teacher = load_teacher(config["teacher"])
-        structures = [test.atoms(i) for i in range(min(test.n_structures, settings["timing_structures"]))]
-        repeats = settings["timing_repeats"]
-        teacher_s = seconds_per_structure(lambda a: teacher.compute([a]), structures, repeats)
-        calculator = StudentCalculator(model)
-        if chosen == "torch_compile":
-            calculator.model = torch.compile(model, dynamic=True)
-
-        def student_call(atoms: Atoms) -> None:
-            calculator.calculate(atoms, ["energy", "forces"])
-
-        torch.set_num_threads(1)  # one thread: fastest for molecules; the tune stage times so too
-        student_s = seconds_per_structure(student_call, structures, repeats)
+        timed = [test.atoms(i) for i in range(min(test.n_structures, settings["timing_structures"]))]
         n_parameters = sum(p.numel() for p in model.parameters())
         metrics.update({
             "teacher": teacher.identity.label,
             "student": f"{type(model).__name__} ({n_parameters} parameters, "
                        f"cutoff {model.cutoff_A:g} A)",
             "n_test": test.n_structures,
-            "n_timed": len(structures),
-            "teacher_s_per_structure": teacher_s,
-            "student_s_per_structure": student_s,
-            "speedup": teacher_s / student_s,
+            **time_test_structures(teacher, model, chosen, timed, settings["timing_repeats"]),
             "inference_path": chosen,
             "teacher_weights_sha256": teacher.identity.weights_sha256,
         })
@@ -267,12 +287,12 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
         report = build_report(out_dir / "report.html", metrics, config, teacher_identity,
                               provenance(store, sampled), figures)
 
-        numbers = {k: v for k, v in flatten({k: v for k, v in metrics.items()
-                                             if k not in ("gates", "speed", "md_validation")}).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        numbers.update({f"gate.{g['metric']}": float(g["passed"]) for g in metrics["gates"]
-                        if g["passed"] is not None})
+        numbers = mlflow_metrics(metrics)
         tracker.log_metrics(numbers)
+        for row in metrics["speed"] or []:  # one step per system size, in atoms
+            tracker.log_metrics({f"speed.{k}": v for k, v in row.items()
+                                 if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                                step=int(row["n_atoms"]))
         tracker.set_tags({"teacher": metrics["teacher"], "student": metrics["student"],
                           "gates_passed": metrics["gates_passed"]})
         for artifact in (metrics_file, report, *figures.values()):
