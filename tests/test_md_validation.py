@@ -39,6 +39,21 @@ def test_fcc_shells_have_the_right_distances_and_coordination():
     assert running[-1] == pytest.approx(18, rel=1e-3)
 
 
+def test_pairs_select_species_in_rock_salt():
+    a_A = 5.64
+    salt = bulk("NaCl", "rocksalt", a=a_A, cubic=True).repeat(2)  # 32 Na, 32 Cl
+    density_per_A3 = 32 / salt.get_volume()  # of either species
+    na_cl, na_na = a_A / 2, a_A / np.sqrt(2)  # first shells: 6 Cl, then 12 Na around each Na
+    for pair, shell_A, r_max_A, neighbours in [((11, 17), na_cl, 0.5 * (na_cl + na_na), 6),
+                                               ((11, 11), na_na, 0.5 * (na_na + a_A), 12)]:
+        r, g = radial_distribution([salt], r_max_A=r_max_A, n_bins=300, pairs=pair)
+        dr = r[1] - r[0]
+        assert r[np.argmax(g)] == pytest.approx(shell_A, abs=dr)
+        assert (4 * np.pi * density_per_A3 * r**2 * g * dr).sum() == pytest.approx(neighbours, rel=1e-2)
+    with pytest.raises(ValueError, match="pairs"):
+        radial_distribution([salt], 4.0, 10, pairs=(11, 8))
+
+
 def test_ideal_gas_has_g_near_one():
     rng = np.random.default_rng(1)
     side_A = 20.0

@@ -137,7 +137,10 @@ def time_calls(calculator: Calculator, atoms: Atoms, repeats: int, warmup: int =
     Returns ``median_ms`` (ms per call), ``atom_steps_per_s`` (atoms / median seconds),
     ``with_stress``, ``peak_MB`` (CUDA peak allocated by torch when CUDA is available, else the
     rise of this process's peak resident memory over its resident memory before the calls) and
-    both of those under ``rss_peak_MB`` and ``cuda_peak_MB`` (None without CUDA).
+    both of those under ``rss_peak_MB`` and ``cuda_peak_MB`` (None without CUDA). The warm-up
+    calls count (compilation, caches); memory the process already holds and reuses does not,
+    so a model run after a bigger one may show less than it would alone. JAX teachers on a GPU
+    allocate outside torch: their ``cuda_peak_MB`` is not measured here.
     """
     if repeats < 1 or warmup < 0:
         raise ValueError(f"repeats must be >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
