@@ -111,9 +111,25 @@ def copper_store(path, teacher):
     return structures
 
 
-def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_thread):
+def fixed_speed_rows(config, teacher, student, inference_path, structures):
+    """Stands in for `mlff_distill.speed.speed_rows` (the plug-in contract, not its numbers)."""
+    assert len(structures) == 6 and inference_path == "eager"
+    return [{"n_atoms": 64, "teacher_ms": 20.0, "student_ms": 2.0},
+            {"n_atoms": 512, "teacher_ms": 150.0, "student_ms": 9.0}]
+
+
+def fixed_md_validation(config, teacher, student, inference_path, structures):
+    """Stands in for `mlff_distill.md_validation.md_validation`."""
+    return {"drift": [{"model": "student", "drift_eV_per_atom_per_ps": 1e-4}],
+            "rdf": {"r_A": [1.0, 2.0, 3.0], "g_teacher": [0.0, 2.0, 1.0],
+                    "g_student": [0.0, 1.5, 1.0], "integrated_abs_difference": 0.25}}
+
+
+def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_thread, monkeypatch):
     import mlflow.pytorch
     from mlflow.tracking import MlflowClient
+
+    from mlff_distill import md_validation, speed
 
     from conftest import full_config
     from mlff_distill.student import StudentPotential
@@ -140,6 +156,8 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
     (tmp_path / "inference_path.json").write_text(json.dumps({"chosen_path": "eager"}))
     out = tmp_path / "evaluate"
     out.mkdir()
+    monkeypatch.setattr(speed, "speed_rows", fixed_speed_rows, raising=False)
+    monkeypatch.setattr(md_validation, "md_validation", fixed_md_validation, raising=False)
 
     run(config, store, checkpoint, tmp_path / "inference_path.json", out / "metrics.json",
         pipeline_file, tmp_path / "evaluate.log", tmp_path / "structures.extxyz")
@@ -150,12 +168,14 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
     verdict = {g["metric"]: g["passed"] for g in metrics["gates"]}
     assert verdict == {"force_rel_rmse": False, "stress_rel_error": False, "force_cosine": True}
     assert metrics["gates_passed"] is False
-    for name in ("parity.png", "errors.png"):
+    assert metrics["speed"][1]["student_ms"] == 9.0
+    assert metrics["md_validation"]["rdf"]["integrated_abs_difference"] == 0.25
+    for name in ("parity.png", "errors.png", "speed.png", "rdf.png"):
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     page = (out / "report.html").read_text()
     assert "ase/emt" in page and "relative RMS stress error" in page
     assert "per strategy" in page and "<th>rattle</th>" in page and "<td class=\"num\">6</td>" in page
-    assert page.count("data:image/png;base64,") == 2  # parity and histograms; no speed, no RDF
+    assert page.count("data:image/png;base64,") == 4 and "not run" not in page
 
     pipeline = PipelineRun.load(pipeline_file)
     client = MlflowClient(tracking_uri=pipeline.tracking_uri)
@@ -163,8 +183,12 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
     stage = client.search_runs([pipeline.experiment_id], "tags.stage = 'evaluate'")[0]
     assert stage.info.status == "FINISHED" and stage.data.metrics["stress_mae_GPa"] > 0
     assert stage.data.metrics["gate.force_cosine"] == 1.0
+    assert stage.data.metrics["md_validation.rdf.integrated_abs_difference"] == 0.25
+    history = client.get_metric_history(stage.info.run_id, "speed.student_ms")
+    assert sorted((m.step, m.value) for m in history) == [(64, 2.0), (512, 9.0)]
     artifacts = {a.path for a in client.list_artifacts(stage.info.run_id)}
-    assert {"metrics.json", "report.html", "parity.png", "errors.png", "student"} <= artifacts
+    assert {"metrics.json", "report.html", "parity.png", "errors.png", "speed.png", "rdf.png",
+            "student"} <= artifacts
     models = mlflow.search_logged_models(experiment_ids=[pipeline.experiment_id], output_format="list")
     assert len(models) == 1 and models[0].source_run_id == stage.info.run_id
     loaded = mlflow.pytorch.load_model(models[0].model_uri)

@@ -70,7 +70,7 @@ def error_histograms(items: Sequence[Quantity], path: Path) -> Path:
         low, high = float(np.min(errors)), float(np.max(errors))
         size = max(abs(low), abs(high))
         pad = 0.05 * max(size, 1e-12) if high - low <= 1e-9 * max(size, 1.0) else 0.0
-        axis.hist(errors, bins=60, range=(low - pad, high + pad), log=True)
+        axis.hist(errors, bins=60, range=(low - pad, high + pad), log=True, histtype="stepfilled")
         axis.axvline(0.0, color="k", lw=0.8)
         axis.set(xlabel=f"student - teacher, {label}", ylabel="count")
     return _save(figure, path)
