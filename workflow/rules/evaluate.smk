@@ -1,3 +1,7 @@
+localrules:
+    acceptance,
+
+
 rule evaluate:
     """Student against teacher on the test split: accuracy, speed, figures, report, MLflow model."""
     input:
