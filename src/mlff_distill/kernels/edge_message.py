@@ -49,11 +49,13 @@ _TUNED: dict[tuple[str, int, int], triton.Config] = {}
 @triton.jit
 def _basis_and_derivative(r, inv_r, envelope, d_envelope, n: tl.constexpr, FREQ: tl.constexpr,
                           PREFACTOR: tl.constexpr):
-    """Basis function ``n`` (0-based) at ``r`` and its derivative d/dr, per edge."""
-    k = (n + 1) * FREQ
-    sin = tl.sin(k * r)
-    bessel = sin * inv_r
-    d_bessel = (k * tl.cos(k * r) - bessel) * inv_r
+    """Basis function ``n`` (0-based) at ``r`` and its derivative d/dr, per edge.
+
+    ``n + 1`` multiplies tensors of r's dtype only, so float64 inputs stay float64 throughout.
+    """
+    arg = (n + 1) * (FREQ * r)
+    bessel = tl.sin(arg) * inv_r
+    d_bessel = ((n + 1) * (FREQ * tl.cos(arg)) - bessel) * inv_r
     return PREFACTOR * bessel * envelope, PREFACTOR * (d_bessel * envelope + bessel * d_envelope)
 
 
