@@ -2,9 +2,7 @@
 
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.build import bulk, fcc111, molecule
-from ase.calculators.calculator import Calculator
 from ase.calculators.emt import EMT
 
 from mlff_distill.speed import build_timing_systems, compare_speed, time_calls
