@@ -120,8 +120,8 @@ def _accuracy(metrics: Mapping[str, Any]) -> str:
     overall = ("<table><tr><th>metric</th><th>unit</th><th>student vs teacher</th>"
                f"<th>teacher ensemble spread</th></tr>{body}</table>")
     note = ("<p>The ensemble spread is the standard deviation over the teacher's members, in the "
-            "place of an error: a student much closer to the teacher than this is fitting "
-            "the teacher's noise.</p>" if spread else
+            "place of an error: how much the teacher's own members disagree, a scale against "
+            "which to read the student's error.</p>" if spread else
             '<p class="na">Ensemble yardstick: not available (single-model teacher, or no spread '
             "stored).</p>")
     if metrics.get("n_stress") is None:
