@@ -5,6 +5,7 @@ Units throughout: Angstrom, eV, eV/Angstrom, eV/Angstrom^3.
 
 from mlff_distill.student.calculator import StudentCalculator
 from mlff_distill.student.checkpoint import load_student, save_student
+from mlff_distill.student.export import export_torchscript, load_torchscript
 from mlff_distill.student.fitting import TrainSettings, fit_reference_energies, predict, train_student
 from mlff_distill.student.model import StudentPotential, energy_forces_stress
 from mlff_distill.student.neighbours import neighbour_list
@@ -16,8 +17,10 @@ __all__ = [
     "TrainSettings",
     "bessel_cosine_basis",
     "energy_forces_stress",
+    "export_torchscript",
     "fit_reference_energies",
     "load_student",
+    "load_torchscript",
     "neighbour_list",
     "predict",
     "save_student",

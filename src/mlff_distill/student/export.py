@@ -13,6 +13,8 @@ Angstrom (rows are cell vectors; zeros for a molecule), ``pbc [3]`` bool. Output
 (scalar, float64, eV), forces ``[M, 3]`` (eV/Angstrom) and stress ``[3, 3]`` (eV/Angstrom^3, ASE's
 sign convention; NaN unless periodic in all three directions), forces and stress in the model's
 dtype. The method ``batch`` takes a batch as `StudentPotential.energy_forces_stress` does.
+The first few calls are slow while TorchScript's profiling executor specialises the graph; after
+about ten it runs about as fast as the eager model on a CPU.
 """
 
 from __future__ import annotations
