@@ -1,12 +1,23 @@
-"""Choice of the CPU inference path on a small pairwise-potential model."""
+"""Choice of the CPU inference path (small pairwise-potential model); tune-stage graphs and tuned-kernel records."""
 
+import json
 import math
 import os
 
+import numpy as np
 import pytest
 import torch
 
-from mlff_distill.inference_path import choose_cpu_path, time_callable
+from mlff_distill.inference_path import (
+    choose_cpu_path,
+    layer_inputs,
+    load_tuned_kernels,
+    time_callable,
+    tuned_configs_from_record,
+)
+from mlff_distill.student.edge_message import edge_message_torch
+from mlff_distill.student.model import StudentPotential
+from mlff_distill.tune import sample_graphs, tune
 
 
 class PairPotential(torch.nn.Module):
@@ -82,3 +93,76 @@ def test_choose_cpu_path_with_torch_compile() -> None:
         assert_timings(compiled, 3)
         assert compiled["first_call_s"] > 0
         assert record["chosen_path"] in ("eager", "torch_compile")
+
+
+# ---- tune stage helpers: graphs from the run's data, the tuned-kernel record ----
+
+def water_labels(n_structures: int):
+    """``n_structures`` water molecules (3 atoms each) with zero labels."""
+    from ase.build import molecule
+
+    from mlff_distill.data import LabeledArrays
+
+    water = molecule("H2O")
+    m = 3 * n_structures
+    return LabeledArrays(
+        numbers=np.tile(water.numbers, n_structures), positions_A=np.tile(water.positions, (n_structures, 1)),
+        forces_eV_per_A=np.zeros((m, 3)), energy_eV=np.zeros(n_structures),
+        atoms_ptr=np.arange(0, m + 1, 3), cell_A=np.zeros((n_structures, 3, 3)),
+        pbc=np.zeros((n_structures, 3), dtype=bool))
+
+
+def test_sample_graphs_reach_each_size() -> None:
+    graphs = sample_graphs(water_labels(4), [1, 7, 20])
+    assert [len(g["numbers"]) for g in graphs] == [3, 9, 21]
+    assert [len(g["atoms_ptr"]) - 1 for g in graphs] == [1, 3, 7]
+    with pytest.raises(ValueError, match="atom counts must be >= 1, got 0"):
+        sample_graphs(water_labels(2), [0])
+
+
+def test_layer_inputs_are_the_graph_edges() -> None:
+    model = StudentPotential(species=(1, 8), cutoff_A=3.0, n_features=6, n_radial=4, n_interactions=2)
+    graph = sample_graphs(water_labels(2), [6])[0]
+    inputs = layer_inputs(model, graph, seed=0)
+    assert inputs["src"].numel() == 2 * 6  # 6 ordered pairs per molecule; molecules of a batch never interact
+    assert inputs["radial_weight"].shape == (4, 18) and inputs["phi"].shape == (6, 18)
+    torch.testing.assert_close(inputs["radial_weight"], model.radial_filter.weight[:18].detach().T)
+    ds, dv = edge_message_torch(**inputs)
+    assert ds.shape == (6, 6) and dv.shape == (6, 3, 6)
+
+
+def gpu_record(gpu_name: str) -> dict:
+    config = {"BLOCK_E": 64, "BLOCK_F": 32, "num_warps": 4, "num_stages": 2}
+    return {"cuda_available": True, "chosen_path": "triton", "reason": "tuned",
+            "triton": {"gpus": {gpu_name: {"n_features": 64, "buckets": {
+                "1024": {"forward_config": config, "backward_config": {**config, "BLOCK_E": 32}}}}}}}
+
+
+def test_tuned_configs_from_record() -> None:
+    configs = tuned_configs_from_record(gpu_record("NVIDIA H100 80GB HBM3"), "NVIDIA H100 80GB HBM3")
+    assert set(configs) == {("forward", 1024, 64), ("backward", 1024, 64)}
+    assert configs[("backward", 1024, 64)].kwargs == {"BLOCK_E": 32, "BLOCK_F": 32}
+    assert configs[("forward", 1024, 64)].num_stages == 2
+    assert tuned_configs_from_record(gpu_record("NVIDIA H100 80GB HBM3"), "NVIDIA A100-SXM4-40GB") == {}
+    assert tuned_configs_from_record({"triton": "not autotuned: no CUDA GPU"}, "any") == {}
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU branch of load_tuned_kernels")
+def test_load_tuned_kernels_without_cuda(tmp_path) -> None:
+    gpu_file, cpu_file, bad_file = tmp_path / "gpu.json", tmp_path / "cpu.json", tmp_path / "bad.json"
+    gpu_file.write_text(json.dumps(gpu_record("NVIDIA H100 80GB HBM3")))
+    cpu_file.write_text(json.dumps({"cuda_available": False, "chosen_path": "torch_compile", "reason": "faster"}))
+    bad_file.write_text(json.dumps({"chosen_path": "fortran"}))
+    assert load_tuned_kernels(gpu_file)["chosen_path"] == "eager"
+    assert load_tuned_kernels(cpu_file) == {"chosen_path": "torch_compile", "installed_configs": 0, "note": "faster"}
+    with pytest.raises(ValueError, match="chosen_path must be triton, eager or torch_compile, got 'fortran'"):
+        load_tuned_kernels(bad_file)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU record")
+def test_tune_record_without_cuda() -> None:
+    model = StudentPotential(species=(1, 8), cutoff_A=3.0, n_features=6, n_radial=4, n_interactions=2)
+    record = tune(model.eval(), water_labels(3), try_compile=False, repeats=2, graph_atoms=[64])
+    assert record["cuda_available"] is False and record["chosen_path"] == "eager"
+    assert "no CUDA GPU" in record["triton"] and record["n_sample_structures"] == 3
+    assert len(record["paths"]["eager"]["times_s"]) == 2

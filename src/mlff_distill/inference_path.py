@@ -1,12 +1,15 @@
-"""Logic of the ``tune`` stage: pick the fastest correct inference path and autotune the Triton kernels.
+"""Logic of the ``tune`` stage: pick the fastest correct inference path, autotune the Triton kernels, load the result.
 
 No MLflow and no Snakemake here; the stage wrapper records what these functions return.
 Timings are in seconds unless a key says ``_ms``.
 """
 
+import copy
+import json
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -102,54 +105,150 @@ def choose_cpu_path(model: torch.nn.Module, batches: list[dict], try_compile: bo
     }
 
 
-def autotune_triton_on_gpu(distance_samples: list[torch.Tensor], n_radial: int, cutoff_A: float) -> dict:
-    """Autotune the Bessel x cosine kernels on CUDA for each edge-count bucket of ``distance_samples``.
+def layer_inputs(model: torch.nn.Module, graph: dict, seed: int) -> dict:
+    """Inputs of `edge_message_torch` for one ``graph`` (model-input tensors): its real edges (Angstrom).
 
-    ``distance_samples`` are edge-distance tensors (Angstrom) from the real dataset. Returns the GPU
-    name, Triton version and per bucket the chosen forward/backward configs and timings (ms, median of
-    `triton.testing.do_bench`) of the Triton kernels vs the PyTorch reference.
+    The edges come from the graph's neighbour list at the model's cutoff and the radial weights from
+    the model's first layer; ``phi`` and ``v`` are random (kernel speed does not depend on them).
+    """
+    from mlff_distill.student.neighbours import edge_vectors
+
+    dtype, device = model.radial_filter.weight.dtype, model.radial_filter.weight.device
+    f = model.n_features
+    src, dst, vectors = edge_vectors(graph["positions_A"].to(device, dtype), graph["cell_A"].to(device, dtype),
+                                     graph["pbc"].to(device), graph["atoms_ptr"].to(device), model.cutoff_A)
+    n_atoms = len(graph["numbers"])
+    generator = torch.Generator(device=device).manual_seed(seed)
+    return {
+        "phi": torch.randn(n_atoms, 3 * f, generator=generator, device=device, dtype=dtype).requires_grad_(True),
+        "v": torch.randn(n_atoms, 3, f, generator=generator, device=device, dtype=dtype).requires_grad_(True),
+        "vectors_A": vectors.detach().requires_grad_(True),
+        "radial_weight": model.radial_filter.weight[: 3 * f].detach().T.contiguous().requires_grad_(True),
+        "src": src, "dst": dst, "n_atoms": n_atoms, "cutoff_A": model.cutoff_A, "n_radial": model.n_radial,
+    }
+
+
+def _forward_backward(op: Callable, inputs: dict, seeds: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """Gradients of ``<seeds, op(**inputs)>`` with respect to phi, v, vectors_A and radial_weight."""
+    wrt = [inputs[key] for key in ("phi", "v", "vectors_A", "radial_weight")]
+    return torch.autograd.grad(op(**inputs), wrt, seeds)
+
+
+def autotune_triton_on_gpu(model: torch.nn.Module, graphs: list[dict]) -> dict:
+    """Autotune the fused edge-message kernels on CUDA on each of ``graphs`` and time them against PyTorch.
+
+    ``graphs`` are model-input dicts (e.g. `mlff_distill.tune.sample_graphs` of the run's own data).
+    Returns the GPU name, versions, the feature width and per edge-count bucket the chosen forward
+    and backward configs, the max abs errors against `edge_message_torch`, the median times (ms,
+    `triton.testing.do_bench`) of Triton and PyTorch, and the effective bandwidth of the fused
+    kernels against the device's DRAM peak (GB/s).
     """
     if not cuda_available():
         raise RuntimeError("autotune_triton_on_gpu needs a CUDA device")
     import triton
     import triton.testing
 
-    from mlff_distill.kernels import bessel_cosine as kernels
-    from mlff_distill.student.radial import bessel_cosine_basis
+    from mlff_distill.kernels import edge_message as kernels
+    from mlff_distill.kernels.bessel_cosine import edge_bucket
+    from mlff_distill.kernels.traffic import edge_message_bytes
+    from mlff_distill.student.edge_message import edge_message_torch
 
-    def bench_ms(fn: Callable[[], object]) -> float:
-        return triton.testing.do_bench(fn, return_mode="median")
-
+    kernels.set_tuned_configs({})  # let the autotuner choose
+    model = copy.deepcopy(model).to("cuda", torch.float32)
+    peak_GBps = triton.testing.get_dram_gbps()
     buckets = {}
-    for sample in distance_samples:
-        r = sample.detach().to("cuda", torch.float32).reshape(-1).contiguous().requires_grad_(True)
-        if r.numel() == 0:
+    for index, graph in enumerate(graphs):
+        inputs = layer_inputs(model, graph, seed=index)
+        n_edges = inputs["src"].numel()
+        if n_edges == 0:
             continue
-        grad_out = torch.randn(r.numel(), n_radial, device="cuda")
-        basis = kernels.bessel_cosine_basis_triton(r, n_radial, cutoff_A)
-        forward_config = kernels.bessel_cosine_fwd_autotuned.best_config
-        (grad_r,) = torch.autograd.grad(basis, r, grad_out)
-        backward_config = kernels.bessel_cosine_bwd_autotuned.best_config
-        reference = bessel_cosine_basis(r, n_radial, cutoff_A)
-        (reference_grad_r,) = torch.autograd.grad(reference, r, grad_out)
-        buckets[str(kernels.edge_bucket(r.numel()))] = {
-            "n_edges": r.numel(),
+        out = kernels.edge_message_triton(**inputs)
+        forward_config = kernels.AUTOTUNED["forward"].best_config
+        seeds = [torch.randn_like(o) for o in out]
+        grads = _forward_backward(kernels.edge_message_triton, inputs, seeds)
+        backward_config = kernels.AUTOTUNED["backward"].best_config
+        reference = edge_message_torch(**inputs)
+        reference_grads = _forward_backward(edge_message_torch, inputs, seeds)
+        with torch.no_grad():
+            timings = {
+                "triton_forward_ms": triton.testing.do_bench(lambda: kernels.edge_message_triton(**inputs),
+                                                             return_mode="median"),
+                "torch_forward_ms": triton.testing.do_bench(lambda: edge_message_torch(**inputs),
+                                                            return_mode="median"),
+                "triton_backward_kernel_ms": triton.testing.do_bench(
+                    lambda: kernels.edge_message_backward_triton(
+                        *seeds, inputs["phi"], inputs["v"], inputs["vectors_A"], inputs["radial_weight"],
+                        inputs["src"], inputs["dst"], inputs["cutoff_A"]), return_mode="median"),
+            }
+        timings["triton_forward_backward_ms"] = triton.testing.do_bench(
+            lambda: _forward_backward(kernels.edge_message_triton, inputs, seeds), return_mode="median")
+        timings["torch_forward_backward_ms"] = triton.testing.do_bench(
+            lambda: _forward_backward(edge_message_torch, inputs, seeds), return_mode="median")
+        f, itemsize = model.n_features, inputs["phi"].element_size()
+        forward_bytes = edge_message_bytes(n_edges, f, model.n_radial, itemsize, True, backward=False)
+        backward_bytes = edge_message_bytes(n_edges, f, model.n_radial, itemsize, True, backward=True)
+        buckets[str(edge_bucket(n_edges))] = {
+            "n_atoms": inputs["n_atoms"],
+            "n_edges": n_edges,
             "forward_config": kernels.config_dict(forward_config),
             "backward_config": kernels.config_dict(backward_config),
-            "max_abs_error_forward": (basis - reference).abs().max().item(),
-            "max_abs_error_backward": (grad_r - reference_grad_r).abs().max().item(),
-            "triton_forward_ms": bench_ms(lambda: kernels.bessel_cosine_basis_triton(r, n_radial, cutoff_A)),
-            "torch_forward_ms": bench_ms(lambda: bessel_cosine_basis(r, n_radial, cutoff_A)),
-            "triton_forward_backward_ms": bench_ms(lambda: torch.autograd.grad(
-                kernels.bessel_cosine_basis_triton(r, n_radial, cutoff_A), r, grad_out)),
-            "torch_forward_backward_ms": bench_ms(lambda: torch.autograd.grad(
-                bessel_cosine_basis(r, n_radial, cutoff_A), r, grad_out)),
+            "max_abs_error_forward": max((a - b).abs().max().item() for a, b in zip(out, reference)),
+            "max_abs_error_backward": max((a - b).abs().max().item() for a, b in zip(grads, reference_grads)),
+            **timings,
+            "forward_bytes": forward_bytes,
+            "backward_bytes": backward_bytes,
+            "forward_GBps": forward_bytes / timings["triton_forward_ms"] / 1e6,
+            "backward_GBps": backward_bytes / timings["triton_backward_kernel_ms"] / 1e6,
         }
     return {
         "gpu_name": torch.cuda.get_device_name(),
+        "peak_dram_GBps": peak_GBps,
         "triton_version": triton.__version__,
         "torch_version": torch.__version__,
-        "n_radial": n_radial,
-        "cutoff_A": cutoff_A,
+        "n_features": model.n_features,
+        "n_radial": model.n_radial,
+        "cutoff_A": model.cutoff_A,
         "buckets": buckets,
     }
+
+
+def tuned_configs_from_record(record: dict, gpu_name: str) -> dict:
+    """``{(kernel, edge bucket, feature width): triton.Config}`` tuned for ``gpu_name`` in a tune record ({} if none)."""
+    from mlff_distill.kernels.edge_message import KERNELS, config_from_dict
+
+    triton_record = record.get("triton")
+    tuned = triton_record.get("gpus", {}).get(gpu_name) if isinstance(triton_record, dict) else None
+    if tuned is None:
+        return {}
+    return {(kernel, int(bucket), int(tuned["n_features"])): config_from_dict(entry[f"{kernel}_config"])
+            for bucket, entry in tuned["buckets"].items() for kernel in KERNELS}
+
+
+def load_tuned_kernels(path: str | Path) -> dict:
+    """Apply the tune stage's record at ``path`` (``inference_path.json``) to this process.
+
+    On CUDA, installs the Triton configs tuned for this GPU model (`kernels.edge_message.set_tuned_configs`),
+    so inference starts tuned; another GPU model's record leaves the kernels to autotune on first use.
+    Returns ``{"chosen_path", "installed_configs", "note"}``; ``chosen_path`` is ``"triton"``, ``"eager"``
+    or ``"torch_compile"`` and is what this machine should run: a GPU record read without CUDA gives
+    ``"eager"``.
+    """
+    record = json.loads(Path(path).read_text())
+    chosen = record.get("chosen_path")
+    if chosen not in ("triton", "eager", "torch_compile"):
+        raise ValueError(f"{path}: chosen_path must be triton, eager or torch_compile, got {chosen!r}")
+    if not cuda_available():
+        if chosen == "triton":
+            return {"chosen_path": "eager", "installed_configs": 0,
+                    "note": f"{path} was tuned on a CUDA GPU; none here, so eager PyTorch"}
+        return {"chosen_path": chosen, "installed_configs": 0, "note": record.get("reason", "")}
+    from mlff_distill.kernels.edge_message import set_tuned_configs
+
+    gpu_name = torch.cuda.get_device_name()
+    configs = tuned_configs_from_record(record, gpu_name)
+    set_tuned_configs(configs)
+    if record.get("cuda_available") and chosen != "triton":
+        return {"chosen_path": chosen, "installed_configs": len(configs), "note": record.get("reason", "")}
+    note = (f"Triton configs tuned for {gpu_name} installed" if configs else
+            f"no configs tuned for {gpu_name} in {path}: the kernels autotune on first use")
+    return {"chosen_path": "triton", "installed_configs": len(configs), "note": note}
