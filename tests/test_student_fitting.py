@@ -105,6 +105,8 @@ def test_predict_stress_and_time_limit(dataset) -> None:
     assert stress.shape == (8, 3, 3) and np.isfinite(stress).all()
     history = train_student(model, train, val, TrainSettings(epochs=50, batch_size=8, max_minutes=0.0))
     assert history["stop_reason"] == "max_minutes" and len(history["epochs"]) == 1
+    with pytest.raises(ValueError, match="0 validation structures"):
+        train_student(model, train, val.subset([]), TrainSettings(epochs=1))
 
 
 @pytest.fixture(scope="module")

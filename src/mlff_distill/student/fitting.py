@@ -236,6 +236,9 @@ def train_student(
     ``seed`` the run is deterministic on a given machine.
     """
     train, val = _as_blocks(train), _as_blocks(val)
+    if train.n_structures == 0 or val.n_structures == 0:
+        raise ValueError(f"train_student needs structures in both splits; got {train.n_structures} training "
+                         f"and {val.n_structures} validation structures")
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
