@@ -99,7 +99,8 @@ def log_to_mlflow(uri: str, report: dict) -> None:
         for name, rows in report["results"].items():
             for row in rows:
                 mlflow.log_metrics({f"{name}.{key}": float(value) for key, value in row.items()
-                                    if key != "n_atoms"}, step=row["n_atoms"])
+                                    if key != "n_atoms" and isinstance(value, (int, float))},
+                                   step=row["n_atoms"])
         mlflow.log_dict(report, "student_speed.json")
 
 

@@ -105,3 +105,51 @@ def test_nvt_frames_and_their_rdf_match_the_lattice_at_low_temperature():
     # Thermal broadening only: the first shell stays where the lattice has it.
     assert r[np.argmax(g_md)] == pytest.approx(r[np.argmax(g_lattice)], abs=0.15)
     assert rdf_difference(r, g_md, g_lattice) > 0
+
+
+def _md_config(**md):
+    from conftest import full_config
+
+    config = full_config({"sample": {"molecules": ["H2O", "CH4"]}})
+    config["evaluate"]["md"] = {"nve_steps": 20, "nvt_steps": 20, "sample_every": 5, **md}
+    return config
+
+
+def _teacher_and_student():
+    from mlff_distill.student import StudentPotential
+    from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
+
+    return (AseCalculatorTeacher("ase.calculators.emt:EMT", species=(1, 6, 8)),
+            StudentPotential(species=(1, 6, 8), cutoff_A=4.0, n_features=8))
+
+
+def test_md_validation_step_starts_from_teacher_md_frames(single_thread):
+    from ase.build import molecule
+
+    from mlff_distill.md_validation import md_validation
+
+    frames = []
+    for name, temperature_K in [("H2O", 300.0), ("CH4", 800.0), ("CH4", 300.0)]:
+        frame = molecule(name)
+        frame.info = {"seed": name, "strategy": "md", "temperature_K": temperature_K}
+        frames.append(frame)
+    result = md_validation(_md_config(), *_teacher_and_student(), "eager", frames)
+    assert [(row["model"], row["start"]) for row in result["drift"]] == [
+        ("student", "H2O"), ("student", "CH4"), ("teacher", "H2O")]
+    assert result["drift"][1]["temperature_K"] == 800.0
+    assert all(row["time_ps"] == pytest.approx(0.01) for row in result["drift"] if not row["blew_up"])
+    rdf = result["rdf"]
+    assert rdf["start"] == "CH4" and rdf["n_frames"] == 4 and "pair-distance" in rdf["kind"]
+    assert len(rdf["r_A"]) == len(rdf["g_teacher"]) == len(rdf["g_student"]) == 50
+    assert rdf["integrated_abs_difference"] == pytest.approx(
+        rdf_difference(np.array(rdf["r_A"]), np.array(rdf["g_teacher"]), np.array(rdf["g_student"])))
+
+
+def test_md_validation_skips_a_teacher_over_its_budget(single_thread):
+    from mlff_distill.md_validation import md_validation
+
+    result = md_validation(_md_config(teacher_budget_s=0.0), *_teacher_and_student(), "eager", [])
+    teacher_rows = [row for row in result["drift"] if row["model"] == "teacher"]
+    assert teacher_rows and all(row["reason"].startswith("not run") for row in teacher_rows)
+    assert [row["start"] for row in result["drift"] if row["model"] == "student"] == ["H2O", "CH4"]
+    assert result["rdf"] is None and "budget" in result["rdf_not_run"]

@@ -129,3 +129,20 @@ def test_benchmark_script_writes_the_table_and_logs_it(tmp_path, single_thread):
     (run,) = client.search_runs([client.get_experiment_by_name("benchmarks").experiment_id])
     history = client.get_metric_history(run.info.run_id, "molecules.speedup")
     assert [m.step for m in history] == [row["n_atoms"] for row in rows]
+
+
+def test_speed_rows_for_the_evaluate_stage_use_the_runs_seeds(single_thread):
+    from conftest import full_config
+
+    from mlff_distill.speed import speed_rows
+
+    config = full_config({"sample": {"molecules": [], "crystals": [
+        {"formula": "Cu", "structure": "fcc", "a_A": 3.6, "cubic": True}]},
+        "evaluate": {"timing_repeats": 1}})
+    config["evaluate"]["speed"] = {"sizes": [32, 108]}
+    teacher = AseCalculatorTeacher("ase.calculators.emt:EMT", species=(29,))
+    student = StudentPotential(species=(29,), cutoff_A=4.0, n_features=8)
+    rows = speed_rows(config, teacher, student, "eager", [])
+    assert [row["n_atoms"] for row in rows] == [32, 108]
+    assert {row["system"] for row in rows} == {"Cu-fcc"}
+    assert all(row["teacher_ms"] > 0 and row["student_ms"] > 0 for row in rows)

@@ -3,10 +3,12 @@
 `nve_run` integrates with velocity Verlet and reports total energies (eV) against time (ps);
 `energy_drift_eV_per_atom_per_ps` fits their slope. `nvt_run` samples frames with ASE's Langevin
 thermostat; `radial_distribution` turns frames into g(r) and `rdf_difference` compares two.
+`md_validation` is the evaluate stage's step: all of the above for a teacher and a student.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Sequence
 
 import numpy as np
@@ -14,23 +16,30 @@ from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.md.langevin import Langevin
 from ase.constraints import FixCom
-from ase.md.velocitydistribution import Stationary, thermalize_momenta
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 
 # A run "blows up" when any of these is crossed.
 MAX_FORCE_eV_PER_A = 100.0
 MAX_STEP_DISPLACEMENT_A = 0.5  # per atom, in one MD step
 MAX_ENERGY_CHANGE_eV_PER_ATOM = 1.0  # total energy against the first frame
+# The evaluate stage's settings (config ``evaluate.md``) where the config gives none.
+MD_DEFAULTS = {"timestep_fs": 0.5, "temperature_K": 300.0, "nve_steps": 1000, "nve_starts": 2,
+               "teacher_nve_starts": 1, "nvt_steps": 1000, "sample_every": 10,
+               "rdf_r_max_A": 5.0, "rdf_bins": 50, "teacher_budget_s": 120.0}
 
 
 def _start(atoms: Atoms, calculator: Calculator, temperature_K: float, seed: int) -> Atoms:
-    """A copy of ``atoms`` with ``calculator`` and Maxwell-Boltzmann velocities, no net momentum."""
+    """A copy of ``atoms`` with ``calculator`` and Maxwell-Boltzmann velocities, no net momentum
+    (nor, for molecules, angular momentum)."""
     if temperature_K < 0:
         raise ValueError(f"temperature_K: must be >= 0, got {temperature_K}")
     atoms = atoms.copy()
     atoms.calc = calculator
     thermalize_momenta(atoms, temperature_K, rng=np.random.default_rng(seed))
     Stationary(atoms)
+    if not atoms.pbc.any():
+        ZeroRotation(atoms)
     return atoms
 
 
@@ -180,3 +189,96 @@ def rdf_difference(r: np.ndarray, g_a: np.ndarray, g_b: np.ndarray) -> float:
     if not r.shape == g_a.shape == g_b.shape or r.ndim != 1:
         raise ValueError(f"r, g_a and g_b: need equal 1-D shapes, got {r.shape}, {g_a.shape}, {g_b.shape}")
     return float(np.trapezoid(np.abs(g_a - g_b), r))
+
+
+def md_validation(config: dict, teacher, student, inference_path: str,
+                  structures: Sequence[Atoms]) -> dict:
+    """The evaluate stage's MD step, with ``evaluate.md`` settings (default `MD_DEFAULTS`).
+
+    Starts: one teacher-MD frame per seed from the sampled ``structures`` (teacher-equilibrated,
+    at the frame's temperature), else the run's seeds at ``temperature_K``. NVE from the first
+    ``nve_starts`` starts with the student and the first ``teacher_nve_starts`` with the teacher
+    (``teacher`` a `Teacher`, ``student`` a `StudentPotential`, run eager whatever
+    ``inference_path``); NVT of both from the largest start, compared by `radial_distribution`.
+    A teacher run is skipped when one call times the number of steps exceeds
+    ``teacher_budget_s`` (seconds); without the teacher's NVT there is no RDF comparison.
+
+    Returns ``{"drift": [rows], "rdf": {...} or None, "rdf_not_run": reason or None}``: a row
+    per NVE run (``model``, ``start``, ``n_atoms``, ``temperature_K``, ``time_ps``,
+    ``drift_eV_per_atom_per_ps`` (None if not run or stopped before a second step),
+    ``max_energy_change_eV_per_atom``, ``blew_up``, ``reason``); ``rdf`` holds ``r_A``,
+    ``g_teacher``, ``g_student`` (lists), ``integrated_abs_difference``, ``kind`` (g(r), or for a
+    molecule the pair-distance density per pair, 1/Angstrom), ``start``, ``temperature_K`` and
+    ``n_frames``.
+    """
+    from mlff_distill.sample import seed_structures
+    from mlff_distill.student import StudentCalculator
+    from mlff_distill.teachers import TeacherCalculator
+
+    settings = {**MD_DEFAULTS, **config["evaluate"].get("md", {})}
+    starts = _starts(structures, seed_structures(config["sample"]), settings["temperature_K"])
+    if not starts:
+        raise ValueError("md_validation: no structures to start from (no MD frames, no seeds)")
+    calculators = {"student": StudentCalculator(student), "teacher": TeacherCalculator(teacher)}
+    drift = []
+    for model, count in (("student", settings["nve_starts"]), ("teacher", settings["teacher_nve_starts"])):
+        for name, atoms, temperature_K in starts[:count]:
+            row = {"model": model, "start": name, "n_atoms": len(atoms), "temperature_K": temperature_K}
+            too_slow = model == "teacher" and _over_budget(
+                calculators[model], atoms, settings["nve_steps"], settings["teacher_budget_s"])
+            drift.append({**row, **(_nve_row(calculators[model], atoms, temperature_K, settings,
+                                             config["seed"]) if not too_slow else
+                                    {"time_ps": 0.0, "drift_eV_per_atom_per_ps": None,
+                                     "max_energy_change_eV_per_atom": None, "blew_up": None,
+                                     "reason": f"not run: {too_slow}"})})
+    name, atoms, temperature_K = max(starts, key=lambda start: len(start[1]))
+    too_slow = _over_budget(calculators["teacher"], atoms, settings["nvt_steps"],
+                            settings["teacher_budget_s"])
+    if too_slow:
+        return {"drift": drift, "rdf": None, "rdf_not_run": f"teacher NVT: {too_slow}"}
+    g = {}
+    for model, calculator in calculators.items():
+        frames = nvt_run(calculator, atoms, temperature_K, settings["timestep_fs"],
+                         settings["nvt_steps"], settings["sample_every"], config["seed"])
+        r, g[model] = radial_distribution(frames, settings["rdf_r_max_A"], settings["rdf_bins"])
+    return {"drift": drift, "rdf_not_run": None, "rdf": {
+        "r_A": r.tolist(), "g_teacher": g["teacher"].tolist(), "g_student": g["student"].tolist(),
+        "integrated_abs_difference": rdf_difference(r, g["teacher"], g["student"]),
+        "kind": "g(r)" if atoms.pbc.all() else "pair-distance density per pair (1/A)",
+        "start": name, "temperature_K": temperature_K, "n_frames": len(frames)}}
+
+
+def _nve_row(calculator: Calculator, atoms: Atoms, temperature_K: float, settings: dict,
+             seed: int) -> dict:
+    """`nve_run` of ``calculator`` from ``atoms``, summarised for the drift table."""
+    run = nve_run(calculator, atoms, settings["timestep_fs"], settings["nve_steps"], temperature_K, seed)
+    energies = run["total_energies_eV"]
+    return {"time_ps": float(run["times_ps"][-1]),
+            "drift_eV_per_atom_per_ps": (energy_drift_eV_per_atom_per_ps(
+                run["times_ps"], energies, len(atoms)) if len(energies) > 1 else None),
+            "max_energy_change_eV_per_atom": float(np.abs(energies - energies[0]).max() / len(atoms)),
+            "blew_up": run["blew_up"], "reason": run["reason"]}
+
+
+def _over_budget(calculator: Calculator, atoms: Atoms, steps: int, budget_s: float) -> str | None:
+    """Why ``steps`` calls of ``calculator`` on ``atoms`` would exceed ``budget_s`` seconds (the
+    second of two calls timed: the first may compile), or None when they would not."""
+    atoms = atoms.copy()
+    calculator.calculate(atoms, ["energy", "forces"])
+    start = time.perf_counter()
+    calculator.calculate(atoms, ["energy", "forces"])
+    estimate_s = steps * (time.perf_counter() - start)
+    return (f"{steps} steps would take about {estimate_s:.0f} s, over the {budget_s:g} s budget"
+            if estimate_s > budget_s else None)
+
+
+def _starts(structures: Sequence[Atoms], seeds: Sequence[Atoms],
+            temperature_K: float) -> list[tuple[str, Atoms, float]]:
+    """(name, structure, temperature in K): the first teacher-MD frame of each seed, else the seeds."""
+    starts: dict[str, tuple[str, Atoms, float]] = {}
+    for atoms in structures:
+        seed = atoms.info.get("seed", atoms.get_chemical_formula())
+        if atoms.info.get("strategy") == "md" and seed not in starts:
+            starts[seed] = (seed, atoms, float(atoms.info.get("temperature_K", temperature_K)))
+    return list(starts.values()) or [
+        (atoms.info.get("seed", atoms.get_chemical_formula()), atoms, temperature_K) for atoms in seeds]

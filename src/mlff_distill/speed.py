@@ -4,6 +4,7 @@
 `time_calls` times one ASE calculator on one system (median latency in ms per energy + forces
 (+ stress for periodic cells) call, neighbour list included; throughput in atom-steps per second;
 peak memory in MB), and `compare_speed` gives one row per system for a teacher and a student.
+`speed_rows` is the evaluate stage's step: all of the above from a run's config.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from mlff_distill.strategies import cell_heights_A
 LIQUID_DENSITY_ATOMS_PER_A3 = 0.1
 MIN_DISTANCE_A = 1.2  # between atoms of different molecules in a packed box
 _PLACEMENT_TRIES = 2000
+# The evaluate stage's settings (config ``evaluate.speed``) where the config gives none.
+SPEED_DEFAULTS = {"sizes": [64, 256, 1024], "warmup": 1}
 
 
 def build_timing_systems(seeds: Sequence[Atoms], sizes: Sequence[int], cutoff_A: float, seed: int,
@@ -67,7 +70,8 @@ def _replicated(crystal: Atoms, size: int, cutoff_A: float) -> Atoms:
     best = min(candidates, key=lambda r: (abs(np.log(np.prod(r) / factor)),
                                           np.ptp(r * heights)))
     system = crystal.repeat(tuple(int(r) for r in best))
-    system.info = {"timing_source": "replicated", "repeats": " ".join(map(str, best))}
+    system.info = {"system": crystal.info.get("seed", crystal.get_chemical_formula()),
+                   "repeats": " ".join(map(str, best))}
     return system
 
 
@@ -106,7 +110,7 @@ def _packed(molecules: Sequence[Atoms], size: int, cutoff_A: float, density: flo
     system = Atoms(numbers=np.concatenate(numbers), positions=np.concatenate(positions),
                    cell=box, pbc=True)
     system.wrap()
-    system.info = {"timing_source": "packed", "molecules": len(chosen)}
+    system.info = {"system": "packed molecules", "molecules": len(chosen)}
     return system
 
 
@@ -184,7 +188,8 @@ def _reset_peak_rss_kB() -> int:
 
 def compare_speed(teacher_calc: Calculator, student_calc: Calculator, systems: Sequence[Atoms],
                   repeats: int, warmup: int = 2) -> list[dict]:
-    """One row per system: ``n_atoms``, ``teacher_ms``/``student_ms`` (median ms per call),
+    """One row per system: ``system`` (its ``info["system"]``, else its formula), ``n_atoms``,
+    ``teacher_ms``/``student_ms`` (median ms per call),
     ``speedup`` (teacher_ms / student_ms), ``*_atom_steps_per_s``, ``*_peak_MB`` and
     ``with_stress``. Both compute the same properties: stress (periodic systems) only when both
     calculators implement it. The student is timed first, so that its peak memory is not hidden
@@ -195,7 +200,7 @@ def compare_speed(teacher_calc: Calculator, student_calc: Calculator, systems: S
         student = time_calls(student_calc, atoms, repeats, warmup, stress)
         teacher = time_calls(teacher_calc, atoms, repeats, warmup, stress)
         rows.append({
-            "n_atoms": len(atoms),
+            "system": atoms.info.get("system", atoms.get_chemical_formula()), "n_atoms": len(atoms),
             "teacher_ms": teacher["median_ms"], "student_ms": student["median_ms"],
             "speedup": teacher["median_ms"] / student["median_ms"],
             "teacher_atom_steps_per_s": teacher["atom_steps_per_s"],
@@ -204,3 +209,24 @@ def compare_speed(teacher_calc: Calculator, student_calc: Calculator, systems: S
             "with_stress": teacher["with_stress"],
         })
     return rows
+
+
+def speed_rows(config: dict, teacher, student: torch.nn.Module, inference_path: str,
+               structures: Sequence[Atoms]) -> list[dict]:
+    """The evaluate stage's speed step: `compare_speed` rows for systems of
+    ``evaluate.speed.sizes`` atoms (default `SPEED_DEFAULTS`) built from the run's seeds
+    (``sample:``; the sampled ``structures`` when the config names no seeds), ``timing_repeats``
+    calls each. ``teacher`` is a `Teacher`, ``student`` a `StudentPotential`, compiled with
+    ``torch.compile`` when ``inference_path`` is ``"torch_compile"``."""
+    from mlff_distill.sample import seed_structures
+    from mlff_distill.student import StudentCalculator
+    from mlff_distill.teachers import TeacherCalculator
+
+    settings = {**SPEED_DEFAULTS, **config["evaluate"].get("speed", {})}
+    seeds = seed_structures(config["sample"]) or list(structures)
+    systems = build_timing_systems(seeds, settings["sizes"], float(student.cutoff_A), config["seed"])
+    calculator = StudentCalculator(student)
+    if inference_path == "torch_compile":
+        calculator.model = torch.compile(student, dynamic=True)
+    return compare_speed(TeacherCalculator(teacher), calculator, systems,
+                         config["evaluate"]["timing_repeats"], settings["warmup"])
