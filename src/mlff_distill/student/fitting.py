@@ -229,7 +229,7 @@ def train_student(
     values, safe for ``torch.save``/``torch.load(weights_only=True)``). Passing such a state as
     ``resume_from`` (same model, data and settings) continues after its epoch and ends with the
     same weights and history as a run never interrupted; a state saved at the end of training
-    returns at once.
+    returns at once. Time spent before the interruption counts toward ``max_minutes``.
 
     Returns the history: ``{"epochs": [metrics per epoch, each with "epoch"], "best_epoch": int,
     "best_val_loss": float, "stop_reason": "epochs" | "patience" | "max_minutes"}``. With a fixed
