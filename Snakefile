@@ -28,6 +28,7 @@ include: "workflow/rules/evaluate.smk"
 rule all:
     input:
         stage_path("evaluate", "metrics.json"),
+        stage_path("evaluate", "acceptance.json"),
     default_target: True
 
 
