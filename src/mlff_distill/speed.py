@@ -26,7 +26,7 @@ LIQUID_DENSITY_ATOMS_PER_A3 = 0.1
 MIN_DISTANCE_A = 1.2  # between atoms of different molecules in a packed box
 _PLACEMENT_TRIES = 2000
 # The evaluate stage's settings (config ``evaluate.speed``) where the config gives none.
-SPEED_DEFAULTS = {"sizes": [64, 256, 1024], "warmup": 1}
+SPEED_DEFAULTS = {"sizes": [32, 128, 512], "warmup": 1}
 
 
 def build_timing_systems(seeds: Sequence[Atoms], sizes: Sequence[int], cutoff_A: float, seed: int,
