@@ -139,8 +139,9 @@ def time_calls(calculator: Calculator, atoms: Atoms, repeats: int, warmup: int =
     list included).
 
     Returns ``median_ms`` (ms per call), ``atom_steps_per_s`` (atoms / median seconds),
-    ``with_stress``, ``peak_MB`` (CUDA peak allocated by torch when CUDA is available, else the
-    rise of this process's peak resident memory over its resident memory before the calls) and
+    ``with_stress``, ``peak_MB`` (the CUDA peak allocated by torch during the calls when they
+    allocated on the GPU, else the rise of this process's peak resident memory over its resident
+    memory before the calls) and
     both of those under ``rss_peak_MB`` and ``cuda_peak_MB`` (None without CUDA). The warm-up
     calls count (compilation, caches); memory the process already holds and reuses does not,
     so a model run after a bigger one may show less than it would alone. JAX teachers on a GPU
@@ -170,7 +171,7 @@ def time_calls(calculator: Calculator, atoms: Atoms, repeats: int, warmup: int =
     median_s = statistics.median(seconds)
     return {"n_atoms": len(atoms), "median_ms": 1e3 * median_s,
             "atom_steps_per_s": len(atoms) / median_s, "with_stress": with_stress,
-            "peak_MB": cuda_peak_MB if cuda else rss_peak_MB,
+            "peak_MB": cuda_peak_MB if cuda_peak_MB else rss_peak_MB,
             "rss_peak_MB": rss_peak_MB, "cuda_peak_MB": cuda_peak_MB}
 
 
