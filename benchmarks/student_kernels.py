@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import time
 from pathlib import Path
 
@@ -37,6 +36,7 @@ import numpy as np
 import torch
 from ase.build import bulk
 
+from mlff_distill.inference_path import time_callable
 from mlff_distill.student.edge_message import edge_message_torch
 from mlff_distill.student.neighbours import edge_vectors
 
@@ -84,19 +84,12 @@ def step(op, inputs: dict, seeds: list[torch.Tensor]) -> tuple[torch.Tensor, ...
 
 
 def time_ms(fn, repeats: int, cuda: bool, warmup: int = 1) -> float:
-    """Median time of ``fn()`` in ms: `triton.testing.do_bench` on CUDA, else perf_counter after ``warmup`` calls."""
+    """Median time of ``fn()`` in ms: `triton.testing.do_bench` on CUDA, else `time_callable` (perf_counter)."""
     if cuda:
         import triton.testing
 
         return triton.testing.do_bench(fn, return_mode="median")
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    return 1e3 * time_callable(fn, repeats, warmup)["median_s"]
 
 
 def max_error(got: tuple[torch.Tensor, ...], want: tuple[torch.Tensor, ...]) -> float:

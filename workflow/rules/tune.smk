@@ -1,5 +1,5 @@
 rule tune:
-    """Autotune Triton kernels on a CUDA GPU; without one, record and choose the CPU path."""
+    """On a CUDA GPU autotune the fused Triton kernels at tune.graph_atoms; without one, record and choose the CPU path."""
     input:
         pipeline=PIPELINE_RUN,
         store=stage_path("label", "labels.zarr"),

@@ -59,6 +59,42 @@ def _basis_and_derivative(r, inv_r, envelope, d_envelope, n: tl.constexpr, FREQ:
     return PREFACTOR * bessel * envelope, PREFACTOR * (d_bessel * envelope + bessel * d_envelope)
 
 
+@triton.jit
+def _edge_geometry(vec_ptr, n_edges, F: tl.constexpr, CUTOFF: tl.constexpr, FREQ: tl.constexpr,
+                   BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+    """This program's edge and feature offsets and masks; edge vectors, lengths, 1/length, cutoff envelope
+    and its derivative. Masked edges read the vector (1, 0, 0), so nothing divides by zero."""
+    offs_e = (tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)).to(tl.int64)
+    mask_e = offs_e < n_edges
+    offs_f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
+    mask_f = offs_f < F
+    vx = tl.load(vec_ptr + 3 * offs_e, mask=mask_e, other=1.0)
+    vy = tl.load(vec_ptr + 3 * offs_e + 1, mask=mask_e, other=0.0)
+    vz = tl.load(vec_ptr + 3 * offs_e + 2, mask=mask_e, other=0.0)
+    r = tl.sqrt(vx * vx + vy * vy + vz * vz)
+    inside = r < CUTOFF
+    envelope = tl.where(inside, 0.5 * (tl.cos(FREQ * r) + 1.0), 0.0)
+    d_envelope = tl.where(inside, -0.5 * FREQ * tl.sin(FREQ * r), 0.0)
+    return offs_e, mask_e, offs_f, mask_f, vx, vy, vz, r, 1.0 / r, envelope, d_envelope
+
+
+@triton.jit
+def _filters(w_ptr, r, inv_r, envelope, d_envelope, offs_f, mask_f, dtype: tl.constexpr, F: tl.constexpr,
+             N_RADIAL: tl.constexpr, FREQ: tl.constexpr, PREFACTOR: tl.constexpr, BLOCK_E: tl.constexpr,
+             BLOCK_F: tl.constexpr):
+    """The three ``[BLOCK_E, BLOCK_F]`` filter blocks ``basis @ w`` (scalar, vector-vector, vector-direction)."""
+    filter_s = tl.zeros([BLOCK_E, BLOCK_F], dtype=dtype)
+    filter_vv = tl.zeros([BLOCK_E, BLOCK_F], dtype=dtype)
+    filter_vd = tl.zeros([BLOCK_E, BLOCK_F], dtype=dtype)
+    for n in tl.static_range(N_RADIAL):
+        basis, _ = _basis_and_derivative(r, inv_r, envelope, d_envelope, n, FREQ, PREFACTOR)
+        w_row = w_ptr + n * 3 * F + offs_f
+        filter_s += basis[:, None] * tl.load(w_row, mask=mask_f, other=0.0)[None, :]
+        filter_vv += basis[:, None] * tl.load(w_row + F, mask=mask_f, other=0.0)[None, :]
+        filter_vd += basis[:, None] * tl.load(w_row + 2 * F, mask=mask_f, other=0.0)[None, :]
+    return filter_s, filter_vv, filter_vd
+
+
 @triton.jit(do_not_specialize=["n_edges", "E_BUCKET"])
 def _edge_message_fwd_kernel(
     vec_ptr, phi_ptr, v_ptr, w_ptr, src_ptr, dst_ptr, ds_ptr, dv_ptr,
@@ -74,31 +110,12 @@ def _edge_message_fwd_kernel(
     BLOCK_F: tl.constexpr,
 ):
     F: tl.constexpr = N_FEATURES
-    offs_e = (tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)).to(tl.int64)
-    mask_e = offs_e < n_edges
-    offs_f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
-    mask_f = offs_f < F
+    offs_e, mask_e, offs_f, mask_f, vx, vy, vz, r, inv_r, envelope, d_envelope = _edge_geometry(
+        vec_ptr, n_edges, F, CUTOFF, FREQ, BLOCK_E, BLOCK_F)
     mask = mask_e[:, None] & mask_f[None, :]
-
-    vx = tl.load(vec_ptr + 3 * offs_e, mask=mask_e, other=1.0)
-    vy = tl.load(vec_ptr + 3 * offs_e + 1, mask=mask_e, other=0.0)
-    vz = tl.load(vec_ptr + 3 * offs_e + 2, mask=mask_e, other=0.0)
-    r = tl.sqrt(vx * vx + vy * vy + vz * vz)
-    inv_r = 1.0 / r
-    inside = r < CUTOFF
-    envelope = tl.where(inside, 0.5 * (tl.cos(FREQ * r) + 1.0), 0.0)
-    d_envelope = tl.where(inside, -0.5 * FREQ * tl.sin(FREQ * r), 0.0)
-
     dtype = phi_ptr.dtype.element_ty
-    filter_s = tl.zeros([BLOCK_E, BLOCK_F], dtype=dtype)
-    filter_vv = tl.zeros([BLOCK_E, BLOCK_F], dtype=dtype)
-    filter_vd = tl.zeros([BLOCK_E, BLOCK_F], dtype=dtype)
-    for n in tl.static_range(N_RADIAL):
-        basis, _ = _basis_and_derivative(r, inv_r, envelope, d_envelope, n, FREQ, PREFACTOR)
-        w_row = w_ptr + n * 3 * F + offs_f
-        filter_s += basis[:, None] * tl.load(w_row, mask=mask_f, other=0.0)[None, :]
-        filter_vv += basis[:, None] * tl.load(w_row + F, mask=mask_f, other=0.0)[None, :]
-        filter_vd += basis[:, None] * tl.load(w_row + 2 * F, mask=mask_f, other=0.0)[None, :]
+    filter_s, filter_vv, filter_vd = _filters(w_ptr, r, inv_r, envelope, d_envelope, offs_f, mask_f, dtype, F,
+                                              N_RADIAL, FREQ, PREFACTOR, BLOCK_E, BLOCK_F)
 
     src = tl.load(src_ptr + offs_e, mask=mask_e, other=0).to(tl.int64)
     dst = tl.load(dst_ptr + offs_e, mask=mask_e, other=0).to(tl.int64)
@@ -138,32 +155,13 @@ def _edge_message_bwd_kernel(
     BLOCK_F: tl.constexpr,
 ):
     F: tl.constexpr = N_FEATURES
-    offs_e = (tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)).to(tl.int64)
-    mask_e = offs_e < n_edges
-    offs_f = tl.program_id(1) * BLOCK_F + tl.arange(0, BLOCK_F)
-    mask_f = offs_f < F
+    offs_e, mask_e, offs_f, mask_f, vx, vy, vz, r, inv_r, envelope, d_envelope = _edge_geometry(
+        vec_ptr, n_edges, F, CUTOFF, FREQ, BLOCK_E, BLOCK_F)
     mask = mask_e[:, None] & mask_f[None, :]
-
-    vx = tl.load(vec_ptr + 3 * offs_e, mask=mask_e, other=1.0)
-    vy = tl.load(vec_ptr + 3 * offs_e + 1, mask=mask_e, other=0.0)
-    vz = tl.load(vec_ptr + 3 * offs_e + 2, mask=mask_e, other=0.0)
-    r = tl.sqrt(vx * vx + vy * vy + vz * vz)
-    inv_r = 1.0 / r
-    ux, uy, uz = vx * inv_r, vy * inv_r, vz * inv_r
-    inside = r < CUTOFF
-    envelope = tl.where(inside, 0.5 * (tl.cos(FREQ * r) + 1.0), 0.0)
-    d_envelope = tl.where(inside, -0.5 * FREQ * tl.sin(FREQ * r), 0.0)
-
     dtype = phi_ptr.dtype.element_ty
-    filter_s = tl.zeros([BLOCK_E, BLOCK_F], dtype=dtype)
-    filter_vv = tl.zeros([BLOCK_E, BLOCK_F], dtype=dtype)
-    filter_vd = tl.zeros([BLOCK_E, BLOCK_F], dtype=dtype)
-    for n in tl.static_range(N_RADIAL):
-        basis, _ = _basis_and_derivative(r, inv_r, envelope, d_envelope, n, FREQ, PREFACTOR)
-        w_row = w_ptr + n * 3 * F + offs_f
-        filter_s += basis[:, None] * tl.load(w_row, mask=mask_f, other=0.0)[None, :]
-        filter_vv += basis[:, None] * tl.load(w_row + F, mask=mask_f, other=0.0)[None, :]
-        filter_vd += basis[:, None] * tl.load(w_row + 2 * F, mask=mask_f, other=0.0)[None, :]
+    filter_s, filter_vv, filter_vd = _filters(w_ptr, r, inv_r, envelope, d_envelope, offs_f, mask_f, dtype, F,
+                                              N_RADIAL, FREQ, PREFACTOR, BLOCK_E, BLOCK_F)
+    ux, uy, uz = vx * inv_r, vy * inv_r, vz * inv_r
 
     src = tl.load(src_ptr + offs_e, mask=mask_e, other=0).to(tl.int64)
     dst = tl.load(dst_ptr + offs_e, mask=mask_e, other=0).to(tl.int64)
