@@ -14,6 +14,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 from ase import Atoms
+from ase.stress import full_3x3_to_voigt_6_stress
 from ase.calculators.calculator import Calculator, all_changes
 
 
@@ -87,7 +88,7 @@ def sha256_of_files(paths: Sequence[Path]) -> str:
 class TeacherCalculator(Calculator):
     """An ASE calculator that evaluates a `Teacher` one structure at a time (for MD)."""
 
-    implemented_properties = ["energy", "forces"]
+    implemented_properties = ["energy", "forces", "stress"]
 
     def __init__(self, teacher: Teacher):
         super().__init__()
@@ -95,5 +96,8 @@ class TeacherCalculator(Calculator):
 
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
-        out = self.teacher.compute([self.atoms])
+        with_stress = "stress" in properties and bool(self.atoms.pbc.all())
+        out = self.teacher.compute([self.atoms], compute_stress=with_stress)
         self.results = {"energy": float(out.energy_eV[0]), "forces": out.forces_eV_per_A.copy()}
+        if with_stress:
+            self.results["stress"] = full_3x3_to_voigt_6_stress(out.stress_eV_per_A3[0])
