@@ -201,7 +201,8 @@ def main(argv: list[str] | None = None) -> dict:
     settings = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor()})",
                 "cpu_count": os.cpu_count(), "torch_threads": args.torch_threads, "torch": torch.__version__,
                 "features": args.features, "radial": args.radial, "cutoff_A": args.cutoff,
-                "system": "rattled diamond Si supercells", "triton_interpreter": os.environ.get("TRITON_INTERPRET") == "1",
+                "system": "rattled diamond Si supercells",
+                "triton_interpreter": os.environ.get("TRITON_INTERPRET") == "1",
                 "paths": ",".join(args.paths)}
     report = {"benchmark": "student_kernels", "settings": settings,
               "results": [row for n_atoms in args.atoms for row in measure(n_atoms, args, device)]}

@@ -1,4 +1,4 @@
-"""Triton kernels (Bessel x cosine basis, fused edge message) vs the PyTorch references, on CPU in Triton's interpreter."""
+"""Triton kernels (Bessel x cosine basis, fused edge message) vs the PyTorch references, in Triton's CPU interpreter."""
 
 import os
 

@@ -213,7 +213,7 @@ def autotune_triton_on_gpu(model: torch.nn.Module, graphs: list[dict]) -> dict:
 
 
 def tuned_configs_from_record(record: dict, gpu_name: str) -> dict:
-    """``{(kernel, edge bucket, feature width): triton.Config}`` tuned for ``gpu_name`` in a tune record ({} if none)."""
+    """``{(kernel, edge bucket, feature width): triton.Config}`` tuned for ``gpu_name`` in a tune record, or {}."""
     from mlff_distill.kernels.edge_message import KERNELS, config_from_dict
 
     triton_record = record.get("triton")
