@@ -113,6 +113,7 @@ def fit(config: dict, store: Path, state_path: Path, logger: logging.Logger,
                 species, references)
     torch.manual_seed(config["seed"])
     model = StudentPotential(species=species, reference_energies_eV=references, **config["student"])
+    model = model.to("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when the job has one
     settings = TrainSettings(**{k: v for k, v in config["train"].items() if k not in IO_KEYS}, seed=config["seed"])
 
     fingerprint = training_fingerprint(config, store)
@@ -148,6 +149,7 @@ def run(config: dict, store: Path, checkpoint: Path, torchscript: Path, history_
                         " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
         model, history, info = fit(config, Path(store), state_path_for(checkpoint), logger, on_epoch)
+        model = model.cpu()  # checkpoints and the TorchScript file load on any machine
         n_parameters = sum(p.numel() for p in model.parameters())
         tracker.log_params({"n_parameters": n_parameters})
         best = history["epochs"][history["best_epoch"] - 1] if history["epochs"] else {}
