@@ -198,7 +198,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    settings = {"device": torch.cuda.get_device_name() if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})",
+    cpu_name = f"cpu ({platform.processor() or platform.machine()})"
+    settings = {"device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name,
                 "cpu_count": os.cpu_count(), "torch_threads": args.torch_threads, "torch": torch.__version__,
                 "features": args.features, "radial": args.radial, "cutoff_A": args.cutoff,
                 "system": "rattled diamond Si supercells",
