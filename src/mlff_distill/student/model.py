@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mlff_distill.student.neighbours import edge_vectors
@@ -27,7 +28,11 @@ def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
 
 
 class _Interaction(nn.Module):
-    """One PaiNN message + update block on scalar ``s [N, F]`` and vector ``v [N, 3, F]`` features."""
+    """One PaiNN message + update block on scalar ``s [N, F]`` and vector ``v [N, 3, F]`` features.
+
+    The edge part (`edge_messages`) keeps every ``[E, F]`` and ``[E, 3, F]`` tensor contiguous
+    and builds only the filters it uses (none for ``v`` in the first layer, where ``v`` is zero).
+    """
 
     def __init__(self, n_features: int) -> None:
         super().__init__()
@@ -37,25 +42,55 @@ class _Interaction(nn.Module):
         self.vector_v = nn.Linear(n_features, n_features, bias=False)
         self.update = _mlp(2 * n_features, n_features, 3 * n_features)
 
-    def forward(
+    def edge_messages(
         self,
-        s: torch.Tensor,
+        phi: torch.Tensor,
         v: torch.Tensor,
-        edge_filter: torch.Tensor,
+        basis: torch.Tensor,
+        radial_weight: torch.Tensor,
         edge_unit: torch.Tensor,
         edge_src: torch.Tensor,
         edge_dst: torch.Tensor,
         vectors_are_zero: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.n_features
-        x = self.message(s).index_select(0, edge_dst) * edge_filter
-        ds, dv_vector, dv_direction = x.split(f, dim=-1)
-        dv = dv_direction.unsqueeze(1) * edge_unit.unsqueeze(-1)
-        if not vectors_are_zero:
-            dv = dv + v.index_select(0, edge_dst) * dv_vector.unsqueeze(1)
-        s = s.index_add(0, edge_src, ds)
-        v = v.index_add(0, edge_src, dv)
+        """Per-atom sums ``(ds [N, F], dv [N, 3, F])`` of the messages from ``dst`` into ``src``.
 
+        ``phi [N, 3F]`` is the message MLP's output, ``basis [E, R]`` the radial basis,
+        ``radial_weight [3F, R]`` this layer's rows of ``radial_filter.weight``, ``edge_unit
+        [E, 3]`` the unit edge vectors. With ``filter_p = basis @ radial_weight_p.T``:
+        ``ds = sum phi_s[dst] filter_s`` and ``dv = sum phi_vd[dst] filter_vd u + (phi_vv v)[dst]
+        filter_vv`` (the last term only when ``v`` is not all zero).
+        """
+        f = self.n_features
+        phi_s, phi_vv, phi_vd = phi.split(f, dim=-1)
+        x_s = phi_s.index_select(0, edge_dst) * F.linear(basis, radial_weight[:f])
+        x_vd = phi_vd.index_select(0, edge_dst) * F.linear(basis, radial_weight[2 * f :])
+        if vectors_are_zero:
+            dv = edge_unit.unsqueeze(-1) * x_vd.unsqueeze(1)
+        else:
+            filter_vv = F.linear(basis, radial_weight[f : 2 * f])
+            v_dst = (v * phi_vv.unsqueeze(1)).index_select(0, edge_dst) * filter_vv.unsqueeze(1)
+            dv = torch.addcmul(v_dst, edge_unit.unsqueeze(-1), x_vd.unsqueeze(1))
+        n_atoms = phi.shape[0]
+        ds = x_s.new_zeros(n_atoms, f).index_add_(0, edge_src, x_s)
+        return ds, dv.new_zeros(n_atoms, 3, f).index_add_(0, edge_src, dv)
+
+    def forward(
+        self,
+        s: torch.Tensor,
+        v: torch.Tensor,
+        basis: torch.Tensor,
+        radial_weight: torch.Tensor,
+        edge_unit: torch.Tensor,
+        edge_src: torch.Tensor,
+        edge_dst: torch.Tensor,
+        vectors_are_zero: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        ds, dv = self.edge_messages(self.message(s), v, basis, radial_weight, edge_unit, edge_src, edge_dst,
+                                    vectors_are_zero)
+        s = s + ds
+        v = v + dv
+        f = self.n_features
         u, w = self.vector_u(v), self.vector_v(v)
         w_norm = torch.sqrt((w * w).sum(dim=1) + 1e-8)
         a_vv, a_sv, a_ss = self.update(torch.cat([s, w_norm], dim=-1)).split(f, dim=-1)
@@ -157,6 +192,31 @@ class StudentPotential(nn.Module):
 
         return bessel_cosine_basis_triton(distances_A, self.n_radial, self.cutoff_A)
 
+    def _edge_energy(
+        self,
+        species: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        vectors: torch.Tensor,
+        batch: torch.Tensor,
+        n_structures: int,
+    ) -> torch.Tensor:
+        """Energies ``[B]`` (eV, float64) from the species indices and edge vectors (Angstrom)."""
+        dtype = self.embedding.weight.dtype
+        distances = torch.linalg.vector_norm(vectors, dim=-1)
+        units = vectors / distances.unsqueeze(-1)
+        basis = self._radial_basis(distances)
+        weights = self.radial_filter.weight.split(3 * self.n_features, dim=0)
+
+        s = self.embedding(species)
+        v = s.new_zeros(len(s), 3, self.n_features)
+        for layer, interaction in enumerate(self.interactions):
+            s, v = interaction(s, v, basis, weights[layer], units, src, dst, vectors_are_zero=layer == 0)
+
+        atom_energy = (self.readout(s).squeeze(-1) * self.energy_scale_eV.to(dtype)).double()
+        atom_energy = atom_energy + self.reference_energies_eV.double()[species]
+        return atom_energy.new_zeros(n_structures).index_add_(0, batch, atom_energy)
+
     def forward(
         self,
         numbers: torch.Tensor,
@@ -179,21 +239,8 @@ class StudentPotential(nn.Module):
         batch = torch.repeat_interleave(
             torch.arange(n_structures, device=positions.device), atoms_ptr[1:] - atoms_ptr[:-1]
         )
-
         src, dst, vectors = edge_vectors(positions, cell, pbc, atoms_ptr, self.cutoff_A)
-        distances = torch.linalg.vector_norm(vectors, dim=-1)
-        units = vectors / distances.unsqueeze(-1)
-        filters = self.radial_filter(self._radial_basis(distances)).split(3 * self.n_features, dim=-1)
-
-        s = self.embedding(species)
-        v = s.new_zeros(len(s), 3, self.n_features)
-        for layer, interaction in enumerate(self.interactions):
-            s, v = interaction(s, v, filters[layer], units, src, dst, vectors_are_zero=layer == 0)
-
-        atom_energy = (self.readout(s).squeeze(-1) * self.energy_scale_eV.to(dtype)).double()
-        atom_energy = atom_energy + self.reference_energies_eV.double()[species]
-        return atom_energy.new_zeros(n_structures).index_add(0, batch, atom_energy)
-
+        return self._edge_energy(species, src, dst, vectors, batch, n_structures)
 
     @torch.jit.export
     def energy_forces_stress(
@@ -214,38 +261,40 @@ class StudentPotential(nn.Module):
         are not periodic in all three directions. The energy is float64, forces and stress are in
         the model's dtype. Use ``create_graph=True`` to train on forces; otherwise all outputs are
         detached.
+
+        The energy depends on positions and cell only through the edge vectors ``d_e = r_dst -
+        r_src + shift @ cell``, so one backward pass to ``g_e = dE/dd_e`` gives both: forces
+        ``F_i = sum_{src=i} g_e - sum_{dst=i} g_e`` and the strain derivative ``sym(sum_e d_e g_e^T)``
+        (a strain maps every ``d_e`` to ``d_e (1 + eps)``).
         """
         dtype = self.embedding.weight.dtype
         device = self.embedding.weight.device
-        positions = positions_A.detach().to(device, dtype).requires_grad_(True)
+        positions = positions_A.detach().to(device, dtype)
         cell = cell_A.detach().to(device, dtype)
         atoms_ptr = atoms_ptr.to(device, torch.long)
         pbc = pbc.to(device, torch.bool)
-        inputs = [positions]
-        strained_positions, strained_cell = positions, cell
-        if compute_stress:
-            n_structures = len(atoms_ptr) - 1
-            strain = torch.zeros((n_structures, 3, 3), dtype=dtype, device=device).requires_grad_(True)
-            symmetric = 0.5 * (strain + strain.transpose(1, 2))
-            batch = torch.repeat_interleave(torch.arange(n_structures, device=device), atoms_ptr[1:] - atoms_ptr[:-1])
-            strained_positions = positions + torch.einsum("mi,mij->mj", positions, symmetric[batch])
-            strained_cell = cell + cell @ symmetric
-            inputs.append(strain)
+        species = self._species_indices(numbers.to(device))
+        n_structures = len(atoms_ptr) - 1
+        batch = torch.repeat_interleave(torch.arange(n_structures, device=device), atoms_ptr[1:] - atoms_ptr[:-1])
+        src, dst, vectors = edge_vectors(positions, cell, pbc, atoms_ptr, self.cutoff_A)
+        vectors = vectors.requires_grad_(True)
 
-        energy = self.forward(numbers.to(device), strained_positions, strained_cell, pbc, atoms_ptr)
-        gradients = torch.autograd.grad([energy.sum()], inputs, create_graph=create_graph)
+        energy = self._edge_energy(species, src, dst, vectors, batch, n_structures)
+        gradients = torch.autograd.grad([energy.sum()], [vectors], create_graph=create_graph)
         if not create_graph:
             energy = energy.detach()
-        first = gradients[0]
-        assert first is not None
-        forces = -first
+        edge_gradient = gradients[0]
+        assert edge_gradient is not None
+        forces = positions.new_zeros(positions.shape).index_add_(0, src, edge_gradient)
+        forces = forces.index_add_(0, dst, -edge_gradient)
         stress: Optional[torch.Tensor] = None
         if compute_stress:
-            strain_gradient = gradients[1]
-            assert strain_gradient is not None
+            virial = torch.zeros((n_structures, 3, 3), dtype=dtype, device=device).index_add_(
+                0, batch[src], vectors.detach().unsqueeze(-1) * edge_gradient.unsqueeze(1)
+            )
             periodic = pbc.all(dim=1)[:, None, None]
             volume = torch.where(periodic, torch.linalg.det(cell).abs()[:, None, None], 1.0)
-            stress = torch.where(periodic, strain_gradient / volume, torch.nan)
+            stress = torch.where(periodic, 0.5 * (virial + virial.transpose(1, 2)) / volume, torch.nan)
         return energy, forces, stress
 
 
