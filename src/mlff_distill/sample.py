@@ -153,10 +153,9 @@ def extra_strategies(seeds: Sequence[Atoms], settings: dict, teacher: Teacher,
     modes = settings["normal_modes"]
     if modes["structures_per_seed"]:
         for seed in tqdm(seeds, desc="normal modes", unit="seed"):
-            for temperature in modes["temperatures_K"]:
-                groups += [[atoms] for atoms in strategies.normal_mode_samples(
-                    seed, teacher, temperature, modes["structures_per_seed"], rng,
-                    modes["delta_A"])]
+            groups += [[atoms] for atoms in strategies.normal_mode_samples(
+                seed, teacher, modes["temperatures_K"], modes["structures_per_seed"], rng,
+                modes["delta_A"])]
     return groups
 
 

@@ -249,24 +249,26 @@ def harmonic_displacements_A(masses_amu: np.ndarray, eigenvalues: np.ndarray,
     return ((amplitudes @ eigenvectors.T) * inv_sqrt_mass).reshape(count, -1, 3)
 
 
-def normal_mode_samples(seed: Atoms, teacher: Teacher, temperature_K: float, count: int,
-                        rng: np.random.Generator, delta_A: float = 0.01) -> list[Atoms]:
-    """``count`` structures displaced from ``seed`` along the teacher's normal modes with classical
-    harmonic Gaussian amplitudes at ``temperature_K`` (K); the Hessian comes from central
-    differences of teacher forces with steps of ``delta_A`` (Angstrom). Rigid, imaginary and
-    near-zero modes are skipped (see `vibrational_modes`); the seed is best a teacher minimum.
-    ``info``: ``strategy="normal-modes"``, ``temperature_K``, ``n_modes``."""
+def normal_mode_samples(seed: Atoms, teacher: Teacher, temperatures_K: float | Sequence[float],
+                        count: int, rng: np.random.Generator, delta_A: float = 0.01) -> list[Atoms]:
+    """``count`` structures per temperature (K) displaced from ``seed`` along the teacher's normal
+    modes with classical harmonic Gaussian amplitudes; the Hessian (computed once, for all
+    temperatures) comes from central differences of teacher forces with steps of ``delta_A``
+    (Angstrom). Rigid, imaginary and near-zero modes are skipped (see `vibrational_modes`); the
+    seed is best a teacher minimum. ``info``: ``strategy="normal-modes"``, ``temperature_K``,
+    ``n_modes``."""
     eigenvalues, eigenvectors = vibrational_modes(seed, teacher_hessian(seed, teacher, delta_A))
-    displacements = harmonic_displacements_A(seed.get_masses(), eigenvalues, eigenvectors,
-                                             temperature_K, count, rng)
     structures = []
-    for displacement in displacements:
-        atoms = seed.copy()
-        atoms.calc = None
-        atoms.positions += displacement
-        atoms.info = {"seed": seed.info["seed"], "strategy": "normal-modes",
-                      "temperature_K": temperature_K, "n_modes": len(eigenvalues)}
-        structures.append(atoms)
+    for temperature_K in np.atleast_1d(temperatures_K):
+        displacements = harmonic_displacements_A(seed.get_masses(), eigenvalues, eigenvectors,
+                                                 float(temperature_K), count, rng)
+        for displacement in displacements:
+            atoms = seed.copy()
+            atoms.calc = None
+            atoms.positions += displacement
+            atoms.info = {"seed": seed.info["seed"], "strategy": "normal-modes",
+                          "temperature_K": float(temperature_K), "n_modes": len(eigenvalues)}
+            structures.append(atoms)
     return structures
 
 
