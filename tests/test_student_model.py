@@ -1,5 +1,8 @@
 """Student neighbour list, potential, checkpoint and ASE calculator."""
 
+import resource
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -20,6 +23,7 @@ from mlff_distill.student import (
     neighbour_list,
     save_student,
 )
+from mlff_distill.student.calculator import AUTO_THREADS_MIN_ATOMS, keep_freed_memory
 from mlff_distill.student.neighbours import ALL_PAIRS_MAX_CANDIDATES
 
 SPECIES = [1, 6, 8, 14]
@@ -288,3 +292,64 @@ def test_calculator_runs_molecular_dynamics(model: StudentPotential, tmp_path) -
     assert np.isfinite(water.get_forces()).all()
     with pytest.raises(PropertyNotImplementedError):
         water.get_stress()
+
+
+def test_edge_gradient_forces_and_stress_equal_autograd_through_positions_and_strain(model: StudentPotential) -> None:
+    """energy_forces_stress takes one gradient to the edge vectors; it must equal -dE/dr and the
+    strain derivative of `forward` (positions and cell strained together) on a mixed batch."""
+    structures = [molecule("CH3CH2OH"), triclinic_sioh(), silicon()]
+    batch = as_batch(structures)
+    energy, forces, stress = energy_forces_stress(model, **batch, compute_stress=True)
+
+    positions = batch["positions_A"].clone().requires_grad_(True)
+    strain = torch.zeros(len(structures), 3, 3, dtype=torch.float64, requires_grad=True)
+    symmetric = 0.5 * (strain + strain.transpose(1, 2))
+    counts = batch["atoms_ptr"][1:] - batch["atoms_ptr"][:-1]
+    per_atom = symmetric.repeat_interleave(counts, dim=0)
+    strained_positions = positions + torch.einsum("mi,mij->mj", positions, per_atom)
+    strained_cell = batch["cell_A"] + batch["cell_A"] @ symmetric
+    reference = model(batch["numbers"], strained_positions, strained_cell, batch["pbc"], batch["atoms_ptr"])
+    d_positions, d_strain = torch.autograd.grad(reference.sum(), [positions, strain])
+
+    np.testing.assert_allclose(energy.numpy(), reference.detach().numpy(), rtol=1e-12)
+    np.testing.assert_allclose(forces.numpy(), -d_positions.numpy(), atol=1e-10)
+    volumes = np.array([abs(np.linalg.det(atoms.cell.array)) for atoms in structures[1:]])
+    np.testing.assert_allclose(stress[1:].numpy(), d_strain[1:].numpy() / volumes[:, None, None], atol=1e-10)
+    assert torch.isnan(stress[0]).all()
+
+
+def test_state_dict_keys_are_those_of_saved_checkpoints() -> None:
+    """Checkpoints written before the inference rework still load: same parameter names."""
+    layer = ["message.0.weight", "message.0.bias", "message.2.weight", "message.2.bias", "vector_u.weight",
+             "vector_v.weight", "update.0.weight", "update.0.bias", "update.2.weight", "update.2.bias"]
+    expected = {"reference_energies_eV", "energy_scale_eV", "embedding.weight", "radial_filter.weight",
+                "readout.0.weight", "readout.0.bias", "readout.2.weight", "readout.2.bias"}
+    expected |= {f"interactions.{i}.{name}" for i in range(2) for name in layer}
+    assert set(StudentPotential(species=SPECIES, n_interactions=2).state_dict()) == expected
+
+
+def test_calculator_threads(model: StudentPotential) -> None:
+    before = torch.get_num_threads()  # 1, from the single_thread fixture
+    torch.set_num_threads(2)
+    automatic = StudentCalculator(model)
+    torch.set_num_threads(before)
+    assert automatic.threads_for(10) == 1
+    assert automatic.threads_for(AUTO_THREADS_MIN_ATOMS) == 2
+    assert StudentCalculator(model, threads=3).threads_for(10) == 3
+    with pytest.raises(ValueError, match="threads"):
+        StudentCalculator(model, threads=0)
+    atoms = triclinic_sioh()
+    atoms.calc = StudentCalculator(model, threads=2)
+    atoms.get_forces()
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning, Linux only")
+def test_keep_freed_memory_stops_page_faults_on_reallocation() -> None:
+    """After keep_freed_memory, a large tensor allocated again reuses the freed pages."""
+    assert keep_freed_memory()
+    n_floats = 16 << 20  # 64 MB, above glibc's largest default mmap threshold (32 MB)
+    torch.empty(n_floats).fill_(1.0)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.empty(n_floats).fill_(2.0)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults < n_floats * 4 // 4096 // 10

@@ -176,8 +176,11 @@ def edge_vectors(
     with respect to positions and cell, so forces and stress follow by autograd.
     """
     src, dst, shifts = neighbour_list(positions_A, cell_A, pbc, atoms_ptr, cutoff_A)
-    n_atoms = atoms_ptr[1:] - atoms_ptr[:-1]
-    batch = torch.repeat_interleave(torch.arange(len(n_atoms), device=positions_A.device), n_atoms)
-    image = torch.einsum("ei,eij->ej", shifts.to(positions_A.dtype), cell_A[batch[src]])
-    return src, dst, positions_A[dst] - positions_A[src] + image
+    if len(atoms_ptr) == 2:  # one structure: one small matrix product instead of E of them
+        image = shifts.to(positions_A.dtype) @ cell_A[0]
+    else:
+        n_atoms = atoms_ptr[1:] - atoms_ptr[:-1]
+        batch = torch.repeat_interleave(torch.arange(len(n_atoms), device=positions_A.device), n_atoms)
+        image = torch.einsum("ei,eij->ej", shifts.to(positions_A.dtype), cell_A[batch[src]])
+    return src, dst, positions_A.index_select(0, dst) - positions_A.index_select(0, src) + image
 
