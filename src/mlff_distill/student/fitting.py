@@ -72,7 +72,8 @@ class TrainSettings:
     ``final_lr_fraction * learning_rate`` at the last epoch (updated every step). ``ema_decay`` is
     the per-step decay of an exponential moving average of the weights (0 = off); when on,
     validation and the returned model use the averaged weights. ``max_minutes`` caps the
-    wall-clock time and ``patience`` the number of epochs without a better validation loss
+    wall-clock time (when the measured time per epoch says fewer than ``epochs`` fit, the cosine is
+    shortened to end with the time; the run is then no longer reproducible to the bit) and ``patience`` the number of epochs without a better validation loss
     (``None`` = no limit); either stops training after a validation. ``stress_weight`` weighs the
     MSE of the stress components of periodic structures divided by the training set's RMS stress
     (dimensionless). ``shuffle_buffer_blocks`` is the number of store blocks pooled and shuffled
@@ -244,11 +245,14 @@ def train_student(
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     steps_per_epoch = math.ceil(train.n_structures / settings.batch_size)
     warmup_steps = settings.warmup_epochs * steps_per_epoch
-    decay_steps = max(1, settings.epochs * steps_per_epoch - warmup_steps)
+    # The cosine decays over `horizon_epochs`: `epochs`, or fewer when `max_minutes` will not allow
+    # them (re-estimated after every epoch), so that a time-capped run still ends at a low rate.
+    horizon_epochs = [settings.epochs]
 
     def lr_factor(step: int) -> float:
         if step < warmup_steps:
             return (step + 1) / warmup_steps
+        decay_steps = max(1, horizon_epochs[0] * steps_per_epoch - warmup_steps)
         progress = min(1.0, (step - warmup_steps) / decay_steps)
         return settings.final_lr_fraction + (1 - settings.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -272,6 +276,7 @@ def train_student(
         history, best_state = copy.deepcopy(resume_from["history"]), copy.deepcopy(resume_from["best_state"])
         first_epoch = settings.epochs + 1 if resume_from["finished"] else resume_from["epoch"] + 1
         elapsed = resume_from["elapsed_s"]
+        horizon_epochs[0] = resume_from["horizon_epochs"]
 
     start_time = time.monotonic() - elapsed
     for epoch in range(first_epoch, settings.epochs + 1):
@@ -299,6 +304,10 @@ def train_student(
         if metrics["val_loss"] < history["best_val_loss"]:
             history["best_epoch"], history["best_val_loss"] = epoch, metrics["val_loss"]
             best_state = copy.deepcopy(evaluated.state_dict())
+        if settings.max_minutes is not None:
+            seconds_per_epoch = (time.monotonic() - start_time) / epoch
+            affordable = int(60 * settings.max_minutes / seconds_per_epoch)
+            horizon_epochs[0] = max(epoch + 1, min(horizon_epochs[0], affordable))
         stop = None
         if out_of_time:
             stop = "max_minutes"
@@ -313,6 +322,7 @@ def train_student(
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
                 "history": history, "best_state": best_state, "elapsed_s": time.monotonic() - start_time,
+                "horizon_epochs": horizon_epochs[0],
             }))
         if stop is not None:
             break
