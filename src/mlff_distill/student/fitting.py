@@ -276,7 +276,7 @@ def train_student(
         history, best_state = copy.deepcopy(resume_from["history"]), copy.deepcopy(resume_from["best_state"])
         first_epoch = settings.epochs + 1 if resume_from["finished"] else resume_from["epoch"] + 1
         elapsed = resume_from["elapsed_s"]
-        horizon_epochs[0] = resume_from["horizon_epochs"]
+        horizon_epochs[0] = resume_from.get("horizon_epochs", settings.epochs)
 
     start_time = time.monotonic() - elapsed
     for epoch in range(first_epoch, settings.epochs + 1):
