@@ -28,8 +28,8 @@ def keep_freed_memory(threshold_bytes: int = KEEP_FREED_MEMORY_BYTES) -> bool:
     """Make glibc's malloc reuse freed memory for blocks up to ``threshold_bytes`` (bytes).
 
     By default glibc returns blocks above 32 MB (and heap tops above 64 MB) to the kernel on
-    ``free``, so every large tensor of every call is mapped afresh and page-faulted in, which on a
-    CPU costs as much as the arithmetic (2-3x the student's time per call at 512-2048 atoms). With
+    ``free``, so every large tensor of every call is mapped afresh and page-faulted in: measured
+    on 2 CPU cores, the student's calls at 512-2048 atoms took about 1.5-2x as long that way. With
     this, the memory of one call is kept by the process and reused by the next: its resident
     memory stays at the peak of the largest call. Process-wide; returns False (and changes
     nothing) where the C library is not glibc.

@@ -59,7 +59,9 @@ class _Interaction(nn.Module):
         ``radial_weight [3F, R]`` this layer's rows of ``radial_filter.weight``, ``edge_unit
         [E, 3]`` the unit edge vectors. With ``filter_p = basis @ radial_weight_p.T``:
         ``ds = sum phi_s[dst] filter_s`` and ``dv = sum phi_vd[dst] filter_vd u + (phi_vv v)[dst]
-        filter_vv`` (the last term only when ``v`` is not all zero).
+        filter_vv`` (the last term only when ``v`` is not all zero). This is the part an
+        accelerated backend replaces (`mlff_distill.student.edge_message` computes the same from
+        the edge vectors and ``radial_weight.T``).
         """
         f = self.n_features
         phi_s, phi_vv, phi_vd = phi.split(f, dim=-1)
@@ -86,6 +88,7 @@ class _Interaction(nn.Module):
         edge_dst: torch.Tensor,
         vectors_are_zero: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(s, v)`` after this block's messages (`edge_messages`) and its per-atom update."""
         ds, dv = self.edge_messages(self.message(s), v, basis, radial_weight, edge_unit, edge_src, edge_dst,
                                     vectors_are_zero)
         s = s + ds
