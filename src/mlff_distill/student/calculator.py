@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -34,10 +33,8 @@ def keep_freed_memory(threshold_bytes: int = KEEP_FREED_MEMORY_BYTES) -> bool:
     memory stays at the peak of the largest call. Process-wide; returns False (and changes
     nothing) where the C library is not glibc.
     """
-    name = ctypes.util.find_library("c")
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process already uses
     except (OSError, AttributeError, TypeError):
         return False
     return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes))) and bool(mallopt(_M_TRIM_THRESHOLD, int(threshold_bytes)))
