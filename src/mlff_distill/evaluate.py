@@ -183,7 +183,7 @@ def check_acceptance(metrics_file: Path, strict: bool, verdict_file: Path, log_f
 
 def time_test_structures(teacher: Any, model: Any, inference_path: str,
                           structures: Sequence[Atoms], repeats: int) -> dict[str, float]:
-    """Teacher and student (eager, or ``torch.compile`` when that path was chosen) in seconds per
+    """Teacher and student (`StudentCalculator`, eager PyTorch on the CPU) in seconds per
     structure by `seconds_per_structure`, energy and forces one structure per call, and the ratio."""
     import torch
 
@@ -191,8 +191,6 @@ def time_test_structures(teacher: Any, model: Any, inference_path: str,
 
     teacher_s = seconds_per_structure(lambda a: teacher.compute([a]), structures, repeats)
     calculator = StudentCalculator(model)
-    if inference_path == "torch_compile":
-        calculator.model = torch.compile(model, dynamic=True)
 
     def student_call(atoms: Atoms) -> None:
         calculator.calculate(atoms, ["energy", "forces"])
@@ -239,7 +237,7 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
     from mlff_distill.logs import stage_logger
     from mlff_distill.report import build_report
     from mlff_distill.store import read_labels, store_attrs
-    from mlff_distill.student import load_student
+    from mlff_distill.student import StudentCalculator, load_student
     from mlff_distill.student.fitting import predict
     from mlff_distill.teachers import load_teacher
     from mlff_distill.tracking import PipelineRun, finish_pipeline_run, stage_run
@@ -252,7 +250,9 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
         if test.n_structures == 0:
             raise ValueError(f"{store}: the test split is empty; raise sample.test_fraction")
         model, _ = load_student(checkpoint)
-        chosen = json.loads(Path(inference_path_file).read_text())["chosen_path"]
+        # The path the student runs here: the tune stage's choice where this machine can take it
+        # (Triton needs a CUDA device; torch.compile is not applied inside the calculator).
+        chosen = StudentCalculator(model, tuned_kernels=inference_path_file).inference_path
         periodic = bool(test.pbc.all(axis=1).any())
         predictions = predict(model, test, compute_stress=periodic)
         metrics = accuracy(test, predictions, energy_std_of_split(store, "test"))

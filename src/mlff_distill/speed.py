@@ -217,8 +217,9 @@ def speed_rows(config: dict, teacher, student: torch.nn.Module, inference_path: 
     """The evaluate stage's speed step: `compare_speed` rows for systems of
     ``evaluate.speed.sizes`` atoms (default `SPEED_DEFAULTS`) built from the run's seeds
     (``sample:``; the sampled ``structures`` when the config names no seeds), ``timing_repeats``
-    calls each. ``teacher`` is a `Teacher`, ``student`` a `StudentPotential`, compiled with
-    ``torch.compile`` when ``inference_path`` is ``"torch_compile"``."""
+    calls each. ``teacher`` is a `Teacher`, ``student`` a `StudentPotential` run by
+    `StudentCalculator` on the CPU in eager PyTorch (``inference_path`` is recorded by the caller;
+    a ``"torch_compile"`` choice is not applied inside the calculator)."""
     from mlff_distill.sample import seed_structures
     from mlff_distill.student import StudentCalculator
     from mlff_distill.teachers import TeacherCalculator
@@ -227,7 +228,5 @@ def speed_rows(config: dict, teacher, student: torch.nn.Module, inference_path: 
     seeds = seed_structures(config["sample"]) or list(structures)
     systems = build_timing_systems(seeds, settings["sizes"], float(student.cutoff_A), config["seed"])
     calculator = StudentCalculator(student)
-    if inference_path == "torch_compile":
-        calculator.model = torch.compile(student, dynamic=True)
     return compare_speed(TeacherCalculator(teacher), calculator, systems,
                          config["evaluate"]["timing_repeats"], settings["warmup"])

@@ -55,12 +55,17 @@ class StudentCalculator(Calculator):
             ``torch.get_num_threads()`` as it was when the calculator was made.
         keep_memory: call `keep_freed_memory` (process-wide, glibc only) so that large tensors
             are not page-faulted in afresh on every call.
+        tuned_kernels: the tune stage's ``inference_path.json``: its Triton configs for this GPU
+            are installed, and where it chose ``"triton"`` and the device is CUDA the model runs on
+            the fused edge-message kernels. Otherwise eager PyTorch (a ``"torch_compile"`` choice
+            is not applied here). The path taken is the attribute ``inference_path``.
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
     def __init__(self, model: Union[StudentPotential, str, Path], device: str = "cpu",
-                 threads: Optional[int] = None, keep_memory: bool = True, **kwargs: Any) -> None:
+                 threads: Optional[int] = None, keep_memory: bool = True,
+                 tuned_kernels: Optional[Union[str, Path]] = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be a positive number of torch threads or None, got {threads}")
@@ -72,6 +77,13 @@ class StudentCalculator(Calculator):
         self.max_threads = torch.get_num_threads()
         if keep_memory and self.device.type == "cpu":
             keep_freed_memory()
+        self.inference_path = "eager"
+        if tuned_kernels is not None:
+            from mlff_distill.inference_path import load_tuned_kernels
+
+            if load_tuned_kernels(tuned_kernels)["chosen_path"] == "triton" and self.device.type == "cuda":
+                self.model.radial_backend = "triton"
+                self.inference_path = "triton"
 
     def threads_for(self, n_atoms: int) -> int:
         """Torch threads used for a structure of ``n_atoms`` atoms."""

@@ -91,6 +91,11 @@ class _Interaction(nn.Module):
         """``(s, v)`` after this block's messages (`edge_messages`) and its per-atom update."""
         ds, dv = self.edge_messages(self.message(s), v, basis, radial_weight, edge_unit, edge_src, edge_dst,
                                     vectors_are_zero)
+        return self.update_atoms(s, v, ds, dv)
+
+    def update_atoms(self, s: torch.Tensor, v: torch.Tensor, ds: torch.Tensor,
+                     dv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The per-atom part of the block: add the summed messages, then PaiNN's update."""
         s = s + ds
         v = v + dv
         f = self.n_features
@@ -113,8 +118,9 @@ class StudentPotential(nn.Module):
             or missing for a species. Usually from `fitting.fit_reference_energies`.
         energy_scale_eV: scale of the learned per-atom energy (eV), e.g. the RMS of the per-atom
             energy residual or of the force components of the training set.
-        radial_backend: ``"torch"`` (reference) or ``"triton"`` (GPU kernel); a runtime
-            choice, also settable later as the attribute ``radial_backend``.
+        radial_backend: ``"torch"`` (eager PyTorch) or ``"triton"`` (the fused edge-message
+            kernels of `mlff_distill.kernels.edge_message`, for CUDA GPUs); a runtime choice, also
+            settable later as the attribute ``radial_backend``.
 
     Layout: species embedding -> ``n_interactions`` PaiNN blocks on scalar ``[N, F]`` and vector
     ``[N, 3, F]`` features -> scalar MLP readout ``F -> F/2 -> 1`` per atom, summed per structure.
@@ -181,19 +187,23 @@ class StudentPotential(nn.Module):
             raise ValueError("unknown species: atomic number(s) " + str(unknown) + "; model knows " + str(self.species))
         return index
 
-    def _radial_basis(self, distances_A: torch.Tensor) -> torch.Tensor:
-        if self.radial_backend == "torch":
-            return bessel_cosine_basis(distances_A, self.n_radial, self.cutoff_A)
-        if self.radial_backend == "triton" and not torch.jit.is_scripting():
-            return self._triton_radial_basis(distances_A)
-        raise ValueError("unknown radial_backend '" + self.radial_backend + "'; use 'torch' or 'triton' "
-                         "(TorchScript: 'torch' only)")
-
     @torch.jit.unused
-    def _triton_radial_basis(self, distances_A: torch.Tensor) -> torch.Tensor:
-        from mlff_distill.kernels.bessel_cosine import bessel_cosine_basis_triton
+    def _triton_features(self, species: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                         vectors: torch.Tensor) -> torch.Tensor:
+        """Scalar features after the interactions, with the fused Triton edge-message kernels
+        (`mlff_distill.kernels.edge_message`: distance, basis, filter, product and scatter in one
+        pass over the edges, forward and backward)."""
+        from mlff_distill.student.edge_message import edge_message
 
-        return bessel_cosine_basis_triton(distances_A, self.n_radial, self.cutoff_A)
+        weights = self.radial_filter.weight.split(3 * self.n_features, dim=0)
+        s = self.embedding(species)
+        v = s.new_zeros(len(s), 3, self.n_features)
+        for layer, interaction in enumerate(self.interactions):
+            ds, dv = edge_message(interaction.message(s), None if layer == 0 else v, vectors,
+                                  weights[layer].t(), src, dst, len(s), self.cutoff_A, self.n_radial,
+                                  backend="triton")
+            s, v = interaction.update_atoms(s, v, ds, dv)
+        return s
 
     def _edge_energy(
         self,
@@ -206,15 +216,20 @@ class StudentPotential(nn.Module):
     ) -> torch.Tensor:
         """Energies ``[B]`` (eV, float64) from the species indices and edge vectors (Angstrom)."""
         dtype = self.embedding.weight.dtype
-        distances = torch.linalg.vector_norm(vectors, dim=-1)
-        units = vectors / distances.unsqueeze(-1)
-        basis = self._radial_basis(distances)
-        weights = self.radial_filter.weight.split(3 * self.n_features, dim=0)
-
-        s = self.embedding(species)
-        v = s.new_zeros(len(s), 3, self.n_features)
-        for layer, interaction in enumerate(self.interactions):
-            s, v = interaction(s, v, basis, weights[layer], units, src, dst, vectors_are_zero=layer == 0)
+        if self.radial_backend == "triton" and not torch.jit.is_scripting():
+            s = self._triton_features(species, src, dst, vectors)
+        elif self.radial_backend == "torch":
+            distances = torch.linalg.vector_norm(vectors, dim=-1)
+            units = vectors / distances.unsqueeze(-1)
+            basis = bessel_cosine_basis(distances, self.n_radial, self.cutoff_A)
+            weights = self.radial_filter.weight.split(3 * self.n_features, dim=0)
+            s = self.embedding(species)
+            v = s.new_zeros(len(s), 3, self.n_features)
+            for layer, interaction in enumerate(self.interactions):
+                s, v = interaction(s, v, basis, weights[layer], units, src, dst, vectors_are_zero=layer == 0)
+        else:
+            raise ValueError("unknown radial_backend '" + self.radial_backend + "'; use 'torch' or 'triton' "
+                             "(TorchScript: 'torch' only)")
 
         atom_energy = (self.readout(s).squeeze(-1) * self.energy_scale_eV.to(dtype)).double()
         atom_energy = atom_energy + self.reference_energies_eV.double()[species]
