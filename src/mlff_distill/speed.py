@@ -166,7 +166,7 @@ def time_calls(calculator: Calculator, atoms: Atoms, repeats: int, warmup: int =
             torch.cuda.synchronize()
         if call >= warmup:
             seconds.append(time.perf_counter() - start)
-    rss_peak_MB = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before_kB, 0) / 1024
+    rss_peak_MB = max(_peak_rss_kB() - rss_before_kB, 0) / 1024
     cuda_peak_MB = (torch.cuda.max_memory_allocated() - cuda_before) / 2**20 if cuda else None
     median_s = statistics.median(seconds)
     return {"n_atoms": len(atoms), "median_ms": 1e3 * median_s,
@@ -182,6 +182,20 @@ def _reset_peak_rss_kB() -> int:
     try:
         with open("/proc/self/clear_refs", "w") as handle:
             handle.write("5")
+    except OSError:
+        pass
+    return _peak_rss_kB()
+
+
+def _peak_rss_kB() -> int:
+    """This process's peak resident memory in kB: ``VmHWM`` of ``/proc/self/status`` (the value
+    ``clear_refs`` resets), else ``getrusage``'s ``ru_maxrss``, which also keeps the peaks of exited
+    threads and so cannot be reset."""
+    try:
+        with open("/proc/self/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
