@@ -9,8 +9,11 @@ a cell shift), distances ``r`` and unit vectors ``u``:
 - ``dv[i] = sum_{e: src=i} (x_vd[e] u[e] + x_vv[e] v[dst[e]])``, ``[N, 3, F]`` (the ``v`` term only
   when ``v`` is given).
 
-`edge_message_torch` is the PyTorch reference (TorchScript-compatible); `edge_message` dispatches
-to it or to the fused Triton kernels of `mlff_distill.kernels.edge_message`.
+`edge_messages_from_basis` is the PyTorch computation from the basis and unit vectors (what the
+student's eager path calls, every ``[E, F]`` and ``[E, 3, F]`` tensor contiguous, no ``v`` filter
+when ``v`` is zero); `edge_message_torch` is the reference from the edge vectors
+(TorchScript-compatible); `edge_message` dispatches to it or to the fused Triton kernels of
+`mlff_distill.kernels.edge_message`.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 
 from mlff_distill.student.radial import bessel_cosine_basis
 
@@ -47,17 +51,37 @@ def edge_message_torch(
         cutoff_A: radial cutoff, Angstrom.
         n_radial: number of Bessel basis functions.
     """
-    f = phi.shape[1] // 3
     distances = torch.linalg.vector_norm(vectors_A, dim=-1)
     units = vectors_A / distances.unsqueeze(-1)
-    edge_filter = bessel_cosine_basis(distances, n_radial, cutoff_A) @ radial_weight
-    x = phi.index_select(0, dst) * edge_filter
-    x_s, x_vv, x_vd = x.split(f, dim=-1)
-    dv = x_vd.unsqueeze(1) * units.unsqueeze(-1)
-    if v is not None:
-        dv = dv + v.index_select(0, dst) * x_vv.unsqueeze(1)
-    ds = phi.new_zeros(n_atoms, f).index_add(0, src, x_s)
-    return ds, phi.new_zeros(n_atoms, 3, f).index_add(0, src, dv)
+    basis = bessel_cosine_basis(distances, n_radial, cutoff_A)
+    return edge_messages_from_basis(phi, v, basis, radial_weight.t(), units, src, dst, n_atoms)
+
+
+def edge_messages_from_basis(
+    phi: torch.Tensor,
+    v: Optional[torch.Tensor],
+    basis: torch.Tensor,
+    radial_weight: torch.Tensor,
+    edge_unit: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    n_atoms: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ds [N, F], dv [N, 3, F])`` from the radial ``basis [E, R]``, this layer's rows of
+    ``radial_filter.weight`` ``radial_weight [3F, R]`` and the unit edge vectors ``edge_unit
+    [E, 3]``; ``phi``, ``v``, ``src``, ``dst`` as in `edge_message_torch`."""
+    f = phi.shape[1] // 3
+    phi_s, phi_vv, phi_vd = phi.split(f, dim=-1)
+    x_s = phi_s.index_select(0, dst) * F.linear(basis, radial_weight[:f])
+    x_vd = phi_vd.index_select(0, dst) * F.linear(basis, radial_weight[2 * f :])
+    if v is None:
+        dv = edge_unit.unsqueeze(-1) * x_vd.unsqueeze(1)
+    else:
+        filter_vv = F.linear(basis, radial_weight[f : 2 * f])
+        v_dst = (v * phi_vv.unsqueeze(1)).index_select(0, dst) * filter_vv.unsqueeze(1)
+        dv = torch.addcmul(v_dst, edge_unit.unsqueeze(-1), x_vd.unsqueeze(1))
+    ds = x_s.new_zeros(n_atoms, f).index_add_(0, src, x_s)
+    return ds, dv.new_zeros(n_atoms, 3, f).index_add_(0, src, dv)
 
 
 def edge_message(

@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Any, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from mlff_distill.student.edge_message import edge_messages_from_basis
 from mlff_distill.student.neighbours import edge_vectors
 from mlff_distill.student.radial import bessel_cosine_basis
 
@@ -30,8 +30,8 @@ def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
 class _Interaction(nn.Module):
     """One PaiNN message + update block on scalar ``s [N, F]`` and vector ``v [N, 3, F]`` features.
 
-    The edge part (`edge_messages`) keeps every ``[E, F]`` and ``[E, 3, F]`` tensor contiguous
-    and builds only the filters it uses (none for ``v`` in the first layer, where ``v`` is zero).
+    The edge part is `mlff_distill.student.edge_message.edge_messages_from_basis` (the same
+    function the Triton kernels are tested against); the per-atom part is `update_atoms`.
     """
 
     def __init__(self, n_features: int) -> None:
@@ -41,41 +41,6 @@ class _Interaction(nn.Module):
         self.vector_u = nn.Linear(n_features, n_features, bias=False)
         self.vector_v = nn.Linear(n_features, n_features, bias=False)
         self.update = _mlp(2 * n_features, n_features, 3 * n_features)
-
-    def edge_messages(
-        self,
-        phi: torch.Tensor,
-        v: torch.Tensor,
-        basis: torch.Tensor,
-        radial_weight: torch.Tensor,
-        edge_unit: torch.Tensor,
-        edge_src: torch.Tensor,
-        edge_dst: torch.Tensor,
-        vectors_are_zero: bool,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-atom sums ``(ds [N, F], dv [N, 3, F])`` of the messages from ``dst`` into ``src``.
-
-        ``phi [N, 3F]`` is the message MLP's output, ``basis [E, R]`` the radial basis,
-        ``radial_weight [3F, R]`` this layer's rows of ``radial_filter.weight``, ``edge_unit
-        [E, 3]`` the unit edge vectors. With ``filter_p = basis @ radial_weight_p.T``:
-        ``ds = sum phi_s[dst] filter_s`` and ``dv = sum phi_vd[dst] filter_vd u + (phi_vv v)[dst]
-        filter_vv`` (the last term only when ``v`` is not all zero). This is the part an
-        accelerated backend replaces (`mlff_distill.student.edge_message` computes the same from
-        the edge vectors and ``radial_weight.T``).
-        """
-        f = self.n_features
-        phi_s, phi_vv, phi_vd = phi.split(f, dim=-1)
-        x_s = phi_s.index_select(0, edge_dst) * F.linear(basis, radial_weight[:f])
-        x_vd = phi_vd.index_select(0, edge_dst) * F.linear(basis, radial_weight[2 * f :])
-        if vectors_are_zero:
-            dv = edge_unit.unsqueeze(-1) * x_vd.unsqueeze(1)
-        else:
-            filter_vv = F.linear(basis, radial_weight[f : 2 * f])
-            v_dst = (v * phi_vv.unsqueeze(1)).index_select(0, edge_dst) * filter_vv.unsqueeze(1)
-            dv = torch.addcmul(v_dst, edge_unit.unsqueeze(-1), x_vd.unsqueeze(1))
-        n_atoms = phi.shape[0]
-        ds = x_s.new_zeros(n_atoms, f).index_add_(0, edge_src, x_s)
-        return ds, dv.new_zeros(n_atoms, 3, f).index_add_(0, edge_src, dv)
 
     def forward(
         self,
@@ -88,9 +53,10 @@ class _Interaction(nn.Module):
         edge_dst: torch.Tensor,
         vectors_are_zero: bool,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(s, v)`` after this block's messages (`edge_messages`) and its per-atom update."""
-        ds, dv = self.edge_messages(self.message(s), v, basis, radial_weight, edge_unit, edge_src, edge_dst,
-                                    vectors_are_zero)
+        """``(s, v)`` after this block's messages (`edge_messages_from_basis`) and its per-atom update."""
+        v_in: Optional[torch.Tensor] = None if vectors_are_zero else v
+        ds, dv = edge_messages_from_basis(self.message(s), v_in, basis, radial_weight, edge_unit, edge_src,
+                                          edge_dst, s.shape[0])
         return self.update_atoms(s, v, ds, dv)
 
     def update_atoms(self, s: torch.Tensor, v: torch.Tensor, ds: torch.Tensor,
