@@ -111,14 +111,14 @@ def copper_store(path, teacher):
     return structures
 
 
-def fixed_speed_rows(config, teacher, student, inference_path, structures):
+def fixed_speed_rows(config, teacher, student_calculator, structures):
     """Stands in for `mlff_distill.speed.speed_rows` (the plug-in contract, not its numbers)."""
-    assert len(structures) == 6 and inference_path == "eager"
+    assert len(structures) == 6 and student_calculator.inference_path == "eager"
     return [{"n_atoms": 64, "teacher_ms": 20.0, "student_ms": 2.0},
             {"n_atoms": 512, "teacher_ms": 150.0, "student_ms": 9.0}]
 
 
-def fixed_md_validation(config, teacher, student, inference_path, structures):
+def fixed_md_validation(config, teacher, student_calculator, structures):
     """Stands in for `mlff_distill.md_validation.md_validation`."""
     return {"drift": [{"model": "student", "drift_eV_per_atom_per_ps": 1e-4}],
             "rdf": {"r_A": [1.0, 2.0, 3.0], "g_teacher": [0.0, 2.0, 1.0],

@@ -116,11 +116,11 @@ def _md_config(**md):
 
 
 def _teacher_and_student():
-    from mlff_distill.student import StudentPotential
+    from mlff_distill.student import StudentCalculator, StudentPotential
     from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
 
     return (AseCalculatorTeacher("ase.calculators.emt:EMT", species=(1, 6, 8)),
-            StudentPotential(species=(1, 6, 8), cutoff_A=4.0, n_features=8))
+            StudentCalculator(StudentPotential(species=(1, 6, 8), cutoff_A=4.0, n_features=8)))
 
 
 def test_md_validation_step_starts_from_teacher_md_frames(single_thread):
@@ -133,7 +133,7 @@ def test_md_validation_step_starts_from_teacher_md_frames(single_thread):
         frame = molecule(name)
         frame.info = {"seed": name, "strategy": "md", "temperature_K": temperature_K}
         frames.append(frame)
-    result = md_validation(_md_config(), *_teacher_and_student(), "eager", frames)
+    result = md_validation(_md_config(), *_teacher_and_student(), frames)
     assert [(row["model"], row["start"]) for row in result["drift"]] == [
         ("student", "H2O"), ("student", "CH4"), ("teacher", "H2O")]
     assert result["drift"][1]["temperature_K"] == 800.0
@@ -148,7 +148,7 @@ def test_md_validation_step_starts_from_teacher_md_frames(single_thread):
 def test_md_validation_skips_a_teacher_over_its_budget(single_thread):
     from mlff_distill.md_validation import md_validation
 
-    result = md_validation(_md_config(teacher_budget_s=0.0), *_teacher_and_student(), "eager", [])
+    result = md_validation(_md_config(teacher_budget_s=0.0), *_teacher_and_student(), [])
     teacher_rows = [row for row in result["drift"] if row["model"] == "teacher"]
     assert teacher_rows and all(row["reason"].startswith("not run") for row in teacher_rows)
     assert [row["start"] for row in result["drift"] if row["model"] == "student"] == ["H2O", "CH4"]

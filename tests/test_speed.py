@@ -157,7 +157,7 @@ def test_speed_rows_for_the_evaluate_stage_use_the_runs_seeds(single_thread):
     config["evaluate"]["speed"] = {"sizes": [32, 108]}
     teacher = AseCalculatorTeacher("ase.calculators.emt:EMT", species=(29,))
     student = StudentPotential(species=(29,), cutoff_A=4.0, n_features=8)
-    rows = speed_rows(config, teacher, student, "eager", [])
+    rows = speed_rows(config, teacher, StudentCalculator(student), [])
     assert [row["n_atoms"] for row in rows] == [32, 108]
     assert {row["system"] for row in rows} == {"Cu-fcc"}
     assert all(row["teacher_ms"] > 0 and row["student_ms"] > 0 for row in rows)

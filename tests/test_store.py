@@ -12,7 +12,8 @@ from ase.build import bulk, molecule
 
 from mlff_distill.data import LabeledArrays, concatenate_structures
 from mlff_distill.store import (
-    ARRAYS, SPLIT_CODES, combine_shards, marker_path, read_labels, read_marker, read_shard,
+    ARRAYS, EXCLUDED_CODE, SPLIT_CODES, combine_shards, marker_path, max_atom_force_eV_per_A, read_labels,
+    read_marker, read_shard,
     shard_is_complete, store_attrs, write_shard,
 )
 
@@ -81,7 +82,7 @@ def test_round_trip_through_shards_and_store(two_shards, tmp_path):
     attrs = store_attrs(store)
     assert attrs["teacher"] == {"name": "fennol-pmc/ani1x"} and attrs["config_sha256"] == "abc"
     assert (attrs["n_structures"], attrs["n_atoms"]) == (5, 23)
-    assert attrs["split_codes"] == SPLIT_CODES
+    assert attrs["split_codes"] == {**SPLIT_CODES, "excluded": EXCLUDED_CODE}
     assert set(attrs["units"]) == set(ARRAYS)
     assert attrs["units"]["forces_eV_per_A"] == "eV/Angstrom" and attrs["units"]["energy_eV"] == "eV"
 
@@ -186,3 +187,28 @@ def test_marker_extra_and_an_empty_shard_combine(tmp_path):
     assert labels.n_structures == 1 and labels.atoms_ptr.tolist() == [0, 5]
     with pytest.raises(ValueError, match="may not set the marker's own keys"):
         write_shard(full, shard_arrays([molecule("CH4")], ["train"], 0, seed=0), extra={"sha256": "x"})
+
+
+def test_structures_over_the_force_limit_are_stored_but_excluded(two_shards, tmp_path):
+    paths, arrays, structures = two_shards
+    forces = np.concatenate([a["forces_eV_per_A"] for a in arrays])
+    ptr = np.concatenate([[0], np.cumsum([len(a) for a in structures])])
+    largest = max_atom_force_eV_per_A(forces, ptr)
+    assert largest[0] == pytest.approx(np.linalg.norm(forces[:5], axis=1).max())
+    limit = float(np.sort(largest)[-2])  # the two strongest structures reach it
+    store = tmp_path / "labels.zarr"
+    excluded = combine_shards(paths, store, {}, max_force_eV_per_A=limit)
+    assert sorted(excluded) == sorted(np.argsort(largest)[-2:].tolist())
+    assert read_labels(store).n_structures == 5  # labels kept
+    kept = sum(read_labels(store, split).n_structures for split in SPLIT_CODES)
+    assert kept == 3
+    assert store_attrs(store)["max_force_eV_per_A"] == limit
+    assert store_attrs(store)["split_codes"]["excluded"] == EXCLUDED_CODE
+    assert read_shard(paths[0])["split"].tolist() == [0, 1, 0]  # shards keep their splits
+    assert combine_shards(paths, store, {}) == [] and sum(
+        read_labels(store, split).n_structures for split in SPLIT_CODES) == 5
+
+
+def test_max_atom_force_of_a_structure_without_atoms_is_zero():
+    forces = np.array([[3.0, 4.0, 0.0], [0.0, 0.0, 1.0]])
+    np.testing.assert_allclose(max_atom_force_eV_per_A(forces, np.array([0, 0, 2, 2])), [0.0, 5.0, 0.0])

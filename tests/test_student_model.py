@@ -8,7 +8,7 @@ import pytest
 import torch
 from ase import Atoms, units
 from ase.build import bulk, molecule
-from ase.calculators.calculator import PropertyNotImplementedError
+from ase.calculators.calculator import PropertyNotImplementedError, all_changes
 from ase.calculators.emt import EMT
 from ase.md.verlet import VelocityVerlet
 from ase.neighborlist import neighbor_list
@@ -24,7 +24,7 @@ from mlff_distill.student import (
     save_student,
 )
 from mlff_distill.student.calculator import AUTO_THREADS_MIN_ATOMS, keep_freed_memory
-from mlff_distill.student.neighbours import ALL_PAIRS_MAX_CANDIDATES
+from mlff_distill.student.neighbours import ALL_PAIRS_MAX_CANDIDATES, pairs_of_one_structure
 
 SPECIES = [1, 6, 8, 14]
 
@@ -108,6 +108,26 @@ def test_neighbour_list_matches_ase(structures: list[Atoms]) -> None:
         if atoms.pbc.all():
             atoms.positions += atoms.cell.array.sum(axis=0) * 1.7 - 0.3
     assert pair_set(structures, 5.0) == ase_pair_set(structures, 5.0)
+
+
+@pytest.mark.parametrize(
+    "atoms",
+    [molecule("CH3CH2OH"), silicon(), water_box(40, 10.0, seed=0), triclinic_sioh(), "slab"],
+    ids=["molecule", "si-primitive", "water-box", "triclinic", "slab"],
+)
+def test_one_structure_pairs_equal_the_batched_neighbour_list(atoms) -> None:
+    """The calculator's vesin pairs are the batched PyTorch list's, shifts included (also for
+    cells shorter than the cutoff, positions outside the cell and a slab, periodic in x and y)."""
+    if atoms == "slab":
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True) * (2, 2, 2)
+        atoms.rattle(0.05, seed=4)
+        atoms.pbc = [True, True, False]
+    elif atoms.pbc.all():
+        atoms.positions += atoms.cell.array.sum(axis=0) * 1.7 - 0.3
+    src, dst, shifts = pairs_of_one_structure(atoms.positions, atoms.cell.array, atoms.pbc, 5.0)
+    pairs = list(zip(src.tolist(), dst.tolist(), map(tuple, shifts.tolist())))
+    assert len(pairs) == len(set(pairs)) > 0
+    assert set(pairs) == pair_set([atoms], 5.0)
 
 
 def test_neighbour_list_large_systems_match_ase() -> None:
@@ -292,6 +312,23 @@ def test_calculator_runs_molecular_dynamics(model: StudentPotential, tmp_path) -
     assert np.isfinite(water.get_forces()).all()
     with pytest.raises(PropertyNotImplementedError):
         water.get_stress()
+
+
+def test_compiled_calculator_equals_eager() -> None:
+    """``compiled=True`` (torch.compile, dynamic shapes) gives the eager numbers in float32, also
+    after the number of atoms and edges changes (no recompilation is needed for that)."""
+    torch.manual_seed(1)
+    model = StudentPotential(species=SPECIES, n_features=16, reference_energies_eV={1: -13.6, 8: -2041.0})
+    eager, compiled = StudentCalculator(model), StudentCalculator(model, compiled=True)
+    assert (eager.inference_path, compiled.inference_path) == ("eager", "torch_compile")
+    for atoms in (water_box(12, 7.0, seed=5), triclinic_sioh(), water_box(20, 8.0, seed=6)):
+        results = []
+        for calculator in (eager, compiled):
+            calculator.calculate(atoms, ["energy", "forces", "stress"], all_changes)
+            results.append(dict(calculator.results))
+        assert results[1]["energy"] == pytest.approx(results[0]["energy"], abs=1e-4)
+        np.testing.assert_allclose(results[1]["forces"], results[0]["forces"], atol=2e-4)
+        np.testing.assert_allclose(results[1]["stress"], results[0]["stress"], atol=2e-6)
 
 
 def test_edge_gradient_forces_and_stress_equal_autograd_through_positions_and_strain(model: StudentPotential) -> None:

@@ -84,7 +84,7 @@ def provenance(store: Path, sampled: Sequence[Atoms] | None) -> dict[str, Any]:
     import zarr
 
     from mlff_distill.label import FAILURES_FILE
-    from mlff_distill.store import SPLIT_CODES, store_attrs
+    from mlff_distill.store import EXCLUDED_CODE, SPLIT_CODES, store_attrs
 
     attrs = store_attrs(store)
     splits = zarr.open_group(store=str(store), mode="r", zarr_format=3)["structures/split"][...]
@@ -99,6 +99,9 @@ def provenance(store: Path, sampled: Sequence[Atoms] | None) -> dict[str, Any]:
     if failures.is_file():
         facts["structures the teacher failed on"] = len(json.loads(failures.read_text()))
     facts["structures per split"] = {name: int(np.sum(splits == code)) for name, code in SPLIT_CODES.items()}
+    if attrs.get("max_force_eV_per_A") is not None:
+        facts[f"structures excluded (teacher force >= {attrs['max_force_eV_per_A']:g} eV/A)"] = int(
+            np.sum(splits == EXCLUDED_CODE))
     if sampled is not None:
         strategies = collections.Counter(a.info.get("strategy", "unknown") for a in sampled)
         facts["sampled structures per strategy"] = dict(sorted(strategies.items()))
@@ -109,8 +112,9 @@ def provenance(store: Path, sampled: Sequence[Atoms] | None) -> dict[str, Any]:
 def optional_step(name: str) -> Callable[..., Any] | None:
     """The function of an optional step (`OPTIONAL_STEPS`) if its module defines it, else None.
 
-    Both are called as ``function(config, teacher, student, inference_path, structures)`` with
-    the sampled structures (``list[Atoms]``); ``speed`` returns rows ``{"n_atoms",
+    Both are called as ``function(config, teacher, student_calculator, structures)`` with the
+    student's `StudentCalculator` (on the tune stage's inference path) and the sampled structures
+    (``list[Atoms]``); ``speed`` returns rows ``{"n_atoms",
     "teacher_ms", "student_ms", ...}``, ``md_validation`` a dict ``{"drift": [rows], "rdf":
     {"r_A", "g_teacher", "g_student", scalars...}}``.
     """
@@ -183,16 +187,13 @@ def check_acceptance(metrics_file: Path, strict: bool, verdict_file: Path, log_f
                                               "gates": metrics.get("gates", [])}, indent=2))
 
 
-def time_test_structures(teacher: Any, model: Any, inference_path: str,
-                          structures: Sequence[Atoms], repeats: int) -> dict[str, float]:
-    """Teacher and student (`StudentCalculator`, eager PyTorch on the CPU) in seconds per
-    structure by `seconds_per_structure`, energy and forces one structure per call, and the ratio."""
+def time_test_structures(teacher: Any, calculator: Any, structures: Sequence[Atoms],
+                          repeats: int) -> dict[str, float]:
+    """Teacher and student (a `StudentCalculator`) in seconds per structure by
+    `seconds_per_structure`, energy and forces one structure per call, and the ratio."""
     import torch
 
-    from mlff_distill.student import StudentCalculator
-
     teacher_s = seconds_per_structure(lambda a: teacher.compute([a]), structures, repeats)
-    calculator = StudentCalculator(model)
 
     def student_call(atoms: Atoms) -> None:
         calculator.calculate(atoms, ["energy", "forces"])
@@ -252,9 +253,10 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
         if test.n_structures == 0:
             raise ValueError(f"{store}: the test split is empty; raise sample.test_fraction")
         model, _ = load_student(checkpoint)
-        # The path the student runs here: the tune stage's choice where this machine can take it
-        # (Triton needs a CUDA device; torch.compile is not applied inside the calculator).
-        chosen = StudentCalculator(model, tuned_kernels=inference_path_file).inference_path
+        # The student runs on the tune stage's choice where this machine can take it (Triton
+        # needs a CUDA device): eager, torch.compile or the fused Triton kernels.
+        student_calculator = StudentCalculator(model, tuned_kernels=inference_path_file)
+        chosen = student_calculator.inference_path
         periodic = bool(test.pbc.all(axis=1).any())
         predictions = predict(model, test, compute_stress=periodic)
         metrics = accuracy(test, predictions, energy_std_of_split(store, "test"))
@@ -267,7 +269,7 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
             "student": f"{type(model).__name__} ({n_parameters} parameters, "
                        f"cutoff {model.cutoff_A:g} A)",
             "n_test": test.n_structures,
-            **time_test_structures(teacher, model, chosen, timed, settings["timing_repeats"]),
+            **time_test_structures(teacher, student_calculator, timed, settings["timing_repeats"]),
             "inference_path": chosen,
             "teacher_weights_sha256": teacher.identity.weights_sha256,
         })
@@ -275,7 +277,7 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
         for key in OPTIONAL_STEPS:
             step = optional_step(key)
             metrics[key] = None if step is None else step(
-                config, teacher, model, chosen,
+                config, teacher, student_calculator,
                 sampled or [test.atoms(i) for i in range(test.n_structures)])
             logger.info("%s: %s", key, "done" if step else
                         "not run (no mlff_distill.%s.%s)" % OPTIONAL_STEPS[key])

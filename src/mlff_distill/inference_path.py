@@ -8,13 +8,13 @@ import copy
 import json
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
-
-BATCH_KEYS = ("numbers", "positions_A", "cell_A", "pbc", "atoms_ptr")
-
+from ase import Atoms
+from ase.calculators.calculator import all_changes
 
 def cuda_available() -> bool:
     """Whether PyTorch sees a CUDA device."""
@@ -36,58 +36,60 @@ def time_callable(fn: Callable[[], object], repeats: int, warmup: int) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
 
 
-def _energy_forces(model: Callable, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Energies ``[B]`` (eV) and forces ``[N, 3]`` (eV/Angstrom, minus the energy gradient) of one batch."""
-    positions_A = batch["positions_A"].detach().requires_grad_(True)
-    energy = model(batch["numbers"], positions_A, batch["cell_A"], batch["pbc"], batch["atoms_ptr"])
-    (grad,) = torch.autograd.grad(energy.sum(), positions_A)
-    return energy.detach(), -grad
+def _calculator_results(calculator, structures: Sequence[Atoms]) -> list[dict[str, np.ndarray]]:
+    """Energy (eV), forces (eV/Angstrom) and, for periodic structures, stress (eV/Angstrom^3) of
+    every structure by ``calculator`` (an ASE calculator), one structure per call."""
+    results = []
+    for atoms in structures:
+        properties = ["energy", "forces"] + (["stress"] if atoms.pbc.all() else [])
+        calculator.calculate(atoms, properties, all_changes)
+        results.append({name: np.asarray(calculator.results[name]) for name in properties})
+    return results
 
 
-def _all_energy_forces(model: Callable, batches: list[dict]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """`_energy_forces` of every batch."""
-    return [_energy_forces(model, batch) for batch in batches]
-
-
-def _mismatch(results: list[tuple[torch.Tensor, torch.Tensor]],
-              reference: list[tuple[torch.Tensor, torch.Tensor]]) -> str | None:
+def _mismatch(results: list[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]]) -> str | None:
     """None if ``results`` equal ``reference`` within float32 tolerance, else the first difference."""
-    try:
-        for result, expected in zip(results, reference, strict=True):
-            for name, got, want in zip(("energy", "forces"), result, expected):
-                torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5, msg=lambda m, n=name: f"{n}: {m}")
-    except AssertionError as error:
-        return str(error)
+    for index, (result, expected) in enumerate(zip(results, reference, strict=True)):
+        for name, want in expected.items():
+            if not np.allclose(result[name], want, rtol=1e-4, atol=1e-4):
+                error = float(np.max(np.abs(result[name] - want)))
+                return f"structure {index}: {name} differs by up to {error:.3g}"
     return None
 
 
-def choose_cpu_path(model: torch.nn.Module, batches: list[dict], try_compile: bool, repeats: int) -> dict:
-    """Time energy+forces over ``batches`` in eager mode and (if ``try_compile``) with `torch.compile`.
+def choose_cpu_path(model: torch.nn.Module, structures: Sequence[Atoms], try_compile: bool, repeats: int) -> dict:
+    """Time the student's `StudentCalculator` over ``structures`` (energy, forces, and stress where
+    periodic; one structure per call, as in MD) in eager PyTorch and, if ``try_compile``, with
+    ``compiled=True`` (`torch.compile`).
 
-    Each batch holds the tensors ``numbers, positions_A, cell_A, pbc, atoms_ptr`` of the model's
-    forward signature. A compile failure or a result differing from eager beyond float32 tolerance
-    is recorded as ``{"error": ...}`` (not tried: ``{"skipped": ...}``) and eager is kept.
-    The faster working path is chosen.
+    A compile failure or a result differing from eager beyond float32 tolerance is recorded as
+    ``{"error": ...}`` (not tried: ``{"skipped": ...}``) and eager is kept. The path with the smaller
+    median time for the whole set is chosen; per-structure medians are in ``per_structure_ms``.
     """
-    batches = [{key: batch[key] for key in BATCH_KEYS} for batch in batches]
-    eager_results = _all_energy_forces(model, batches)
-    paths = {"eager": time_callable(lambda: _all_energy_forces(model, batches), repeats, warmup=1)}
+    from mlff_distill.student import StudentCalculator
+
+    def timed(calculator) -> dict:
+        whole = time_callable(lambda: _calculator_results(calculator, structures), repeats, warmup=1)
+        each = [1e3 * time_callable(lambda a=atoms: _calculator_results(calculator, [a]), repeats, 0)["median_s"]
+                for atoms in structures]
+        return {**whole, "per_structure_ms": each}
+
+    eager = StudentCalculator(model)
+    eager_results = _calculator_results(eager, structures)
+    paths = {"eager": timed(eager)}
     chosen, reason = "eager", "torch.compile not tried"
     if not try_compile:
         paths["torch_compile"] = {"skipped": "try_compile=False"}
     else:
         try:
-            compiled = torch.compile(model, dynamic=True)
+            compiled = StudentCalculator(model, compiled=True)
             start = time.perf_counter()
-            compiled_results = _all_energy_forces(compiled, batches)
+            compiled_results = _calculator_results(compiled, structures)
             compile_s = time.perf_counter() - start
             mismatch = _mismatch(compiled_results, eager_results)
             if mismatch is not None:
                 raise ValueError(f"torch.compile results differ from eager: {mismatch}")
-            paths["torch_compile"] = {
-                "first_call_s": compile_s,
-                **time_callable(lambda: _all_energy_forces(compiled, batches), repeats, warmup=1),
-            }
+            paths["torch_compile"] = {"first_call_s": compile_s, **timed(compiled)}
         except Exception as error:  # any compile/runtime failure means: fall back to eager
             paths["torch_compile"] = {"error": f"{type(error).__name__}: {error}"}
             reason = "torch.compile failed or differed from eager; eager kept"
@@ -99,6 +101,7 @@ def choose_cpu_path(model: torch.nn.Module, batches: list[dict], try_compile: bo
     return {
         "device": "cpu",
         "cuda_available": cuda_available(),
+        "n_atoms": [len(atoms) for atoms in structures],
         "paths": paths,
         "chosen_path": chosen,
         "reason": reason,

@@ -105,6 +105,7 @@ def label_structures(
     progress: Callable[[dict], None] | None = None,
     max_failed_fraction: float = 0.0,
     scheduler: dict | None = None,
+    max_force_eV_per_A: float | None = None,
 ) -> dict:
     """Label ``structures`` in shards under ``shards_dir`` and combine them into ``store_path``.
 
@@ -121,6 +122,9 @@ def label_structures(
     of new and reused shards, are in the summary (``n_failed``, ``failed_fraction``, ``failures``)
     and in ``failures.json`` beside the store. If the failed fraction exceeds
     ``max_failed_fraction``, `LabelingFailedError` is raised after the store is combined.
+    Structures with a teacher force of ``max_force_eV_per_A`` (eV/Angstrom) or more on some atom
+    are stored but excluded from every split (`mlff_distill.store.combine_shards`); their sample
+    indices are the summary's ``excluded``.
 
     Returns a summary with per-shard stats; times in s, ``structures_per_second`` over the
     labeling phase including the cluster's start.
@@ -142,7 +146,7 @@ def label_structures(
     label_seconds = time.perf_counter() - label_start
 
     combine_start = time.perf_counter()
-    combine_shards(paths, store_path, attrs)
+    excluded = combine_shards(paths, store_path, attrs, max_force_eV_per_A)
     combine_seconds = time.perf_counter() - combine_start
     failures = [failure for path in paths for failure in read_marker(path).get("failures", [])]
     failures_file = Path(store_path).resolve().parent / FAILURES_FILE
@@ -153,6 +157,8 @@ def label_structures(
         "n_atoms": sum(len(a) for a in structures),
         "n_stored": len(structures) - len(failures),
         "n_failed": len(failures),
+        "n_excluded": len(excluded),
+        "excluded": excluded,
         "failed_fraction": len(failures) / len(structures) if structures else 0.0,
         "shards_labeled": len(todo),
         "shards_reused": len(paths) - len(todo),
@@ -455,7 +461,8 @@ def run(config: dict, structures_file: Path, store: Path, shards_dir: Path, pipe
                 structures, config["teacher"], shards_dir, store, n_workers,
                 config["label"]["shard_size"], attrs, progress,
                 max_failed_fraction=config["label"]["max_failed_fraction"],
-                scheduler=config["label"]["scheduler"])
+                scheduler=config["label"]["scheduler"],
+                max_force_eV_per_A=config["label"]["max_force_eV_per_A"])
         except LabelingFailedError as error:
             tracker.log_metrics({"n_failed": error.summary["n_failed"],
                                  "failed_fraction": error.summary["failed_fraction"]})
@@ -463,6 +470,10 @@ def run(config: dict, structures_file: Path, store: Path, shards_dir: Path, pipe
             raise
         for failure in summary["failures"]:
             logger.warning("structure %d left out: %s", failure["sample_index"], failure["reason"])
+        if summary["n_excluded"]:
+            logger.info("%d structures with a teacher force of %s eV/A or more excluded from training and "
+                        "evaluation (sample indices %s)", summary["n_excluded"],
+                        config["label"]["max_force_eV_per_A"], summary["excluded"])
         for stat in summary["shards"]:
             shard_run = tracker.child(f"label {stat['shard']}")
             shard_run.log_metrics({k: stat[k] for k in ("n_structures", "n_atoms", "n_failed", "seconds",

@@ -191,15 +191,13 @@ def rdf_difference(r: np.ndarray, g_a: np.ndarray, g_b: np.ndarray) -> float:
     return float(np.trapezoid(np.abs(g_a - g_b), r))
 
 
-def md_validation(config: dict, teacher, student, inference_path: str,
-                  structures: Sequence[Atoms]) -> dict:
+def md_validation(config: dict, teacher, student_calculator, structures: Sequence[Atoms]) -> dict:
     """The evaluate stage's MD step, with ``evaluate.md`` settings (default `MD_DEFAULTS`).
 
     Starts: one teacher-MD frame per seed from the sampled ``structures`` (teacher-equilibrated,
     at the frame's temperature), else the run's seeds at ``temperature_K``. NVE from the first
     ``nve_starts`` starts with the student and the first ``teacher_nve_starts`` with the teacher
-    (``teacher`` a `Teacher`, ``student`` a `StudentPotential`, run eager whatever
-    ``inference_path``); NVT of both from the largest start, compared by `radial_distribution`.
+    (``teacher`` a `Teacher`, ``student_calculator`` a `StudentCalculator`); NVT of both from the largest start, compared by `radial_distribution`.
     A teacher run is skipped when one call times the number of steps exceeds
     ``teacher_budget_s`` (seconds); without the teacher's NVT there is no RDF comparison.
 
@@ -212,14 +210,13 @@ def md_validation(config: dict, teacher, student, inference_path: str,
     ``n_frames``.
     """
     from mlff_distill.sample import seed_structures
-    from mlff_distill.student import StudentCalculator
     from mlff_distill.teachers import TeacherCalculator
 
     settings = {**MD_DEFAULTS, **config["evaluate"].get("md", {})}
     starts = _starts(structures, seed_structures(config["sample"]), settings["temperature_K"])
     if not starts:
         raise ValueError("md_validation: no structures to start from (no MD frames, no seeds)")
-    calculators = {"student": StudentCalculator(student), "teacher": TeacherCalculator(teacher)}
+    calculators = {"student": student_calculator, "teacher": TeacherCalculator(teacher)}
     drift = []
     for model, count in (("student", settings["nve_starts"]), ("teacher", settings["teacher_nve_starts"])):
         for name, atoms, temperature_K in starts[:count]:

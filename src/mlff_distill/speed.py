@@ -226,21 +226,19 @@ def compare_speed(teacher_calc: Calculator, student_calc: Calculator, systems: S
     return rows
 
 
-def speed_rows(config: dict, teacher, student: torch.nn.Module, inference_path: str,
+def speed_rows(config: dict, teacher, student_calculator: Calculator,
                structures: Sequence[Atoms]) -> list[dict]:
     """The evaluate stage's speed step: `compare_speed` rows for systems of
     ``evaluate.speed.sizes`` atoms (default `SPEED_DEFAULTS`) built from the run's seeds
     (``sample:``; the sampled ``structures`` when the config names no seeds), ``timing_repeats``
-    calls each. ``teacher`` is a `Teacher`, ``student`` a `StudentPotential` run by
-    `StudentCalculator` on the CPU in eager PyTorch (``inference_path`` is recorded by the caller;
-    a ``"torch_compile"`` choice is not applied inside the calculator)."""
+    calls each. ``teacher`` is a `Teacher`, ``student_calculator`` a `StudentCalculator` (its
+    ``inference_path`` is recorded by the caller)."""
     from mlff_distill.sample import seed_structures
-    from mlff_distill.student import StudentCalculator
     from mlff_distill.teachers import TeacherCalculator
 
     settings = {**SPEED_DEFAULTS, **config["evaluate"].get("speed", {})}
     seeds = seed_structures(config["sample"]) or list(structures)
-    systems = build_timing_systems(seeds, settings["sizes"], float(student.cutoff_A), config["seed"])
-    calculator = StudentCalculator(student)
-    return compare_speed(TeacherCalculator(teacher), calculator, systems,
+    systems = build_timing_systems(seeds, settings["sizes"], float(student_calculator.model.cutoff_A),
+                                   config["seed"])
+    return compare_speed(TeacherCalculator(teacher), student_calculator, systems,
                          config["evaluate"]["timing_repeats"], settings["warmup"])

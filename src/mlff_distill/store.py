@@ -11,7 +11,7 @@ Layout of a store (and of each shard, which is a small store of the same layout)
     structures/stress_eV_per_A3 [N, 3, 3] float64 eV/Angstrom^3, ASE's sign; NaN for molecules
     structures/cell_A        [N, 3, 3] float64  Angstrom (zeros for molecules)
     structures/pbc           [N, 3]    bool
-    structures/split         [N]       int8     `SPLIT_CODES`
+    structures/split         [N]       int8     `SPLIT_CODES`, or `EXCLUDED_CODE` (labeled, used nowhere)
     structures/group         [N]       int64    trajectory/seed group a structure came from
     structures/sample_index  [N]       int64    index in the sampled structures file
 
@@ -35,6 +35,8 @@ import zarr
 from mlff_distill.data import LabeledArrays
 
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
+# Split code of structures whose teacher forces exceed the label stage's limit: kept, never read as a split.
+EXCLUDED_CODE = 3
 
 
 class ArraySpec(NamedTuple):
@@ -133,15 +135,20 @@ def shard_is_complete(shard_path: Path) -> bool:
     return True
 
 
-def combine_shards(shard_paths: list[Path], store_path: Path, attrs: dict) -> None:
+def combine_shards(shard_paths: list[Path], store_path: Path, attrs: dict,
+                   max_force_eV_per_A: float | None = None) -> list[int]:
     """Concatenate complete shards, in order, into the store at ``store_path``, replacing it whole.
 
     The store is built in a temporary sibling directory and renamed into place, so ``store_path``
     never holds a half-written store. ``attrs`` (JSON-serializable: teacher identity, config hash,
-    versions) go into the root attributes beside ``units``, ``split_codes``, ``n_structures`` and
-    ``n_atoms``. One shard is held in memory at a time.
+    versions) go into the root attributes beside ``units``, ``split_codes``, ``n_structures``,
+    ``n_atoms`` and ``max_force_eV_per_A``. One shard is held in memory at a time.
+
+    Structures with a teacher force on some atom of ``max_force_eV_per_A`` (eV/Angstrom) or more
+    are stored with the split code `EXCLUDED_CODE`; the shards keep their splits, so another
+    limit needs no relabeling. Returns those structures' ``sample_index`` values.
     """
-    reserved = {"units", "split_codes", "n_structures", "n_atoms"} & set(attrs)
+    reserved = {"units", "split_codes", "n_structures", "n_atoms", "max_force_eV_per_A"} & set(attrs)
     if reserved:
         raise ValueError(f"attrs may not set the store's own keys {sorted(reserved)}")
     store_path = Path(store_path)
@@ -161,9 +168,14 @@ def combine_shards(shard_paths: list[Path], store_path: Path, attrs: dict) -> No
         )
     targets["atoms_ptr"][0] = 0
     structure_offset = atom_offset = 0
+    excluded: list[int] = []
     for shard_path in shard_paths:
         arrays = read_shard(shard_path)
         n, m = len(arrays["energy_eV"]), len(arrays["numbers"])
+        if max_force_eV_per_A is not None and n:
+            too_strong = max_atom_force_eV_per_A(arrays["forces_eV_per_A"], arrays["atoms_ptr"]) >= max_force_eV_per_A
+            arrays["split"] = np.where(too_strong, EXCLUDED_CODE, arrays["split"]).astype(np.int8)
+            excluded += arrays["sample_index"][too_strong].tolist()
         for name, values in arrays.items():
             if name == "atoms_ptr":
                 targets[name][structure_offset + 1:structure_offset + n + 1] = values[1:] + atom_offset
@@ -175,9 +187,10 @@ def combine_shards(shard_paths: list[Path], store_path: Path, attrs: dict) -> No
     group.attrs.update({
         **attrs,
         "units": {name: spec.unit for name, spec in ARRAYS.items()},
-        "split_codes": SPLIT_CODES,
+        "split_codes": {**SPLIT_CODES, "excluded": EXCLUDED_CODE},
         "n_structures": n_structures,
         "n_atoms": n_atoms,
+        "max_force_eV_per_A": max_force_eV_per_A,
     })
 
     old = store_path.with_name(f".{store_path.name}.old")
@@ -186,6 +199,17 @@ def combine_shards(shard_paths: list[Path], store_path: Path, attrs: dict) -> No
         os.rename(store_path, old)
     os.rename(partial, store_path)
     shutil.rmtree(old, ignore_errors=True)
+    return excluded
+
+
+def max_atom_force_eV_per_A(forces_eV_per_A: np.ndarray, atoms_ptr: np.ndarray) -> np.ndarray:
+    """The largest force magnitude on any atom of each structure ``[N]`` (eV/Angstrom; 0 for none)."""
+    norms = np.linalg.norm(forces_eV_per_A, axis=1)
+    counts = np.diff(atoms_ptr)
+    result = np.zeros(len(counts))
+    nonempty = counts > 0
+    result[nonempty] = np.maximum.reduceat(norms, atoms_ptr[:-1][nonempty]) if len(norms) else 0.0
+    return result
 
 
 def read_labels(store_path: Path, split: str | None = None) -> LabeledArrays:

@@ -18,14 +18,6 @@ import torch
 from mlff_distill.data import LabeledArrays
 
 
-def sample_batches(data: LabeledArrays, count: int) -> list[dict[str, torch.Tensor]]:
-    """Up to ``count`` single-structure batches (as in MD) from ``data``, as model-input tensors."""
-    from mlff_distill.student.fitting import structure_tensors
-
-    return [structure_tensors(data.subset([i]), torch.device("cpu"))
-            for i in range(min(count, data.n_structures))]
-
-
 def sample_graphs(data: LabeledArrays, atom_counts: list[int]) -> list[dict[str, torch.Tensor]]:
     """One graph per entry of ``atom_counts``: ``data``'s structures, in order and cycling, batched until
     the batch has at least that many atoms (molecules become a batch of disjoint molecules, crystals
@@ -47,18 +39,31 @@ def sample_graphs(data: LabeledArrays, atom_counts: list[int]) -> list[dict[str,
     return graphs
 
 
+def cpu_timing_structures(data: LabeledArrays, atom_counts: list[int], cutoff_A: float,
+                          n_single: int = 8) -> list:
+    """The CPU path's timing set: the first ``n_single`` structures of ``data`` as they are, then
+    one periodic system of about each of ``atom_counts`` atoms built from them
+    (`mlff_distill.speed.build_timing_systems`: packed molecules, or repeated crystals)."""
+    from mlff_distill.speed import build_timing_systems
+
+    singles = [data.atoms(i) for i in range(min(n_single, data.n_structures))]
+    if not singles:
+        raise ValueError("the test split is empty: nothing to time the inference paths on")
+    return singles + build_timing_systems(singles, atom_counts, cutoff_A, seed=0)
+
+
 def tune(model, data: LabeledArrays, try_compile: bool, repeats: int, graph_atoms: list[int]) -> dict:
     """The tune record for ``model`` on ``data`` (see the module docstring).
 
     With CUDA: the fused edge-message kernels are autotuned on graphs of ``graph_atoms`` atoms
     (`sample_graphs`), recorded under ``triton.gpus[<GPU model>]``, and ``chosen_path`` is
     ``"triton"`` if their forward+backward time summed over the graphs beats PyTorch's, else ``"eager"``.
+    Without: `choose_cpu_path` on `cpu_timing_structures` (``graph_atoms`` sizes).
     """
     from mlff_distill.inference_path import autotune_triton_on_gpu, choose_cpu_path, cuda_available
 
-    batches = sample_batches(data, 8)
     record = {"machine": platform.machine(), "processor": platform.processor() or "unknown",
-              "torch": torch.__version__, "n_sample_structures": len(batches)}
+              "torch": torch.__version__}
     if cuda_available():
         tuned = autotune_triton_on_gpu(model, sample_graphs(data, graph_atoms))
         triton_ms = sum(b["triton_forward_backward_ms"] for b in tuned["buckets"].values())
@@ -70,7 +75,8 @@ def tune(model, data: LabeledArrays, try_compile: bool, repeats: int, graph_atom
                               f"forward+backward summed over them: Triton {triton_ms:.3g} ms, "
                               f"PyTorch {torch_ms:.3g} ms, so {chosen}"))
         return record
-    record.update(choose_cpu_path(model, batches, try_compile, repeats))
+    record.update(choose_cpu_path(model, cpu_timing_structures(data, graph_atoms, model.cutoff_A),
+                                  try_compile, repeats))
     record["triton"] = ("not autotuned: no CUDA GPU (torch.cuda.is_available() is False); "
                         f"inference uses the CPU path '{record['chosen_path']}'")
     return record

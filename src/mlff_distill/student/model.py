@@ -144,7 +144,8 @@ class StudentPotential(nn.Module):
             "energy_scale_eV": float(self.energy_scale_eV),
         }
 
-    def _species_indices(self, numbers: torch.Tensor) -> torch.Tensor:
+    def species_indices(self, numbers: torch.Tensor) -> torch.Tensor:
+        """Index of each atom's species in ``species`` (long); ``ValueError`` naming unknown atomic numbers."""
         numbers = numbers.to(self.species_index.device, torch.long)
         known = (numbers >= 0) & (numbers < len(self.species_index))
         index = torch.where(known, self.species_index[numbers.clamp(0, len(self.species_index) - 1)], -1)
@@ -171,17 +172,10 @@ class StudentPotential(nn.Module):
             s, v = interaction.update_atoms(s, v, ds, dv)
         return s
 
-    def _edge_energy(
-        self,
-        species: torch.Tensor,
-        src: torch.Tensor,
-        dst: torch.Tensor,
-        vectors: torch.Tensor,
-        batch: torch.Tensor,
-        n_structures: int,
-    ) -> torch.Tensor:
-        """Energies ``[B]`` (eV, float64) from the species indices and edge vectors (Angstrom)."""
-        dtype = self.embedding.weight.dtype
+    def learned_atom_energies(self, species: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                              vectors: torch.Tensor) -> torch.Tensor:
+        """The learned part of the atoms' energies ``[N]`` (eV, model dtype, reference energies not
+        included) from the species indices (`species_indices`), the edges and their vectors (Angstrom)."""
         if self.radial_backend == "triton" and not torch.jit.is_scripting():
             s = self._triton_features(species, src, dst, vectors)
         elif self.radial_backend == "torch":
@@ -196,10 +190,38 @@ class StudentPotential(nn.Module):
         else:
             raise ValueError("unknown radial_backend '" + self.radial_backend + "'; use 'torch' or 'triton' "
                              "(TorchScript: 'torch' only)")
+        return self.readout(s).squeeze(-1) * self.energy_scale_eV.to(s.dtype)
 
-        atom_energy = (self.readout(s).squeeze(-1) * self.energy_scale_eV.to(dtype)).double()
-        atom_energy = atom_energy + self.reference_energies_eV.double()[species]
+    @torch.jit.unused
+    def learned_energies_and_edge_gradient(self, species: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
+                                           vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`learned_atom_energies` (eV, detached) and the gradient of their sum with respect to the edge
+        vectors ``[E, 3]`` (eV/Angstrom): the part of an inference call that `torch.compile` speeds up
+        (`mlff_distill.student.calculator.StudentCalculator` with ``compiled=True``)."""
+        vectors = vectors.detach().requires_grad_(True)
+        atom_energy = self.learned_atom_energies(species, src, dst, vectors)
+        (edge_gradient,) = torch.autograd.grad(atom_energy.sum(), vectors)
+        return atom_energy.detach(), edge_gradient
+
+    def structure_energies(self, atom_energy: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
+                           n_structures: int) -> torch.Tensor:
+        """Energies ``[B]`` (eV, float64): the learned ``atom_energy [N]`` plus the reference energies,
+        summed per structure in float64 so that float32 models do not lose total-energy precision."""
+        atom_energy = atom_energy.double() + self.reference_energies_eV.double()[species]
         return atom_energy.new_zeros(n_structures).index_add_(0, batch, atom_energy)
+
+    def _edge_energy(
+        self,
+        species: torch.Tensor,
+        src: torch.Tensor,
+        dst: torch.Tensor,
+        vectors: torch.Tensor,
+        batch: torch.Tensor,
+        n_structures: int,
+    ) -> torch.Tensor:
+        """Energies ``[B]`` (eV, float64) from the species indices and edge vectors (Angstrom)."""
+        return self.structure_energies(self.learned_atom_energies(species, src, dst, vectors), species, batch,
+                                       n_structures)
 
     def forward(
         self,
@@ -218,7 +240,7 @@ class StudentPotential(nn.Module):
         dtype = self.embedding.weight.dtype
         positions, cell = positions_A.to(dtype), cell_A.to(dtype)
         atoms_ptr = atoms_ptr.to(positions.device, torch.long)
-        species = self._species_indices(numbers)
+        species = self.species_indices(numbers)
         n_structures = len(atoms_ptr) - 1
         batch = torch.repeat_interleave(
             torch.arange(n_structures, device=positions.device), atoms_ptr[1:] - atoms_ptr[:-1]
@@ -257,7 +279,7 @@ class StudentPotential(nn.Module):
         cell = cell_A.detach().to(device, dtype)
         atoms_ptr = atoms_ptr.to(device, torch.long)
         pbc = pbc.to(device, torch.bool)
-        species = self._species_indices(numbers.to(device))
+        species = self.species_indices(numbers.to(device))
         n_structures = len(atoms_ptr) - 1
         batch = torch.repeat_interleave(torch.arange(n_structures, device=device), atoms_ptr[1:] - atoms_ptr[:-1])
         src, dst, vectors = edge_vectors(positions, cell, pbc, atoms_ptr, self.cutoff_A)
@@ -269,17 +291,41 @@ class StudentPotential(nn.Module):
             energy = energy.detach()
         edge_gradient = gradients[0]
         assert edge_gradient is not None
-        forces = positions.new_zeros(positions.shape).index_add_(0, src, edge_gradient)
-        forces = forces.index_add_(0, dst, -edge_gradient)
-        stress: Optional[torch.Tensor] = None
-        if compute_stress:
-            virial = torch.zeros((n_structures, 3, 3), dtype=dtype, device=device).index_add_(
-                0, batch[src], vectors.detach().unsqueeze(-1) * edge_gradient.unsqueeze(1)
-            )
-            periodic = pbc.all(dim=1)[:, None, None]
-            volume = torch.where(periodic, torch.linalg.det(cell).abs()[:, None, None], 1.0)
-            stress = torch.where(periodic, 0.5 * (virial + virial.transpose(1, 2)) / volume, torch.nan)
+        forces, stress = forces_and_stress(edge_gradient, vectors.detach(), src, dst, batch, cell, pbc,
+                                           n_structures, compute_stress)
         return energy, forces, stress
+
+
+def forces_and_stress(
+    edge_gradient: torch.Tensor,
+    vectors: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    batch: torch.Tensor,
+    cell_A: torch.Tensor,
+    pbc: torch.Tensor,
+    n_structures: int,
+    compute_stress: bool,
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Forces ``[N, 3]`` (eV/Angstrom) and, if asked, stress ``[B, 3, 3]`` (eV/Angstrom^3, ASE's sign;
+    NaN where a structure is not periodic in x, y and z) from ``edge_gradient = dE/dvectors [E, 3]``.
+
+    The energy depends on positions and cell only through the edge vectors ``d_e = r_dst - r_src +
+    shift @ cell``, so ``F_i = sum_{src=i} g_e - sum_{dst=i} g_e`` and the strain derivative is
+    ``sym(sum_e d_e g_e^T)`` (a strain maps every ``d_e`` to ``d_e (1 + eps)``). ``batch [N]`` is the
+    structure of each atom.
+    """
+    forces = edge_gradient.new_zeros((batch.shape[0], 3)).index_add_(0, src, edge_gradient)
+    forces = forces.index_add_(0, dst, -edge_gradient)
+    stress: Optional[torch.Tensor] = None
+    if compute_stress:
+        virial = edge_gradient.new_zeros((n_structures, 3, 3)).index_add_(
+            0, batch[src], vectors.unsqueeze(-1) * edge_gradient.unsqueeze(1)
+        )
+        periodic = pbc.all(dim=1)[:, None, None]
+        volume = torch.where(periodic, torch.linalg.det(cell_A.to(edge_gradient.dtype)).abs()[:, None, None], 1.0)
+        stress = torch.where(periodic, 0.5 * (virial + virial.transpose(1, 2)) / volume, torch.nan)
+    return forces, stress
 
 
 def energy_forces_stress(

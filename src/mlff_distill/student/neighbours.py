@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 ALL_PAIRS_MAX_CANDIDATES = 1 << 16
@@ -184,3 +185,20 @@ def edge_vectors(
         image = torch.einsum("ei,eij->ej", shifts.to(positions_A.dtype), cell_A[batch[src]])
     return src, dst, positions_A.index_select(0, dst) - positions_A.index_select(0, src) + image
 
+
+
+def pairs_of_one_structure(positions_A: np.ndarray, cell_A: np.ndarray, pbc: np.ndarray,
+                           cutoff_A: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`neighbour_list` of one structure (NumPy inputs, Angstrom) by vesin's C++ cell list.
+
+    Same pairs and conventions as `neighbour_list` (tested against it); one structure only, as in
+    an ASE calculator, where it is several times faster than the batched PyTorch code (for 64
+    atoms about 0.1 ms against 2 ms). Returns long tensors ``(edge_src, edge_dst, cell_shifts)``.
+    """
+    from vesin import NeighborList
+
+    src, dst, shifts = NeighborList(cutoff=float(cutoff_A), full_list=True).compute(
+        np.asarray(positions_A, dtype=np.float64), np.asarray(cell_A, dtype=np.float64),
+        np.asarray(pbc, dtype=bool), "ijS")
+    return (torch.from_numpy(src.astype(np.int64)), torch.from_numpy(dst.astype(np.int64)),
+            torch.from_numpy(shifts.astype(np.int64)))
