@@ -3,7 +3,7 @@
 Usage::
 
     python benchmarks/student_speed.py [--configfile config/orb.yaml] [--checkpoint student.pt] \
-        [--sizes 64 512 2048] [--repeats 3] [--torch-threads 1] \
+        [--sizes 64 512 2048] [--repeats 3] [--torch-threads 1] [--compiled] \
         [--out results/benchmarks/student_speed.json]
 
 The teacher is the config's ``teacher:`` (config/config.yaml, with ``--configfile`` merged on top,
@@ -12,7 +12,8 @@ the config's ``student:`` sizes over the species of the seeds: speed does not de
 weights. Systems are built from the config's seeds (`mlff_distill.speed.build_timing_systems`):
 molecules packed into periodic boxes, or each crystal repeated (one table per crystal). Per
 call: energy and forces, with stress when both calculators give it; ms are medians over
-``--repeats`` after ``--warmup`` calls; peak memory in MB (see `mlff_distill.speed.time_calls`).
+``--repeats`` after ``--warmup`` calls (with ``--compiled`` the student runs through
+``torch.compile``, and its first warm-up call compiles); peak memory in MB (see `mlff_distill.speed.time_calls`).
 Results go to ``--out`` (JSON) and to MLflow (experiment "benchmarks", run "student_speed").
 """
 
@@ -55,16 +56,17 @@ def seed_groups(config: dict) -> list[tuple[str, list[Atoms]]]:
     return [("molecules", seeds)]
 
 
-def student_calculator(checkpoint: Path | None, config: dict, species: list[int], device: str):
+def student_calculator(checkpoint: Path | None, config: dict, species: list[int], device: str,
+                       compiled: bool):
     """The checkpoint's student, or an untrained one of the config's sizes over ``species``."""
     from mlff_distill.student import StudentCalculator, StudentPotential
 
     if checkpoint is not None:
-        return StudentCalculator(checkpoint, device=device), str(checkpoint)
+        return StudentCalculator(checkpoint, device=device, compiled=compiled), str(checkpoint)
     sizes = config["student"]
     model = StudentPotential(species=species, cutoff_A=sizes["cutoff_A"], n_features=sizes["n_features"],
                              n_radial=sizes["n_radial"], n_interactions=sizes["n_interactions"])
-    return StudentCalculator(model, device=device), "untrained StudentPotential"
+    return StudentCalculator(model, device=device, compiled=compiled), "untrained StudentPotential"
 
 
 def machine(device: str) -> dict:
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--torch-threads", type=int, default=None,
                         help="torch intra-op threads (default: torch's own choice)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the packed boxes")
+    parser.add_argument("--compiled", action="store_true",
+                        help="run the student through torch.compile (StudentCalculator(compiled=True))")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/student_speed.json"))
     parser.add_argument("--mlflow-uri", default=DEFAULT_MLFLOW_URI,
                         help=f"MLflow tracking URI (default {DEFAULT_MLFLOW_URI}); 'none' to skip")
@@ -131,11 +135,12 @@ def main(argv: list[str] | None = None) -> dict:
     teacher = load_teacher(config["teacher"])
     groups = seed_groups(config)
     species = sorted({int(z) for _, seeds in groups for atoms in seeds for z in atoms.numbers})
-    student, student_source = student_calculator(args.checkpoint, config, species, args.device)
+    student, student_source = student_calculator(args.checkpoint, config, species, args.device, args.compiled)
     report = {"benchmark": "student_speed", "settings": {
         "teacher": teacher.identity.label, "student": student_source,
         "student_sizes": json.dumps(config["student"]), "sizes": ",".join(map(str, args.sizes)),
-        "repeats": args.repeats, "warmup": args.warmup, "device": args.device},
+        "repeats": args.repeats, "warmup": args.warmup, "device": args.device,
+        "student_inference_path": student.inference_path},
         "machine_before": machine(args.device), "results": {}}
     for name, seeds in groups:
         systems = build_timing_systems(seeds, args.sizes, config["student"]["cutoff_A"], args.seed)

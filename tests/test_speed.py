@@ -57,11 +57,14 @@ def test_unusable_seeds_and_sizes_are_named():
 
 def test_time_calls_reports_latency_throughput_and_stress():
     copper = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
-    timing = time_calls(EMT(), copper, repeats=3, warmup=1)
-    assert timing["with_stress"] and timing["median_ms"] > 0
+    timing = time_calls(EMT(), copper, repeats=3, warmup=1, min_seconds=0.0)
+    assert timing["with_stress"] and timing["median_ms"] > 0 and timing["n_calls"] == 3
+    # Fast calls are repeated until min_seconds have been timed: a median over many calls.
+    long = time_calls(EMT(), copper, repeats=3, warmup=0, min_seconds=0.3)
+    assert long["n_calls"] * long["median_ms"] / 1e3 > 0.15 and long["n_calls"] > 3
     assert timing["atom_steps_per_s"] == pytest.approx(32 / (timing["median_ms"] / 1e3))
-    assert not time_calls(EMT(), copper, repeats=1, warmup=0, stress=False)["with_stress"]
-    assert not time_calls(EMT(), molecule("CH4"), repeats=1, warmup=0)["with_stress"]
+    assert not time_calls(EMT(), copper, repeats=1, warmup=0, stress=False, min_seconds=0.0)["with_stress"]
+    assert not time_calls(EMT(), molecule("CH4"), repeats=1, warmup=0, min_seconds=0.0)["with_stress"]
 
 
 PEAK_MEMORY_SCRIPT = """

@@ -131,14 +131,16 @@ def _min_image_distance_A(new: np.ndarray, placed: np.ndarray, side_A: float) ->
 
 
 def time_calls(calculator: Calculator, atoms: Atoms, repeats: int, warmup: int = 2,
-               stress: bool = True) -> dict:
-    """Time ``calculator`` on ``atoms``: ``warmup`` untimed calls, then ``repeats`` timed ones.
+               stress: bool = True, min_seconds: float = 1.0) -> dict:
+    """Time ``calculator`` on ``atoms``: ``warmup`` untimed calls, then timed ones, at least
+    ``repeats`` and until they took ``min_seconds`` (s) in all, so that fast calls (a few ms) get
+    a median over hundreds of calls.
 
     Each call computes energy and forces, and stress when ``stress`` is asked, ``atoms`` is
     periodic in all three directions and the calculator implements it, from scratch (neighbour
     list included).
 
-    Returns ``median_ms`` (ms per call), ``atom_steps_per_s`` (atoms / median seconds),
+    Returns ``median_ms`` (ms per call), ``n_calls`` (timed), ``atom_steps_per_s`` (atoms / median seconds),
     ``with_stress``, ``peak_MB`` (the CUDA peak allocated by torch during the calls when they
     allocated on the GPU, else the rise of this process's peak resident memory over its resident
     memory before the calls) and
@@ -158,18 +160,19 @@ def time_calls(calculator: Calculator, atoms: Atoms, repeats: int, warmup: int =
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         cuda_before = torch.cuda.memory_allocated()
-    seconds = []
-    for call in range(warmup + repeats):
+    for _ in range(warmup):
+        calculator.calculate(atoms, properties, all_changes)
+    seconds: list[float] = []
+    while len(seconds) < repeats or sum(seconds) < min_seconds:
         start = time.perf_counter()
         calculator.calculate(atoms, properties, all_changes)
         if cuda:
             torch.cuda.synchronize()
-        if call >= warmup:
-            seconds.append(time.perf_counter() - start)
+        seconds.append(time.perf_counter() - start)
     rss_peak_MB = max(_peak_rss_kB() - rss_before_kB, 0) / 1024
     cuda_peak_MB = (torch.cuda.max_memory_allocated() - cuda_before) / 2**20 if cuda else None
     median_s = statistics.median(seconds)
-    return {"n_atoms": len(atoms), "median_ms": 1e3 * median_s,
+    return {"n_atoms": len(atoms), "median_ms": 1e3 * median_s, "n_calls": len(seconds),
             "atom_steps_per_s": len(atoms) / median_s, "with_stress": with_stress,
             "peak_MB": cuda_peak_MB if cuda_peak_MB else rss_peak_MB,
             "rss_peak_MB": rss_peak_MB, "cuda_peak_MB": cuda_peak_MB}

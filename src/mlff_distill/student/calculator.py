@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import ctypes
+import functools
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -54,14 +55,17 @@ class StudentCalculator(Calculator):
         model: a `StudentPotential` or the path of a checkpoint written by `save_student`.
         device: torch device to run on.
         threads: torch intra-op threads during a call (the process's setting is restored after
-            it); ``None`` chooses: one thread below ``AUTO_THREADS_MIN_ATOMS`` atoms, else
-            ``torch.get_num_threads()`` as it was when the calculator was made.
+            it); ``None`` chooses: compiled, one thread at every size (measured on 2 cores: the
+            compiled kernels were 1.3-1.5x slower on two threads at 64-2048 atoms, and a change of
+            thread count recompiles); eager, one thread below ``AUTO_THREADS_MIN_ATOMS`` atoms,
+            else ``torch.get_num_threads()`` as it was when the calculator was made.
         keep_memory: call `keep_freed_memory` (process-wide, glibc only) so that large tensors
             are not page-faulted in afresh on every call.
         compiled: run the model's energy and edge-vector gradient through ``torch.compile``
-            (Inductor, dynamic shapes): on 2 CPU cores 3-7x faster per call than eager, after a
-            first call that compiles (about 30-60 s, shorter when Inductor's on-disk cache already
-            holds the kernels). Needs a C++ compiler on the CPU.
+            (Inductor, dynamic shapes, one graph with the gradient through ``torch.func.grad``):
+            on 2 CPU cores about 2-3x faster per call than eager, after a first call that compiles
+            (20-60 s; less when Inductor's on-disk cache already holds the kernels). Needs a C++
+            compiler on the CPU.
         tuned_kernels: the tune stage's ``inference_path.json``: what it chose is applied. On a CUDA
             device a ``"triton"`` choice runs the fused edge-message kernels with the configs tuned
             for this GPU; a ``"torch_compile"`` choice sets ``compiled``. The path taken is the
@@ -92,9 +96,11 @@ class StudentCalculator(Calculator):
                 self.model.radial_backend = "triton"
             compiled = compiled or chosen == "torch_compile"
         self.inference_path = "triton" if self.model.radial_backend == "triton" else "eager"
-        self._energies_and_gradient = self.model.learned_energies_and_edge_gradient
+        self._compute = functools.partial(energy_forces_stress_of_pairs, self.model, functional=False)
         if compiled and self.inference_path == "eager":
-            self._energies_and_gradient = torch.compile(self._energies_and_gradient, dynamic=True)
+            self.threads = 1 if threads is None else threads
+            self._compute = torch.compile(functools.partial(energy_forces_stress_of_pairs, self.model,
+                                                            functional=True), dynamic=True)
             self.inference_path = "torch_compile"
 
     def threads_for(self, n_atoms: int) -> int:
@@ -127,17 +133,56 @@ class StudentCalculator(Calculator):
     def _energy_forces_stress(self, atoms: Atoms, with_stress: bool
                               ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Energy ``[1]`` (eV), forces ``[N, 3]`` (eV/Angstrom), stress ``[1, 3, 3]`` or None of ``atoms``."""
-        model, device = self.model, self.device
-        dtype = model.embedding.weight.dtype
-        species = model.species_indices(torch.as_tensor(atoms.numbers, device=device))
-        positions = torch.as_tensor(atoms.positions, device=device, dtype=dtype)
-        cell = torch.as_tensor(atoms.cell.array, device=device, dtype=dtype)
-        src, dst, shifts = (t.to(device) for t in pairs_of_one_structure(atoms.positions, atoms.cell.array,
-                                                                          atoms.pbc, model.cutoff_A))
-        vectors = positions.index_select(0, dst) - positions.index_select(0, src) + shifts.to(dtype) @ cell
-        atom_energy, edge_gradient = self._energies_and_gradient(species, src, dst, vectors)
+        device = self.device
+        src, dst, shifts = (t.to(device) for t in pairs_of_one_structure(
+            atoms.positions, atoms.cell.array, atoms.pbc, self.model.cutoff_A))
+        species = self.model.species_indices(torch.as_tensor(atoms.numbers, device=device))
+        atom_energy, forces, stress = self._compute(
+            species, torch.as_tensor(atoms.positions, device=device), torch.as_tensor(atoms.cell.array, device=device),
+            torch.as_tensor(atoms.pbc, device=device), src, dst, shifts, with_stress)
+        # The float64 sum stays outside torch.compile (Inductor's CPU codegen fails on a float64 scatter).
         batch = torch.zeros(len(atoms), dtype=torch.long, device=device)
-        energy = model.structure_energies(atom_energy, species, batch, 1)
-        forces, stress = forces_and_stress(edge_gradient, vectors, src, dst, batch, cell[None],
-                                           torch.as_tensor(atoms.pbc, device=device)[None], 1, with_stress)
-        return energy, forces, stress
+        return self.model.structure_energies(atom_energy, species, batch, 1), forces, stress
+
+
+def energy_forces_stress_of_pairs(
+    model: StudentPotential,
+    species: torch.Tensor,
+    positions_A: torch.Tensor,
+    cell_A: torch.Tensor,
+    pbc: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    shifts: torch.Tensor,
+    compute_stress: bool,
+    functional: bool,
+) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Learned atom energies ``[N]`` (eV, without the reference energies: see
+    `StudentPotential.structure_energies`), forces ``[N, 3]`` (eV/Angstrom) and stress ``[1, 3, 3]``
+    (eV/Angstrom^3) or None of one structure, from its species indices, float64 positions ``[N,
+    3]`` and cell ``[3, 3]`` (Angstrom), pbc ``[3]`` and pairs (as `neighbours.neighbour_list`).
+
+    The edge vectors are formed in float64 (no rounding of large coordinates), then cast to the
+    model's dtype. ``functional=True`` takes the gradient with ``torch.func.grad``, which
+    ``torch.compile`` traces into one graph with the rest (with ``torch.autograd.grad`` it would
+    break the graph in two); ``False`` uses the autograd engine (eager, and the Triton kernels,
+    whose autograd functions ``torch.func`` does not differentiate).
+    """
+    dtype = model.embedding.weight.dtype
+    vectors = (positions_A.index_select(0, dst) - positions_A.index_select(0, src)
+               + shifts.to(positions_A.dtype) @ cell_A).to(dtype)
+    if functional:
+        def learned_energy(edge_vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            atom_energy = model.learned_atom_energies(species, src, dst, edge_vectors)
+            return atom_energy.sum(), atom_energy
+
+        edge_gradient, atom_energy = torch.func.grad(learned_energy, has_aux=True)(vectors)
+    else:
+        vectors.requires_grad_(True)
+        atom_energy = model.learned_atom_energies(species, src, dst, vectors)
+        (edge_gradient,) = torch.autograd.grad(atom_energy.sum(), vectors)
+        atom_energy, vectors = atom_energy.detach(), vectors.detach()
+    batch = torch.zeros(positions_A.shape[0], dtype=torch.long, device=positions_A.device)
+    forces, stress = forces_and_stress(edge_gradient, vectors, src, dst, batch, cell_A.to(dtype)[None], pbc[None], 1,
+                                       compute_stress)
+    return atom_energy, forces, stress

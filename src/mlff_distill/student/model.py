@@ -192,17 +192,6 @@ class StudentPotential(nn.Module):
                              "(TorchScript: 'torch' only)")
         return self.readout(s).squeeze(-1) * self.energy_scale_eV.to(s.dtype)
 
-    @torch.jit.unused
-    def learned_energies_and_edge_gradient(self, species: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
-                                           vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`learned_atom_energies` (eV, detached) and the gradient of their sum with respect to the edge
-        vectors ``[E, 3]`` (eV/Angstrom): the part of an inference call that `torch.compile` speeds up
-        (`mlff_distill.student.calculator.StudentCalculator` with ``compiled=True``)."""
-        vectors = vectors.detach().requires_grad_(True)
-        atom_energy = self.learned_atom_energies(species, src, dst, vectors)
-        (edge_gradient,) = torch.autograd.grad(atom_energy.sum(), vectors)
-        return atom_energy.detach(), edge_gradient
-
     def structure_energies(self, atom_energy: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
                            n_structures: int) -> torch.Tensor:
         """Energies ``[B]`` (eV, float64): the learned ``atom_energy [N]`` plus the reference energies,
