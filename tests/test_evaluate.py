@@ -165,6 +165,9 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_test"] == 2 and metrics["stress_mae_GPa"] > 0 and metrics["speedup"] > 0
     assert set(metrics["per_species"]) == {"Cu"} and metrics["ensemble_spread"] == {}
+    kinds = metrics["per_kind"]  # the test split's structures by sampling strategy (copper_store)
+    assert sum(row["n_structures"] for row in kinds.values()) == 2
+    assert sum(row["share_of_squared_error"] for row in kinds.values()) == pytest.approx(1.0)
     verdict = {g["metric"]: g["passed"] for g in metrics["gates"]}
     assert verdict == {"force_rel_rmse": False, "stress_rel_error": False, "force_cosine": True}
     assert metrics["gates_passed"] is False

@@ -6,7 +6,8 @@ from ase.units import GPa
 
 from mlff_distill.data import LabeledArrays
 from mlff_distill.metrics import (check_gates, energy_force_errors, ensemble_spread, failed_gates,
-                                  force_cosine, per_species_force_errors, stress_errors)
+                                  force_cosine, per_kind_force_errors, per_species_force_errors,
+                                  stress_errors)
 
 
 def h_and_h2o() -> LabeledArrays:
@@ -94,3 +95,15 @@ def test_gates_pass_fail_and_not_computed():
     assert verdict == {"force_rel_rmse": False, "energy_mae_per_atom_eV": True,
                        "force_cosine": False, "stress_rel_error": None}
     assert failed_gates(rows) == ["force_rel_rmse 0.05 > 0.03", "force_cosine 0.9 < 0.95"]
+
+
+def test_per_kind_force_errors_by_hand():
+    reference = h_and_h2o()
+    forces = reference.forces_eV_per_A.copy()
+    forces[0] = [0.0, 3.0, 0.0]  # only the lone H (kind "a") is wrong: squared error 18
+    rows = per_kind_force_errors(reference, forces, ["a", "b"])
+    assert rows["a"] == pytest.approx({"n_structures": 1, "force_rmse_eV_per_A": np.sqrt(18 / 3),
+                                       "force_rel_rmse": np.sqrt(18 / 9), "share_of_squared_error": 1.0})
+    assert rows["b"]["force_rel_rmse"] == 0.0 and rows["b"]["share_of_squared_error"] == 0.0
+    with pytest.raises(ValueError, match="1 labels for 2 structures"):
+        per_kind_force_errors(reference, forces, ["a"])

@@ -35,6 +35,8 @@ def test_full_report_has_every_section_with_figures_and_the_untrained_teacher(tm
     metrics.update(teacher="orb-v3 (untrained teacher)", student="StudentPotential (10 parameters)",
                    n_test=2, n_timed=2, teacher_s_per_structure=0.01, student_s_per_structure=0.002,
                    speedup=5.0, inference_path="eager",
+                   per_kind={"md 300 K": {"n_structures": 1, "force_rel_rmse": 0.02},
+                             "rattle": {"n_structures": 1, "force_rel_rmse": 0.09}},
                    speed=[{"n_atoms": 64, "teacher_ms": 20.0, "student_ms": 2.0},
                           {"n_atoms": 512, "teacher_ms": 150.0, "student_ms": 9.0}],
                    md_validation={"drift": [{"model": "student", "drift_eV_per_atom_per_ps": 1e-4,
@@ -74,6 +76,6 @@ def test_missing_inputs_say_not_run(tmp_path):
                         {}).read_text()
     for section in SECTIONS:
         assert f">{section}</h2>" in page
-    # parity, histograms, speed at sizes, MD, teacher, provenance, per species
-    assert page.count("not run") == 7
+    # parity, histograms, speed at sizes, MD, teacher, provenance, per species, per kind
+    assert page.count("not run") == 8
     assert "no gates configured" in page and "untrained" not in page

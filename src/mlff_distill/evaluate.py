@@ -28,7 +28,7 @@ from ase import Atoms
 
 from mlff_distill.data import LabeledArrays
 from mlff_distill.metrics import (check_gates, energy_force_errors, ensemble_spread, failed_gates,
-                                  per_species_force_errors, stress_errors)
+                                  per_kind_force_errors, per_species_force_errors, stress_errors)
 
 # MD validation runs before the speed step: FeNNol teachers keep the padded size of the largest
 # system they have seen, so after the 2048-atom timing a molecule's MD step cost 0.26 s, not 7 ms.
@@ -65,6 +65,24 @@ def seconds_per_structure(compute: Callable[[Atoms], object], structures: Sequen
             compute(atoms)
         totals.append(time.perf_counter() - start)
     return float(np.median(totals)) / len(structures)
+
+
+def structure_kinds(store: Path, split: str, sampled: Sequence[Atoms]) -> list[str]:
+    """A label per structure of ``split`` (store order): its sampling strategy, with the
+    temperature where it has one ("md 300 K", "normal-modes 1000 K", "rattle"), from the sampled
+    structures (``sampled[sample_index].info``)."""
+    import zarr
+
+    from mlff_distill.store import SPLIT_CODES
+
+    group = zarr.open_group(store=str(store), mode="r", zarr_format=3)
+    keep = group["structures/split"][...] == SPLIT_CODES[split]
+    kinds = []
+    for index in group["structures/sample_index"][...][keep]:
+        info = sampled[int(index)].info
+        temperature = f" {info['temperature_K']:g} K" if "temperature_K" in info else ""
+        kinds.append(f"{info.get('strategy', 'unknown')}{temperature}")
+    return kinds
 
 
 def energy_std_of_split(store: Path, split: str) -> np.ndarray:
@@ -274,6 +292,9 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
             "teacher_weights_sha256": teacher.identity.weights_sha256,
         })
         sampled = read(structures_file, ":") if structures_file else None
+        metrics["per_kind"] = (per_kind_force_errors(test, predictions["forces_eV_per_A"],
+                                                     structure_kinds(store, "test", sampled))
+                               if sampled else None)
         for key in OPTIONAL_STEPS:
             step = optional_step(key)
             metrics[key] = None if step is None else step(

@@ -7,7 +7,7 @@ molecules). Relative errors are dimensionless: the RMS error over the RMS of the
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 from ase.data import chemical_symbols
@@ -74,6 +74,28 @@ def per_species_force_errors(reference: LabeledArrays,
             "force_rel_rmse": _rms(error) / _rms(reference.forces_eV_per_A[mask]),
         }
     return errors
+
+
+def per_kind_force_errors(reference: LabeledArrays, forces_eV_per_A: np.ndarray,
+                          kinds: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Force errors (eV/Angstrom) of the structures of each kind (``kinds``: one label per
+    structure, e.g. its sampling strategy and temperature), with each kind's share of the summed
+    squared force error."""
+    if len(kinds) != reference.n_structures:
+        raise ValueError(f"kinds: {len(kinds)} labels for {reference.n_structures} structures")
+    atom_kinds = np.repeat(np.asarray(kinds, dtype=object), reference.n_atoms)
+    error = forces_eV_per_A - reference.forces_eV_per_A
+    total = float(np.sum(error**2))
+    result = {}
+    for kind in sorted(set(kinds)):
+        mask = atom_kinds == kind
+        result[kind] = {
+            "n_structures": int(sum(k == kind for k in kinds)),
+            "force_rmse_eV_per_A": _rms(error[mask]),
+            "force_rel_rmse": _rms(error[mask]) / _rms(reference.forces_eV_per_A[mask]),
+            "share_of_squared_error": float(np.sum(error[mask] ** 2)) / total if total > 0 else 0.0,
+        }
+    return result
 
 
 def stress_errors(reference_eV_per_A3: np.ndarray | None,

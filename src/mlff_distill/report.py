@@ -128,7 +128,10 @@ def _accuracy(metrics: Mapping[str, Any]) -> str:
         note += '<p class="na">Stress: no periodic structures in the test split.</p>'
     species = metrics.get("per_species")
     per_species = (table([{"element": z, **v} for z, v in species.items()]) if species else NOT_RUN)
-    return f"{overall}{note}<h3>Forces per element</h3>{per_species}"
+    kinds = metrics.get("per_kind")
+    per_kind = (table([{"kind of structure": k, **v} for k, v in kinds.items()]) if kinds else NOT_RUN)
+    return (f"{overall}{note}<h3>Forces per element</h3>{per_species}"
+            f"<h3>Forces per kind of structure</h3>{per_kind}")
 
 
 def _speed(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
