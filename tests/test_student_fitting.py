@@ -10,7 +10,7 @@ from mlff_distill.data import LabeledArrays, concatenate_structures
 from mlff_distill.store import read_labels
 from mlff_distill.student import StudentPotential, TrainSettings, fit_reference_energies, predict, train_student
 from mlff_distill.student.dataset import StructureBlocks, concatenate, shuffled_batches
-from mlff_distill.student.fitting import batch_loss, stress_rms, structure_tensors
+from mlff_distill.student.fitting import batch_loss, capped_horizon, stress_rms, structure_tensors
 from mlff_distill.student.model import energy_forces_stress
 
 SPECIES = [13, 29]
@@ -167,3 +167,13 @@ def test_stress_term_counts_periodic_structures_only(emt_store) -> None:
     expected = 2.5 * np.mean(((stress[:2].numpy() - batch.stress_eV_per_A3[:2]) / scale) ** 2)
     assert torch.isfinite(with_stress) and expected > 1e-6
     assert (with_stress - without).item() == pytest.approx(expected, rel=1e-9)
+
+
+def test_capped_horizon_follows_recent_epochs() -> None:
+    # 10 epochs done, 100 s left: at 10 s an epoch 10 more fit; at 1 s all 150 do.
+    assert capped_horizon(10, 150, [10.0] * 10, 100.0) == 20
+    assert capped_horizon(10, 150, [1.0] * 10, 100.0) == 110
+    assert capped_horizon(10, 50, [1.0] * 10, 100.0) == 50
+    # A slow start (another job on the machine) is forgotten once epochs get faster again.
+    assert capped_horizon(20, 150, [40.0] * 15 + [10.0] * 5, 300.0) == 50
+    assert capped_horizon(5, 150, [10.0] * 5, -3.0) == 6  # out of time: end after the next epoch

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import statistics
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
@@ -200,6 +201,17 @@ def batch_loss(
     return loss
 
 
+def capped_horizon(epoch: int, epochs: int, epoch_seconds: Sequence[float], seconds_left: float) -> int:
+    """The epoch the learning-rate schedule should end at, after ``epoch`` of ``epochs``, when
+    ``seconds_left`` (s) remain and recent epochs took ``epoch_seconds`` (s, the median of the last
+    five counts): ``epochs`` if they fit, else as many as fit, at least ``epoch + 1``. Estimated
+    afresh each epoch from recent epochs, so a slow start (another job on the machine) does not
+    end the schedule early for good."""
+    recent = statistics.median(epoch_seconds[-5:])
+    affordable = epoch + int(max(seconds_left, 0.0) / recent) if recent > 0 else epochs
+    return max(epoch + 1, min(epochs, affordable))
+
+
 def train_student(
     model: StudentPotential,
     train: Union[LabeledArrays, StructureBlocks],
@@ -246,7 +258,7 @@ def train_student(
     steps_per_epoch = math.ceil(train.n_structures / settings.batch_size)
     warmup_steps = settings.warmup_epochs * steps_per_epoch
     # The cosine decays over `horizon_epochs`: `epochs`, or fewer when `max_minutes` will not allow
-    # them (re-estimated after every epoch), so that a time-capped run still ends at a low rate.
+    # them (`capped_horizon`, after every epoch), so that a time-capped run still ends at a low rate.
     horizon_epochs = [settings.epochs]
 
     def lr_factor(step: int) -> float:
@@ -279,7 +291,9 @@ def train_student(
         horizon_epochs[0] = resume_from.get("horizon_epochs", settings.epochs)
 
     start_time = time.monotonic() - elapsed
+    epoch_seconds: list[float] = []
     for epoch in range(first_epoch, settings.epochs + 1):
+        epoch_start = time.monotonic()
         model.train()
         losses, out_of_time = [], False
         for batch in shuffled_batches(train, settings.batch_size, generator, settings.shuffle_buffer_blocks):
@@ -304,10 +318,10 @@ def train_student(
         if metrics["val_loss"] < history["best_val_loss"]:
             history["best_epoch"], history["best_val_loss"] = epoch, metrics["val_loss"]
             best_state = copy.deepcopy(evaluated.state_dict())
+        epoch_seconds.append(time.monotonic() - epoch_start)
         if settings.max_minutes is not None:
-            seconds_per_epoch = (time.monotonic() - start_time) / epoch
-            affordable = int(60 * settings.max_minutes / seconds_per_epoch)
-            horizon_epochs[0] = max(epoch + 1, min(horizon_epochs[0], affordable))
+            horizon_epochs[0] = capped_horizon(epoch, settings.epochs, epoch_seconds,
+                                               60 * settings.max_minutes - (time.monotonic() - start_time))
         stop = None
         if out_of_time:
             stop = "max_minutes"
