@@ -70,10 +70,12 @@ def test_choose_cpu_path_with_torch_compile() -> None:
 
 
 def test_compile_mismatch_is_named() -> None:
-    reference = [{"energy": np.array(1.0), "forces": np.zeros((2, 3))}]
+    reference = [{"energy": np.array(-50.0), "forces": np.array([[10.0, 0, 0], [-10.0, 0, 0]])}]
     assert _mismatch(reference, reference) is None
-    shifted = [{"energy": np.array(1.0), "forces": np.full((2, 3), 0.01)}]
-    assert _mismatch(shifted, reference) == "structure 0: forces differs by up to 0.01"
+    rounded = [{"energy": np.array(-50.0), "forces": reference[0]["forces"] + 6e-4}]  # float32 sums
+    assert _mismatch(rounded, reference) is None
+    wrong = [{"energy": np.array(-50.0), "forces": reference[0]["forces"] + 0.05}]
+    assert _mismatch(wrong, reference) == "structure 0: forces differs by up to 0.05 (largest value 10)"
 
 
 # ---- tune stage helpers: graphs from the run's data, the tuned-kernel record ----

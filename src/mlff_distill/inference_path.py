@@ -47,13 +47,22 @@ def _calculator_results(calculator, structures: Sequence[Atoms]) -> list[dict[st
     return results
 
 
-def _mismatch(results: list[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]]) -> str | None:
-    """None if ``results`` equal ``reference`` within float32 tolerance, else the first difference."""
+def _mismatch(results: list[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]],
+              relative_tolerance: float = 1e-3) -> str | None:
+    """None if ``results`` equal ``reference`` to float32 rounding, else the first difference.
+
+    A quantity passes when its largest absolute difference is at most ``relative_tolerance``
+    times its largest absolute reference value: summation order differs between eager and compiled
+    kernels, and forces summed over many edges in float32 differ by 1e-5 to 1e-4 of their scale
+    (seen: 6.4e-4 eV/A on forces up to about 10 eV/A at 512 atoms), while a wrong result differs
+    by the order of the values themselves.
+    """
     for index, (result, expected) in enumerate(zip(results, reference, strict=True)):
         for name, want in expected.items():
-            if not np.allclose(result[name], want, rtol=1e-4, atol=1e-4):
-                error = float(np.max(np.abs(result[name] - want)))
-                return f"structure {index}: {name} differs by up to {error:.3g}"
+            error = float(np.max(np.abs(result[name] - want), initial=0.0))
+            scale = float(np.max(np.abs(want), initial=0.0))
+            if not error <= relative_tolerance * max(scale, 1e-6):
+                return f"structure {index}: {name} differs by up to {error:.3g} (largest value {scale:.3g})"
     return None
 
 
