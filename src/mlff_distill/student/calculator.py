@@ -137,11 +137,11 @@ class StudentCalculator(Calculator):
         src, dst, shifts = (t.to(device) for t in pairs_of_one_structure(
             atoms.positions, atoms.cell.array, atoms.pbc, self.model.cutoff_A))
         species = self.model.species_indices(torch.as_tensor(atoms.numbers, device=device))
+        batch = torch.zeros(len(atoms), dtype=torch.long, device=device)
         atom_energy, forces, stress = self._compute(
             species, torch.as_tensor(atoms.positions, device=device), torch.as_tensor(atoms.cell.array, device=device),
-            torch.as_tensor(atoms.pbc, device=device), src, dst, shifts, with_stress)
+            torch.as_tensor(atoms.pbc, device=device), src, dst, shifts, batch, with_stress)
         # The float64 sum stays outside torch.compile (Inductor's CPU codegen fails on a float64 scatter).
-        batch = torch.zeros(len(atoms), dtype=torch.long, device=device)
         return self.model.structure_energies(atom_energy, species, batch, 1), forces, stress
 
 
@@ -154,13 +154,15 @@ def energy_forces_stress_of_pairs(
     src: torch.Tensor,
     dst: torch.Tensor,
     shifts: torch.Tensor,
+    batch: torch.Tensor,
     compute_stress: bool,
     functional: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Learned atom energies ``[N]`` (eV, without the reference energies: see
     `StudentPotential.structure_energies`), forces ``[N, 3]`` (eV/Angstrom) and stress ``[1, 3, 3]``
     (eV/Angstrom^3) or None of one structure, from its species indices, float64 positions ``[N,
-    3]`` and cell ``[3, 3]`` (Angstrom), pbc ``[3]`` and pairs (as `neighbours.neighbour_list`).
+    3]`` and cell ``[3, 3]`` (Angstrom), pbc ``[3]``, pairs (as `neighbours.neighbour_list`) and
+    ``batch`` (zeros ``[N]``: every atom in structure 0).
 
     The edge vectors are formed in float64 (no rounding of large coordinates), then cast to the
     model's dtype. ``functional=True`` takes the gradient with ``torch.func.grad``, which
@@ -182,7 +184,6 @@ def energy_forces_stress_of_pairs(
         atom_energy = model.learned_atom_energies(species, src, dst, vectors)
         (edge_gradient,) = torch.autograd.grad(atom_energy.sum(), vectors)
         atom_energy, vectors = atom_energy.detach(), vectors.detach()
-    batch = torch.zeros(positions_A.shape[0], dtype=torch.long, device=positions_A.device)
     forces, stress = forces_and_stress(edge_gradient, vectors, src, dst, batch, cell_A.to(dtype)[None], pbc[None], 1,
                                        compute_stress)
     return atom_energy, forces, stress
