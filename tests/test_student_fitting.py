@@ -10,7 +10,8 @@ from mlff_distill.data import LabeledArrays, concatenate_structures
 from mlff_distill.store import read_labels
 from mlff_distill.student import StudentPotential, TrainSettings, fit_reference_energies, predict, train_student
 from mlff_distill.student.dataset import StructureBlocks, concatenate, shuffled_batches
-from mlff_distill.student.fitting import batch_loss, capped_horizon, stress_rms, structure_tensors
+from mlff_distill.student.fitting import capped_horizon, stress_rms, structure_tensors
+from mlff_distill.student.loss import BatchLoss
 from mlff_distill.student.model import energy_forces_stress
 
 SPECIES = [13, 29]
@@ -153,6 +154,18 @@ def test_training_from_store_blocks_is_deterministic(emt_store) -> None:
     assert all(torch.equal(a, b) for a, b in zip(first.parameters(), second.parameters()))
 
 
+def reference_loss(model: StudentPotential, batch: LabeledArrays, stress_weight: float, scale: float) -> torch.Tensor:
+    """The loss written out with the autograd engine (create_graph=True), as `BatchLoss` defines it."""
+    inputs = structure_tensors(batch, torch.device("cpu"))
+    energy, forces, stress = energy_forces_stress(model, **inputs, compute_stress=True, create_graph=True)
+    n_atoms = torch.as_tensor(np.diff(batch.atoms_ptr), dtype=torch.float64)
+    loss = (3.0 * (((energy - torch.as_tensor(batch.energy_eV)) / n_atoms) ** 2).mean()
+            + 7.0 * ((forces - torch.as_tensor(batch.forces_eV_per_A, dtype=forces.dtype)) ** 2).mean())
+    periodic = torch.as_tensor(batch.pbc.all(axis=1))
+    stress_target = torch.as_tensor(batch.stress_eV_per_A3, dtype=stress.dtype)[periodic]
+    return loss + stress_weight * (((stress[periodic] - stress_target) / scale) ** 2).mean()
+
+
 def test_stress_term_counts_periodic_structures_only(emt_store) -> None:
     data = read_labels(emt_store)
     batch = data.subset([0, 1, data.n_structures - 1])  # two crystals and a molecule (NaN stress)
@@ -160,13 +173,31 @@ def test_stress_term_counts_periodic_structures_only(emt_store) -> None:
     model = StudentPotential(species=[1, 6, 8, 13, 29], cutoff_A=4.0, n_features=8).double()
     scale = stress_rms(data)
     assert scale == pytest.approx(np.sqrt(np.nanmean(data.stress_eV_per_A3[:-2] ** 2)))
-    settings = TrainSettings(stress_weight=0.0)
-    without = batch_loss(model, batch, settings, scale)
-    with_stress = batch_loss(model, batch, TrainSettings(stress_weight=2.5), scale)
+    without = BatchLoss(3.0, 7.0, 0.0, scale, compile=False)(model, batch)
+    with_stress = BatchLoss(3.0, 7.0, 2.5, scale, compile=False)(model, batch)
     _, _, stress = energy_forces_stress(model, **structure_tensors(batch, torch.device("cpu")), compute_stress=True)
     expected = 2.5 * np.mean(((stress[:2].numpy() - batch.stress_eV_per_A3[:2]) / scale) ** 2)
     assert torch.isfinite(with_stress) and expected > 1e-6
     assert (with_stress - without).item() == pytest.approx(expected, rel=1e-9)
+    assert with_stress.item() == pytest.approx(reference_loss(model, batch, 2.5, scale).item(), rel=1e-9)
+
+
+def test_compiled_loss_gives_the_weights_the_same_gradient(emt_store) -> None:
+    """torch.compile of the loss (forces and stress by torch.func.grad inside one graph) against
+    the autograd engine's double backward, on a batch of crystals and a molecule."""
+    data = read_labels(emt_store)
+    batch = data.subset([0, 1, 2, data.n_structures - 1])
+    torch.manual_seed(0)
+    model = StudentPotential(species=[1, 6, 8, 13, 29], cutoff_A=4.0, n_features=8)
+    scale = stress_rms(data)
+    compiled = BatchLoss(3.0, 7.0, 2.5, scale, compile=True)
+    gradients = []
+    for loss in (reference_loss(model, batch, 2.5, scale), compiled(model, batch)):
+        gradients.append(torch.autograd.grad(loss, list(model.parameters())))
+    assert compiled.compiled, "torch.compile fell back to eager"
+    for expected, got in zip(*gradients):
+        scale_of = expected.abs().max().item()
+        assert scale_of > 0 and (got - expected).abs().max().item() <= 1e-4 * scale_of
 
 
 def test_capped_horizon_follows_recent_epochs() -> None:

@@ -44,8 +44,9 @@ def learning_curve_plot(history: dict, path: Path) -> None:
     plt.close(figure)
 
 
-# Keys of config["train"] that choose how data is read and resumed, not how the model learns.
-IO_KEYS = ("resume", "in_memory_max_GB")
+# Keys of config["train"] that choose how data is read and resumed and how many threads run, not
+# how the model learns.
+IO_KEYS = ("resume", "in_memory_max_GB", "threads")
 
 
 def state_path_for(checkpoint: Path) -> Path:

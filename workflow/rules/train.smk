@@ -9,7 +9,7 @@ rule train:
         checkpoint=stage_path("train", "student.pt"),
         torchscript=stage_path("train", "student.torchscript.pt"),
         history=stage_path("train", "history.json"),
-    threads: workflow.cores
+    threads: config["train"]["threads"] or workflow.cores
     log:
         log_path("train"),
     benchmark:

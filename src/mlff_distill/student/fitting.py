@@ -19,6 +19,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mlff_distill.data import LabeledArrays
 from mlff_distill.student.dataset import StructureBlocks, shuffled_batches
+from mlff_distill.student.loss import BatchLoss, stress_mask
 from mlff_distill.student.model import StudentPotential, energy_forces_stress
 
 
@@ -49,18 +50,11 @@ def _as_blocks(data: Union[LabeledArrays, StructureBlocks]) -> StructureBlocks:
     return data if isinstance(data, StructureBlocks) else StructureBlocks.in_memory(data)
 
 
-def _stress_mask(data: LabeledArrays) -> np.ndarray:
-    """Structures periodic in all directions with finite stress labels, ``[N]`` bool."""
-    if data.stress_eV_per_A3 is None:
-        return np.zeros(data.n_structures, dtype=bool)
-    return data.pbc.all(axis=1) & np.isfinite(data.stress_eV_per_A3).all(axis=(1, 2))
-
-
 def stress_rms(data: Union[LabeledArrays, StructureBlocks]) -> float:
     """RMS stress component (eV/Angstrom^3) over the periodic structures with stress labels; 0 if none."""
     total, count = 0.0, 0
     for block in _as_blocks(data).blocks():
-        labels = block.stress_eV_per_A3[_stress_mask(block)] if block.stress_eV_per_A3 is not None else np.zeros(0)
+        labels = block.stress_eV_per_A3[stress_mask(block)] if block.stress_eV_per_A3 is not None else np.zeros(0)
         total, count = total + float((labels**2).sum()), count + labels.size
     return math.sqrt(total / count) if count else 0.0
 
@@ -78,7 +72,8 @@ class TrainSettings:
     (``None`` = no limit); either stops training after a validation. ``stress_weight`` weighs the
     MSE of the stress components of periodic structures divided by the training set's RMS stress
     (dimensionless). ``shuffle_buffer_blocks`` is the number of store blocks pooled and shuffled
-    together (see `mlff_distill.student.dataset.shuffled_batches`).
+    together (see `mlff_distill.student.dataset.shuffled_batches`). ``compile`` compiles the
+    training loss with ``torch.compile`` (`mlff_distill.student.loss.BatchLoss`).
     """
 
     epochs: int = 100
@@ -96,6 +91,7 @@ class TrainSettings:
     patience: Optional[int] = None
     final_lr_fraction: float = 0.01
     shuffle_buffer_blocks: int = 8
+    compile: bool = False
 
 
 def structure_tensors(data: LabeledArrays, device: torch.device) -> dict[str, torch.Tensor]:
@@ -145,7 +141,7 @@ def _validation_metrics(
     sums = dict.fromkeys(["n_structures", "energy_abs", "energy_sq", "n_force", "force_abs", "force_sq",
                           "force_ref_sq", "n_stress", "stress_sq", "stress_ref_sq"], 0.0)
     for block in val.blocks():
-        mask = _stress_mask(block)
+        mask = stress_mask(block)
         prediction = predict(model, block, batch_size=settings.batch_size, compute_stress=bool(mask.any()))
         energy_error = (prediction["energy_eV"] - block.energy_eV) / block.n_atoms
         force_error = prediction["forces_eV_per_A"] - block.forces_eV_per_A
@@ -178,27 +174,6 @@ def _validation_metrics(
         metrics["val_stress_rmse_eV_per_A3"] = math.sqrt(stress_mse)
         metrics["val_stress_rel_rmse"] = math.sqrt(stress_mse / max(sums["stress_ref_sq"] / sums["n_stress"], 1e-300))
     return metrics
-
-
-def batch_loss(
-    model: StudentPotential, batch: LabeledArrays, settings: TrainSettings, stress_scale_eV_per_A3: float
-) -> torch.Tensor:
-    """Weighted energy-per-atom, force and (periodic structures only) scaled stress MSE of one batch."""
-    device = model.embedding.weight.device
-    stress_mask = _stress_mask(batch)
-    with_stress = settings.stress_weight > 0 and stress_scale_eV_per_A3 > 0 and bool(stress_mask.any())
-    inputs = structure_tensors(batch, device)
-    energy, forces, stress = energy_forces_stress(model, **inputs, compute_stress=with_stress, create_graph=True)
-    n_atoms = torch.as_tensor(batch.n_atoms, dtype=torch.float64, device=device)
-    energy_error = (energy - torch.as_tensor(batch.energy_eV, device=device)) / n_atoms
-    force_error = forces - torch.as_tensor(batch.forces_eV_per_A, dtype=forces.dtype, device=device)
-    loss = settings.energy_weight * (energy_error**2).mean() + settings.force_weight * (force_error**2).mean()
-    if with_stress:
-        assert stress is not None
-        mask = torch.as_tensor(stress_mask, device=device)
-        reference = torch.as_tensor(batch.stress_eV_per_A3[stress_mask], dtype=stress.dtype, device=device)
-        loss = loss + settings.stress_weight * (((stress[mask] - reference) / stress_scale_eV_per_A3) ** 2).mean()
-    return loss
 
 
 def capped_horizon(epoch: int, epochs: int, epoch_seconds: Sequence[float], seconds_left: float) -> int:
@@ -274,6 +249,8 @@ def train_student(
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
     evaluated = ema.module if ema is not None else model
     stress_scale = stress_rms(train) if settings.stress_weight > 0 else 0.0
+    batch_loss = BatchLoss(settings.energy_weight, settings.force_weight, settings.stress_weight, stress_scale,
+                           settings.compile)
 
     history: dict[str, Any] = {"epochs": [], "best_epoch": 0, "best_val_loss": math.inf, "stop_reason": "epochs"}
     best_state, first_epoch, elapsed = None, 1, 0.0
@@ -297,7 +274,7 @@ def train_student(
         model.train()
         losses, out_of_time = [], False
         for batch in shuffled_batches(train, settings.batch_size, generator, settings.shuffle_buffer_blocks):
-            loss = batch_loss(model, batch, settings, stress_scale)
+            loss = batch_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
