@@ -12,7 +12,7 @@ from ase.build import molecule
 from ase.stress import voigt_6_to_full_3x3_stress
 from ase.units import Hartree
 
-from mlff_distill.teachers.fennol_ensemble import FennolEnsembleTeacher
+from mlff_distill.teachers.fennol_ensemble import FennolEnsembleTeacher, fennol_inputs, largest_molecules
 
 
 def ani1x_files(models_dir):
@@ -137,7 +137,7 @@ from pathlib import Path
 import numpy as np
 from ase.io import read
 
-from mlff_distill.teachers.fennol_ensemble import FennolEnsembleTeacher
+from mlff_distill.teachers.fennol_ensemble import FennolEnsembleTeacher, fennol_inputs, largest_molecules
 
 molecule, box = read(sys.argv[1], ":")
 teacher = FennolEnsembleTeacher([Path(p) for p in sys.argv[2:]], "fd", batch_size=64, float64=True)
@@ -188,3 +188,31 @@ def test_forces_and_stress_are_finite_difference_derivatives(models_dir, tmp_pat
     voigt = stress.flat[[0, 4, 8, 5, 2, 1]]
     np.testing.assert_allclose(voigt, result["fd_voigt"], atol=1e-7)
     assert np.abs(voigt).max() > 1e-3
+
+
+def test_reserved_capacity_holds_every_later_batch(models_dir):
+    """After reserve_capacity on all the molecules, no batch of them grows FeNNol's padded sizes
+    (each growth is a JAX recompilation); without it, batches in this order do."""
+    rng = np.random.default_rng(0)
+    names = ["H2O", "CH4", "NH3", "CH3OH", "CH3CONH2", "HCOOH", "C6H6", "CH3CH2OH"]
+    molecules = []
+    for name in names:  # small to large: each batch needs more than the last
+        for _ in range(6):
+            atoms = molecule(name)
+            atoms.positions += rng.normal(scale=0.05, size=atoms.positions.shape)
+            molecules.append(atoms)
+    assert len(largest_molecules(molecules, 4)) == 1 + 4  # by atoms, and by each of H, C, N, O
+
+    def growths(reserve: bool) -> int:
+        teacher = FennolEnsembleTeacher(ani1x_files(models_dir)[:1], name="ani1x-0", batch_size=4)
+        if reserve:
+            teacher.reserve_capacity(molecules)
+        model = teacher._stacks[0].model
+        count, state = 0, repr(model.preproc_state)
+        for start in range(0, len(molecules), 4):
+            model.preprocess(**fennol_inputs(molecules[start:start + 4], np.float32))
+            count, state = count + (repr(model.preproc_state) != state), repr(model.preproc_state)
+        return count
+
+    assert growths(reserve=False) >= 3
+    assert growths(reserve=True) == 0

@@ -50,8 +50,15 @@ def plan_shards(n_structures: int, shard_size: int) -> list[range]:
             for start in range(0, n_structures, shard_size)]
 
 
-def label_shard(teacher_config: dict, structures: list[Atoms], shard_path: Path) -> dict:
+def label_shard(teacher_config: dict, structures: list[Atoms], shard_path: Path,
+                largest: Sequence[Atoms] = ()) -> dict:
     """Label ``structures`` with the teacher and write them as the shard at ``shard_path``.
+
+    ``largest``: the largest molecules of the whole labeling job (see
+    `teachers.fennol_ensemble.largest_molecules`), given to a teacher's ``reserve_capacity``
+    (where it has one, as FeNNol ensembles do) before the first batch, so that its padded shapes,
+    and JAX's compilations, are settled once per worker (measured on 2 cores, the default
+    config's 5,460 structures: 24 s of labeling against 52 s without).
 
     Runs in a Dask worker; the teacher is loaded once per process. If the teacher raises on the
     whole batch or returns non-finite energies/forces, the structures are labeled one at a time;
@@ -67,6 +74,8 @@ def label_shard(teacher_config: dict, structures: list[Atoms], shard_path: Path)
     start = time.perf_counter()
     teacher = _cached_teacher(_canonical_json(teacher_config))
     teacher_start = time.perf_counter()
+    if largest and hasattr(teacher, "reserve_capacity"):
+        teacher.reserve_capacity(largest)
     kept, output, failures = _compute_with_fallback(teacher, structures)
     teacher_seconds = time.perf_counter() - teacher_start
     arrays = _input_arrays(kept)
@@ -185,6 +194,11 @@ def worker_env(shards_dir: Path) -> dict[str, str]:
     return {**WORKER_ENV, "JAX_COMPILATION_CACHE_DIR": str(Path(shards_dir) / JAX_CACHE_DIR)}
 
 
+# How many of the job's largest molecules, by atoms and by atoms of each species, go to each
+# shard's teacher.reserve_capacity.
+LARGEST_FOR_CAPACITY = 64
+
+
 def _label_todo(todo: list[tuple[Path, list[Atoms]]], teacher_config: dict, n_workers: int,
                 env: dict[str, str], progress: Callable[[dict], None] | None,
                 scheduler: dict) -> list[dict]:
@@ -205,15 +219,19 @@ def _label_todo(todo: list[tuple[Path, list[Atoms]]], teacher_config: dict, n_wo
                       "structures_done": done, "structures_total": total,
                       "structures_per_second": rate, "eta_seconds": (total - done) / rate})
 
+    from mlff_distill.teachers.fennol_ensemble import largest_molecules
+
+    batches = largest_molecules([atoms for _, shard in todo for atoms in shard], LARGEST_FOR_CAPACITY)
+    largest = list({id(atoms): atoms for batch in batches for atoms in batch}.values())
     if scheduler["kind"] == "local" and n_workers <= 0:
         for path, shard in todo:
-            finished(label_shard(teacher_config, shard, path))
+            finished(label_shard(teacher_config, shard, path, largest))
         return stats
 
     from distributed import as_completed
 
     with open_client(scheduler, min(n_workers, len(todo)), env) as client:
-        futures = [client.submit(label_shard, teacher_config, shard, path, pure=False)
+        futures = [client.submit(label_shard, teacher_config, shard, path, largest, pure=False)
                    for path, shard in todo]
         for future in as_completed(futures):
             finished(future.result())

@@ -3,7 +3,9 @@
 Members that share one architecture (same model description, same weight shapes) have their weights
 stacked and are evaluated with one ``jax.vmap``: one compilation and one call for all members.
 Members that cannot be stacked are evaluated one by one. A single ``.fnx`` is an ensemble of one.
-Structures are padded by FeNNol's atom padding, so batches of different sizes rarely recompile.
+Structures are padded by FeNNol's atom padding, and the padded sizes are set up front from the
+largest batches (`FennolEnsembleTeacher.reserve_capacity`), so batches of different sizes rarely
+recompile.
 Models store energies in their own unit (Hartree for ANI); outputs here are eV, eV/Angstrom and
 eV/Angstrom^3.
 
@@ -75,6 +77,7 @@ class FennolEnsembleTeacher:
     def compute(self, structures: Sequence[Atoms], compute_stress: bool = False) -> TeacherOutput:
         """Energies (eV), forces (eV/Angstrom) and, if ``compute_stress``, stress (eV/Angstrom^3,
         NaN for molecules and when not asked) of molecules or cells periodic in all directions."""
+        self.reserve_capacity(structures)
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for start in range(0, len(structures), self.batch_size):
             for group in _split_by_cell(structures[start:start + self.batch_size]):
@@ -90,6 +93,21 @@ class FennolEnsembleTeacher:
             forces_std_eV_per_A=forces.std(axis=0),
             stress_eV_per_A3=stress.mean(axis=0),
         )
+
+    def reserve_capacity(self, structures: Sequence[Atoms]) -> None:
+        """Size FeNNol's padded arrays for the largest batches of molecules among ``structures``.
+
+        FeNNol pads atoms, neighbour pairs, angles and the atoms of each species to capacities
+        that grow (pairs by 5 %) whenever a batch needs more, and each new capacity is a new shape
+        that JAX compiles afresh (about 1.6 s on 2 cores, against 11 ms to evaluate 32 small
+        molecules). Preprocessing the ``batch_size`` molecules with the most atoms, and those with
+        the most atoms of each species, sets the capacities at once. `compute` calls this on its
+        own structures; the label stage calls it with the largest molecules of all its shards
+        (measured on 2 cores, default config: 24 s to label 5,460 structures, 52 s without).
+        """
+        for batch in largest_molecules(structures, self.batch_size):
+            for stack in self._stacks:
+                stack.model.preprocess(**fennol_inputs(batch, self._dtype))
 
     def _compute_group(self, structures: Sequence[Atoms], compute_stress: bool
                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -172,6 +190,15 @@ def _species_of(model) -> set[int]:
 
     visit(model._input_args)
     return found or (set(range(1, min(zmax) + 1)) if zmax else set())
+
+
+def largest_molecules(structures: Sequence[Atoms], count: int) -> list[list[Atoms]]:
+    """The ``count`` non-periodic structures with the most atoms, then the ``count`` with the most
+    atoms of each species present: one list per size (none without molecules)."""
+    molecules = [atoms for atoms in structures if not atoms.pbc.any()]
+    species = sorted({int(z) for atoms in molecules for z in atoms.numbers})
+    sizes = [len] + [lambda atoms, z=z: int((atoms.numbers == z).sum()) for z in species]
+    return [sorted(molecules, key=size)[-count:] for size in sizes] if molecules else []
 
 
 def _split_by_cell(structures: Sequence[Atoms]) -> list[list[Atoms]]:
