@@ -56,12 +56,14 @@ def test_fit_reference_energies_recovers_linear_energies() -> None:
         fit_reference_energies(data, [13, 29])
 
 
-def train_once(train: LabeledArrays, val: LabeledArrays, epochs: int) -> tuple[StudentPotential, dict, list]:
+def train_once(train: LabeledArrays, val: LabeledArrays, epochs: int,
+               compile: bool = False) -> tuple[StudentPotential, dict, list]:
     torch.manual_seed(0)
     model = StudentPotential(
         species=SPECIES, cutoff_A=4.5, n_features=32, reference_energies_eV=fit_reference_energies(train, SPECIES)
     )
-    settings = TrainSettings(epochs=epochs, batch_size=8, learning_rate=5e-3, warmup_epochs=1, ema_decay=0.9, seed=7)
+    settings = TrainSettings(epochs=epochs, batch_size=8, learning_rate=5e-3, warmup_epochs=1, ema_decay=0.9, seed=7,
+                             compile=compile)
     calls = []
     history = train_student(model, train, val, settings, on_epoch=lambda epoch, metrics: calls.append(epoch))
     return model, history, calls
@@ -89,11 +91,13 @@ def test_training_reduces_validation_force_error(dataset) -> None:
     assert prediction["energy_eV"].shape == (8,) and model.training
 
 
-def test_training_is_deterministic(dataset) -> None:
+@pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
+def test_training_is_deterministic(dataset, compile: bool, caplog) -> None:
     train, val = dataset
-    first_model, first, _ = train_once(train, val, epochs=3)
-    second_model, second, _ = train_once(train, val, epochs=3)
-    assert first == second
+    first_model, first, _ = train_once(train, val, epochs=3, compile=compile)
+    second_model, second, _ = train_once(train, val, epochs=3, compile=compile)
+    assert "training eager" not in caplog.text  # the compiled run did not fall back
+    assert first == second and first["epochs"][-1]["val_loss"] < first["epochs"][0]["val_loss"]
     for a, b in zip(first_model.parameters(), second_model.parameters()):
         assert torch.equal(a, b)
 
