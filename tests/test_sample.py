@@ -9,7 +9,7 @@ from ase.io import read
 from conftest import full_config
 from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
 from mlff_distill.sample import (assign_splits, min_distance_A, rattled, sample_structures,
-                                 seed_molecules, teacher_md, teacher_md_trajectories, write_structures)
+                                 seed_molecules, teacher_md, write_structures)
 
 
 def test_unknown_molecule_is_named():
@@ -85,21 +85,3 @@ def test_test_files_are_the_test_split(tmp_path):
     assert all(a.info["strategy"] == "test-file" for a in tests)
     assert len(structures) == 7 and [a.info["sample_index"] for a in structures] == list(range(7))
     assert len({a.info["group"] for a in structures}) == 7
-
-
-def test_teacher_md_on_two_workers_matches_one_process(ani1x_teacher, ani1x_teacher_config):
-    """Spawned workers, each with its own teacher, give the frames of the in-process run (same
-    random numbers per job; float32 JAX sums may differ in the last digits between processes)."""
-    md = {"timestep_fs": 0.5, "friction_per_fs": 0.02, "equilibration_steps": 5,
-          "frames_per_trajectory": 2, "steps_between_frames": 4}
-    seeds = seed_molecules(["H2O", "NH3"])
-    jobs = [(seed, temperature) for seed in seeds for temperature in (300.0, 600.0)]
-    logger = logging.getLogger("test")
-    alone = teacher_md_trajectories(jobs, ani1x_teacher, ani1x_teacher_config, md, 3, 1, logger)
-    spread = teacher_md_trajectories(jobs, ani1x_teacher, ani1x_teacher_config, md, 3, 2, logger)
-    assert [len(t) for t in spread] == [2] * 4
-    assert [t[0].info["temperature_K"] for t in spread] == [300.0, 600.0, 300.0, 600.0]
-    for one, two in zip(alone, spread):
-        for a, b in zip(one, two):
-            np.testing.assert_allclose(a.positions, b.positions, atol=1e-4)
-    assert not np.allclose(alone[0][0].positions, alone[1][0].positions)

@@ -9,6 +9,7 @@ labels only what is missing. Units: positions Angstrom, energies eV, forces eV/A
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -25,7 +26,7 @@ from distributed import WorkerPlugin
 from mlff_distill.data import concatenate_structures
 from mlff_distill.store import (SPLIT_CODES, combine_shards, read_marker, read_shard,
                                  write_json_atomic, write_shard)
-from mlff_distill.teachers import Teacher, cached_teacher, check_structures_for, load_teacher
+from mlff_distill.teachers import Teacher, check_structures_for, load_teacher
 
 REQUIRED_INFO = ("split", "group", "sample_index")
 # Each worker is a single-threaded process: keep XLA's Eigen off the other workers' cores
@@ -71,7 +72,7 @@ def label_shard(teacher_config: dict, structures: list[Atoms], shard_path: Path,
     teacher_seconds, write_seconds}``; times in s.
     """
     start = time.perf_counter()
-    teacher = cached_teacher(teacher_config)
+    teacher = _cached_teacher(_canonical_json(teacher_config))
     teacher_start = time.perf_counter()
     if largest and hasattr(teacher, "reserve_capacity"):
         teacher.reserve_capacity(largest)
@@ -374,6 +375,12 @@ def _label_arrays(output) -> dict[str, np.ndarray]:
 
 def _finite(output) -> bool:
     return bool(np.isfinite(output.energy_eV).all() and np.isfinite(output.forces_eV_per_A).all())
+
+
+@functools.lru_cache(maxsize=2)
+def _cached_teacher(teacher_config_json: str) -> Teacher:
+    """The teacher of a canonical-JSON config, loaded once per process."""
+    return load_teacher(json.loads(teacher_config_json))
 
 
 def _canonical_json(config: dict) -> str:

@@ -11,7 +11,6 @@ train, validation and test.
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Sequence
 
@@ -25,7 +24,7 @@ from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_mom
 from tqdm import tqdm
 
 from mlff_distill import strategies
-from mlff_distill.teachers import Teacher, TeacherCalculator, cached_teacher, check_structures_for
+from mlff_distill.teachers import Teacher, TeacherCalculator, check_structures_for
 
 SPLITS = ("train", "val", "test")
 
@@ -90,63 +89,6 @@ def teacher_md(seed: Atoms, teacher: Teacher, temperature_K: float, md: dict,
         frame.info = {"seed": seed.info["seed"], "strategy": "md", "temperature_K": temperature_K}
         frames.append(frame)
     return frames
-
-
-def _one_thread_per_worker() -> None:
-    """Initializer of teacher-MD workers: one thread each for XLA (JAX teachers) and OpenMP (torch
-    teachers), set before either is imported, so that the workers do not compete for cores."""
-    from mlff_distill.label import WORKER_ENV
-
-    os.environ.update({**WORKER_ENV, "OMP_NUM_THREADS": "1"})
-
-
-def _teacher_md_task(teacher_config: dict, seed: Atoms, temperatures_K: Sequence[float], md: dict,
-                     rng_seeds: Sequence[list[int]]) -> list[list[Atoms]]:
-    """`teacher_md` of one seed at each temperature, in a worker process with its own teacher."""
-    teacher = cached_teacher(teacher_config)
-    return [teacher_md(seed, teacher, temperature, md, np.random.default_rng(rng_seed))
-            for temperature, rng_seed in zip(temperatures_K, rng_seeds)]
-
-
-def teacher_md_trajectories(jobs: Sequence[tuple[Atoms, float]], teacher: Teacher, teacher_config: dict,
-                            md: dict, seed: int, workers: int, logger: logging.Logger) -> list[list[Atoms]]:
-    """The frames of `teacher_md` for every ``(seed structure, temperature_K)`` job, in job order.
-
-    Job ``i`` draws its random numbers from ``(seed, i)``, whatever ``workers`` is (the frames
-    agree to the rounding of the teacher's float32 sums). With ``workers > 1`` the jobs run in that many spawned processes, each loading
-    the teacher once (`teachers.cached_teacher`); all jobs of one seed structure go to one worker,
-    as a JAX teacher compiles afresh for each new structure size. Measured on 2 cores, the default
-    config's 42 trajectories: 62 s on two workers, 84 s in this process.
-    """
-    rng_seeds = [[seed, index] for index in range(len(jobs))]
-    by_seed: dict[int, list[int]] = {}
-    for index, (atoms, _) in enumerate(jobs):
-        by_seed.setdefault(id(atoms), []).append(index)
-    trajectories: list[list[Atoms]] = [[] for _ in jobs]
-    progress = tqdm(total=len(jobs), desc="teacher MD", unit="trajectory")
-
-    def done(indices: list[int], results: list[list[Atoms]]) -> None:
-        for index, frames in zip(indices, results):
-            trajectories[index] = frames
-            logger.info("MD %s at %g K: %d frames", jobs[index][0].info["seed"], jobs[index][1], len(frames))
-        progress.update(len(indices))
-
-    if workers <= 1 or len(by_seed) < 2:
-        for index, (atoms, temperature) in enumerate(jobs):
-            done([index], [teacher_md(atoms, teacher, temperature, md, np.random.default_rng(rng_seeds[index]))])
-    else:
-        from concurrent.futures import ProcessPoolExecutor, as_completed
-        from multiprocessing import get_context
-
-        with ProcessPoolExecutor(min(workers, len(by_seed)), mp_context=get_context("spawn"),
-                                 initializer=_one_thread_per_worker) as pool:
-            futures = {pool.submit(_teacher_md_task, teacher_config, jobs[indices[0]][0],
-                                   [jobs[i][1] for i in indices], md, [rng_seeds[i] for i in indices]): indices
-                       for indices in by_seed.values()}
-            for future in as_completed(futures):
-                done(futures[future], future.result())
-    progress.close()
-    return trajectories
 
 
 def min_distance_A(atoms: Atoms) -> float:
@@ -242,9 +184,8 @@ def teacher_filters(structures: list[Atoms], settings: dict, teacher: Teacher,
     return structures
 
 
-def sample_structures(config: dict, teacher: Teacher, logger: logging.Logger, workers: int = 1) -> list[Atoms]:
-    """All structures of the sample stage, filtered, grouped and split; teacher MD on ``workers``
-    processes (`teacher_md_trajectories`).
+def sample_structures(config: dict, teacher: Teacher, logger: logging.Logger) -> list[Atoms]:
+    """All structures of the sample stage, filtered, grouped and split.
 
     With ``test_files``, their frames are the test split, as given, and no sampled structure is.
     """
@@ -258,8 +199,10 @@ def sample_structures(config: dict, teacher: Teacher, logger: logging.Logger, wo
             seed, settings["rattle"]["structures_per_seed"], settings["rattle"]["sigma_A"], rng)]
     md_jobs = [(seed, t) for seed in seeds for t in settings["md"]["temperatures_K"]]
     if settings["md"]["frames_per_trajectory"]:
-        trajectories += teacher_md_trajectories(md_jobs, teacher, config["teacher"], settings["md"], config["seed"],
-                                                workers, logger)
+        for seed, temperature in tqdm(md_jobs, desc="teacher MD", unit="trajectory"):
+            trajectories.append(teacher_md(seed, teacher, temperature, settings["md"], rng))
+            logger.info("MD %s at %g K: %d frames", seed.info["seed"], temperature,
+                        len(trajectories[-1]))
     trajectories += extra_strategies(seeds, settings, teacher, rng, logger)
     structures = []
     for group, trajectory in enumerate(trajectories):
@@ -294,8 +237,8 @@ def write_structures(structures: Sequence[Atoms], path: Path) -> None:
     partial.rename(path)
 
 
-def run(config: dict, structures_file: Path, pipeline_file: Path, log_file: Path, threads: int = 1) -> None:
-    """The Snakemake job: sample (teacher MD on ``threads`` processes), write extxyz, log counts to MLflow."""
+def run(config: dict, structures_file: Path, pipeline_file: Path, log_file: Path) -> None:
+    """The Snakemake job: sample, write extxyz, log counts to MLflow."""
     import collections
     import time
 
@@ -308,7 +251,7 @@ def run(config: dict, structures_file: Path, pipeline_file: Path, log_file: Path
         start = time.perf_counter()
         teacher = load_teacher(config["teacher"])
         tracker.set_tags({"teacher": teacher.identity.label})
-        structures = sample_structures(config, teacher, logger, workers=threads)
+        structures = sample_structures(config, teacher, logger)
         write_structures(structures, structures_file)
         counts = collections.Counter(atoms.info["split"] for atoms in structures)
         per_strategy = collections.Counter(atoms.info["strategy"] for atoms in structures)

@@ -6,7 +6,6 @@ rule sample:
         test_files=config["sample"]["test_files"],
     output:
         structures=stage_path("sample", "structures.extxyz"),
-    threads: workflow.cores
     log:
         log_path("sample"),
     benchmark:

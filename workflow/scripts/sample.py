@@ -1,4 +1,3 @@
 from mlff_distill.sample import run
 
-run(snakemake.config, snakemake.output.structures, snakemake.input.pipeline, snakemake.log[0],
-    snakemake.threads)
+run(snakemake.config, snakemake.output.structures, snakemake.input.pipeline, snakemake.log[0])

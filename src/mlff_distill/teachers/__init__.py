@@ -17,8 +17,6 @@ can handle, before any labeling starts.
 
 from __future__ import annotations
 
-import functools
-import json
 import os
 from pathlib import Path
 from typing import Sequence
@@ -43,17 +41,6 @@ def models_dir(configured: str | None) -> Path | None:
 def cache_dir(configured: str | None) -> Path:
     """The configured cache directory, else `default_cache_dir`."""
     return Path(configured).expanduser() if configured else default_cache_dir()
-
-
-def cached_teacher(teacher_config: dict) -> Teacher:
-    """`load_teacher`, once per process for equal configs: worker processes (labeling shards,
-    teacher MD) call it for every task."""
-    return _teacher_of_json(json.dumps(teacher_config, sort_keys=True))
-
-
-@functools.lru_cache(maxsize=2)
-def _teacher_of_json(teacher_config_json: str) -> Teacher:
-    return load_teacher(json.loads(teacher_config_json))
 
 
 def load_teacher(teacher_config: dict) -> Teacher:
