@@ -5,8 +5,9 @@
 cannot trace), so the compiled graph holds the forward pass, the force and stress computation and
 the loss; AOTAutograd then differentiates it for the weights' gradients. Measured on 2 CPU cores
 (`benchmarks/train_step_speed.py`: default student, batches of 32 ANI-1x molecules, one thread):
-5.85 ms per training step compiled against 14.5 ms eager. `BatchLoss` prepares the tensors of a batch (neighbour list, reference
-energies) outside the graph and calls the compiled or the eager function.
+5.85 ms per training step compiled against 14.5 ms eager. `BatchLoss` prepares the tensors of a
+batch (neighbour list, reference energies) outside the graph and calls the compiled or the eager
+function.
 
 Units: energies in eV, forces in eV/Angstrom, stress in eV/Angstrom^3 (ASE's sign convention).
 """
@@ -21,7 +22,7 @@ import torch
 
 from mlff_distill.data import LabeledArrays
 from mlff_distill.student.model import StudentPotential, forces_and_stress
-from mlff_distill.student.neighbours import neighbour_list
+from mlff_distill.student.neighbours import edge_vectors
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +48,7 @@ def loss_inputs(model: StudentPotential, batch: LabeledArrays, with_stress: bool
     atoms_ptr = torch.as_tensor(batch.atoms_ptr, dtype=torch.long, device=device)
     n_atoms = atoms_ptr[1:] - atoms_ptr[:-1]
     atom_batch = torch.repeat_interleave(torch.arange(len(n_atoms), device=device), n_atoms)
-    src, dst, shifts = neighbour_list(positions, cell, pbc, atoms_ptr, model.cutoff_A)
-    vectors = positions[dst] - positions[src] + torch.einsum("ei,eij->ej", shifts.to(torch.float64), cell[atom_batch[src]])
+    src, dst, vectors = edge_vectors(positions, cell, pbc, atoms_ptr, model.cutoff_A)
     species = model.species_indices(torch.as_tensor(batch.numbers, device=device))
     reference = torch.zeros(len(n_atoms), dtype=torch.float64, device=device).index_add_(
         0, atom_batch, model.reference_energies_eV.double()[species])
