@@ -25,6 +25,14 @@ def test_wrong_key_and_type_are_named():
     assert any(p.startswith("seed:") and "integer" in p for p in problems)
 
 
+def test_hessian_weight_without_hessian_labels_is_named():
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["train"]["hessian_weight"] = 1.0
+    assert [p.split(":")[0] for p in config_errors(config, SCHEMA)] == ["train.hessian_weight"]
+    config["label"]["hessian_step_A"] = 0.01
+    assert config_errors(config, SCHEMA) == []
+
+
 def test_snakemake_stops_on_bad_config_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("label:\n  shard_size: -3\n")

@@ -1,4 +1,5 @@
-"""Short, key-naming messages for a config that does not match the workflow's schema."""
+"""Short, key-naming messages for a config that does not match the workflow's schema, or whose
+keys contradict each other."""
 
 from __future__ import annotations
 
@@ -16,4 +17,14 @@ def config_errors(config: dict, schema_file: Path) -> list[str]:
     for error in sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path)):
         key = ".".join(str(part) for part in error.absolute_path) or "<top level>"
         problems.append(f"{key}: {error.message}")
-    return problems
+    return problems + contradictions(config)
+
+
+def contradictions(config: dict) -> list[str]:
+    """Keys valid on their own that cannot work together, one line each."""
+    train, label = config.get("train") or {}, config.get("label") or {}
+    weight = train.get("hessian_weight", 0)
+    if isinstance(weight, (int, float)) and weight > 0 and label.get("hessian_step_A") is None:
+        return [f"train.hessian_weight: {weight} needs the teacher's Hessian-vector labels; set "
+                "label.hessian_step_A (e.g. 0.01 Angstrom) or the weight to 0"]
+    return []

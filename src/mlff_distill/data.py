@@ -3,7 +3,7 @@
 Per-atom arrays are concatenated over structures; ``atoms_ptr[i]:atoms_ptr[i+1]`` selects the atoms
 of structure ``i`` (the layout of the Zarr store, see `mlff_distill.store`).
 Units: positions and cells in Angstrom, energies in eV, forces in eV/Angstrom, stress in
-eV/Angstrom^3.
+eV/Angstrom^3, Hessian-vector products in eV/Angstrom^2.
 """
 
 from __future__ import annotations
@@ -27,6 +27,14 @@ class LabeledArrays:
     cell_A: np.ndarray  # [N, 3, 3] float, Angstrom (zeros for molecules)
     pbc: np.ndarray  # [N, 3] bool
     stress_eV_per_A3: np.ndarray | None = None  # [N, 3, 3], ASE's sign; NaN for molecules
+    # Optional teacher Hessian signal, one direction per structure (see mlff_distill.teachers.hessian):
+    hessian_direction: np.ndarray | None = None  # [M, 3], unit norm over each structure's coordinates
+    hessian_product_eV_per_A2: np.ndarray | None = None  # [M, 3], the Hessian times that direction
+
+    @property
+    def has_hessian(self) -> bool:
+        """True if the Hessian-vector labels are present."""
+        return self.hessian_direction is not None and self.hessian_product_eV_per_A2 is not None
 
     @property
     def n_structures(self) -> int:
@@ -53,6 +61,9 @@ class LabeledArrays:
             cell_A=self.cell_A[indices],
             pbc=self.pbc[indices],
             stress_eV_per_A3=None if self.stress_eV_per_A3 is None else self.stress_eV_per_A3[indices],
+            hessian_direction=None if self.hessian_direction is None else self.hessian_direction[atom_index],
+            hessian_product_eV_per_A2=(None if self.hessian_product_eV_per_A2 is None
+                                       else self.hessian_product_eV_per_A2[atom_index]),
         )
 
     def atoms(self, index: int) -> Atoms:

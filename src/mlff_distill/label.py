@@ -27,6 +27,7 @@ from mlff_distill.data import concatenate_structures
 from mlff_distill.store import (SPLIT_CODES, combine_shards, read_marker, read_shard,
                                  write_json_atomic, write_shard)
 from mlff_distill.teachers import Teacher, check_structures_for, load_teacher
+from mlff_distill.teachers.hessian import hessian_directions, hessian_vector_products
 
 REQUIRED_INFO = ("split", "group", "sample_index")
 # Each worker is a single-threaded process: keep XLA's Eigen off the other workers' cores
@@ -51,8 +52,11 @@ def plan_shards(n_structures: int, shard_size: int) -> list[range]:
 
 
 def label_shard(teacher_config: dict, structures: list[Atoms], shard_path: Path,
-                largest: Sequence[Atoms] = ()) -> dict:
+                largest: Sequence[Atoms] = (), hessian_step_A: float | None = None) -> dict:
     """Label ``structures`` with the teacher and write them as the shard at ``shard_path``.
+
+    With ``hessian_step_A`` (Angstrom), each structure also gets one Hessian-vector product of the
+    teacher (`mlff_distill.teachers.hessian`: two more force evaluations per structure).
 
     ``largest``: the largest molecules of the whole labeling job (see
     `teachers.fennol_ensemble.largest_molecules`), given to a teacher's ``reserve_capacity``
@@ -76,7 +80,7 @@ def label_shard(teacher_config: dict, structures: list[Atoms], shard_path: Path,
     teacher_start = time.perf_counter()
     if largest and hasattr(teacher, "reserve_capacity"):
         teacher.reserve_capacity(largest)
-    kept, output, failures = _compute_with_fallback(teacher, structures)
+    kept, output, failures = _compute_with_fallback(teacher, structures, hessian_step_A)
     teacher_seconds = time.perf_counter() - teacher_start
     arrays = _input_arrays(kept)
     arrays.update(output)
@@ -115,6 +119,7 @@ def label_structures(
     max_failed_fraction: float = 0.0,
     scheduler: dict | None = None,
     max_force_eV_per_A: float | None = None,
+    hessian_step_A: float | None = None,
 ) -> dict:
     """Label ``structures`` in shards under ``shards_dir`` and combine them into ``store_path``.
 
@@ -124,7 +129,8 @@ def label_structures(
     (``n_workers=0``: in this process, without Dask); ``{"kind": "address", "address": ...}``: an
     existing Dask scheduler; ``{"kind": "slurm", "jobs": N, ...}``: a dask-jobqueue SLURMCluster.
     Complete shards holding the same structures, labeled with the same ``teacher_config``, are
-    reused. ``progress`` receives each finished shard's stats with ``structures_per_second`` and
+    reused. ``hessian_step_A`` (Angstrom; None: none) adds the teacher's Hessian-vector products
+    (see `label_shard`). ``progress`` receives each finished shard's stats with ``structures_per_second`` and
     ``eta_seconds``. ``attrs`` go into the store's root attributes.
 
     Structures the teacher fails on (see `label_shard`) are left out of the store; all failures,
@@ -145,13 +151,14 @@ def label_structures(
     scheduler = _checked_scheduler(scheduler)
     shards_dir = Path(shards_dir).resolve()
     shards_dir.mkdir(parents=True, exist_ok=True)
-    _invalidate_if_teacher_changed(shards_dir, teacher_config)
+    _invalidate_if_teacher_changed(shards_dir, {**teacher_config, "hessian_step_A": hessian_step_A})
     ranges = plan_shards(len(structures), shard_size)
     paths = [shards_dir / f"shard-{r.start:08d}-{r.stop:08d}.zarr" for r in ranges]
     shards = [[structures[i] for i in r] for r in ranges]
     todo = [(path, shard) for path, shard in zip(paths, shards) if not _reusable(path, shard)]
     label_start = time.perf_counter()
-    stats = _label_todo(todo, teacher_config, n_workers, worker_env(shards_dir), progress, scheduler)
+    stats = _label_todo(todo, teacher_config, n_workers, worker_env(shards_dir), progress, scheduler,
+                        hessian_step_A)
     label_seconds = time.perf_counter() - label_start
 
     combine_start = time.perf_counter()
@@ -201,7 +208,7 @@ LARGEST_FOR_CAPACITY = 64
 
 def _label_todo(todo: list[tuple[Path, list[Atoms]]], teacher_config: dict, n_workers: int,
                 env: dict[str, str], progress: Callable[[dict], None] | None,
-                scheduler: dict) -> list[dict]:
+                scheduler: dict, hessian_step_A: float | None = None) -> list[dict]:
     """Label the shards in ``todo`` (in this process if the (checked) scheduler is local and
     ``n_workers <= 0``; else on Dask workers, see `open_client`); their stats."""
     if not todo:
@@ -225,13 +232,13 @@ def _label_todo(todo: list[tuple[Path, list[Atoms]]], teacher_config: dict, n_wo
     largest = list({id(atoms): atoms for batch in batches for atoms in batch}.values())
     if scheduler["kind"] == "local" and n_workers <= 0:
         for path, shard in todo:
-            finished(label_shard(teacher_config, shard, path, largest))
+            finished(label_shard(teacher_config, shard, path, largest, hessian_step_A))
         return stats
 
     from distributed import as_completed
 
     with open_client(scheduler, min(n_workers, len(todo)), env) as client:
-        futures = [client.submit(label_shard, teacher_config, shard, path, largest, pure=False)
+        futures = [client.submit(label_shard, teacher_config, shard, path, largest, hessian_step_A, pure=False)
                    for path, shard in todo]
         for future in as_completed(futures):
             finished(future.result())
@@ -332,13 +339,13 @@ def slurm_cluster(scheduler: dict, env: dict[str, str] | None = None):
     return SLURMCluster(**options)
 
 
-def _compute_with_fallback(teacher: Teacher, structures: list[Atoms]
+def _compute_with_fallback(teacher: Teacher, structures: list[Atoms], hessian_step_A: float | None = None
                            ) -> tuple[list[Atoms], dict[str, np.ndarray], list[dict]]:
     """The structures the teacher labeled, their labels and the failures (see `label_shard`)."""
     try:
-        output = teacher.compute(structures, compute_stress=True)
-        if _finite(output):
-            return list(structures), _label_arrays(output), []
+        arrays = _teacher_labels(teacher, structures, hessian_step_A)
+        if _finite(arrays):
+            return list(structures), arrays, []
     except Exception:  # one bad structure spoils the batch: find it below
         pass
     kept, outputs, failures = [], [], []
@@ -346,35 +353,47 @@ def _compute_with_fallback(teacher: Teacher, structures: list[Atoms]
         failure = {"sample_index": int(atoms.info["sample_index"]), "error": None,
                    "reason": "non-finite energy/forces"}
         try:
-            output = teacher.compute([atoms], compute_stress=True)
+            arrays = _teacher_labels(teacher, [atoms], hessian_step_A)
         except Exception as error:  # any teacher error means: this structure fails
             failures.append({**failure, "error": type(error).__name__,
                              "reason": f"{type(error).__name__}: {error}"})
             continue
-        if not _finite(output):
+        if not _finite(arrays):
             failures.append(failure)
             continue
         kept.append(atoms)
-        outputs.append(_label_arrays(output))
+        outputs.append(arrays)
     if not outputs:
-        return [], {"energy_eV": np.zeros(0), "energy_std_eV": np.zeros(0),
-                    "forces_eV_per_A": np.zeros((0, 3)),
-                    "stress_eV_per_A3": np.zeros((0, 3, 3))}, failures
+        empty = {"energy_eV": np.zeros(0), "energy_std_eV": np.zeros(0), "forces_eV_per_A": np.zeros((0, 3)),
+                 "stress_eV_per_A3": np.zeros((0, 3, 3))}
+        if hessian_step_A is not None:
+            empty.update(hessian_direction=np.zeros((0, 3)), hessian_product_eV_per_A2=np.zeros((0, 3)))
+        return [], empty, failures
     return kept, {name: np.concatenate([o[name] for o in outputs]) for name in outputs[0]}, failures
 
 
-def _label_arrays(output) -> dict[str, np.ndarray]:
-    n_structures = len(output.energy_eV)
-    stress = (np.full((n_structures, 3, 3), np.nan) if output.stress_eV_per_A3 is None
+def _teacher_labels(teacher: Teacher, structures: list[Atoms], hessian_step_A: float | None) -> dict[str, np.ndarray]:
+    """The store arrays the teacher gives for ``structures``: energies, forces, stress and, with
+    ``hessian_step_A``, one Hessian-vector product per structure."""
+    output = teacher.compute(structures, compute_stress=True)
+    stress = (np.full((len(structures), 3, 3), np.nan) if output.stress_eV_per_A3 is None
               else np.asarray(output.stress_eV_per_A3, dtype=np.float64))
-    return {"energy_eV": np.asarray(output.energy_eV, dtype=np.float64),
-            "energy_std_eV": np.asarray(output.energy_std_eV, dtype=np.float64),
-            "forces_eV_per_A": np.asarray(output.forces_eV_per_A, dtype=np.float64),
-            "stress_eV_per_A3": stress}
+    arrays = {"energy_eV": np.asarray(output.energy_eV, dtype=np.float64),
+              "energy_std_eV": np.asarray(output.energy_std_eV, dtype=np.float64),
+              "forces_eV_per_A": np.asarray(output.forces_eV_per_A, dtype=np.float64),
+              "stress_eV_per_A3": stress}
+    if hessian_step_A is not None:
+        directions = hessian_directions(structures)
+        arrays["hessian_direction"] = np.concatenate(directions) if directions else np.zeros((0, 3))
+        arrays["hessian_product_eV_per_A2"] = np.asarray(
+            hessian_vector_products(teacher, structures, directions, hessian_step_A), dtype=np.float64)
+    return arrays
 
 
-def _finite(output) -> bool:
-    return bool(np.isfinite(output.energy_eV).all() and np.isfinite(output.forces_eV_per_A).all())
+def _finite(arrays: dict[str, np.ndarray]) -> bool:
+    """True if the energies, forces and (if present) Hessian-vector products are all finite."""
+    return all(np.isfinite(arrays[name]).all() for name in ("energy_eV", "forces_eV_per_A", "hessian_product_eV_per_A2")
+               if name in arrays)
 
 
 @functools.lru_cache(maxsize=2)
@@ -480,7 +499,8 @@ def run(config: dict, structures_file: Path, store: Path, shards_dir: Path, pipe
                 config["label"]["shard_size"], attrs, progress,
                 max_failed_fraction=config["label"]["max_failed_fraction"],
                 scheduler=config["label"]["scheduler"],
-                max_force_eV_per_A=config["label"]["max_force_eV_per_A"])
+                max_force_eV_per_A=config["label"]["max_force_eV_per_A"],
+                hessian_step_A=config["label"]["hessian_step_A"])
         except LabelingFailedError as error:
             tracker.log_metrics({"n_failed": error.summary["n_failed"],
                                  "failed_fraction": error.summary["failed_fraction"]})

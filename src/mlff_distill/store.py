@@ -15,6 +15,12 @@ Layout of a store (and of each shard, which is a small store of the same layout)
     structures/group         [N]       int64    trajectory/seed group a structure came from
     structures/sample_index  [N]       int64    index in the sampled structures file
 
+and, when the label stage was asked for the teacher's Hessian signal (``label.hessian_step_A``),
+one Hessian-vector product per structure (`mlff_distill.teachers.hessian`)::
+
+    atoms/hessian_direction          [M, 3] float64  unit norm over each structure's 3n coordinates
+    atoms/hessian_product_eV_per_A2  [M, 3] float64  eV/Angstrom^2, the teacher's Hessian times it
+
 Zarr has no ragged arrays, so per-atom arrays are flat with per-structure offsets. Several processes
 writing one Zarr array lose data, so each labeling task writes its own shard (`write_shard`) and one
 writer concatenates the shards (`combine_shards`).
@@ -64,7 +70,15 @@ ARRAYS = {
     "group": ArraySpec("structures/group", np.int64, (), "group id"),
     "sample_index": ArraySpec("structures/sample_index", np.int64, (), "index in the sampled file"),
 }
-PER_ATOM = ("numbers", "positions_A", "forces_eV_per_A")
+# Present in a shard or store only together, and only when asked for.
+HESSIAN_ARRAYS = {
+    "hessian_direction": ArraySpec("atoms/hessian_direction", np.float64, (3,),
+                                   "dimensionless, unit norm over each structure's coordinates"),
+    "hessian_product_eV_per_A2": ArraySpec("atoms/hessian_product_eV_per_A2", np.float64, (3,),
+                                           "eV/Angstrom^2, teacher Hessian times hessian_direction"),
+}
+ALL_ARRAYS = {**ARRAYS, **HESSIAN_ARRAYS}
+PER_ATOM = ("numbers", "positions_A", "forces_eV_per_A", *HESSIAN_ARRAYS)
 CHUNK_ROWS = 65536
 
 
@@ -78,7 +92,8 @@ MARKER_KEYS = ("n_structures", "n_atoms", "sha256")
 
 
 def write_shard(shard_path: Path, arrays: dict[str, np.ndarray], extra: dict | None = None) -> None:
-    """Write one shard (arrays named as in `ARRAYS`, ``atoms_ptr`` starting at 0) atomically.
+    """Write one shard (arrays named as in `ARRAYS`, optionally with both `HESSIAN_ARRAYS`;
+    ``atoms_ptr`` starting at 0) atomically.
 
     Data goes to a temporary sibling directory renamed into place; then the marker
     ``<shard_path>.done.json`` records the structure count, atom count and SHA-256 of the arrays,
@@ -97,7 +112,7 @@ def write_shard(shard_path: Path, arrays: dict[str, np.ndarray], extra: dict | N
     shutil.rmtree(partial, ignore_errors=True)
     group = zarr.open_group(store=str(partial), mode="w", zarr_format=3)
     for name, values in arrays.items():
-        group.create_array(ARRAYS[name].path, data=values, chunks=(max(1, len(values)),) + ARRAYS[name].tail)
+        group.create_array(ALL_ARRAYS[name].path, data=values, chunks=(max(1, len(values)),) + ALL_ARRAYS[name].tail)
     os.rename(partial, shard_path)
     write_json_atomic(marker, {
         "n_structures": len(arrays["energy_eV"]),
@@ -117,7 +132,7 @@ def read_shard(shard_path: Path) -> dict[str, np.ndarray]:
     shard_path = Path(shard_path)
     marker = json.loads(marker_path(shard_path).read_text())
     group = zarr.open_group(store=str(shard_path), mode="r", zarr_format=3)
-    arrays = {name: group[spec.path][...] for name, spec in ARRAYS.items()}
+    arrays = {name: group[spec.path][...] for name, spec in _present(group).items()}
     found = {"n_structures": len(arrays["energy_eV"]), "n_atoms": len(arrays["numbers"]),
              "sha256": _checksum(arrays)}
     if found != {key: marker.get(key) for key in MARKER_KEYS}:
@@ -153,6 +168,7 @@ def combine_shards(shard_paths: list[Path], store_path: Path, attrs: dict,
         raise ValueError(f"attrs may not set the store's own keys {sorted(reserved)}")
     store_path = Path(store_path)
     markers = [json.loads(marker_path(p).read_text()) for p in shard_paths]
+    specs = _common_arrays(shard_paths)
     n_structures = sum(m["n_structures"] for m in markers)
     n_atoms = sum(m["n_atoms"] for m in markers)
 
@@ -160,7 +176,7 @@ def combine_shards(shard_paths: list[Path], store_path: Path, attrs: dict,
     shutil.rmtree(partial, ignore_errors=True)
     group = zarr.open_group(store=str(partial), mode="w", zarr_format=3)
     targets = {}
-    for name, spec in ARRAYS.items():
+    for name, spec in specs.items():
         rows = _rows(name, n_structures, n_atoms)
         targets[name] = group.create_array(
             spec.path, shape=(rows,) + spec.tail, dtype=spec.dtype,
@@ -186,7 +202,7 @@ def combine_shards(shard_paths: list[Path], store_path: Path, attrs: dict,
         structure_offset, atom_offset = structure_offset + n, atom_offset + m
     group.attrs.update({
         **attrs,
-        "units": {name: spec.unit for name, spec in ARRAYS.items()},
+        "units": {name: spec.unit for name, spec in specs.items()},
         "split_codes": {**SPLIT_CODES, "excluded": EXCLUDED_CODE},
         "n_structures": n_structures,
         "n_atoms": n_atoms,
@@ -200,6 +216,23 @@ def combine_shards(shard_paths: list[Path], store_path: Path, attrs: dict,
     os.rename(partial, store_path)
     shutil.rmtree(old, ignore_errors=True)
     return excluded
+
+
+def _present(group) -> dict[str, ArraySpec]:
+    """The arrays of `ALL_ARRAYS` that the Zarr ``group`` holds (all of `ARRAYS`, and the
+    Hessian arrays if it has them)."""
+    return {name: spec for name, spec in ALL_ARRAYS.items() if name in ARRAYS or spec.path in group}
+
+
+def _common_arrays(shard_paths: list[Path]) -> dict[str, ArraySpec]:
+    """The arrays every shard holds; raises naming a shard that holds the Hessian arrays when the
+    first does not, or the other way round (shards labeled with different settings)."""
+    kinds = [_present(zarr.open_group(store=str(p), mode="r", zarr_format=3)) for p in shard_paths]
+    for path, kind in zip(shard_paths, kinds):
+        if kinds and set(kind) != set(kinds[0]):
+            raise ValueError(f"shard {path} {'has' if len(kind) > len(kinds[0]) else 'lacks'} the Hessian "
+                             f"arrays and shard {shard_paths[0]} does not: shards labeled with different settings")
+    return kinds[0] if kinds else dict(ARRAYS)
 
 
 def max_atom_force_eV_per_A(forces_eV_per_A: np.ndarray, atoms_ptr: np.ndarray) -> np.ndarray:
@@ -234,6 +267,8 @@ def read_structures(store_path: Path, start: int, stop: int, split: str | None =
     keep_atoms = np.repeat(keep, np.diff(ptr))
     atoms = slice(int(ptr[0]), int(ptr[-1]))
     n_atoms = np.diff(ptr)[keep]
+    hessian = {name: group[spec.path][atoms][keep_atoms] for name, spec in HESSIAN_ARRAYS.items()
+               if spec.path in group}
     return LabeledArrays(
         numbers=group["atoms/numbers"][atoms][keep_atoms].astype(np.int64),
         positions_A=group["atoms/positions_A"][atoms][keep_atoms],
@@ -243,15 +278,17 @@ def read_structures(store_path: Path, start: int, stop: int, split: str | None =
         atoms_ptr=np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64),
         cell_A=group["structures/cell_A"][start:stop][keep],
         pbc=group["structures/pbc"][start:stop][keep],
+        **hessian,
     )
 
 
 def read_structure_table(store_path: Path) -> dict[str, np.ndarray | int]:
-    """The store's small index arrays: ``atoms_ptr [N + 1]``, ``split [N]`` (codes) and
-    ``atom_chunk_rows``, the chunk length (atoms) of its per-atom arrays."""
+    """The store's small index arrays: ``atoms_ptr [N + 1]``, ``split [N]`` (codes),
+    ``atom_chunk_rows``, the chunk length (atoms) of its per-atom arrays, and ``has_hessian``."""
     group = zarr.open_group(store=str(store_path), mode="r", zarr_format=3)
     return {"atoms_ptr": group["structures/atoms_ptr"][...], "split": group["structures/split"][...],
-            "atom_chunk_rows": int(group["atoms/positions_A"].chunks[0])}
+            "atom_chunk_rows": int(group["atoms/positions_A"].chunks[0]),
+            "has_hessian": len(_present(group)) > len(ARRAYS)}
 
 
 def store_species(store_path: Path) -> list[int]:
@@ -283,12 +320,14 @@ def store_attrs(store_path: Path) -> dict:
 
 def _checked(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``arrays`` cast to the store's dtypes, in `ARRAYS` order, after checking names and shapes."""
-    if set(arrays) != set(ARRAYS):
-        raise ValueError(f"shard arrays must be exactly {sorted(ARRAYS)}, got {sorted(arrays)}")
-    out = {name: np.ascontiguousarray(arrays[name], dtype=spec.dtype) for name, spec in ARRAYS.items()}
+    if set(arrays) not in (set(ARRAYS), set(ALL_ARRAYS)):
+        raise ValueError(f"shard arrays must be exactly {sorted(ARRAYS)}, or those and {sorted(HESSIAN_ARRAYS)}; "
+                         f"got {sorted(arrays)}")
+    out = {name: np.ascontiguousarray(arrays[name], dtype=spec.dtype)
+           for name, spec in ALL_ARRAYS.items() if name in arrays}
     n, m, ptr = len(out["energy_eV"]), len(out["numbers"]), out["atoms_ptr"]
     for name, values in out.items():
-        shape = (_rows(name, n, m),) + ARRAYS[name].tail
+        shape = (_rows(name, n, m),) + ALL_ARRAYS[name].tail
         if values.shape != shape:
             raise ValueError(f"{name} has shape {values.shape}, expected {shape}")
     if ptr[0] != 0 or ptr[-1] != m or np.any(np.diff(ptr) < 0):
@@ -304,9 +343,9 @@ def _rows(name: str, n_structures: int, n_atoms: int) -> int:
 
 
 def _checksum(arrays: dict[str, np.ndarray]) -> str:
-    """SHA-256 over the name, dtype, shape and bytes of each array, in `ARRAYS` order."""
+    """SHA-256 over the name, dtype, shape and bytes of each array, in `ALL_ARRAYS` order."""
     digest = hashlib.sha256()
-    for name in ARRAYS:
+    for name in (name for name in ALL_ARRAYS if name in arrays):
         values = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}:{values.dtype.str}:{values.shape};".encode())
         digest.update(values.tobytes())

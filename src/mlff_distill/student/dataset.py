@@ -19,9 +19,10 @@ import torch
 from mlff_distill.data import LabeledArrays
 from mlff_distill.store import SPLIT_CODES, read_labels, read_structure_table, read_structures
 
-# In-memory bytes per atom (numbers int64, positions and forces float64) and per structure
-# (energy, stress, cell, pbc, offset).
+# In-memory bytes per atom (numbers int64, positions and forces float64; the Hessian direction
+# and product, float64, where the store has them) and per structure (energy, stress, cell, pbc, offset).
 BYTES_PER_ATOM = 8 + 24 + 24
+BYTES_PER_ATOM_HESSIAN = 24 + 24
 BYTES_PER_STRUCTURE = 8 + 72 + 72 + 3 + 8
 
 
@@ -33,6 +34,7 @@ def concatenate(parts: Sequence[LabeledArrays]) -> LabeledArrays:
         return parts[0]
     offsets = np.cumsum([0] + [part.atoms_ptr[-1] for part in parts[:-1]])
     with_stress = all(part.stress_eV_per_A3 is not None for part in parts)
+    with_hessian = all(part.has_hessian for part in parts)
     return LabeledArrays(
         numbers=np.concatenate([part.numbers for part in parts]),
         positions_A=np.concatenate([part.positions_A for part in parts]),
@@ -42,6 +44,9 @@ def concatenate(parts: Sequence[LabeledArrays]) -> LabeledArrays:
         cell_A=np.concatenate([part.cell_A for part in parts]),
         pbc=np.concatenate([part.pbc for part in parts]),
         stress_eV_per_A3=np.concatenate([part.stress_eV_per_A3 for part in parts]) if with_stress else None,
+        hessian_direction=np.concatenate([part.hessian_direction for part in parts]) if with_hessian else None,
+        hessian_product_eV_per_A2=(np.concatenate([part.hessian_product_eV_per_A2 for part in parts])
+                                   if with_hessian else None),
     )
 
 
@@ -74,7 +79,8 @@ class StructureBlocks(torch.utils.data.Dataset):
         table = read_structure_table(Path(store_path))
         ptr, chosen = table["atoms_ptr"], table["split"] == SPLIT_CODES[split]
         n_structures = int(chosen.sum())
-        size = int(np.diff(ptr)[chosen].sum()) * BYTES_PER_ATOM + n_structures * BYTES_PER_STRUCTURE
+        per_atom = BYTES_PER_ATOM + (BYTES_PER_ATOM_HESSIAN if table["has_hessian"] else 0)
+        size = int(np.diff(ptr)[chosen].sum()) * per_atom + n_structures * BYTES_PER_STRUCTURE
         if size <= max_in_memory_bytes:
             return cls.in_memory(read_labels(Path(store_path), split))
         block_atoms = int(block_atoms or table["atom_chunk_rows"])

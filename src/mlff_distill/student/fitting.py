@@ -73,7 +73,9 @@ class TrainSettings:
     MSE of the stress components of periodic structures divided by the training set's RMS stress
     (dimensionless). ``shuffle_buffer_blocks`` is the number of store blocks pooled and shuffled
     together (see `mlff_distill.student.dataset.shuffled_batches`). ``compile`` compiles the
-    training loss with ``torch.compile`` (`mlff_distill.student.loss.BatchLoss`).
+    training loss with ``torch.compile`` (`mlff_distill.student.loss.BatchLoss`). ``hessian_weight``
+    weighs the MSE of the Hessian-vector products (eV/Angstrom^2) against the teacher's (needs
+    training data with Hessian labels).
     """
 
     epochs: int = 100
@@ -92,6 +94,7 @@ class TrainSettings:
     final_lr_fraction: float = 0.01
     shuffle_buffer_blocks: int = 8
     compile: bool = False
+    hessian_weight: float = 0.0
 
 
 def structure_tensors(data: LabeledArrays, device: torch.device) -> dict[str, torch.Tensor]:
@@ -199,8 +202,9 @@ def train_student(
     """Fit ``model`` in place to energies, forces and stresses of ``train``; validate on ``val`` each epoch.
 
     Loss: ``energy_weight * MSE(energy per atom, eV) + force_weight * MSE(force components,
-    eV/Angstrom) + stress_weight * MSE(stress components / RMS training stress)``, the stress term
-    over structures periodic in all directions with stress labels. AdamW on shuffled batches of
+    eV/Angstrom) + stress_weight * MSE(stress components / RMS training stress) + hessian_weight *
+    MSE(Hessian-vector product components, eV/Angstrom^2)``, the stress term over structures
+    periodic in all directions with stress labels. AdamW on shuffled batches of
     ``batch_size`` structures (`dataset.shuffled_batches`: ``train`` may be a `StructureBlocks`
     read from the store block by block). At the end the model holds the weights (EMA weights if
     ``ema_decay > 0``) of the epoch with the lowest ``val_loss``.
@@ -227,6 +231,9 @@ def train_student(
     if train.n_structures == 0 or val.n_structures == 0:
         raise ValueError(f"train_student needs structures in both splits; got {train.n_structures} training "
                          f"and {val.n_structures} validation structures")
+    if settings.hessian_weight > 0 and not train[0].has_hessian:
+        raise ValueError("hessian_weight > 0 needs Hessian-vector labels in the training data: label the "
+                         "structures with label.hessian_step_A set")
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
@@ -250,7 +257,7 @@ def train_student(
     evaluated = ema.module if ema is not None else model
     stress_scale = stress_rms(train) if settings.stress_weight > 0 else 0.0
     batch_loss = BatchLoss(settings.energy_weight, settings.force_weight, settings.stress_weight, stress_scale,
-                           settings.compile)
+                           settings.compile, settings.hessian_weight)
 
     history: dict[str, Any] = {"epochs": [], "best_epoch": 0, "best_val_loss": math.inf, "stop_reason": "epochs"}
     best_state, first_epoch, elapsed = None, 1, 0.0
