@@ -130,3 +130,27 @@ def test_state_of_another_config_or_store_is_not_resumed(store, tmp_path, caplog
     with caplog.at_level(logging.INFO, logger="fourth"):
         _, history, _ = fit(config_for(tmp_path, epochs=2, resume=False), other, state, logging.getLogger("fourth"))
     assert "resuming" not in caplog.text and len(history["epochs"]) == 2
+
+
+def test_training_in_two_processes_is_reproducible(store, tmp_path) -> None:
+    """Two data-parallel worker processes (gloo): every epoch reported here, the same weights in
+    both workers (checked by train_in_processes) and twice the same result; the state is saved."""
+    config = config_for(tmp_path, epochs=3, processes=2)
+    results = []
+    for run in ("first", "second"):
+        logged = []
+        model, history, info = fit(config, store, tmp_path / run / "state.pt", logging.getLogger(run),
+                                   on_epoch=lambda epoch, metrics: logged.append(epoch))
+        assert logged == [1, 2, 3] and info["n_train"] == 13
+        assert (tmp_path / run / "rank-1.log").exists()
+        assert torch.load(tmp_path / run / "state.pt", weights_only=True)["state"]["epoch"] == 3
+        results.append((model, history))
+    (first, history), (second, again) = results
+    assert history == again and history["epochs"][-1]["val_loss"] < history["epochs"][0]["val_loss"]
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), second.state_dict().values()))
+
+
+def test_failing_training_process_is_reported(tmp_path) -> None:
+    config = config_for(tmp_path, processes=2)
+    with pytest.raises(RuntimeError, match="training process 0 exited"):
+        fit(config, tmp_path / "missing.zarr", tmp_path / "state.pt", logging.getLogger("failing"))

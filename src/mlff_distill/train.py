@@ -46,7 +46,7 @@ def learning_curve_plot(history: dict, path: Path) -> None:
 
 # Keys of config["train"] that choose how data is read and resumed and how many threads run, not
 # how the model learns.
-IO_KEYS = ("resume", "in_memory_max_GB", "threads")
+IO_KEYS = ("resume", "in_memory_max_GB", "threads", "processes")
 
 
 def state_path_for(checkpoint: Path) -> Path:
@@ -97,12 +97,21 @@ def fit(config: dict, store: Path, state_path: Path, logger: logging.Logger,
 
     Returns the model (best weights), the history of `train_student` and facts about the data
     (species, reference energies in eV, structure counts, RMS training stress in eV/Angstrom^3,
-    the fingerprint).
+    the fingerprint). With ``train.processes`` above 1 (and no GPU), training runs in that many
+    worker processes (`mlff_distill.student.parallel`), each of which calls this function.
     """
+    from mlff_distill.student.parallel import train_in_processes, world
     from mlff_distill.store import store_species
     from mlff_distill.student.dataset import StructureBlocks
     from mlff_distill.student.fitting import TrainSettings, fit_reference_energies, stress_rms, train_student
 
+    processes = config["train"]["processes"]
+    if processes > 1 and world()[1] == 1 and not torch.cuda.is_available():
+        weights, history, info = train_in_processes(config, store, state_path, processes, logger, on_epoch)
+        model = StudentPotential(species=info["species"], reference_energies_eV=info["reference_energies_eV"],
+                                 **config["student"])
+        model.load_state_dict(weights)
+        return model, history, info
     max_bytes = config["train"]["in_memory_max_GB"] * 1e9
     train = StructureBlocks.from_store(store, "train", max_bytes)
     val = StructureBlocks.from_store(store, "val", max_bytes)
@@ -122,8 +131,8 @@ def fit(config: dict, store: Path, state_path: Path, logger: logging.Logger,
     if resume_from is not None and on_epoch is not None:
         for metrics in resume_from["history"]["epochs"]:
             on_epoch(metrics["epoch"], metrics)
-    history = train_student(model, train, val, settings, on_epoch=on_epoch, resume_from=resume_from,
-                            on_state=lambda state: save_state_atomic(state_path, state, fingerprint))
+    save = (lambda state: save_state_atomic(state_path, state, fingerprint)) if world()[0] == 0 else None
+    history = train_student(model, train, val, settings, on_epoch=on_epoch, resume_from=resume_from, on_state=save)
     info = {"species": species, "reference_energies_eV": references, "n_train": train.n_structures,
             "n_val": val.n_structures, "train_stress_rms_eV_per_A3": stress_rms(train), **fingerprint}
     return model, history, info

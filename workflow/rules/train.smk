@@ -9,7 +9,7 @@ rule train:
         checkpoint=stage_path("train", "student.pt"),
         torchscript=stage_path("train", "student.torchscript.pt"),
         history=stage_path("train", "history.json"),
-    threads: config["train"]["threads"] or workflow.cores
+    threads: config["train"]["processes"] * config["train"]["threads"] if config["train"]["threads"] else workflow.cores
     log:
         log_path("train"),
     benchmark:

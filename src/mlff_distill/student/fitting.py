@@ -21,6 +21,7 @@ from mlff_distill.data import LabeledArrays
 from mlff_distill.student.dataset import StructureBlocks, shuffled_batches
 from mlff_distill.student.loss import BatchLoss, stress_mask
 from mlff_distill.student.model import StudentPotential, energy_forces_stress
+from mlff_distill.student.parallel import agree_on_time, average_gradients, world
 
 
 def fit_reference_energies(data: Union[LabeledArrays, StructureBlocks], species: Sequence[int]) -> dict[int, float]:
@@ -236,8 +237,15 @@ def train_student(
                          "structures with label.hessian_step_A set")
     torch.manual_seed(settings.seed)
     generator = torch.Generator().manual_seed(settings.seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
-    steps_per_epoch = math.ceil(train.n_structures / settings.batch_size)
+    # Fused: one kernel for all parameters (0.16 ms a step for the default student on a CPU core,
+    # against 0.56 ms for the per-parameter loop); the gradient clipping likewise uses foreach.
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay,
+                                  fused=True)
+    # In a process group (`mlff_distill.student.parallel`) each process takes every size-th batch,
+    # and the last batches that not every process would get are left out of the epoch.
+    rank, size = world()
+    batches_per_epoch = math.ceil(train.n_structures / settings.batch_size)
+    steps_per_epoch = batches_per_epoch if size == 1 else max(1, batches_per_epoch // size)
     warmup_steps = settings.warmup_epochs * steps_per_epoch
     # The cosine decays over `horizon_epochs`: `epochs`, or fewer when `max_minutes` will not allow
     # them (`capped_horizon`, after every epoch), so that a time-capped run still ends at a low rate.
@@ -280,17 +288,22 @@ def train_student(
         epoch_start = time.monotonic()
         model.train()
         losses, out_of_time = [], False
-        for batch in shuffled_batches(train, settings.batch_size, generator, settings.shuffle_buffer_blocks):
+        for index, batch in enumerate(shuffled_batches(train, settings.batch_size, generator,
+                                                       settings.shuffle_buffer_blocks)):
+            if size > 1 and (index % size != rank or index >= steps_per_epoch * size):
+                continue
             loss = batch_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            out_of_time = settings.max_minutes is not None and time.monotonic() - start_time > 60 * settings.max_minutes
+            if size > 1:
+                out_of_time = average_gradients(model.parameters(), out_of_time)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip, foreach=True)
             optimizer.step()
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(model)
             losses.append(loss.item())
-            out_of_time = settings.max_minutes is not None and time.monotonic() - start_time > 60 * settings.max_minutes
             if out_of_time:
                 break
 
@@ -302,10 +315,12 @@ def train_student(
         if metrics["val_loss"] < history["best_val_loss"]:
             history["best_epoch"], history["best_val_loss"] = epoch, metrics["val_loss"]
             best_state = copy.deepcopy(evaluated.state_dict())
-        epoch_seconds.append(time.monotonic() - epoch_start)
+        seconds, seconds_left = time.monotonic() - epoch_start, 60 * (settings.max_minutes or 0) - (time.monotonic() - start_time)
+        if size > 1:
+            seconds, seconds_left = agree_on_time(seconds, seconds_left)
+        epoch_seconds.append(seconds)
         if settings.max_minutes is not None:
-            horizon_epochs[0] = capped_horizon(epoch, settings.epochs, epoch_seconds,
-                                               60 * settings.max_minutes - (time.monotonic() - start_time))
+            horizon_epochs[0] = capped_horizon(epoch, settings.epochs, epoch_seconds, seconds_left)
         stop = None
         if out_of_time:
             stop = "max_minutes"
