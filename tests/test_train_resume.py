@@ -3,6 +3,7 @@
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,14 +133,16 @@ def test_state_of_another_config_or_store_is_not_resumed(store, tmp_path, caplog
     assert "resuming" not in caplog.text and len(history["epochs"]) == 2
 
 
-def test_training_in_two_processes_is_reproducible(store, tmp_path) -> None:
+def test_training_in_two_processes_is_reproducible(store, tmp_path, monkeypatch) -> None:
     """Two data-parallel worker processes (gloo): every epoch reported here, the same weights in
-    both workers (checked by train_in_processes) and twice the same result; the state is saved."""
+    both workers (checked by train_in_processes) and twice the same result; the state is saved.
+    Paths relative to the working directory, as in a Snakemake job."""
     config = config_for(tmp_path, epochs=3, processes=2)
+    monkeypatch.chdir(tmp_path)
     results = []
     for run in ("first", "second"):
         logged = []
-        model, history, info = fit(config, store, tmp_path / run / "state.pt", logging.getLogger(run),
+        model, history, info = fit(config, store, Path(run) / "state.pt", logging.getLogger(run),
                                    on_epoch=lambda epoch, metrics: logged.append(epoch))
         assert logged == [1, 2, 3] and info["n_train"] == 13
         assert (tmp_path / run / "rank-1.log").exists()

@@ -16,6 +16,7 @@ they work from a Snakemake script job, whose ``__main__`` a spawned process coul
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import os
@@ -28,6 +29,11 @@ from typing import Any, Callable, Iterable, Optional
 
 import torch
 import torch.distributed as dist
+
+
+# How long a process waits for the others at the rendezvous and at each all-reduce; the longest
+# normal wait is one process compiling the training loss before the other (about a minute).
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=10)
 
 
 def world() -> tuple[int, int]:
@@ -64,7 +70,7 @@ def train_in_processes(config: dict, store: Path, state_path: Path, processes: i
     (``state_dict``), the history and the data facts of `fit`. ``on_epoch(epoch, metrics)`` is
     called here as rank 0 reports epochs. Worker logs go to ``<state_path dir>/rank-<r>.log``.
     Raises ``RuntimeError`` with the end of its log if a worker fails (the others are stopped)."""
-    state_path = Path(state_path)
+    state_path = Path(state_path).resolve()  # the rendezvous is a file:// URL: absolute paths only
     state_path.parent.mkdir(parents=True, exist_ok=True)
     cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
     with tempfile.TemporaryDirectory(dir=state_path.parent, prefix=".parallel-") as scratch:
@@ -125,7 +131,8 @@ def run_worker(job_file: str, rank: int) -> None:
     logging.basicConfig(filename=job["log"].format(rank=rank), filemode="w", level=logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     torch.set_num_threads(job["config"]["train"]["threads"] or 1)
-    dist.init_process_group("gloo", init_method=job["rendezvous"], rank=rank, world_size=job["processes"])
+    dist.init_process_group("gloo", init_method=job["rendezvous"], rank=rank, world_size=job["processes"],
+                            timeout=COLLECTIVE_TIMEOUT)
     from mlff_distill.train import fit
 
     def on_epoch(epoch: int, metrics: dict) -> None:
