@@ -21,7 +21,7 @@ from mlff_distill.data import LabeledArrays
 from mlff_distill.student.dataset import StructureBlocks, shuffled_batches
 from mlff_distill.student.loss import BatchLoss, stress_mask
 from mlff_distill.student.model import StudentPotential, energy_forces_stress
-from mlff_distill.student.parallel import agree_on_time, average_gradients, world
+from mlff_distill.student.parallel import agree_on_time, average_gradients, sum_over_processes, world
 
 
 def fit_reference_energies(data: Union[LabeledArrays, StructureBlocks], species: Sequence[int]) -> dict[int, float]:
@@ -141,10 +141,14 @@ def predict(
 def _validation_metrics(
     model: StudentPotential, val: StructureBlocks, settings: TrainSettings, stress_scale_eV_per_A3: float
 ) -> dict[str, float]:
-    """Validation errors accumulated block by block; stress metrics only if ``val`` has stress labels."""
+    """Validation errors accumulated block by block; stress metrics only if ``val`` has stress labels.
+    In a process group each process predicts every size-th structure and the sums are shared."""
     sums = dict.fromkeys(["n_structures", "energy_abs", "energy_sq", "n_force", "force_abs", "force_sq",
                           "force_ref_sq", "n_stress", "stress_sq", "stress_ref_sq"], 0.0)
+    rank, size = world()
     for block in val.blocks():
+        if size > 1:
+            block = block.subset(range(rank, block.n_structures, size))
         mask = stress_mask(block)
         prediction = predict(model, block, batch_size=settings.batch_size, compute_stress=bool(mask.any()))
         energy_error = (prediction["energy_eV"] - block.energy_eV) / block.n_atoms
@@ -161,6 +165,8 @@ def _validation_metrics(
             sums["n_stress"] += stress_error.size
             sums["stress_sq"] += float((stress_error**2).sum())
             sums["stress_ref_sq"] += float((block.stress_eV_per_A3[mask] ** 2).sum())
+    if size > 1:
+        sums = sum_over_processes(sums)
     energy_mse, force_mse = sums["energy_sq"] / sums["n_structures"], sums["force_sq"] / sums["n_force"]
     force_rmse = math.sqrt(force_mse)
     metrics = {

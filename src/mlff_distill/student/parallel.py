@@ -4,7 +4,8 @@ The small student trains fastest on one CPU thread (intra-op threads cost more t
 its small tensors), so on a machine with more cores `train_in_processes` starts
 ``train.processes`` worker processes, each pinned to its own core (with ``train.threads``
 threads, default 1). Every worker runs the same training
-(`mlff_distill.train.fit`) on its share of each epoch's batches; after every backward pass
+(`mlff_distill.train.fit`) on its share of each epoch's batches and of the validation
+structures; after every backward pass
 `average_gradients` makes the gradients (and whether time is up) the same in all of them, so their
 weights stay identical step by step and the result is reproducible. Rank 0 saves the resumable
 state and reports each epoch; every rank writes its final weights, and the parent checks that they
@@ -54,6 +55,13 @@ def average_gradients(parameters: Iterable[torch.nn.Parameter], stop: bool) -> b
         p.grad.copy_(flat[offset:offset + p.numel()].view_as(p.grad) / size)
         offset += p.numel()
     return bool(flat[-1] > 0)
+
+
+def sum_over_processes(values: dict[str, float]) -> dict[str, float]:
+    """Each value summed over the processes (float64)."""
+    summed = torch.tensor(list(values.values()), dtype=torch.float64)
+    dist.all_reduce(summed)
+    return dict(zip(values, summed.tolist()))
 
 
 def agree_on_time(epoch_seconds: float, seconds_left: float) -> tuple[float, float]:
