@@ -385,23 +385,26 @@ def test_calculator_threads(model: StudentPotential) -> None:
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc malloc tuning, Linux only")
 def test_keep_freed_memory_stops_page_faults_on_reallocation() -> None:
-    """After keep_freed_memory, a large tensor allocated again reuses the freed pages.
+    """After keep_freed_memory, a large tensor allocated again and again reuses the freed pages.
 
-    Run in a fresh process: how the heap of a long test process is laid out decides whether
-    glibc can reuse a freed 64 MB block (seen: never, within six tries, after this module's
-    imports; after two tries in a process that imports torch alone). Faults are counted for the
-    main thread, on one torch thread."""
+    Run in a fresh process: how the heap is laid out decides after how many allocations glibc
+    starts reusing a freed 64 MB block (seen: from the second to the fourth in fresh processes;
+    never within six in the long process of this test module). Ten allocations, the last three
+    of which must not fault their pages in again. Faults are counted for the main thread, on one
+    torch thread."""
     script = (
         "import resource, torch\n"
         "from mlff_distill.student.calculator import keep_freed_memory\n"
         "torch.set_num_threads(1)\n"
         "assert keep_freed_memory()\n"
         "n_floats = 16 << 20  # 64 MB, above glibc's largest default mmap threshold (32 MB)\n"
-        "for _ in range(3):\n"
+        "for _ in range(10):\n"
+        "    faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt\n"
         "    torch.empty(n_floats).fill_(1.0)\n"
-        "faults = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt\n"
-        "torch.empty(n_floats).fill_(2.0)\n"
-        "print(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults)\n"
+        "    print(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - faults)\n"
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert int(result.stdout.split()[-1]) < (16 << 20) * 4 // 4096 // 10
+    faults = [int(line) for line in result.stdout.split()]
+    pages = (16 << 20) * 4 // 4096
+    assert faults[0] > pages // 2  # the first allocation does fault its pages in: the count works
+    assert all(count < pages // 10 for count in faults[-3:]), faults
