@@ -267,8 +267,8 @@ def read_structures(store_path: Path, start: int, stop: int, split: str | None =
     keep_atoms = np.repeat(keep, np.diff(ptr))
     atoms = slice(int(ptr[0]), int(ptr[-1]))
     n_atoms = np.diff(ptr)[keep]
-    hessian = {name: group[spec.path][atoms][keep_atoms] for name, spec in HESSIAN_ARRAYS.items()
-               if spec.path in group}
+    hessian = {name: group[spec.path][atoms][keep_atoms] for name, spec in _present(group).items()
+               if name in HESSIAN_ARRAYS}
     return LabeledArrays(
         numbers=group["atoms/numbers"][atoms][keep_atoms].astype(np.int64),
         positions_A=group["atoms/positions_A"][atoms][keep_atoms],

@@ -11,7 +11,7 @@ eV/Angstrom, eV/Angstrom^3.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Optional, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -129,8 +129,11 @@ class BlockSampler(torch.utils.data.Sampler):
 
 
 def shuffled_batches(dataset: StructureBlocks, batch_size: int, generator: torch.Generator,
-                     buffer_blocks: int) -> Iterator[LabeledArrays]:
+                     buffer_blocks: int, keep: Optional[Callable[[int], bool]] = None) -> Iterator[LabeledArrays]:
     """One epoch of batches of ``batch_size`` structures (the last may be smaller).
+
+    With ``keep``, only the batches whose number ``i`` (from 0, in epoch order) has ``keep(i)`` are
+    assembled and yielded; the others are drawn alike (the same random numbers) but skipped.
 
     Blocks come in `BlockSampler` order; ``buffer_blocks`` of them at a time are pooled with the
     structures left over from the previous pool, shuffled, and cut into batches, so at most about
@@ -140,6 +143,7 @@ def shuffled_batches(dataset: StructureBlocks, batch_size: int, generator: torch
         raise ValueError(f"batch_size and buffer_blocks must be >= 1, got {batch_size}, {buffer_blocks}")
     order = list(BlockSampler(dataset, generator))
     leftover: list[LabeledArrays] = []
+    number = 0
     for first in range(0, len(order), buffer_blocks):
         pool = concatenate(leftover + [dataset[i] for i in order[first:first + buffer_blocks]])
         batches = torch.randperm(pool.n_structures, generator=generator).split(batch_size)
@@ -149,4 +153,6 @@ def shuffled_batches(dataset: StructureBlocks, batch_size: int, generator: torch
         else:
             leftover = []
         for indices in batches:
-            yield pool.subset(indices.tolist())
+            if keep is None or keep(number):
+                yield pool.subset(indices.tolist())
+            number += 1

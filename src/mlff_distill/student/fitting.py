@@ -69,8 +69,10 @@ class TrainSettings:
     the per-step decay of an exponential moving average of the weights (0 = off); when on,
     validation and the returned model use the averaged weights. ``max_minutes`` caps the
     wall-clock time of training after its first step, which compiles the loss (about a minute
-    on 2 CPU cores with an empty TorchInductor cache, a few seconds with a warm one) (when the measured time per epoch says fewer than ``epochs`` fit, the cosine is
-    shortened to end with the time; the run is then no longer reproducible to the bit) and ``patience`` the number of epochs without a better validation loss
+    on 2 CPU cores with an empty TorchInductor cache, a few seconds with a warm one); when the
+    measured time per epoch says fewer than ``epochs`` fit, the cosine is shortened to end with
+    the time (the run is then no longer reproducible to the bit). ``patience`` is the number of
+    epochs without a better validation loss
     (``None`` = no limit); either stops training after a validation. ``stress_weight`` weighs the
     MSE of the stress components of periodic structures divided by the training set's RMS stress
     (dimensionless). ``shuffle_buffer_blocks`` is the number of store blocks pooled and shuffled
@@ -253,6 +255,7 @@ def train_student(
     rank, size = world()
     batches_per_epoch = math.ceil(train.n_structures / settings.batch_size)
     steps_per_epoch = batches_per_epoch if size == 1 else max(1, batches_per_epoch // size)
+    keep = None if size == 1 else (lambda number: number % size == rank and number < steps_per_epoch * size)
     warmup_steps = settings.warmup_epochs * steps_per_epoch
     # The cosine decays over `horizon_epochs`: `epochs`, or fewer when `max_minutes` will not allow
     # them (`capped_horizon`, after every epoch), so that a time-capped run still ends at a low rate.
@@ -295,10 +298,7 @@ def train_student(
         epoch_start = time.monotonic()
         model.train()
         losses, out_of_time = [], False
-        for index, batch in enumerate(shuffled_batches(train, settings.batch_size, generator,
-                                                       settings.shuffle_buffer_blocks)):
-            if size > 1 and (index % size != rank or index >= steps_per_epoch * size):
-                continue
+        for batch in shuffled_batches(train, settings.batch_size, generator, settings.shuffle_buffer_blocks, keep):
             loss = batch_loss(model, batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
