@@ -1,5 +1,6 @@
 # mlff-distill: distill a teacher force field into a small, fast student.
-# Stages: sample -> label -> train -> tune -> evaluate (workflow/rules/*.smk).
+# Stages: sample -> label -> train -> tune -> evaluate (workflow/rules/*.smk); precompile runs beside
+# sample and readies the train stage's compiled loss.
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -20,6 +21,7 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/tracking.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/label.smk"
+include: "workflow/rules/precompile.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/tune.smk"
 include: "workflow/rules/evaluate.smk"

@@ -92,3 +92,17 @@ def test_mlflow_has_parent_and_stage_runs(tiny_run):
     assert len(shard_runs) >= 2
     assert "val_force_mae_eV_per_A" in stages["train"].data.metrics
     assert stages["evaluate"].data.metrics["force_rel_rmse"] > 0
+
+
+def test_training_took_its_compiled_loss_from_the_precompile_cache(tiny_run):
+    results, _ = tiny_run
+    run_dir = results / "tiny"
+    record = json.loads((run_dir / "precompile" / "compiled.json").read_text())
+    assert record["compiled"] and record["species"] == [1, 6, 7, 8] and not record["periodic"]
+    assert (run_dir / "logs" / "precompile.log").stat().st_size > 0
+    train_logs = [run_dir / "logs" / "train.log", *sorted((run_dir / "train" / "resume").glob("rank-*.log"))]
+    compiled = [line for log in train_logs for line in log.read_text().splitlines()
+                if "compiled the training loss" in line]
+    assert compiled, "no training process logged its compilation"
+    for line in compiled:
+        assert "autograd_cache_hit 1" in line and "fxgraph_cache_miss 0" in line, line

@@ -6,13 +6,18 @@ import logging
 import sys
 from pathlib import Path
 
+PACKAGE_LOGGER = "mlff_distill"
+
 
 def stage_logger(stage: str, log_file: Path | None) -> logging.Logger:
-    """A logger for ``stage`` writing timestamped lines to ``log_file`` and to stderr."""
-    logger = logging.getLogger(f"mlff_distill.{stage}")
-    logger.setLevel(logging.INFO)
-    logger.handlers.clear()
-    logger.propagate = False
+    """A logger for ``stage`` writing timestamped lines to ``log_file`` and to stderr.
+
+    The handlers sit on the package's logger, so that the messages of the modules a stage calls
+    (``mlff_distill.student.loss``, ...) reach the stage's log too.
+    """
+    package = logging.getLogger(PACKAGE_LOGGER)
+    package.setLevel(logging.INFO)
+    package.handlers.clear()
     formatter = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:
@@ -20,5 +25,9 @@ def stage_logger(stage: str, log_file: Path | None) -> logging.Logger:
         handlers.append(logging.FileHandler(log_file, mode="w"))
     for handler in handlers:
         handler.setFormatter(formatter)
-        logger.addHandler(handler)
+        package.addHandler(handler)
+    logger = logging.getLogger(f"{PACKAGE_LOGGER}.{stage}")
+    logger.setLevel(logging.INFO)
+    logger.handlers.clear()
+    logger.propagate = True
     return logger

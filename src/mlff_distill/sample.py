@@ -237,16 +237,20 @@ def write_structures(structures: Sequence[Atoms], path: Path) -> None:
     partial.rename(path)
 
 
-def run(config: dict, structures_file: Path, pipeline_file: Path, log_file: Path) -> None:
-    """The Snakemake job: sample, write extxyz, log counts to MLflow."""
+def run(config: dict, structures_file: Path, pipeline_file: Path, log_file: Path, threads: int = 1) -> None:
+    """The Snakemake job: sample, write extxyz, log counts to MLflow. The teacher runs on
+    ``threads`` threads (the job's; more did not speed up its MD of small molecules)."""
     import collections
     import time
+
+    import torch
 
     from mlff_distill.logs import stage_logger
     from mlff_distill.teachers import load_teacher
     from mlff_distill.tracking import stage_run
 
     logger = stage_logger("sample", log_file)
+    torch.set_num_threads(threads)
     with stage_run(pipeline_file, "sample", config["sample"], log_file) as tracker:
         start = time.perf_counter()
         teacher = load_teacher(config["teacher"])

@@ -139,9 +139,12 @@ def fit(config: dict, store: Path, state_path: Path, logger: logging.Logger,
 
 
 def run(config: dict, store: Path, checkpoint: Path, torchscript: Path, history_file: Path,
-        pipeline_file: Path, log_file: Path, threads: int) -> None:
-    """The Snakemake job."""
+        pipeline_file: Path, log_file: Path, threads: int, precompiled: Optional[Path] = None,
+        compile_cache_dir: Optional[Path] = None) -> None:
+    """The Snakemake job. ``precompiled``: the precompile stage's record; ``compile_cache_dir``:
+    the TorchInductor cache it filled (`mlff_distill.precompile`)."""
     from mlff_distill.logs import stage_logger
+    from mlff_distill.precompile import use_compile_cache
     from mlff_distill.store import store_attrs
     from mlff_distill.student import save_student
     from mlff_distill.student.export import export_torchscript
@@ -149,6 +152,8 @@ def run(config: dict, store: Path, checkpoint: Path, torchscript: Path, history_
 
     logger = stage_logger("train", log_file)
     torch.set_num_threads(threads)
+    if compile_cache_dir is not None:
+        logger.info("TorchInductor cache: %s", use_compile_cache(compile_cache_dir))
     with stage_run(pipeline_file, "train", {"student": config["student"],
                                             "train": config["train"]}, log_file) as tracker:
         start = time.perf_counter()
@@ -173,7 +178,7 @@ def run(config: dict, store: Path, checkpoint: Path, torchscript: Path, history_
         Path(history_file).write_text(json.dumps(history, indent=2))
         plot = Path(checkpoint).with_name("learning_curve.png")
         learning_curve_plot(history, plot)
-        for artifact in (checkpoint, torchscript, history_file, plot):
+        for artifact in (checkpoint, torchscript, history_file, plot, *([precompiled] if precompiled else [])):
             tracker.log_artifact(artifact)
         tracker.log_metrics({"train_seconds": time.perf_counter() - start,
                              "n_parameters": n_parameters})

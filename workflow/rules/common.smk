@@ -4,6 +4,8 @@ from pathlib import Path
 RUN_DIR = Path(config["results_dir"]) / config["run_name"]
 CONDA_ENV = "../../envs/mlff-distill.yaml"
 PIPELINE_RUN = str(RUN_DIR / "mlflow_run.json")
+# TorchInductor's cache of the compiled training loss, shared by the precompile and train jobs.
+COMPILE_CACHE = str(RUN_DIR / "precompile" / "inductor_cache")
 
 
 def stage_path(stage, name):

@@ -5,10 +5,13 @@ rule train:
     input:
         pipeline=PIPELINE_RUN,
         store=stage_path("label", "labels.zarr"),
+        precompiled=stage_path("precompile", "compiled.json"),
     output:
         checkpoint=stage_path("train", "student.pt"),
         torchscript=stage_path("train", "student.torchscript.pt"),
         history=stage_path("train", "history.json"),
+    params:
+        compile_cache=COMPILE_CACHE,
     threads: config["train"]["processes"] * config["train"]["threads"] if config["train"]["threads"] else workflow.cores
     log:
         log_path("train"),

@@ -23,6 +23,8 @@ Hessian-vector products in eV/Angstrom^2.
 from __future__ import annotations
 
 import logging
+import os
+import time
 from typing import Callable, Optional
 
 import numpy as np
@@ -33,6 +35,10 @@ from mlff_distill.student.model import StudentPotential, forces_and_stress
 from mlff_distill.student.neighbours import edge_vectors
 
 logger = logging.getLogger(__name__)
+
+# Counters of torch._dynamo.utils.counters that say whether a compilation came from the cache.
+CACHE_COUNTERS = (("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss"),
+                  ("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"))
 
 
 def stress_mask(data: LabeledArrays) -> np.ndarray:
@@ -166,6 +172,21 @@ class BatchLoss:
         self._function: Callable[..., torch.Tensor] = (
             torch.compile(weighted_loss, dynamic=True) if compile else weighted_loss)
         self.compiled = compile
+        self._first_call_done = not compile
+
+    def _first_call(self, model: StudentPotential, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The call that compiles: logs its time and TorchInductor's cache hits and misses (a
+        warm cache, see `mlff_distill.precompile`, takes seconds instead of about a minute)."""
+        from torch._dynamo.utils import counters
+
+        start = time.perf_counter()
+        loss = self._function(model, **inputs, **self.weights)
+        self._first_call_done = True
+        cache = {name: counters[group][name] for group, name in CACHE_COUNTERS}
+        logger.info("compiled the training loss in %.1f s (TorchInductor cache %s: %s)", time.perf_counter() - start,
+                    os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default directory"),
+                    ", ".join(f"{name} {count}" for name, count in cache.items()))
+        return loss
 
     def __call__(self, model: StudentPotential, batch: LabeledArrays) -> torch.Tensor:
         with_stress = self.scaled_stress_weight > 0 and bool(stress_mask(batch).any())
@@ -173,11 +194,13 @@ class BatchLoss:
         if with_stress:
             inputs["stress_weight"] = self.scaled_stress_weight
         try:
+            if not self._first_call_done:
+                return self._first_call(model, inputs)
             return self._function(model, **inputs, **self.weights)
         except Exception as error:  # compiler missing or failing: train eager instead
             if not self.compiled:
                 raise
             logger.warning("torch.compile of the training loss failed (%s: %s); training eager",
                            type(error).__name__, str(error).splitlines()[0] if str(error) else "")
-            self._function, self.compiled = weighted_loss, False
+            self._function, self.compiled, self._first_call_done = weighted_loss, False, True
             return weighted_loss(model, **inputs, **self.weights)
