@@ -251,11 +251,13 @@ def _log_student_model(tracker: Any, model: Any) -> str:
 
 def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
         metrics_file: Path, pipeline_file: Path, log_file: Path,
-        structures_file: Path | None = None) -> None:
-    """The Snakemake job; it also ends the pipeline's MLflow parent run."""
+        structures_file: Path | None = None, compile_cache_dir: Path | None = None) -> None:
+    """The Snakemake job; it also ends the pipeline's MLflow parent run. ``compile_cache_dir``:
+    TorchInductor's cache of the run (`mlff_distill.precompile`)."""
     from ase.io import read
 
     from mlff_distill.logs import stage_logger
+    from mlff_distill.precompile import use_compile_cache
     from mlff_distill.report import build_report
     from mlff_distill.store import read_labels, store_attrs
     from mlff_distill.student import StudentCalculator, load_student
@@ -265,6 +267,8 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
 
     settings = config["evaluate"]
     logger = stage_logger("evaluate", log_file)
+    if compile_cache_dir is not None:
+        logger.info("TorchInductor cache: %s", use_compile_cache(compile_cache_dir))
     out_dir = Path(metrics_file).parent
     with stage_run(pipeline_file, "evaluate", settings, log_file) as tracker:
         test = read_labels(store, "test")

@@ -1,5 +1,6 @@
 """The precompile stage: the student's training loss compiled into TorchInductor's on-disk cache
-while the teacher samples, so that the train stage starts training at once.
+while the teacher samples, so that the train stage starts training at once; on a CPU, the compiled
+inference path that the tune and evaluate stages time as well.
 
 With an empty cache, compiling the default student's loss (forward pass, forces, stress and their
 gradients) took 67 s on one CPU core of the 2-core development machine; from a warm cache the
@@ -9,7 +10,11 @@ and on the device, not on the labels or the weights. So one step on a batch of t
 with zero labels compiles the graphs the train stage will run; that stage reuses them from the
 cache (its log gives the cache hits and misses of the first step).
 
-The cache is `compile_cache_dir` of the run (under ``results/``, so that cluster jobs on different
+The inference path is compiled with dynamic shapes too (`mlff_distill.student.StudentCalculator`),
+once for molecules and once for periodic systems with stress: 30 s in the tune stage of a fresh
+run, against seconds from the warm cache.
+
+The cache is the ``cache_dir`` of the run (under ``results/``, so that cluster jobs on different
 nodes share it) unless ``TORCHINDUCTOR_CACHE_DIR`` is set.
 """
 
@@ -56,7 +61,7 @@ def compile_training_loss(config: dict, structures: Sequence[Atoms]) -> dict[str
     from mlff_distill.student.loss import BatchLoss
 
     settings = config["train"]
-    species = sorted({int(z) for atoms in structures for z in atoms.numbers})
+    species = species_of(structures)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as the train stage chooses
     model = StudentPotential(species=species, **config["student"]).to(device)
     batch = unlabeled_batch(structures, settings["batch_size"], settings["hessian_weight"] > 0)
@@ -69,6 +74,27 @@ def compile_training_loss(config: dict, structures: Sequence[Atoms]) -> dict[str
     return {"compiled": loss.compiled, "seconds": time.perf_counter() - start, "species": species,
             "periodic": bool(batch.pbc.all(axis=1).any()), "device": device,
             "batch_structures": batch.n_structures, "batch_atoms": int(batch.atoms_ptr[-1])}
+
+
+def compile_inference(config: dict, structures: Sequence[Atoms]) -> dict[str, Any]:
+    """The compiled inference path (`StudentCalculator` with ``compiled=True``, one thread, as the
+    tune and evaluate stages time it on a CPU) of the student ``config`` describes, on the first
+    seed and on a periodic system of about 64 atoms built from it (`build_timing_systems`); returns
+    how long it took (s)."""
+    from mlff_distill.inference_path import _calculator_results
+    from mlff_distill.speed import build_timing_systems
+    from mlff_distill.student import StudentCalculator, StudentPotential
+
+    model = StudentPotential(species=species_of(structures), **config["student"]).eval()
+    systems = [structures[0], *build_timing_systems(structures[:1], [64], model.cutoff_A, seed=0)]
+    start = time.perf_counter()
+    _calculator_results(StudentCalculator(model, compiled=True, threads=1), systems)
+    return {"inference_seconds": time.perf_counter() - start}
+
+
+def species_of(structures: Sequence[Atoms]) -> list[int]:
+    """Sorted atomic numbers of ``structures``: the species the label store will hold."""
+    return sorted({int(z) for atoms in structures for z in atoms.numbers})
 
 
 def run(config: dict, record_file: Path, cache_dir: Path, log_file: Path, threads: int) -> None:
@@ -85,7 +111,14 @@ def run(config: dict, record_file: Path, cache_dir: Path, log_file: Path, thread
         cache = use_compile_cache(cache_dir)
         logger.info("compiling the training loss into %s", cache)
         seeds = seed_structures(config["sample"]) + read_seed_files(config["sample"]["test_files"])
-        record = {**compile_training_loss(config, seeds), "cache_dir": cache}
+        try:
+            record = {**compile_training_loss(config, seeds), "cache_dir": cache}
+            if config["tune"]["try_compile"] and not torch.cuda.is_available():
+                record.update(compile_inference(config, seeds))
+        except Exception as error:  # only a head start is lost: the train stage compiles for itself
+            logger.warning("precompiling failed (%s: %s); the train stage will compile the loss itself",
+                           type(error).__name__, error)
+            record = {"compiled": False, "reason": f"{type(error).__name__}: {error}", "cache_dir": cache}
     logger.info("%s", record)
     Path(record_file).parent.mkdir(parents=True, exist_ok=True)
     Path(record_file).write_text(json.dumps(record, indent=2))

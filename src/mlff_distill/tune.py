@@ -83,15 +83,19 @@ def tune(model, data: LabeledArrays, try_compile: bool, repeats: int, graph_atom
 
 
 def run(config: dict, store: Path, checkpoint: Path, record_file: Path, pipeline_file: Path,
-        log_file: Path) -> None:
-    """The Snakemake job."""
+        log_file: Path, compile_cache_dir: Path | None = None) -> None:
+    """The Snakemake job; ``compile_cache_dir``: TorchInductor's cache of the run, which the
+    precompile job filled (`mlff_distill.precompile`)."""
     from mlff_distill.logs import stage_logger
+    from mlff_distill.precompile import use_compile_cache
     from mlff_distill.store import read_labels
     from mlff_distill.student import load_student
     from mlff_distill.tracking import stage_run
 
     logger = stage_logger("tune", log_file)
     torch.set_num_threads(1)  # as in the evaluate stage: one structure per call, one thread
+    if compile_cache_dir is not None:
+        logger.info("TorchInductor cache: %s", use_compile_cache(compile_cache_dir))
     with stage_run(pipeline_file, "tune", config["tune"], log_file) as tracker:
         model, _ = load_student(checkpoint)
         record = tune(model.eval(), read_labels(store, "test"), config["tune"]["try_compile"],

@@ -15,6 +15,8 @@ rule evaluate:
         report=stage_path("evaluate", "report.html"),
         parity=stage_path("evaluate", "parity.png"),
         errors=stage_path("evaluate", "errors.png"),
+    params:
+        compile_cache=COMPILE_CACHE,
     log:
         log_path("evaluate"),
     benchmark:

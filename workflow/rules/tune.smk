@@ -6,6 +6,8 @@ rule tune:
         checkpoint=stage_path("train", "student.pt"),
     output:
         record=stage_path("tune", "inference_path.json"),
+    params:
+        compile_cache=COMPILE_CACHE,
     log:
         log_path("tune"),
     benchmark:
