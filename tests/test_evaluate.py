@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ase.build import bulk
-from ase.io import write
+from ase.io import read, write
 
 from mlff_distill.data import LabeledArrays, concatenate_structures
 from mlff_distill.evaluate import (GatesFailedError, accuracy, check_acceptance, mlflow_metrics, run,
@@ -168,6 +168,11 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
     kinds = metrics["per_kind"]  # the test split's structures by sampling strategy (copper_store)
     assert sum(row["n_structures"] for row in kinds.values()) == 2
     assert sum(row["share_of_squared_error"] for row in kinds.values()) == pytest.approx(1.0)
+    worst = metrics["worst_structures"]  # both test structures, worst first, with their sample index
+    assert [row["kind"] for row in worst["structures"]] and worst["share_of_squared_error"] == pytest.approx(1.0)
+    shares = [row["share_of_squared_error"] for row in worst["structures"]]
+    assert shares == sorted(shares, reverse=True)
+    assert {row["sample_index"] for row in worst["structures"]} <= set(range(len(read(tmp_path / "structures.extxyz", ":"))))
     verdict = {g["metric"]: g["passed"] for g in metrics["gates"]}
     assert verdict == {"force_rel_rmse": False, "stress_rel_error": False, "force_cosine": True}
     assert metrics["gates_passed"] is False
@@ -177,6 +182,7 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
     page = (out / "report.html").read_text()
     assert "ase/emt" in page and "relative RMS stress error" in page
+    assert "Test structures with the largest force errors" in page
     assert "per strategy" in page and "<th>rattle</th>" in page and "<td class=\"num\">6</td>" in page
     assert page.count("data:image/png;base64,") == 4 and "not run" not in page
 

@@ -7,7 +7,7 @@ from ase.units import GPa
 from mlff_distill.data import LabeledArrays
 from mlff_distill.metrics import (check_gates, energy_force_errors, ensemble_spread, failed_gates,
                                   force_cosine, per_kind_force_errors, per_species_force_errors,
-                                  stress_errors)
+                                  stress_errors, worst_force_errors)
 
 
 def h_and_h2o() -> LabeledArrays:
@@ -107,3 +107,21 @@ def test_per_kind_force_errors_by_hand():
     assert rows["b"]["force_rel_rmse"] == 0.0 and rows["b"]["share_of_squared_error"] == 0.0
     with pytest.raises(ValueError, match="1 labels for 2 structures"):
         per_kind_force_errors(reference, forces, ["a"])
+
+
+def test_worst_force_errors_by_hand():
+    reference = h_and_h2o()
+    forces = reference.forces_eV_per_A.copy()
+    forces[0] = [0.0, 3.0, 0.0]  # the lone H: squared error 18
+    forces[3] = [0.0, 0.0, 0.0]  # the O of H2O: squared error 1
+    worst = worst_force_errors(reference, forces, [{"sample_index": 7}, {"sample_index": 9}], count=1)
+    assert worst["structures"] == [pytest.approx({
+        "sample_index": 7, "n_atoms": 1, "force_rmse_eV_per_A": np.sqrt(18 / 3),
+        "force_rel_rmse": np.sqrt(18 / 9), "share_of_squared_error": 18 / 19})]
+    assert worst["share_of_squared_error"] == pytest.approx(18 / 19)
+    assert worst["force_rel_rmse_of_the_others"] == pytest.approx(np.sqrt(1 / 21))
+    both = worst_force_errors(reference, forces, [{}, {}], count=5)
+    assert [row["n_atoms"] for row in both["structures"]] == [1, 3]
+    assert both["share_of_squared_error"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="1 entries for 2 structures"):
+        worst_force_errors(reference, forces, [{}])

@@ -6,7 +6,7 @@ from ase.units import GPa
 from mlff_distill import plots
 from mlff_distill.data import LabeledArrays
 from mlff_distill.evaluate import accuracy
-from mlff_distill.metrics import check_gates
+from mlff_distill.metrics import check_gates, worst_force_errors
 from mlff_distill.report import build_report
 from mlff_distill.teachers.base import TeacherIdentity
 
@@ -37,6 +37,8 @@ def test_full_report_has_every_section_with_figures_and_the_untrained_teacher(tm
                    speedup=5.0, inference_path="eager",
                    per_kind={"md 300 K": {"n_structures": 1, "force_rel_rmse": 0.02},
                              "rattle": {"n_structures": 1, "force_rel_rmse": 0.09}},
+                   worst_structures=worst_force_errors(reference, predictions["forces_eV_per_A"],
+                                                       [{"sample_index": 3}, {"sample_index": 5}]),
                    speed=[{"n_atoms": 64, "teacher_ms": 20.0, "student_ms": 2.0},
                           {"n_atoms": 512, "teacher_ms": 150.0, "student_ms": 9.0}],
                    md_validation={"drift": [{"model": "student", "drift_eV_per_atom_per_ps": 1e-4,
@@ -65,6 +67,7 @@ def test_full_report_has_every_section_with_figures_and_the_untrained_teacher(tm
         assert f">{section}</h2>" in page
     assert page.count("data:image/png;base64,") == 4 and "not run" not in page
     assert "untrained teacher" in page and "ab" * 32 in page
+    assert "These 2 test structures carry 100 % of the summed squared force error" in page
     assert "FAIL" in page and "pass" in page  # force gate fails, stress gate passes
     assert "integrated_abs_difference" in page and "/data/labels.zarr" in page
     assert "rattle" in page and "run_name: tiny" in page and ">512<" in page
@@ -77,5 +80,5 @@ def test_missing_inputs_say_not_run(tmp_path):
     for section in SECTIONS:
         assert f">{section}</h2>" in page
     # parity, histograms, speed at sizes, MD, teacher, provenance, per species, per kind
-    assert page.count("not run") == 8
+    assert page.count("not run") == 9
     assert "no gates configured" in page and "untrained" not in page

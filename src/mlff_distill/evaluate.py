@@ -28,7 +28,8 @@ from ase import Atoms
 
 from mlff_distill.data import LabeledArrays
 from mlff_distill.metrics import (check_gates, energy_force_errors, ensemble_spread, failed_gates,
-                                  per_kind_force_errors, per_species_force_errors, stress_errors)
+                                  per_kind_force_errors, per_species_force_errors, stress_errors,
+                                  worst_force_errors)
 
 # MD validation runs before the speed step: FeNNol teachers keep the padded size of the largest
 # system they have seen, so after the 2048-atom timing a molecule's MD step cost 0.26 s, not 7 ms.
@@ -67,33 +68,29 @@ def seconds_per_structure(compute: Callable[[Atoms], object], structures: Sequen
     return float(np.median(totals)) / len(structures)
 
 
-def structure_kinds(store: Path, split: str, sampled: Sequence[Atoms]) -> list[str]:
-    """A label per structure of ``split`` (store order): its sampling strategy, with the
-    temperature where it has one ("md 300 K", "normal-modes 1000 K", "rattle"), from the sampled
-    structures (``sampled[sample_index].info``)."""
-    import zarr
-
-    from mlff_distill.store import SPLIT_CODES
-
-    group = zarr.open_group(store=str(store), mode="r", zarr_format=3)
-    keep = group["structures/split"][...] == SPLIT_CODES[split]
+def structure_kinds(sample_indices: Sequence[int], sampled: Sequence[Atoms]) -> list[str]:
+    """A label per structure: its sampling strategy, with the temperature where it has one
+    ("md 300 K", "normal-modes 1000 K", "rattle"), from the sampled structures
+    (``sampled[sample_index].info``)."""
     kinds = []
-    for index in group["structures/sample_index"][...][keep]:
+    for index in sample_indices:
         info = sampled[int(index)].info
         temperature = f" {info['temperature_K']:g} K" if "temperature_K" in info else ""
         kinds.append(f"{info.get('strategy', 'unknown')}{temperature}")
     return kinds
 
 
-def energy_std_of_split(store: Path, split: str) -> np.ndarray:
-    """The teacher ensemble's energy spread (eV) of the structures of ``split``, in store order."""
+def split_column(store: Path, split: str, name: str) -> np.ndarray:
+    """The per-structure array ``structures/<name>`` of the store (``energy_std_eV``, the teacher
+    ensemble's energy spread in eV; ``sample_index``, the row in the sampled structures file) for
+    the structures of ``split``, in store order."""
     import zarr
 
     from mlff_distill.store import SPLIT_CODES
 
     group = zarr.open_group(store=str(store), mode="r", zarr_format=3)
     keep = group["structures/split"][...] == SPLIT_CODES[split]
-    return group["structures/energy_std_eV"][...][keep]
+    return group[f"structures/{name}"][...][keep]
 
 
 def provenance(store: Path, sampled: Sequence[Atoms] | None) -> dict[str, Any]:
@@ -180,6 +177,10 @@ def summary_text(metrics_file: Path) -> str:
         f"{1000 * metrics['student_s_per_structure']:.2f} ms per structure, "
         f"{metrics['inference_path']})",
     ]
+    worst = metrics.get("worst_structures")
+    if worst:
+        lines.insert(6, f"  worst {len(worst['structures'])} structures:   {100 * worst['share_of_squared_error']:.0f} % of "
+                        f"the squared force error; the others {100 * worst['force_rel_rmse_of_the_others']:.2f} %")
     if metrics.get("gates"):
         failed = failed_gates(metrics["gates"])
         lines.append(f"  acceptance gates:      {'FAILED: ' + '; '.join(failed) if failed else 'passed'}")
@@ -281,7 +282,8 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
         chosen = student_calculator.inference_path
         periodic = bool(test.pbc.all(axis=1).any())
         predictions = predict(model, test, compute_stress=periodic)
-        metrics = accuracy(test, predictions, energy_std_of_split(store, "test"))
+        energy_std_eV = split_column(store, "test", "energy_std_eV")
+        metrics = accuracy(test, predictions, energy_std_eV)
 
         teacher = load_teacher(config["teacher"])
         timed = [test.atoms(i) for i in range(min(test.n_structures, settings["timing_structures"]))]
@@ -296,9 +298,13 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
             "teacher_weights_sha256": teacher.identity.weights_sha256,
         })
         sampled = read(structures_file, ":") if structures_file else None
-        metrics["per_kind"] = (per_kind_force_errors(test, predictions["forces_eV_per_A"],
-                                                     structure_kinds(store, "test", sampled))
-                               if sampled else None)
+        sample_indices = split_column(store, "test", "sample_index")
+        kinds = structure_kinds(sample_indices, sampled) if sampled else None
+        metrics["per_kind"] = per_kind_force_errors(test, predictions["forces_eV_per_A"], kinds) if kinds else None
+        metrics["worst_structures"] = worst_force_errors(test, predictions["forces_eV_per_A"], [
+            {"sample_index": int(index), **({"kind": kinds[i]} if kinds else {}),
+             "teacher_energy_std_eV": float(energy_std_eV[i]) if np.isfinite(energy_std_eV[i]) else None}
+            for i, index in enumerate(sample_indices)])
         for key in OPTIONAL_STEPS:
             step = optional_step(key)
             metrics[key] = None if step is None else step(

@@ -7,7 +7,8 @@ molecules). Relative errors are dimensionless: the RMS error over the RMS of the
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+import math
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from ase.data import chemical_symbols
@@ -96,6 +97,32 @@ def per_kind_force_errors(reference: LabeledArrays, forces_eV_per_A: np.ndarray,
             "share_of_squared_error": float(np.sum(error[mask] ** 2)) / total if total > 0 else 0.0,
         }
     return result
+
+
+def worst_force_errors(reference: LabeledArrays, forces_eV_per_A: np.ndarray, labels: Sequence[dict[str, Any]],
+                       count: int = 10) -> dict[str, Any]:
+    """The ``count`` structures with the largest summed squared force error, worst first: each
+    one's ``labels`` entry (what identifies it: sample index, kind, ...) with its atoms, force
+    error (eV/Angstrom, relative) and share of the summed squared error; and the relative RMS
+    force error of all the others, to show how much a few structures move the figure."""
+    if len(labels) != reference.n_structures:
+        raise ValueError(f"labels: {len(labels)} entries for {reference.n_structures} structures")
+    structure_of_atom = np.repeat(np.arange(reference.n_structures), reference.n_atoms)
+    squared_error = np.bincount(structure_of_atom, np.sum((forces_eV_per_A - reference.forces_eV_per_A) ** 2, axis=1),
+                                minlength=reference.n_structures)
+    squared_force = np.bincount(structure_of_atom, np.sum(reference.forces_eV_per_A**2, axis=1),
+                                minlength=reference.n_structures)
+    worst = np.argsort(-squared_error, kind="stable")[:count]
+    total, rest = float(squared_error.sum()), np.ones(reference.n_structures, dtype=bool)
+    rest[worst] = False
+    n_atoms = reference.n_atoms
+    rows = [{**labels[i], "n_atoms": int(n_atoms[i]),
+             "force_rmse_eV_per_A": float(np.sqrt(squared_error[i] / (3 * n_atoms[i]))),
+             "force_rel_rmse": float(np.sqrt(squared_error[i] / squared_force[i])) if squared_force[i] > 0 else math.nan,
+             "share_of_squared_error": float(squared_error[i]) / total if total > 0 else 0.0} for i in worst]
+    others = float(np.sqrt(squared_error[rest].sum() / squared_force[rest].sum())) if squared_force[rest].sum() > 0 else math.nan
+    return {"structures": rows, "share_of_squared_error": sum(r["share_of_squared_error"] for r in rows),
+            "force_rel_rmse_of_the_others": others}
 
 
 def stress_errors(reference_eV_per_A3: np.ndarray | None,

@@ -130,8 +130,15 @@ def _accuracy(metrics: Mapping[str, Any]) -> str:
     per_species = (table([{"element": z, **v} for z, v in species.items()]) if species else NOT_RUN)
     kinds = metrics.get("per_kind")
     per_kind = (table([{"kind of structure": k, **v} for k, v in kinds.items()]) if kinds else NOT_RUN)
+    worst = metrics.get("worst_structures")
+    worst_part = (f"<p>These {len(worst['structures'])} test structures carry "
+                  f"{100 * worst['share_of_squared_error']:.0f} % of the summed squared force error; the "
+                  f"relative RMS force error of all the others is {100 * worst['force_rel_rmse_of_the_others']:.2f} %. "
+                  "The sample index is the frame's position in sample/structures.extxyz.</p>"
+                  + table(worst["structures"]) if worst else NOT_RUN)
     return (f"{overall}{note}<h3>Forces per element</h3>{per_species}"
-            f"<h3>Forces per kind of structure</h3>{per_kind}")
+            f"<h3>Forces per kind of structure</h3>{per_kind}"
+            f"<h3>Test structures with the largest force errors</h3>{worst_part}")
 
 
 def _speed(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
