@@ -8,7 +8,10 @@ train stage's first step took 3.3 s. The compiled code depends on the student's 
 on the kinds of structures (molecules; periodic cells with stress labels), on the loss terms in use
 and on the device, not on the labels or the weights. So one step on a batch of the seed structures
 with zero labels compiles the graphs the train stage will run; that stage reuses them from the
-cache (its log gives the cache hits and misses of the first step).
+cache (its log gives the cache hits and misses of the first step). Checked for the default config
+(pipeline runs) and the Orb config's crystals (a full batch of 8 rattled cells, another stress
+scale: a cache hit). A batch whose sizes happen to coincide (say 3 structures, like the 3
+coordinates: Dynamo gives equal sizes one symbol) compiles once more during training.
 
 The inference path is compiled with dynamic shapes too (`mlff_distill.student.StudentCalculator`),
 once for molecules and once for periodic systems with stress: 30 s in the tune stage of a fresh
@@ -31,6 +34,11 @@ import torch
 from ase import Atoms
 
 from mlff_distill.data import LabeledArrays, concatenate_structures
+
+# The stress scale of the precompiled loss (eV/Angstrom^3, about 1.6 GPa): any positive value
+# selects the stress term for periodic batches, as the RMS training stress does in the train stage,
+# but not 1, which Dynamo would bake into the code as a constant weight, unlike other values.
+STRESS_SCALE_eV_PER_A3 = 0.01
 
 
 def use_compile_cache(directory: Path) -> str:
@@ -65,9 +73,7 @@ def compile_training_loss(config: dict, structures: Sequence[Atoms]) -> dict[str
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as the train stage chooses
     model = StudentPotential(species=species, **config["student"]).to(device)
     batch = unlabeled_batch(structures, settings["batch_size"], settings["hessian_weight"] > 0)
-    # Any positive stress scale selects the stress term for periodic batches, as the RMS training
-    # stress does in the train stage; its value does not change the compiled code.
-    loss = BatchLoss(settings["energy_weight"], settings["force_weight"], settings["stress_weight"], 1.0,
+    loss = BatchLoss(settings["energy_weight"], settings["force_weight"], settings["stress_weight"], STRESS_SCALE_eV_PER_A3,
                      compile=True, hessian_weight=settings["hessian_weight"])
     start = time.perf_counter()
     loss(model, batch).backward()
