@@ -8,7 +8,7 @@ from ase.build import bulk, molecule
 
 from conftest import full_config
 from mlff_distill.logs import stage_logger
-from mlff_distill.precompile import run, unlabeled_batch
+from mlff_distill.precompile import attempt, run, unlabeled_batch
 
 
 def test_batch_of_molecules_has_no_stress_labels():
@@ -34,7 +34,7 @@ def test_nothing_to_compile_is_recorded(tmp_path):
     config = full_config({"train": {"compile": False}})
     record_file = tmp_path / "precompile" / "compiled.json"
     run(config, record_file, tmp_path / "cache", tmp_path / "precompile.log", threads=1)
-    assert json.loads(record_file.read_text()) == {"compiled": False, "reason": "train.compile is false"}
+    assert json.loads(record_file.read_text()) == {"training_loss": {"skipped": "train.compile is false"}}
     assert not (tmp_path / "cache").exists()
 
 
@@ -45,3 +45,14 @@ def test_stage_log_holds_the_messages_of_the_modules_it_calls(tmp_path):
     text = log_file.read_text()
     assert "mlff_distill.train INFO from the stage" in text
     assert "mlff_distill.student.loss INFO from the loss module" in text
+
+
+def test_a_failed_attempt_is_recorded_and_warned_about(caplog):
+    def fails() -> dict:
+        raise ValueError("box smaller than the cutoff")
+
+    with caplog.at_level(logging.WARNING):
+        assert attempt(fails, "inference path", logging.getLogger("mlff_distill.precompile")) == {
+            "error": "ValueError: box smaller than the cutoff"}
+        assert attempt(lambda: {"seconds": 1.0}, "training loss", logging.getLogger("x")) == {"seconds": 1.0}
+    assert "precompiling the inference path failed" in caplog.text

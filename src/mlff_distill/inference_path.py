@@ -36,7 +36,7 @@ def time_callable(fn: Callable[[], object], repeats: int, warmup: int) -> dict:
     return {"median_s": statistics.median(times), "min_s": min(times), "times_s": times}
 
 
-def _calculator_results(calculator, structures: Sequence[Atoms]) -> list[dict[str, np.ndarray]]:
+def calculator_results(calculator, structures: Sequence[Atoms]) -> list[dict[str, np.ndarray]]:
     """Energy (eV), forces (eV/Angstrom) and, for periodic structures, stress (eV/Angstrom^3) of
     every structure by ``calculator`` (an ASE calculator), one structure per call."""
     results = []
@@ -78,13 +78,13 @@ def choose_cpu_path(model: torch.nn.Module, structures: Sequence[Atoms], try_com
     from mlff_distill.student import StudentCalculator
 
     def timed(calculator) -> dict:
-        whole = time_callable(lambda: _calculator_results(calculator, structures), repeats, warmup=1)
-        each = [1e3 * time_callable(lambda a=atoms: _calculator_results(calculator, [a]), repeats, 0)["median_s"]
+        whole = time_callable(lambda: calculator_results(calculator, structures), repeats, warmup=1)
+        each = [1e3 * time_callable(lambda a=atoms: calculator_results(calculator, [a]), repeats, 0)["median_s"]
                 for atoms in structures]
         return {**whole, "per_structure_ms": each}
 
     eager = StudentCalculator(model)
-    eager_results = _calculator_results(eager, structures)
+    eager_results = calculator_results(eager, structures)
     paths = {"eager": timed(eager)}
     chosen, reason = "eager", "torch.compile not tried"
     if not try_compile:
@@ -93,7 +93,7 @@ def choose_cpu_path(model: torch.nn.Module, structures: Sequence[Atoms], try_com
         try:
             compiled = StudentCalculator(model, compiled=True)
             start = time.perf_counter()
-            compiled_results = _calculator_results(compiled, structures)
+            compiled_results = calculator_results(compiled, structures)
             compile_s = time.perf_counter() - start
             mismatch = _mismatch(compiled_results, eager_results)
             if mismatch is not None:

@@ -24,10 +24,11 @@ nodes share it) unless ``TORCHINDUCTOR_CACHE_DIR`` is set.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -35,9 +36,9 @@ from ase import Atoms
 
 from mlff_distill.data import LabeledArrays, concatenate_structures
 
-# The stress scale of the precompiled loss (eV/Angstrom^3, about 1.6 GPa): any positive value
-# selects the stress term for periodic batches, as the RMS training stress does in the train stage,
-# but not 1, which Dynamo would bake into the code as a constant weight, unlike other values.
+# The stress scale of the precompiled loss (eV/Angstrom^3, about 1.6 GPa, a typical RMS stress): a
+# positive value selects the stress term for periodic batches, as the RMS training stress does in
+# the train stage.
 STRESS_SCALE_eV_PER_A3 = 0.01
 
 
@@ -87,15 +88,15 @@ def compile_inference(config: dict, structures: Sequence[Atoms]) -> dict[str, An
     tune and evaluate stages time it on a CPU) of the student ``config`` describes, on the first
     seed and on a periodic system of about 64 atoms built from it (`build_timing_systems`); returns
     how long it took (s)."""
-    from mlff_distill.inference_path import _calculator_results
+    from mlff_distill.inference_path import calculator_results
     from mlff_distill.speed import build_timing_systems
     from mlff_distill.student import StudentCalculator, StudentPotential
 
     model = StudentPotential(species=species_of(structures), **config["student"]).eval()
     systems = [structures[0], *build_timing_systems(structures[:1], [64], model.cutoff_A, seed=0)]
     start = time.perf_counter()
-    _calculator_results(StudentCalculator(model, compiled=True, threads=1), systems)
-    return {"inference_seconds": time.perf_counter() - start}
+    calculator_results(StudentCalculator(model, compiled=True, threads=1), systems)
+    return {"seconds": time.perf_counter() - start, "systems_atoms": [len(atoms) for atoms in systems]}
 
 
 def species_of(structures: Sequence[Atoms]) -> list[int]:
@@ -103,8 +104,20 @@ def species_of(structures: Sequence[Atoms]) -> list[int]:
     return sorted({int(z) for atoms in structures for z in atoms.numbers})
 
 
+def attempt(step: Callable[[], dict[str, Any]], what: str, logger: logging.Logger) -> dict[str, Any]:
+    """``step()``, or ``{"error": ...}`` with a warning if it raises: a failed precompilation only
+    loses a head start, as the later stages compile for themselves."""
+    try:
+        return step()
+    except Exception as error:
+        logger.warning("precompiling the %s failed (%s: %s); it will be compiled where it is used",
+                       what, type(error).__name__, error)
+        return {"error": f"{type(error).__name__}: {error}"}
+
+
 def run(config: dict, record_file: Path, cache_dir: Path, log_file: Path, threads: int) -> None:
-    """The Snakemake job: compile into ``cache_dir`` and write what was done to ``record_file``."""
+    """The Snakemake job: compile into ``cache_dir`` and write what was done to ``record_file``
+    (``training_loss`` and, on a CPU with ``tune.try_compile``, ``inference``)."""
     from mlff_distill.logs import stage_logger
     from mlff_distill.sample import seed_structures
     from mlff_distill.strategies import read_seed_files
@@ -112,19 +125,15 @@ def run(config: dict, record_file: Path, cache_dir: Path, log_file: Path, thread
     logger = stage_logger("precompile", log_file)
     torch.set_num_threads(threads)
     if not config["train"]["compile"]:
-        record: dict[str, Any] = {"compiled": False, "reason": "train.compile is false"}
+        record: dict[str, Any] = {"training_loss": {"skipped": "train.compile is false"}}
     else:
         cache = use_compile_cache(cache_dir)
-        logger.info("compiling the training loss into %s", cache)
+        logger.info("compiling into %s", cache)
         seeds = seed_structures(config["sample"]) + read_seed_files(config["sample"]["test_files"])
-        try:
-            record = {**compile_training_loss(config, seeds), "cache_dir": cache}
-            if config["tune"]["try_compile"] and not torch.cuda.is_available():
-                record.update(compile_inference(config, seeds))
-        except Exception as error:  # only a head start is lost: the train stage compiles for itself
-            logger.warning("precompiling failed (%s: %s); the train stage will compile the loss itself",
-                           type(error).__name__, error)
-            record = {"compiled": False, "reason": f"{type(error).__name__}: {error}", "cache_dir": cache}
+        record = {"cache_dir": cache,
+                  "training_loss": attempt(lambda: compile_training_loss(config, seeds), "training loss", logger)}
+        if config["tune"]["try_compile"] and not torch.cuda.is_available():
+            record["inference"] = attempt(lambda: compile_inference(config, seeds), "inference path", logger)
     logger.info("%s", record)
     Path(record_file).parent.mkdir(parents=True, exist_ok=True)
     Path(record_file).write_text(json.dumps(record, indent=2))
