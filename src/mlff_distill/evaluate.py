@@ -268,8 +268,7 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
 
     settings = config["evaluate"]
     logger = stage_logger("evaluate", log_file)
-    if compile_cache_dir is not None:
-        logger.info("TorchInductor cache: %s", use_compile_cache(compile_cache_dir))
+    use_compile_cache(compile_cache_dir, logger)
     out_dir = Path(metrics_file).parent
     with stage_run(pipeline_file, "evaluate", settings, log_file) as tracker:
         test = read_labels(store, "test")

@@ -42,11 +42,16 @@ from mlff_distill.data import LabeledArrays, concatenate_structures
 STRESS_SCALE_eV_PER_A3 = 0.01
 
 
-def use_compile_cache(directory: Path) -> str:
+def use_compile_cache(directory: Path | None, logger: logging.Logger | None = None) -> str | None:
     """Point TorchInductor's cache at ``directory`` (absolute) unless ``TORCHINDUCTOR_CACHE_DIR``
-    is already set; returns the directory in use. Call before the first compilation; worker
-    processes started afterwards inherit it."""
-    return os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(directory).resolve()))
+    is already set (nothing to do for None); returns the directory in use and logs it. Call before
+    the first compilation; worker processes started afterwards inherit it."""
+    if directory is None:
+        return None
+    cache = os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(directory).resolve()))
+    if logger is not None:
+        logger.info("TorchInductor cache: %s", cache)
+    return cache
 
 
 def unlabeled_batch(structures: Sequence[Atoms], batch_size: int, with_hessian: bool) -> LabeledArrays:
@@ -127,8 +132,7 @@ def run(config: dict, record_file: Path, cache_dir: Path, log_file: Path, thread
     if not config["train"]["compile"]:
         record: dict[str, Any] = {"training_loss": {"skipped": "train.compile is false"}}
     else:
-        cache = use_compile_cache(cache_dir)
-        logger.info("compiling into %s", cache)
+        cache = use_compile_cache(cache_dir, logger)
         seeds = seed_structures(config["sample"]) + read_seed_files(config["sample"]["test_files"])
         record = {"cache_dir": cache,
                   "training_loss": attempt(lambda: compile_training_loss(config, seeds), "training loss", logger)}

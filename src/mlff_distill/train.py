@@ -152,8 +152,7 @@ def run(config: dict, store: Path, checkpoint: Path, torchscript: Path, history_
 
     logger = stage_logger("train", log_file)
     torch.set_num_threads(threads)
-    if compile_cache_dir is not None:
-        logger.info("TorchInductor cache: %s", use_compile_cache(compile_cache_dir))
+    use_compile_cache(compile_cache_dir, logger)
     with stage_run(pipeline_file, "train", {"student": config["student"],
                                             "train": config["train"]}, log_file) as tracker:
         start = time.perf_counter()

@@ -94,8 +94,7 @@ def run(config: dict, store: Path, checkpoint: Path, record_file: Path, pipeline
 
     logger = stage_logger("tune", log_file)
     torch.set_num_threads(1)  # as in the evaluate stage: one structure per call, one thread
-    if compile_cache_dir is not None:
-        logger.info("TorchInductor cache: %s", use_compile_cache(compile_cache_dir))
+    use_compile_cache(compile_cache_dir, logger)
     with stage_run(pipeline_file, "tune", config["tune"], log_file) as tracker:
         model, _ = load_student(checkpoint)
         record = tune(model.eval(), read_labels(store, "test"), config["tune"]["try_compile"],
