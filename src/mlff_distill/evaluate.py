@@ -171,16 +171,18 @@ def summary_text(metrics_file: Path) -> str:
         f"  student:               {metrics['student']}",
         f"  test structures:       {metrics['n_test']}",
         f"  force error (rel RMS): {100 * metrics['force_rel_rmse']:.2f} %",
+    ]
+    worst = metrics.get("worst_structures")
+    if worst:
+        lines.append(f"  worst {len(worst['structures'])} structures:   {100 * worst['share_of_squared_error']:.0f} % of "
+                     f"the squared force error; the others {100 * worst['force_rel_rmse_of_the_others']:.2f} %")
+    lines += [
         f"  energy MAE:            {1000 * metrics['energy_mae_per_atom_eV']:.2f} meV/atom",
         f"  speed-up:              {metrics['speedup']:.1f}x "
         f"({1000 * metrics['teacher_s_per_structure']:.2f} ms -> "
         f"{1000 * metrics['student_s_per_structure']:.2f} ms per structure, "
         f"{metrics['inference_path']})",
     ]
-    worst = metrics.get("worst_structures")
-    if worst:
-        lines.insert(6, f"  worst {len(worst['structures'])} structures:   {100 * worst['share_of_squared_error']:.0f} % of "
-                        f"the squared force error; the others {100 * worst['force_rel_rmse_of_the_others']:.2f} %")
     if metrics.get("gates"):
         failed = failed_gates(metrics["gates"])
         lines.append(f"  acceptance gates:      {'FAILED: ' + '; '.join(failed) if failed else 'passed'}")

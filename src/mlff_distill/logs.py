@@ -17,7 +17,9 @@ def stage_logger(stage: str, log_file: Path | None) -> logging.Logger:
     """
     package = logging.getLogger(PACKAGE_LOGGER)
     package.setLevel(logging.INFO)
-    package.handlers.clear()
+    for handler in package.handlers[:]:  # a previous stage's, in the same process
+        package.removeHandler(handler)
+        handler.close()
     formatter = logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_file is not None:

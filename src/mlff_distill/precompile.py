@@ -61,7 +61,8 @@ def unlabeled_batch(structures: Sequence[Atoms], batch_size: int, with_hessian: 
     arrays = concatenate_structures(chosen)
     zeros = np.zeros_like(arrays["positions_A"])
     periodic = arrays["pbc"].all(axis=1)
-    stress = np.where(periodic[:, None, None], 0.0, np.nan) * np.ones((len(chosen), 3, 3))
+    stress = np.full((len(chosen), 3, 3), np.nan)
+    stress[periodic] = 0.0
     return LabeledArrays(**arrays, forces_eV_per_A=zeros, energy_eV=np.zeros(len(chosen)),
                          stress_eV_per_A3=stress if periodic.any() else None,
                          hessian_direction=zeros if with_hessian else None,
