@@ -33,6 +33,17 @@ def test_hessian_weight_without_hessian_labels_is_named():
     assert config_errors(config, SCHEMA) == []
 
 
+def test_normal_mode_counts_must_match_temperatures():
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config["sample"]["normal_modes"].update(structures_per_seed=[100, 200],
+                                            temperatures_K=[300, 600, 1000])
+    problems = config_errors(config, SCHEMA)
+    assert [p.split(":")[0] for p in problems] == ["sample.normal_modes.structures_per_seed"]
+    assert "2 counts for 3 temperatures_K" in problems[0]
+    config["sample"]["normal_modes"]["structures_per_seed"] = [100, 200, 300]
+    assert config_errors(config, SCHEMA) == []
+
+
 def test_snakemake_stops_on_bad_config_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("label:\n  shard_size: -3\n")

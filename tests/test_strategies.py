@@ -131,6 +131,17 @@ def test_normal_modes_of_water(ani1x_teacher, single_thread):
     for atoms in samples:
         assert atoms.info["strategy"] == "normal-modes" and atoms.info["n_modes"] == 3
         assert 0 < np.abs(atoms.positions - water.positions).max() < 0.5
+    # one count per temperature; the hotter samples lie farther from the seed
+    samples = normal_mode_samples(water, ani1x_teacher, [100.0, 1000.0], [40, 60],
+                                  np.random.default_rng(2))
+    temperatures = np.array([a.info["temperature_K"] for a in samples])
+    assert (temperatures == 100.0).sum() == 40 and (temperatures == 1000.0).sum() == 60
+    spread = {t: np.mean([np.abs(a.positions - water.positions).std() for a in samples
+                          if a.info["temperature_K"] == t]) for t in (100.0, 1000.0)}
+    assert spread[1000.0] > 2 * spread[100.0]  # amplitudes grow as sqrt(T): about 3.2x
+    with pytest.raises(ValueError, match="2 counts for 3 temperatures"):
+        normal_mode_samples(water, ani1x_teacher, [100.0, 300.0, 1000.0], [1, 2],
+                            np.random.default_rng(0))
 
 
 def test_normal_modes_of_periodic_copper(emt_teacher):

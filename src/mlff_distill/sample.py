@@ -151,7 +151,7 @@ def extra_strategies(seeds: Sequence[Atoms], settings: dict, teacher: Teacher,
                 seed, vacancies["structures_per_seed"], vacancies["max_vacancies"],
                 vacancies["sigma_A"], rng)]
     modes = settings["normal_modes"]
-    if modes["structures_per_seed"]:
+    if np.any(modes["structures_per_seed"]):
         for seed in tqdm(seeds, desc="normal modes", unit="seed"):
             groups += [[atoms] for atoms in strategies.normal_mode_samples(
                 seed, teacher, modes["temperatures_K"], modes["structures_per_seed"], rng,

@@ -250,18 +250,23 @@ def harmonic_displacements_A(masses_amu: np.ndarray, eigenvalues: np.ndarray,
 
 
 def normal_mode_samples(seed: Atoms, teacher: Teacher, temperatures_K: float | Sequence[float],
-                        count: int, rng: np.random.Generator, delta_A: float = 0.01) -> list[Atoms]:
-    """``count`` structures per temperature (K) displaced from ``seed`` along the teacher's normal
-    modes with classical harmonic Gaussian amplitudes; the Hessian (computed once, for all
-    temperatures) comes from central differences of teacher forces with steps of ``delta_A``
-    (Angstrom). Rigid, imaginary and near-zero modes are skipped (see `vibrational_modes`); the
-    seed is best a teacher minimum. ``info``: ``strategy="normal-modes"``, ``temperature_K``,
-    ``n_modes``."""
+                        count: int | Sequence[int], rng: np.random.Generator,
+                        delta_A: float = 0.01) -> list[Atoms]:
+    """``count`` structures per temperature (K), or one count per temperature, displaced from
+    ``seed`` along the teacher's normal modes with classical harmonic Gaussian amplitudes; the
+    Hessian (computed once, for all temperatures) comes from central differences of teacher forces
+    with steps of ``delta_A`` (Angstrom). Rigid, imaginary and near-zero modes are skipped (see
+    `vibrational_modes`); the seed is best a teacher minimum. ``info``: ``strategy="normal-modes"``,
+    ``temperature_K``, ``n_modes``."""
+    temperatures_K = np.atleast_1d(temperatures_K)
+    counts = np.broadcast_to(count, temperatures_K.shape) if np.ndim(count) == 0 else np.asarray(count)
+    if counts.shape != temperatures_K.shape:
+        raise ValueError(f"{len(counts)} counts for {len(temperatures_K)} temperatures")
     eigenvalues, eigenvectors = vibrational_modes(seed, teacher_hessian(seed, teacher, delta_A))
     structures = []
-    for temperature_K in np.atleast_1d(temperatures_K):
+    for temperature_K, count in zip(temperatures_K, counts):
         displacements = harmonic_displacements_A(seed.get_masses(), eigenvalues, eigenvectors,
-                                                 float(temperature_K), count, rng)
+                                                 float(temperature_K), int(count), rng)
         for displacement in displacements:
             atoms = seed.copy()
             atoms.calc = None
