@@ -50,6 +50,7 @@ def test_summary_names_teacher_student_error_speedup_and_gates(tmp_path):
                "n_test": 7, "force_rel_rmse": 0.0512, "energy_mae_per_atom_eV": 0.0021,
                "speedup": 12.34, "teacher_s_per_structure": 0.01,
                "student_s_per_structure": 0.00081, "inference_path": "eager",
+               "speed": [{"n_atoms": 64, "speedup": 14.04}, {"n_atoms": 511, "speedup": 30.0}],
                "gates": [{"metric": "force_rel_rmse", "threshold": 0.03, "bound": "max",
                           "value": 0.0512, "passed": False}]}
     (tmp_path / "evaluate").mkdir()
@@ -57,6 +58,7 @@ def test_summary_names_teacher_student_error_speedup_and_gates(tmp_path):
     path.write_text(json.dumps(metrics))
     text = summary_text(path)
     for expected in ("fennol-pmc/ani1x", "StudentPotential", "5.12 %", "12.3x", str(tmp_path),
+                     "14.0x / 30.0x at 64 / 511 atoms",
                      "FAILED: force_rel_rmse 0.0512 > 0.03"):
         assert expected in text
 

@@ -178,11 +178,15 @@ def summary_text(metrics_file: Path) -> str:
                      f"the squared force error; the others {100 * worst['force_rel_rmse_of_the_others']:.2f} %")
     lines += [
         f"  energy MAE:            {1000 * metrics['energy_mae_per_atom_eV']:.2f} meV/atom",
-        f"  speed-up:              {metrics['speedup']:.1f}x "
+        f"  speed-up, test set:    {metrics['speedup']:.1f}x "
         f"({1000 * metrics['teacher_s_per_structure']:.2f} ms -> "
-        f"{1000 * metrics['student_s_per_structure']:.2f} ms per structure, "
+        f"{1000 * metrics['student_s_per_structure']:.2f} ms, one structure per call, "
         f"{metrics['inference_path']})",
     ]
+    if metrics.get("speed"):
+        speedups = " / ".join(f"{row['speedup']:.1f}x" for row in metrics["speed"])
+        sizes = " / ".join(str(row["n_atoms"]) for row in metrics["speed"])
+        lines.append(f"  speed-up by size:      {speedups} at {sizes} atoms (energy, forces, stress)")
     if metrics.get("gates"):
         failed = failed_gates(metrics["gates"])
         lines.append(f"  acceptance gates:      {'FAILED: ' + '; '.join(failed) if failed else 'passed'}")
