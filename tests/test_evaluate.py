@@ -61,6 +61,13 @@ def test_summary_names_teacher_student_error_speedup_and_gates(tmp_path):
                      "14.0x / 30.0x at 64 / 511 atoms",
                      "FAILED: force_rel_rmse 0.0512 > 0.03"):
         assert expected in text
+    assert "teacher symmetry" not in text
+    # a teacher that breaks rotational symmetry is named, with the floor it sets
+    metrics["teacher_rotation"] = {"force_rel_change": 1.04, "invariant_student_floor": 0.52,
+                                   "n_structures": 10}
+    path.write_text(json.dumps(metrics))
+    assert "forces change by 104.0 % when structures are rotated" in summary_text(path)
+    assert "below about 52.0 %" in summary_text(path)
 
 
 def test_mlflow_metrics_are_flat_numbers_with_gate_verdicts():

@@ -74,6 +74,7 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
         assert math.isfinite(metrics[key]) and metrics[key] >= 0
     assert metrics["speedup"] == pytest.approx(
         metrics["teacher_s_per_structure"] / metrics["student_s_per_structure"])
+    assert metrics["teacher_rotation"]["force_rel_change"] < 1e-4  # ANI-1x is invariant
 
 
 def test_mlflow_has_parent_and_stage_runs(tiny_run):

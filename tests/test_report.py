@@ -39,6 +39,8 @@ def test_full_report_has_every_section_with_figures_and_the_untrained_teacher(tm
                              "rattle": {"n_structures": 1, "force_rel_rmse": 0.09}},
                    worst_structures=worst_force_errors(reference, predictions["forces_eV_per_A"],
                                                        [{"sample_index": 3}, {"sample_index": 5}]),
+                   teacher_rotation={"force_rel_change": 1.04, "invariant_student_floor": 0.52,
+                                     "n_structures": 2},
                    speed=[{"n_atoms": 64, "teacher_ms": 20.0, "student_ms": 2.0},
                           {"n_atoms": 512, "teacher_ms": 150.0, "student_ms": 9.0}],
                    md_validation={"drift": [{"model": "student", "drift_eV_per_atom_per_ps": 1e-4,
@@ -68,6 +70,7 @@ def test_full_report_has_every_section_with_figures_and_the_untrained_teacher(tm
     assert page.count("data:image/png;base64,") == 4 and "not run" not in page
     assert "untrained teacher" in page and "ab" * 32 in page
     assert "These 2 test structures carry 100 % of the summed squared force error" in page
+    assert "differ from the turned originals by 104 %" in page and "teacher: 52 %" in page
     assert "FAIL" in page and "pass" in page  # force gate fails, stress gate passes
     assert "integrated_abs_difference" in page and "/data/labels.zarr" in page
     assert "rattle" in page and "run_name: tiny" in page and ">512<" in page

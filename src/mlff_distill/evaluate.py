@@ -30,6 +30,7 @@ from mlff_distill.data import LabeledArrays
 from mlff_distill.metrics import (check_gates, energy_force_errors, ensemble_spread, failed_gates,
                                   per_kind_force_errors, per_species_force_errors, stress_errors,
                                   worst_force_errors)
+from mlff_distill.teacher_symmetry import rotation_force_change
 
 # MD validation runs before the speed step: FeNNol teachers keep the padded size of the largest
 # system they have seen, so after the 2048-atom timing a molecule's MD step cost 0.26 s, not 7 ms.
@@ -187,6 +188,11 @@ def summary_text(metrics_file: Path) -> str:
         speedups = " / ".join(f"{row['speedup']:.1f}x" for row in metrics["speed"])
         sizes = " / ".join(str(row["n_atoms"]) for row in metrics["speed"])
         lines.append(f"  speed-up by size:      {speedups} at {sizes} atoms (energy, forces, stress)")
+    rotation = metrics.get("teacher_rotation")
+    if rotation and rotation["invariant_student_floor"] > 0.1 * metrics["force_rel_rmse"]:
+        lines.append(f"  teacher symmetry:      its forces change by {100 * rotation['force_rel_change']:.1f} % "
+                     "when structures are rotated: no rotation-invariant student can get below "
+                     f"about {100 * rotation['invariant_student_floor']:.1f} %")
     if metrics.get("gates"):
         failed = failed_gates(metrics["gates"])
         lines.append(f"  acceptance gates:      {'FAILED: ' + '; '.join(failed) if failed else 'passed'}")
@@ -302,6 +308,9 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
             "inference_path": chosen,
             "teacher_weights_sha256": teacher.identity.weights_sha256,
         })
+        metrics["teacher_rotation"] = rotation_force_change(
+            teacher, [test.atoms(i) for i in range(min(test.n_structures, settings["symmetry_structures"]))],
+            np.random.default_rng(config["seed"])) if settings["symmetry_structures"] else None
         sampled = read(structures_file, ":") if structures_file else None
         sample_indices = split_column(store, "test", "sample_index")
         kinds = structure_kinds(sample_indices, sampled) if sampled else None

@@ -126,6 +126,13 @@ def _accuracy(metrics: Mapping[str, Any]) -> str:
             "stored).</p>")
     if metrics.get("n_stress") is None:
         note += '<p class="na">Stress: no periodic structures in the test split.</p>'
+    rotation = metrics.get("teacher_rotation")
+    if rotation:
+        note += (f"<p>Teacher symmetry: turned by a random rotation, {rotation['n_structures']} test "
+                 f"structures got forces that differ from the turned originals by "
+                 f"{100 * rotation['force_rel_change']:.3g} % (relative RMS). A rotation-invariant "
+                 "student, such as this one, cannot get below about half of that against this "
+                 f"teacher: {100 * rotation['invariant_student_floor']:.3g} %.</p>")
     species = metrics.get("per_species")
     per_species = (table([{"element": z, **v} for z, v in species.items()]) if species else NOT_RUN)
     kinds = metrics.get("per_kind")

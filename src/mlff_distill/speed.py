@@ -20,6 +20,7 @@ from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
 from mlff_distill.strategies import cell_heights_A
+from mlff_distill.teacher_symmetry import random_rotation
 
 # Liquid water and small organics hold about 0.1 atoms per cubic Angstrom.
 LIQUID_DENSITY_ATOMS_PER_A3 = 0.1
@@ -97,7 +98,7 @@ def _packed(molecules: Sequence[Atoms], size: int, cutoff_A: float, density: flo
     for index, molecule in enumerate(chosen):
         centred = molecule.positions - molecule.positions.mean(axis=0)
         for _ in range(_PLACEMENT_TRIES):
-            trial = centred @ _random_rotation(rng).T + rng.uniform(0, side_A, 3)
+            trial = centred @ random_rotation(rng).T + rng.uniform(0, side_A, 3)
             if len(placed) == 0 or _min_image_distance_A(trial, placed, side_A) >= min_distance_A:
                 break
         else:
@@ -112,15 +113,6 @@ def _packed(molecules: Sequence[Atoms], size: int, cutoff_A: float, density: flo
     system.wrap()
     system.info = {"system": "packed molecules", "molecules": len(chosen)}
     return system
-
-
-def _random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """A rotation matrix drawn uniformly (QR of a Gaussian matrix, signs fixed, det +1)."""
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
 
 
 def _min_image_distance_A(new: np.ndarray, placed: np.ndarray, side_A: float) -> float:
