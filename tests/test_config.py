@@ -44,6 +44,27 @@ def test_normal_mode_counts_must_match_temperatures():
     assert config_errors(config, SCHEMA) == []
 
 
+def shipped_config(name: str) -> dict:
+    """A config file laid over the default, as Snakemake's ``--configfile`` does."""
+    from snakemake.utils import update_config
+
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    update_config(config, yaml.safe_load((ROOT / "config" / name).read_text()))
+    return config
+
+
+def test_shipped_configs_are_valid_and_the_orb_config_stays_small():
+    for name in ("orb.yaml", "full.yaml"):
+        assert config_errors(shipped_config(name), SCHEMA) == [], name
+    orb = shipped_config("orb.yaml")["sample"]
+    # Orb labels ~0.3 structures/s on 2 CPU cores: no teacher MD or normal modes (from the
+    # default underneath), only the crystals' rattles, strains and vacancies
+    assert orb["molecules"] == [] and orb["md"]["frames_per_trajectory"] == 0
+    assert orb["normal_modes"]["structures_per_seed"] == 0
+    per_seed = sum(orb[key]["structures_per_seed"] for key in ("rattle", "rattle_strain", "vacancies"))
+    assert per_seed * len(orb["crystals"]) == 220
+
+
 def test_snakemake_stops_on_bad_config_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("label:\n  shard_size: -3\n")
