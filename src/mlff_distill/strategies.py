@@ -264,9 +264,9 @@ def normal_mode_samples(seed: Atoms, teacher: Teacher, temperatures_K: float | S
         raise ValueError(f"{len(counts)} counts for {len(temperatures_K)} temperatures")
     eigenvalues, eigenvectors = vibrational_modes(seed, teacher_hessian(seed, teacher, delta_A))
     structures = []
-    for temperature_K, count in zip(temperatures_K, counts):
+    for temperature_K, n_structures in zip(temperatures_K, counts):
         displacements = harmonic_displacements_A(seed.get_masses(), eigenvalues, eigenvectors,
-                                                 float(temperature_K), int(count), rng)
+                                                 float(temperature_K), int(n_structures), rng)
         for displacement in displacements:
             atoms = seed.copy()
             atoms.calc = None
