@@ -297,7 +297,9 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
         metrics = accuracy(test, predictions, energy_std_eV)
 
         teacher = load_teacher(config["teacher"])
-        timed = [test.atoms(i) for i in range(min(test.n_structures, settings["timing_structures"]))]
+        leading = [test.atoms(i) for i in range(min(test.n_structures, max(
+            settings["timing_structures"], settings["symmetry_structures"])))]
+        timed = leading[:settings["timing_structures"]]
         n_parameters = sum(p.numel() for p in model.parameters())
         metrics.update({
             "teacher": teacher.identity.label,
@@ -308,9 +310,9 @@ def run(config: dict, store: Path, checkpoint: Path, inference_path_file: Path,
             "inference_path": chosen,
             "teacher_weights_sha256": teacher.identity.weights_sha256,
         })
-        metrics["teacher_rotation"] = rotation_force_change(
-            teacher, [test.atoms(i) for i in range(min(test.n_structures, settings["symmetry_structures"]))],
-            np.random.default_rng(config["seed"])) if settings["symmetry_structures"] else None
+        turned = leading[:settings["symmetry_structures"]]
+        metrics["teacher_rotation"] = (rotation_force_change(teacher, turned, np.random.default_rng(config["seed"]))
+                                       if turned else None)
         sampled = read(structures_file, ":") if structures_file else None
         sample_indices = split_column(store, "test", "sample_index")
         kinds = structure_kinds(sample_indices, sampled) if sampled else None

@@ -19,8 +19,7 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
 
-from mlff_distill.strategies import cell_heights_A
-from mlff_distill.teacher_symmetry import random_rotation
+from mlff_distill.strategies import cell_heights_A, random_rotation
 
 # Liquid water and small organics hold about 0.1 atoms per cubic Angstrom.
 LIQUID_DENSITY_ATOMS_PER_A3 = 0.1

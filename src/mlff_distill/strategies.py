@@ -80,6 +80,15 @@ def replicate_to_min_size(atoms: Atoms, min_length_A: float) -> Atoms:
 
 # ------------------------------------------------------------------------------------ strategies
 
+def random_rotation(rng: np.random.Generator) -> np.ndarray:
+    """A rotation matrix drawn uniformly (QR of a Gaussian matrix, signs fixed, det +1)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return q
+
+
 def random_symmetric_strain(max_strain: float, rng: np.random.Generator) -> np.ndarray:
     """A symmetric 3x3 strain tensor (dimensionless) with components uniform in
     [-max_strain, max_strain]."""

@@ -16,17 +16,8 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
-from mlff_distill.strategies import per_structure
+from mlff_distill.strategies import per_structure, random_rotation
 from mlff_distill.teachers import Teacher
-
-
-def random_rotation(rng: np.random.Generator) -> np.ndarray:
-    """A rotation matrix drawn uniformly (QR of a Gaussian matrix, signs fixed, det +1)."""
-    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
-    q = q * np.sign(np.diag(r))
-    if np.linalg.det(q) < 0:
-        q[:, 0] = -q[:, 0]
-    return q
 
 
 def rotated(atoms: Atoms, rotation: np.ndarray) -> Atoms:
