@@ -1,7 +1,13 @@
 # mlff-distill: distill a teacher force field into a small, fast student.
 # Stages: sample -> label -> train -> tune -> evaluate (workflow/rules/*.smk); precompile runs beside
-# sample and readies the train stage's compiled loss.
+# sample and readies the train stage's compiled loss. Each rule declares the config it reads in
+# `params:`, so that editing a key reruns the stages that read it and those downstream.
+import os
+
 from snakemake.utils import min_version, validate
+
+from mlff_distill.config_check import config_errors
+
 
 min_version("9.0")
 
@@ -9,16 +15,15 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-from mlff_distill.config_check import config_errors
-
 problems = config_errors(config, "workflow/schemas/config.schema.yaml")
 if problems:
     raise ValueError("invalid config:\n  " + "\n  ".join(problems))
 validate(config, "workflow/schemas/config.schema.yaml")
+# The conda environment's post-deploy script installs the project from here (envs/).
+os.environ["MLFF_DISTILL_ROOT"] = workflow.basedir
 
 
 include: "workflow/rules/common.smk"
-include: "workflow/rules/tracking.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/label.smk"
 include: "workflow/rules/precompile.smk"
@@ -34,9 +39,14 @@ rule all:
     default_target: True
 
 
+onstart:
+    start_tracking()
+
+
 onsuccess:
+    finish_tracking("FINISHED")
     print_summary(stage_path("evaluate", "metrics.json"))
 
 
 onerror:
-    mark_pipeline_failed()
+    finish_tracking("FAILED")

@@ -55,7 +55,7 @@ def water_boxes(n_structures: int, per_side: int, seed: int) -> list[Atoms]:
     """``n_structures`` cubic periodic boxes of ``per_side**3`` water molecules on a grid,
     randomly rotated and rattled, at about 1 g/cm^3, with the info keys labeling needs."""
     rng = np.random.default_rng(seed)
-    side = (per_side ** 3 * WATER_VOLUME_A3) ** (1 / 3)
+    side = (per_side**3 * WATER_VOLUME_A3) ** (1 / 3)
     spacing = side / per_side
     boxes = []
     for index in range(n_structures):
@@ -73,8 +73,9 @@ def water_boxes(n_structures: int, per_side: int, seed: int) -> list[Atoms]:
     return boxes
 
 
-def measure(teacher: str, n_workers: int, structures: list[Atoms], warmup: list[Atoms],
-            shard_size: int, workdir: Path) -> dict:
+def measure(
+    teacher: str, n_workers: int, structures: list[Atoms], warmup: list[Atoms], shard_size: int, workdir: Path
+) -> dict:
     """One teacher and worker count: start-up, warm-up and labeling times and throughput."""
     from distributed import Client, LocalCluster, wait
 
@@ -84,24 +85,47 @@ def measure(teacher: str, n_workers: int, structures: list[Atoms], warmup: list[
     shards_dir = workdir / f"{teacher}-{n_workers}" / "shards"
     shards_dir.mkdir(parents=True)
     start = time.perf_counter()
-    with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.WARNING,
-                      env=worker_env(shards_dir)) as cluster, Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+            env=worker_env(shards_dir),
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         client.wait_for_workers(n_workers)
         pin_workers_to_cores(client)
         cluster_start = time.perf_counter() - start
         start = time.perf_counter()
         workers = sorted(client.scheduler_info()["workers"])
-        futures = [client.submit(label_shard, config, warmup, shards_dir.parent / f"warm-{i}.zarr",
-                                 workers=[address], allow_other_workers=False, pure=False)
-                   for i, address in enumerate(workers)]
+        futures = [
+            client.submit(
+                label_shard,
+                config,
+                warmup,
+                shards_dir.parent / f"warm-{i}.zarr",
+                workers=[address],
+                allow_other_workers=False,
+                pure=False,
+            )
+            for i, address in enumerate(workers)
+        ]
         wait(futures)
         warm = [f.result() for f in futures]
         warmup_seconds = time.perf_counter() - start
         summary = label_structures(
-            structures, config, shards_dir, shards_dir.parent / "labels.zarr", n_workers=n_workers,
-            shard_size=shard_size, attrs={},
-            scheduler={"kind": "address", "address": cluster.scheduler_address})
+            structures,
+            config,
+            shards_dir,
+            shards_dir.parent / "labels.zarr",
+            n_workers=n_workers,
+            shard_size=shard_size,
+            attrs={},
+            scheduler={"kind": "address", "address": cluster.scheduler_address},
+        )
     teacher_seconds = sum(s["teacher_seconds"] for s in summary["shards"])
     write_seconds = sum(s["write_seconds"] for s in summary["shards"])
     return {
@@ -113,8 +137,7 @@ def measure(teacher: str, n_workers: int, structures: list[Atoms], warmup: list[
         "n_failed": summary["n_failed"],
         "cluster_start_seconds": cluster_start,
         "warmup_seconds": warmup_seconds,
-        "warmup_teacher_seconds_per_structure": float(np.mean([w["teacher_seconds"] for w in warm]))
-        / len(warmup),
+        "warmup_teacher_seconds_per_structure": float(np.mean([w["teacher_seconds"] for w in warm])) / len(warmup),
         "label_seconds": summary["label_seconds"],
         "structures_per_second": len(structures) / summary["label_seconds"],
         "teacher_seconds": teacher_seconds,
@@ -126,19 +149,27 @@ def measure(teacher: str, n_workers: int, structures: list[Atoms], warmup: list[
 
 
 def machine() -> dict:
-    return {"platform": platform.platform(), "python": sys.version.split()[0],
-            "cpu_count": os.cpu_count(), "load_average_1_5_15": list(os.getloadavg())}
+    return {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "load_average_1_5_15": list(os.getloadavg()),
+    }
 
 
 def print_table(results: list[dict], speedups: dict) -> None:
-    header = (f"{'teacher':8} {'workers':>7} {'structs/s':>10} {'teacher s/struct':>16} "
-              f"{'store overhead':>14} {'cluster start s':>15} {'warm-up s':>9}")
+    header = (
+        f"{'teacher':8} {'workers':>7} {'structs/s':>10} {'teacher s/struct':>16} "
+        f"{'store overhead':>14} {'cluster start s':>15} {'warm-up s':>9}"
+    )
     print(header)
     print("-" * len(header))
     for r in results:
-        print(f"{r['teacher']:8} {r['workers']:7d} {r['structures_per_second']:10.2f} "
-              f"{r['teacher_seconds_per_structure']:16.3f} {r['store_overhead_fraction']:14.1%} "
-              f"{r['cluster_start_seconds']:15.1f} {r['warmup_seconds']:9.1f}")
+        print(
+            f"{r['teacher']:8} {r['workers']:7d} {r['structures_per_second']:10.2f} "
+            f"{r['teacher_seconds_per_structure']:16.3f} {r['store_overhead_fraction']:14.1%} "
+            f"{r['cluster_start_seconds']:15.1f} {r['warmup_seconds']:9.1f}"
+        )
     for teacher, speedup in speedups.items():
         print(f"speed-up {teacher}: {speedup}")
 
@@ -152,8 +183,9 @@ def log_to_mlflow(uri: str, report: dict) -> None:
         mlflow.log_params({k: v for k, v in report["settings"].items()})
         for r in report["results"]:
             prefix = f"{r['teacher']}.workers_{r['workers']}."
-            mlflow.log_metrics({prefix + k: float(v) for k, v in r.items()
-                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            mlflow.log_metrics(
+                {prefix + k: float(v) for k, v in r.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+            )
         for teacher, speedups in report["speedups"].items():
             mlflow.log_metrics({f"{teacher}.speedup_{k}": v for k, v in speedups.items()})
         mlflow.log_dict(report, "label_throughput.json")
@@ -165,42 +197,57 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
     parser.add_argument("--structures", type=int, default=16, help="structures labeled per run")
     parser.add_argument("--shard-size", type=int, default=2, help="structures per shard")
-    parser.add_argument("--waters-per-side", type=int, default=3,
-                        help="a box holds this cubed water molecules (3: 27 molecules, 81 atoms)")
+    parser.add_argument(
+        "--waters-per-side",
+        type=int,
+        default=3,
+        help="a box holds this cubed water molecules (3: 27 molecules, 81 atoms)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/label_throughput.json"))
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="where shards and stores go (default: a temporary folder)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where shards and stores go (default: a temporary folder)"
+    )
     parser.add_argument("--mlflow-uri", default=None, help="log the results as an MLflow run")
     args = parser.parse_args(argv)
 
     structures = water_boxes(args.structures, args.waters_per_side, args.seed)
     warmup = water_boxes(args.shard_size, args.waters_per_side, args.seed + 1)
-    report = {"benchmark": "label_throughput", "settings": {
-        "teachers": ",".join(args.teacher), "workers": ",".join(map(str, args.workers)),
-        "structures": args.structures, "shard_size": args.shard_size,
-        "atoms_per_structure": len(structures[0]), "system": "periodic water boxes"},
-        "machine_before": machine()}
+    report = {
+        "benchmark": "label_throughput",
+        "settings": {
+            "teachers": ",".join(args.teacher),
+            "workers": ",".join(map(str, args.workers)),
+            "structures": args.structures,
+            "shard_size": args.shard_size,
+            "atoms_per_structure": len(structures[0]),
+            "system": "periodic water boxes",
+        },
+        "machine_before": machine(),
+    }
     results = []
     with tempfile.TemporaryDirectory(dir=args.workdir) as workdir:
         for teacher in args.teacher:
             for n_workers in args.workers:
-                results.append(measure(teacher, n_workers, structures, warmup, args.shard_size,
-                                       Path(workdir)))
-                print(f"done: {teacher} with {n_workers} worker(s): "
-                      f"{results[-1]['structures_per_second']:.2f} structures/s", flush=True)
+                results.append(measure(teacher, n_workers, structures, warmup, args.shard_size, Path(workdir)))
+                print(
+                    f"done: {teacher} with {n_workers} worker(s): "
+                    f"{results[-1]['structures_per_second']:.2f} structures/s",
+                    flush=True,
+                )
     speedups = {}
     for teacher in args.teacher:
         rate = {r["workers"]: r["structures_per_second"] for r in results if r["teacher"] == teacher}
         base = min(rate)
-        speedups[teacher] = {f"{n}_vs_{base}_workers": rate[n] / rate[base] for n in sorted(rate)
-                             if n != base}
+        speedups[teacher] = {f"{n}_vs_{base}_workers": rate[n] / rate[base] for n in sorted(rate) if n != base}
     report.update(results=results, speedups=speedups, machine_after=machine())
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
     print_table(results, speedups)
-    print(f"load average before {report['machine_before']['load_average_1_5_15']}, after "
-          f"{report['machine_after']['load_average_1_5_15']} on {os.cpu_count()} CPUs")
+    print(
+        f"load average before {report['machine_before']['load_average_1_5_15']}, after "
+        f"{report['machine_after']['load_average_1_5_15']} on {os.cpu_count()} CPUs"
+    )
     if args.mlflow_uri:
         log_to_mlflow(args.mlflow_uri, report)
     return report

@@ -59,8 +59,7 @@ def silicon_repeats(n_atoms: int) -> tuple[int, int, int]:
     return best
 
 
-def silicon_graph(n_atoms: int, features: int, n_radial: int, cutoff_A: float, device: torch.device,
-                  seed: int) -> dict:
+def silicon_graph(n_atoms: int, features: int, n_radial: int, cutoff_A: float, device: torch.device, seed: int) -> dict:
     """`edge_message_torch` inputs for a rattled Si supercell of ``n_atoms`` atoms (float32, Angstrom)."""
     atoms = bulk("Si", "diamond", a=SI_LATTICE_A, cubic=True).repeat(silicon_repeats(n_atoms))
     atoms.rattle(0.05, seed=seed)
@@ -73,9 +72,17 @@ def silicon_graph(n_atoms: int, features: int, n_radial: int, cutoff_A: float, d
     def randn(*shape: int) -> torch.Tensor:
         return torch.randn(*shape, generator=generator, device=device).requires_grad_(True)
 
-    return {"phi": randn(n_atoms, 3 * features), "v": randn(n_atoms, 3, features),
-            "vectors_A": vectors.detach().requires_grad_(True), "radial_weight": randn(n_radial, 3 * features),
-            "src": src, "dst": dst, "n_atoms": n_atoms, "cutoff_A": cutoff_A, "n_radial": n_radial}
+    return {
+        "phi": randn(n_atoms, 3 * features),
+        "v": randn(n_atoms, 3, features),
+        "vectors_A": vectors.detach().requires_grad_(True),
+        "radial_weight": randn(n_radial, 3 * features),
+        "src": src,
+        "dst": dst,
+        "n_atoms": n_atoms,
+        "cutoff_A": cutoff_A,
+        "n_radial": n_radial,
+    }
 
 
 def step(op, inputs: dict, seeds: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -153,17 +160,27 @@ def triton_bandwidth(inputs: dict, seeds: list[torch.Tensor], args: argparse.Nam
     n_edges = inputs["src"].numel()
     with torch.no_grad():
         forward_ms = triton.testing.do_bench(lambda: edge_message_triton(**inputs), return_mode="median")
-        backward_ms = triton.testing.do_bench(lambda: edge_message_backward_triton(
-            *seeds, *(inputs[k] for k in DIFFERENTIABLE), inputs["src"], inputs["dst"], inputs["cutoff_A"]),
-            return_mode="median")
+        backward_ms = triton.testing.do_bench(
+            lambda: edge_message_backward_triton(
+                *seeds, *(inputs[k] for k in DIFFERENTIABLE), inputs["src"], inputs["dst"], inputs["cutoff_A"]
+            ),
+            return_mode="median",
+        )
     forward_bytes = edge_message_bytes(n_edges, args.features, args.radial, 4, True, backward=False)
     backward_bytes = edge_message_bytes(n_edges, args.features, args.radial, 4, True, backward=True)
     peak = triton.testing.get_dram_gbps()
     forward_GBps, backward_GBps = forward_bytes / forward_ms / 1e6, backward_bytes / backward_ms / 1e6
-    return {"forward_kernel_ms": forward_ms, "backward_kernel_ms": backward_ms, "forward_bytes": forward_bytes,
-            "backward_bytes": backward_bytes, "forward_GBps": forward_GBps, "backward_GBps": backward_GBps,
-            "peak_dram_GBps": peak, "forward_fraction_of_peak": forward_GBps / peak,
-            "backward_fraction_of_peak": backward_GBps / peak}
+    return {
+        "forward_kernel_ms": forward_ms,
+        "backward_kernel_ms": backward_ms,
+        "forward_bytes": forward_bytes,
+        "backward_bytes": backward_bytes,
+        "forward_GBps": forward_GBps,
+        "backward_GBps": backward_GBps,
+        "peak_dram_GBps": peak,
+        "forward_fraction_of_peak": forward_GBps / peak,
+        "backward_fraction_of_peak": backward_GBps / peak,
+    }
 
 
 def log_to_mlflow(uri: str, report: dict) -> None:
@@ -176,8 +193,13 @@ def log_to_mlflow(uri: str, report: dict) -> None:
         mlflow.log_params(report["settings"])
         for row in report["results"]:
             prefix = f"{row['path']}.atoms_{row['atoms']}."
-            mlflow.log_metrics({prefix + k: float(v) for k, v in row.items()
-                                if isinstance(v, (int, float)) and not isinstance(v, bool)})
+            mlflow.log_metrics(
+                {
+                    prefix + k: float(v)
+                    for k, v in row.items()
+                    if isinstance(v, (int, float)) and not isinstance(v, bool)
+                }
+            )
         mlflow.log_dict(report, "student_kernels.json")
 
 
@@ -188,8 +210,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--radial", type=int, default=8)
     parser.add_argument("--cutoff", type=float, default=5.0, help="Angstrom")
     parser.add_argument("--repeats", type=int, default=5, help="CPU timing repeats (CUDA: do_bench decides)")
-    parser.add_argument("--paths", nargs="+", choices=["eager", "compile", "triton"],
-                        default=["eager", "compile", "triton"])
+    parser.add_argument(
+        "--paths", nargs="+", choices=["eager", "compile", "triton"], default=["eager", "compile", "triton"]
+    )
     parser.add_argument("--torch-threads", type=int, default=1)
     parser.add_argument("--interpreter-max-atoms", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/student_kernels.json"))
@@ -199,14 +222,23 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(args.torch_threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cpu_name = f"cpu ({platform.processor() or platform.machine()})"
-    settings = {"device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name,
-                "cpu_count": os.cpu_count(), "torch_threads": args.torch_threads, "torch": torch.__version__,
-                "features": args.features, "radial": args.radial, "cutoff_A": args.cutoff,
-                "system": "rattled diamond Si supercells",
-                "triton_interpreter": os.environ.get("TRITON_INTERPRET") == "1",
-                "paths": ",".join(args.paths)}
-    report = {"benchmark": "student_kernels", "settings": settings,
-              "results": [row for n_atoms in args.atoms for row in measure(n_atoms, args, device)]}
+    settings = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else cpu_name,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": args.torch_threads,
+        "torch": torch.__version__,
+        "features": args.features,
+        "radial": args.radial,
+        "cutoff_A": args.cutoff,
+        "system": "rattled diamond Si supercells",
+        "triton_interpreter": os.environ.get("TRITON_INTERPRET") == "1",
+        "paths": ",".join(args.paths),
+    }
+    report = {
+        "benchmark": "student_kernels",
+        "settings": settings,
+        "results": [row for n_atoms in args.atoms for row in measure(n_atoms, args, device)],
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2))
     log_to_mlflow(args.mlflow_uri, report)

@@ -33,8 +33,22 @@ from mlff_distill.sample import seed_molecules
 from mlff_distill.speed import build_timing_systems
 from mlff_distill.student import StudentCalculator, StudentPotential
 
-MOLECULES = ["CH4", "H2O", "NH3", "CH3OH", "CH3CH2OH", "H2CO", "CH3CHO", "HCOOH", "CH3COOH", "H3CNH2",
-             "CH3CONH2", "CH3CN", "C2H4", "C6H6"]
+MOLECULES = [
+    "CH4",
+    "H2O",
+    "NH3",
+    "CH3OH",
+    "CH3CH2OH",
+    "H2CO",
+    "CH3CHO",
+    "HCOOH",
+    "CH3COOH",
+    "H3CNH2",
+    "CH3CONH2",
+    "CH3CN",
+    "C2H4",
+    "C6H6",
+]
 SPECIES = [1, 6, 7, 8]
 BOX_CUTOFF_A = 5.0
 
@@ -77,8 +91,9 @@ def time_table(sizes: list[int], threads: list[int], repeats: int, **model_sizes
         calculator = student(n_threads, **model_sizes)
         for atoms in boxes:
             ms = time_calculator(calculator, atoms, repeats)
-            rows.append({"atoms": len(atoms), "threads": n_threads, "median_ms": statistics.median(ms),
-                         "min_ms": min(ms)})
+            rows.append(
+                {"atoms": len(atoms), "threads": n_threads, "median_ms": statistics.median(ms), "min_ms": min(ms)}
+            )
     return rows
 
 
@@ -91,7 +106,8 @@ def print_rows(rows: list[dict]) -> None:
 
 def profile(sizes: list[int], threads: list[int], repeats: int, sort: str, rows: int) -> None:
     """torch.profiler's operator table over ``repeats`` calls per system and thread count."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
 
     for n_threads, atoms in itertools.product(threads, systems(sizes)):
         calculator = student(n_threads)
@@ -106,23 +122,33 @@ def sweep(sizes: list[int], threads: list[int], repeats: int) -> None:
     """The trade-off table: the default student with one size changed at a time, then a few
     smaller combinations."""
     default = {"n_features": 64, "n_interactions": 2, "cutoff_A": 5.0, "n_radial": 8}
-    variants = [{}] + [{"n_features": f} for f in (32, 48)] + [{"n_interactions": n} for n in (1, 3)] \
-        + [{"cutoff_A": c} for c in (4.0, 4.5)] + [{"n_radial": 6}] \
-        + [{"n_features": 32, "cutoff_A": c} for c in (4.0, 4.5)] \
+    variants = (
+        [{}]
+        + [{"n_features": f} for f in (32, 48)]
+        + [{"n_interactions": n} for n in (1, 3)]
+        + [{"cutoff_A": c} for c in (4.0, 4.5)]
+        + [{"n_radial": 6}]
+        + [{"n_features": 32, "cutoff_A": c} for c in (4.0, 4.5)]
         + [{"n_features": f, "cutoff_A": 4.0, "n_interactions": 1} for f in (32, 64)]
+    )
     boxes = systems(sizes)
     warm_up(boxes)
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; ms per call (min of {repeats})")
-    print(f"{'features':>8} {'layers':>6} {'cutoff':>6} {'radial':>6} {'threads':>7} "
-          + " ".join(f"{len(atoms):>7d}" for atoms in boxes))
+    print(
+        f"{'features':>8} {'layers':>6} {'cutoff':>6} {'radial':>6} {'threads':>7} "
+        + " ".join(f"{len(atoms):>7d}" for atoms in boxes)
+    )
     for variant in variants:
         model_sizes = {**default, **variant}
         for n_threads in threads:
             calculator = student(n_threads, **model_sizes)
             ms = [min(time_calculator(calculator, atoms, repeats)) for atoms in boxes]
-            print(f"{model_sizes['n_features']:8d} {model_sizes['n_interactions']:6d} "
-                  f"{model_sizes['cutoff_A']:6.1f} {model_sizes['n_radial']:6d} {n_threads:7d} "
-                  + " ".join(f"{value:7.1f}" for value in ms), flush=True)
+            print(
+                f"{model_sizes['n_features']:8d} {model_sizes['n_interactions']:6d} "
+                f"{model_sizes['cutoff_A']:6.1f} {model_sizes['n_radial']:6d} {n_threads:7d} "
+                + " ".join(f"{value:7.1f}" for value in ms),
+                flush=True,
+            )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -56,37 +56,49 @@ def seed_groups(config: dict) -> list[tuple[str, list[Atoms]]]:
     return [("molecules", seeds)]
 
 
-def student_calculator(checkpoint: Path | None, config: dict, species: list[int], device: str,
-                       compiled: bool):
+def student_calculator(checkpoint: Path | None, config: dict, species: list[int], device: str, compiled: bool):
     """The checkpoint's student, or an untrained one of the config's sizes over ``species``."""
     from mlff_distill.student import StudentCalculator, StudentPotential
 
     if checkpoint is not None:
         return StudentCalculator(checkpoint, device=device, compiled=compiled), str(checkpoint)
     sizes = config["student"]
-    model = StudentPotential(species=species, cutoff_A=sizes["cutoff_A"], n_features=sizes["n_features"],
-                             n_radial=sizes["n_radial"], n_interactions=sizes["n_interactions"])
+    model = StudentPotential(
+        species=species,
+        cutoff_A=sizes["cutoff_A"],
+        n_features=sizes["n_features"],
+        n_radial=sizes["n_radial"],
+        n_interactions=sizes["n_interactions"],
+    )
     return StudentCalculator(model, device=device, compiled=compiled), "untrained StudentPotential"
 
 
 def machine(device: str) -> dict:
-    return {"platform": platform.platform(), "python": sys.version.split()[0],
-            "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
-            "load_average_1_5_15": list(os.getloadavg())}
+    return {
+        "platform": platform.platform(),
+        "python": sys.version.split()[0],
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": torch.cuda.get_device_name() if device.startswith("cuda") else "cpu",
+        "load_average_1_5_15": list(os.getloadavg()),
+    }
 
 
 def print_table(name: str, rows: list[dict]) -> None:
-    header = (f"{'atoms':>6} {'teacher ms':>11} {'student ms':>11} {'speed-up':>9} "
-              f"{'teacher atom-steps/s':>21} {'student atom-steps/s':>21} "
-              f"{'teacher MB':>11} {'student MB':>11}")
+    header = (
+        f"{'atoms':>6} {'teacher ms':>11} {'student ms':>11} {'speed-up':>9} "
+        f"{'teacher atom-steps/s':>21} {'student atom-steps/s':>21} "
+        f"{'teacher MB':>11} {'student MB':>11}"
+    )
     print(f"{name} (stress in the call: {rows[0]['with_stress']})")
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['n_atoms']:6d} {r['teacher_ms']:11.1f} {r['student_ms']:11.1f} {r['speedup']:9.1f} "
-              f"{r['teacher_atom_steps_per_s']:21.0f} {r['student_atom_steps_per_s']:21.0f} "
-              f"{r['teacher_peak_MB']:11.1f} {r['student_peak_MB']:11.1f}")
+        print(
+            f"{r['n_atoms']:6d} {r['teacher_ms']:11.1f} {r['student_ms']:11.1f} {r['speedup']:9.1f} "
+            f"{r['teacher_atom_steps_per_s']:21.0f} {r['student_atom_steps_per_s']:21.0f} "
+            f"{r['teacher_peak_MB']:11.1f} {r['student_peak_MB']:11.1f}"
+        )
 
 
 def log_to_mlflow(uri: str, report: dict) -> None:
@@ -100,30 +112,50 @@ def log_to_mlflow(uri: str, report: dict) -> None:
         mlflow.log_params(report["settings"])
         for name, rows in report["results"].items():
             for row in rows:
-                mlflow.log_metrics({f"{name}.{key}": float(value) for key, value in row.items()
-                                    if key != "n_atoms" and isinstance(value, (int, float))},
-                                   step=row["n_atoms"])
+                mlflow.log_metrics(
+                    {
+                        f"{name}.{key}": float(value)
+                        for key, value in row.items()
+                        if key != "n_atoms" and isinstance(value, (int, float))
+                    },
+                    step=row["n_atoms"],
+                )
         mlflow.log_dict(report, "student_speed.json")
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--configfile", type=Path, default=None,
-                        help="run config merged over config/config.yaml (teacher, student, sample)")
-    parser.add_argument("--checkpoint", type=Path, default=None,
-                        help="student checkpoint (default: an untrained student of the config's sizes)")
+    parser.add_argument(
+        "--configfile",
+        type=Path,
+        default=None,
+        help="run config merged over config/config.yaml (teacher, student, sample)",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        type=Path,
+        default=None,
+        help="student checkpoint (default: an untrained student of the config's sizes)",
+    )
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 512, 2048], help="atoms per system")
     parser.add_argument("--repeats", type=int, default=3, help="timed calls per system and model")
     parser.add_argument("--warmup", type=int, default=2, help="untimed calls first (JIT, caches)")
     parser.add_argument("--device", default="cpu", help="torch device of the student")
-    parser.add_argument("--torch-threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's own choice)")
+    parser.add_argument(
+        "--torch-threads", type=int, default=None, help="torch intra-op threads (default: torch's own choice)"
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the packed boxes")
-    parser.add_argument("--compiled", action="store_true",
-                        help="run the student through torch.compile (StudentCalculator(compiled=True))")
+    parser.add_argument(
+        "--compiled",
+        action="store_true",
+        help="run the student through torch.compile (StudentCalculator(compiled=True))",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/student_speed.json"))
-    parser.add_argument("--mlflow-uri", default=DEFAULT_MLFLOW_URI,
-                        help=f"MLflow tracking URI (default {DEFAULT_MLFLOW_URI}); 'none' to skip")
+    parser.add_argument(
+        "--mlflow-uri",
+        default=DEFAULT_MLFLOW_URI,
+        help=f"MLflow tracking URI (default {DEFAULT_MLFLOW_URI}); 'none' to skip",
+    )
     args = parser.parse_args(argv)
 
     from mlff_distill.speed import build_timing_systems, compare_speed
@@ -136,12 +168,21 @@ def main(argv: list[str] | None = None) -> dict:
     groups = seed_groups(config)
     species = sorted({int(z) for _, seeds in groups for atoms in seeds for z in atoms.numbers})
     student, student_source = student_calculator(args.checkpoint, config, species, args.device, args.compiled)
-    report = {"benchmark": "student_speed", "settings": {
-        "teacher": teacher.identity.label, "student": student_source,
-        "student_sizes": json.dumps(config["student"]), "sizes": ",".join(map(str, args.sizes)),
-        "repeats": args.repeats, "warmup": args.warmup, "device": args.device,
-        "student_inference_path": student.inference_path},
-        "machine_before": machine(args.device), "results": {}}
+    report = {
+        "benchmark": "student_speed",
+        "settings": {
+            "teacher": teacher.identity.label,
+            "student": student_source,
+            "student_sizes": json.dumps(config["student"]),
+            "sizes": ",".join(map(str, args.sizes)),
+            "repeats": args.repeats,
+            "warmup": args.warmup,
+            "device": args.device,
+            "student_inference_path": student.inference_path,
+        },
+        "machine_before": machine(args.device),
+        "results": {},
+    }
     for name, seeds in groups:
         systems = build_timing_systems(seeds, args.sizes, config["student"]["cutoff_A"], args.seed)
         rows = compare_speed(TeacherCalculator(teacher), student, systems, args.repeats, args.warmup)
@@ -150,9 +191,11 @@ def main(argv: list[str] | None = None) -> dict:
     report["machine_after"] = machine(args.device)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1))
-    print(f"load average before {report['machine_before']['load_average_1_5_15']}, after "
-          f"{report['machine_after']['load_average_1_5_15']} on {os.cpu_count()} CPUs; "
-          f"written {args.out}")
+    print(
+        f"load average before {report['machine_before']['load_average_1_5_15']}, after "
+        f"{report['machine_after']['load_average_1_5_15']} on {os.cpu_count()} CPUs; "
+        f"written {args.out}"
+    )
     if args.mlflow_uri != "none":
         log_to_mlflow(args.mlflow_uri, report)
     return report

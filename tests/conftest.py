@@ -1,6 +1,5 @@
 """Fixtures shared by the tests: the real ANI-1x teacher files from ../shared/teachers."""
 
-import copy
 import os
 from pathlib import Path
 
@@ -26,26 +25,19 @@ def models_dir() -> Path:
     return found
 
 
-def full_config(partial: dict) -> dict:
-    """``partial`` with every default of the workflow's config schema filled in."""
-    from snakemake.utils import validate
+@pytest.fixture(scope="session")
+def ani1x_teacher_settings(models_dir):
+    """FeNNol-PMC's ANI-1x files from the models directory (`TeacherSettings`)."""
+    from mlff_distill.settings import TeacherSettings, section_settings
 
-    config = copy.deepcopy(partial)
-    validate(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
-    return config
+    return section_settings(TeacherSettings, "teacher", {"source": "fennol-pmc", "models_dir": str(models_dir)})
 
 
 @pytest.fixture(scope="session")
-def ani1x_teacher_config(models_dir) -> dict:
-    """FeNNol-PMC's ANI-1x files from the models directory."""
-    return full_config({"teacher": {"source": "fennol-pmc", "models_dir": str(models_dir)}})["teacher"]
-
-
-@pytest.fixture(scope="session")
-def ani1x_teacher(ani1x_teacher_config):
+def ani1x_teacher(ani1x_teacher_settings):
     from mlff_distill.teachers import load_teacher
 
-    return load_teacher(ani1x_teacher_config)
+    return load_teacher(ani1x_teacher_settings)
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,7 @@ def test_hessian_weight_without_hessian_labels_is_named():
 
 def test_normal_mode_counts_must_match_temperatures():
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    config["sample"]["normal_modes"].update(structures_per_seed=[100, 200],
-                                            temperatures_K=[300, 600, 1000])
+    config["sample"]["normal_modes"].update(structures_per_seed=[100, 200], temperatures_K=[300, 600, 1000])
     problems = config_errors(config, SCHEMA)
     assert [p.split(":")[0] for p in problems] == ["sample.normal_modes.structures_per_seed"]
     assert "2 counts for 3 temperatures_K" in problems[0]
@@ -69,9 +68,20 @@ def test_snakemake_stops_on_bad_config_before_any_job(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("label:\n  shard_size: -3\n")
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", "--configfile", str(bad),
-         "--config", f"results_dir={tmp_path / 'results'}"],
-        cwd=ROOT, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "-n",
+            "--configfile",
+            str(bad),
+            "--config",
+            f"results_dir={tmp_path / 'results'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode != 0
     assert "label.shard_size" in result.stderr + result.stdout
     assert not (tmp_path / "results").exists()
@@ -80,7 +90,9 @@ def test_snakemake_stops_on_bad_config_before_any_job(tmp_path):
 def test_dry_run_and_lint_are_clean(tmp_path):
     for flag in ("-n", "--lint"):
         result = subprocess.run(
-            [sys.executable, "-m", "snakemake", flag, "--config",
-             f"results_dir={tmp_path / 'results'}"],
-            cwd=ROOT, capture_output=True, text=True)
+            [sys.executable, "-m", "snakemake", flag, "--config", f"results_dir={tmp_path / 'results'}"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, result.stdout + result.stderr

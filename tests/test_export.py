@@ -46,13 +46,23 @@ def test_torchscript_file_matches_python_model_without_the_package(tmp_path) -> 
     structures = {"molecule": molecule("CH3CH2OH"), "crystal": crystal}
     inputs = {}
     for name, atoms in structures.items():
-        inputs.update({f"{name}_numbers": atoms.numbers, f"{name}_positions": atoms.positions,
-                       f"{name}_cell": atoms.cell.array, f"{name}_pbc": atoms.pbc})
+        inputs.update(
+            {
+                f"{name}_numbers": atoms.numbers,
+                f"{name}_positions": atoms.positions,
+                f"{name}_cell": atoms.cell.array,
+                f"{name}_pbc": atoms.pbc,
+            }
+        )
     np.savez(tmp_path / "inputs.npz", **inputs)
     (tmp_path / "loader.py").write_text(LOADER)
     completed = subprocess.run(
         [sys.executable, "loader.py", str(path), "inputs.npz", "outputs.npz"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=True,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
     )
     report = json.loads(completed.stdout.strip().splitlines()[-1])
     assert not report["imported_mlff_distill"]
@@ -62,9 +72,13 @@ def test_torchscript_file_matches_python_model_without_the_package(tmp_path) -> 
     outputs = np.load(tmp_path / "outputs.npz")
     for name, atoms in structures.items():
         energy, forces, stress = energy_forces_stress(
-            model, torch.as_tensor(atoms.numbers), torch.as_tensor(atoms.positions),
-            torch.as_tensor(atoms.cell.array)[None], torch.as_tensor(atoms.pbc)[None],
-            torch.tensor([0, len(atoms)]), compute_stress=True,
+            model,
+            torch.as_tensor(atoms.numbers),
+            torch.as_tensor(atoms.positions),
+            torch.as_tensor(atoms.cell.array)[None],
+            torch.as_tensor(atoms.pbc)[None],
+            torch.tensor([0, len(atoms)]),
+            compute_stress=True,
         )
         np.testing.assert_allclose(outputs[f"{name}_energy_eV"], energy[0].item(), rtol=1e-12)
         np.testing.assert_allclose(outputs[f"{name}_forces_eV_per_A"], forces.numpy(), atol=1e-10)
@@ -84,13 +98,22 @@ def test_batch_method_and_loader(tmp_path) -> None:
     water, methane = molecule("H2O"), molecule("CH4")
     numbers = torch.as_tensor(np.concatenate([water.numbers, methane.numbers]))
     positions = torch.as_tensor(np.concatenate([water.positions, methane.positions]))
-    cell, pbc, ptr = torch.zeros(2, 3, 3, dtype=torch.float64), torch.zeros(2, 3, dtype=torch.bool), torch.tensor([0, 3, 8])
+    cell, pbc, ptr = (
+        torch.zeros(2, 3, 3, dtype=torch.float64),
+        torch.zeros(2, 3, dtype=torch.bool),
+        torch.tensor([0, 3, 8]),
+    )
     out = scripted.batch(numbers, positions, cell, pbc, ptr)
     energy, forces, _ = energy_forces_stress(model, numbers, positions, cell, pbc, ptr, compute_stress=False)
     np.testing.assert_allclose(out["energy_eV"].numpy(), energy.numpy(), rtol=1e-12)
     np.testing.assert_allclose(out["forces_eV_per_A"].numpy(), forces.numpy(), atol=1e-10)
     with pytest.raises(Exception, match="unknown species"):
-        scripted(torch.tensor([29]), torch.zeros(1, 3, dtype=torch.float64), torch.zeros(3, 3), torch.zeros(3, dtype=torch.bool))
+        scripted(
+            torch.tensor([29]),
+            torch.zeros(1, 3, dtype=torch.float64),
+            torch.zeros(3, 3),
+            torch.zeros(3, dtype=torch.bool),
+        )
     with pytest.raises(ValueError, match="metadata.json"):
         torch.jit.save(torch.jit.script(model), str(tmp_path / "bare.pt"))
         load_torchscript(tmp_path / "bare.pt")

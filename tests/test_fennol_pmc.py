@@ -47,8 +47,7 @@ def file_server(tmp_path):
     """An HTTP server on localhost serving ``tmp_path / "served"``; yields (folder, base URL)."""
     served = tmp_path / "served"
     served.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0),
-                                 functools.partial(QuietHandler, directory=str(served)))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=str(served)))
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     yield served, f"http://127.0.0.1:{server.server_address[1]}"
@@ -58,9 +57,19 @@ def file_server(tmp_path):
 
 def test_manifest_names_and_lfs_files():
     table = fennol_pmc_manifest()
-    assert sorted(table) == sorted([
-        "ani1x", "ani1ccx", "ani2x", "mace-off23-small", "mace-off23-medium", "mace-off23-large",
-        "mace-mp-small", "mace-mp-medium", "mace-mp-large"])
+    assert sorted(table) == sorted(
+        [
+            "ani1x",
+            "ani1ccx",
+            "ani2x",
+            "mace-off23-small",
+            "mace-off23-medium",
+            "mace-off23-large",
+            "mace-mp-small",
+            "mace-mp-medium",
+            "mace-mp-large",
+        ]
+    )
     assert [f.path for f in table["ani1x"]] == ANI1X_PATHS
     assert len(table["ani2x"]) == len(table["ani1ccx"]) == 8
     lfs = {f.path for files in table.values() for f in files if f.lfs_sha256}
@@ -70,8 +79,7 @@ def test_manifest_names_and_lfs_files():
 
 
 def test_models_dir_short_layout_is_found_and_checked(models_dir, tmp_path):
-    found = resolve_fennol_pmc("ani1x", models_dir, tmp_path / "cache",
-                               raw_base_url=closed_port_url())
+    found = resolve_fennol_pmc("ani1x", models_dir, tmp_path / "cache", raw_base_url=closed_port_url())
     assert found == [models_dir / "fennol-pmc" / "ANI1X" / Path(p).name for p in ANI1X_PATHS]
     assert not (tmp_path / "cache").exists()
 
@@ -85,9 +93,11 @@ def test_models_dir_before_cache_then_cache(models_dir, tmp_path):
     assert both == [in_models / "fennol-pmc" / p for p in ANI1X_PATHS]
     empty_models = tmp_path / "empty"
     assert resolve_fennol_pmc("ani1x", empty_models, cache, raw_base_url=offline) == [
-        cache / "fennol-pmc" / p for p in ANI1X_PATHS]
+        cache / "fennol-pmc" / p for p in ANI1X_PATHS
+    ]
     assert resolve_fennol_pmc("ani1x", None, cache, raw_base_url=offline)[0].parent == (
-        cache / "fennol-pmc" / "ANI" / "ANI1X")
+        cache / "fennol-pmc" / "ANI" / "ANI1X"
+    )
 
 
 def test_corrupted_local_file_is_rejected(models_dir, tmp_path):
@@ -98,8 +108,11 @@ def test_corrupted_local_file_is_rejected(models_dir, tmp_path):
     data[1000] ^= 0xFF
     corrupted.write_bytes(bytes(data))
     expected = "61e975e7af40fe3a6ddac0c70b90d0e30727c53d"  # ANI/ANI1X/ani1x_model3.fnx
-    with pytest.raises(ValueError, match=rf"{corrupted}: git blob SHA-1 [0-9a-f]{{40}} differs "
-                                         rf"from FeNNol-PMC's {expected}"):
+    with pytest.raises(
+        ValueError,
+        match=rf"{corrupted}: git blob SHA-1 [0-9a-f]{{40}} differs "
+        rf"from FeNNol-PMC's {expected}",
+    ):
         resolve_fennol_pmc("ani1x", None, cache, raw_base_url=closed_port_url())
 
 
@@ -107,16 +120,16 @@ def test_offline_error_says_what_to_place_where(tmp_path):
     offline = closed_port_url()
     models, cache = tmp_path / "models", tmp_path / "cache"
     with pytest.raises(FileNotFoundError) as raised:
-        resolve_fennol_pmc("mace-off23-small", models, cache, raw_base_url=offline,
-                           lfs_base_url=offline, timeout_s=2)
+        resolve_fennol_pmc("mace-off23-small", models, cache, raw_base_url=offline, lfs_base_url=offline, timeout_s=2)
     message = str(raised.value)
     assert "download failed" in message and "Connection refused" in message
-    assert (f"{offline}/MACE-OFF23/mace_off_small.fnx -> "
-            f"{models / 'fennol-pmc' / 'MACE-OFF23' / 'mace_off_small.fnx'} or "
-            f"{cache / 'fennol-pmc' / 'MACE-OFF23' / 'mace_off_small.fnx'}") in message
+    assert (
+        f"{offline}/MACE-OFF23/mace_off_small.fnx -> "
+        f"{models / 'fennol-pmc' / 'MACE-OFF23' / 'mace_off_small.fnx'} or "
+        f"{cache / 'fennol-pmc' / 'MACE-OFF23' / 'mace_off_small.fnx'}"
+    ) in message
     with pytest.raises(FileNotFoundError, match=r"mace_off_large.fnx \(Git LFS file\)"):
-        resolve_fennol_pmc("mace-off23-large", None, cache, raw_base_url=offline,
-                           lfs_base_url=offline, timeout_s=2)
+        resolve_fennol_pmc("mace-off23-large", None, cache, raw_base_url=offline, lfs_base_url=offline, timeout_s=2)
     assert not list(cache.rglob("*.fnx*"))  # no partial files left behind
 
 
@@ -132,7 +145,8 @@ def test_download_is_checked_and_cached(models_dir, tmp_path, file_server):
     found = resolve_fennol_pmc("ani1x", None, cache, raw_base_url=url, lfs_base_url=url)
     assert found == [cache / "fennol-pmc" / p for p in ANI1X_PATHS]
     assert sorted(p.name for p in (cache / "fennol-pmc" / "ANI" / "ANI1X").iterdir()) == sorted(
-        Path(p).name for p in ANI1X_PATHS)  # no temporary files left
+        Path(p).name for p in ANI1X_PATHS
+    )  # no temporary files left
     # Now in the cache: found there even with nothing to download from.
     assert resolve_fennol_pmc("ani1x", None, cache, raw_base_url=closed_port_url()) == found
 
@@ -142,7 +156,10 @@ def test_corrupted_download_is_not_cached(models_dir, tmp_path, file_server):
     copy_ani1x(models_dir, served)
     (served / ANI1X_PATHS[0]).write_bytes(b"not a model")
     cache = tmp_path / "cache"
-    with pytest.raises(ValueError, match=rf"download of {url}/{ANI1X_PATHS[0]}: git blob SHA-1 "
-                                         rf"[0-9a-f]{{40}} differs from FeNNol-PMC's 15d5b0df"):
+    with pytest.raises(
+        ValueError,
+        match=rf"download of {url}/{ANI1X_PATHS[0]}: git blob SHA-1 "
+        rf"[0-9a-f]{{40}} differs from FeNNol-PMC's 15d5b0df",
+    ):
         resolve_fennol_pmc("ani1x", None, cache, raw_base_url=url, lfs_base_url=url)
     assert not list(cache.rglob("*.fnx*"))

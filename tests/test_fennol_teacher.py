@@ -49,9 +49,12 @@ def reference(models_dir):
     items = structures()
     calc = FENNIXCalculator(str(ani1x_files(models_dir)[0]), gpu_preprocessing=False)
     ethanol = items[0]
-    raw_Ha, _ = calc.model.total_energy(species=ethanol.numbers, coordinates=ethanol.positions,
-                                        natoms=np.array([len(ethanol)]),
-                                        batch_index=np.zeros(len(ethanol), dtype=int))
+    raw_Ha, _ = calc.model.total_energy(
+        species=ethanol.numbers,
+        coordinates=ethanol.positions,
+        natoms=np.array([len(ethanol)]),
+        batch_index=np.zeros(len(ethanol), dtype=int),
+    )
     energy, forces, stress = [], [], []
     for path in ani1x_files(models_dir):
         calc.model.variables = msgpack_restore(path.read_bytes())["variables"]
@@ -61,11 +64,14 @@ def reference(models_dir):
             calc.calculate(atoms, ["energy", "forces", "stress" if periodic else "forces"])
             e.append(calc.results["energy"])
             f.append(calc.results["forces"])
-            s.append(voigt_6_to_full_3x3_stress(calc.results["stress"]) if periodic
-                     else np.full((3, 3), np.nan))
+            s.append(voigt_6_to_full_3x3_stress(calc.results["stress"]) if periodic else np.full((3, 3), np.nan))
         energy.append(e), forces.append(np.concatenate(f)), stress.append(s)
-    return {"energy": np.array(energy), "forces": np.array(forces), "stress": np.array(stress),
-            "raw_Ha": float(raw_Ha[0])}
+    return {
+        "energy": np.array(energy),
+        "forces": np.array(forces),
+        "stress": np.array(stress),
+        "raw_Ha": float(raw_Ha[0]),
+    }
 
 
 def test_single_model_energy_in_eV(models_dir, reference):
@@ -99,12 +105,11 @@ def test_small_cell_sums_all_periodic_images(ani1x_teacher):
     out = ani1x_teacher.compute([box, box.repeat((2, 1, 1))], compute_stress=True)
     np.testing.assert_allclose(out.energy_eV[1], 2 * out.energy_eV[0], rtol=1e-6)
     forces = out.forces_eV_per_A
-    np.testing.assert_allclose(forces[len(box):], np.tile(forces[:len(box)], (2, 1)), atol=2e-3)
+    np.testing.assert_allclose(forces[len(box) :], np.tile(forces[: len(box)], (2, 1)), atol=2e-3)
     np.testing.assert_allclose(out.stress_eV_per_A3[1], out.stress_eV_per_A3[0], atol=2e-5)
 
 
-def test_members_that_cannot_be_stacked_are_evaluated_one_by_one(models_dir, reference,
-                                                                   tmp_path):
+def test_members_that_cannot_be_stacked_are_evaluated_one_by_one(models_dir, reference, tmp_path):
     """Model 0's weights with a shorter cutoff: another model, which cannot share model 0's
     compiled function."""
     from fennol import FENNIX
@@ -178,8 +183,12 @@ def test_forces_and_stress_are_finite_difference_derivatives(models_dir, tmp_pat
     items = structures()
     write(tmp_path / "fd.extxyz", items[:2])  # rattled ethanol, water box
     files = [str(p) for p in ani1x_files(models_dir)[:2]]
-    done = subprocess.run([sys.executable, "-c", FINITE_DIFFERENCES, str(tmp_path / "fd.extxyz"),
-                           *files], capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", FINITE_DIFFERENCES, str(tmp_path / "fd.extxyz"), *files],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(result["forces"], result["fd_forces"], atol=1e-5)
@@ -210,7 +219,7 @@ def test_reserved_capacity_holds_every_later_batch(models_dir):
         model = teacher._stacks[0].model
         count, state = 0, repr(model.preproc_state)
         for start in range(0, len(molecules), 4):
-            model.preprocess(**fennol_inputs(molecules[start:start + 4], np.float32))
+            model.preprocess(**fennol_inputs(molecules[start : start + 4], np.float32))
             count, state = count + (repr(model.preproc_state) != state), repr(model.preproc_state)
         return count
 

@@ -73,8 +73,16 @@ def test_label_store_holds_hessian_products_only_when_asked(tmp_path) -> None:
     structures = rattled(["CH4", "H2O", "NH3"]) + [copper]
     config = emt_teacher_config()
     with_hessian = tmp_path / "with"
-    label_structures(structures, config, with_hessian / "shards", with_hessian / "labels.zarr", n_workers=0,
-                     shard_size=2, attrs={}, hessian_step_A=0.01)
+    label_structures(
+        structures,
+        config,
+        with_hessian / "shards",
+        with_hessian / "labels.zarr",
+        n_workers=0,
+        shard_size=2,
+        attrs={},
+        hessian_step_A=0.01,
+    )
     labels = read_labels(with_hessian / "labels.zarr")
     assert labels.has_hessian and "hessian_product_eV_per_A2" in store_attrs(with_hessian / "labels.zarr")["units"]
     directions = hessian_directions(structures)
@@ -85,13 +93,22 @@ def test_label_store_holds_hessian_products_only_when_asked(tmp_path) -> None:
     subset = labels.subset([3, 0])
     np.testing.assert_array_equal(subset.hessian_direction[:8], directions[3])
 
-    summary = label_structures(structures, config, with_hessian / "shards", with_hessian / "labels.zarr",
-                               n_workers=0, shard_size=2, attrs={})
+    summary = label_structures(
+        structures, config, with_hessian / "shards", with_hessian / "labels.zarr", n_workers=0, shard_size=2, attrs={}
+    )
     assert summary["shards_labeled"] == 2 and not read_labels(with_hessian / "labels.zarr").has_hessian
 
     other = tmp_path / "other"
-    label_structures(structures[:2], config, other / "shards", other / "labels.zarr", n_workers=0, shard_size=2,
-                     attrs={}, hessian_step_A=0.01)
+    label_structures(
+        structures[:2],
+        config,
+        other / "shards",
+        other / "labels.zarr",
+        n_workers=0,
+        shard_size=2,
+        attrs={},
+        hessian_step_A=0.01,
+    )
     shards = sorted((with_hessian / "shards").glob("shard-*.zarr")) + sorted((other / "shards").glob("shard-*.zarr"))
     with pytest.raises(ValueError, match="Hessian arrays"):
         combine_shards(shards, tmp_path / "mixed.zarr", {})
@@ -105,15 +122,26 @@ def batch_with_hessian(model: StudentPotential, step_A: float = 1e-4) -> Labeled
     directions = np.concatenate(hessian_directions(structures))
 
     def forces_at(positions: np.ndarray) -> np.ndarray:
-        batch = LabeledArrays(forces_eV_per_A=np.zeros_like(positions), energy_eV=np.zeros(len(structures)),
-                              **{**arrays, "positions_A": positions})
-        _, forces, _ = energy_forces_stress(model, **structure_tensors(batch, torch.device("cpu")), compute_stress=False)
+        batch = LabeledArrays(
+            forces_eV_per_A=np.zeros_like(positions),
+            energy_eV=np.zeros(len(structures)),
+            **{**arrays, "positions_A": positions},
+        )
+        _, forces, _ = energy_forces_stress(
+            model, **structure_tensors(batch, torch.device("cpu")), compute_stress=False
+        )
         return forces.detach().numpy()
 
-    products = -(forces_at(arrays["positions_A"] + step_A * directions)
-                 - forces_at(arrays["positions_A"] - step_A * directions)) / (2 * step_A)
-    return LabeledArrays(forces_eV_per_A=forces_at(arrays["positions_A"]), energy_eV=np.zeros(len(structures)),
-                         hessian_direction=directions, hessian_product_eV_per_A2=products, **arrays)
+    products = -(
+        forces_at(arrays["positions_A"] + step_A * directions) - forces_at(arrays["positions_A"] - step_A * directions)
+    ) / (2 * step_A)
+    return LabeledArrays(
+        forces_eV_per_A=forces_at(arrays["positions_A"]),
+        energy_eV=np.zeros(len(structures)),
+        hessian_direction=directions,
+        hessian_product_eV_per_A2=products,
+        **arrays,
+    )
 
 
 def test_student_hessian_term_matches_finite_differences() -> None:
@@ -136,8 +164,10 @@ def test_compiled_hessian_loss_gives_the_weights_the_eager_gradient() -> None:
     batch.hessian_product_eV_per_A2 *= 0.5
     model = model.float()
     compiled = BatchLoss(1.0, 1.0, 0.0, 0.0, compile=True, hessian_weight=1.0)
-    gradients = [torch.autograd.grad(loss(model, batch), list(model.parameters()))
-                 for loss in (BatchLoss(1.0, 1.0, 0.0, 0.0, compile=False, hessian_weight=1.0), compiled)]
+    gradients = [
+        torch.autograd.grad(loss(model, batch), list(model.parameters()))
+        for loss in (BatchLoss(1.0, 1.0, 0.0, 0.0, compile=False, hessian_weight=1.0), compiled)
+    ]
     assert compiled.compiled, "torch.compile fell back to eager"
     for expected, got in zip(*gradients):
         scale = expected.abs().max().item()

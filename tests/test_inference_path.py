@@ -80,6 +80,7 @@ def test_compile_mismatch_is_named() -> None:
 
 # ---- tune stage helpers: graphs from the run's data, the tuned-kernel record ----
 
+
 def water_labels(n_structures: int):
     """``n_structures`` water molecules (3 atoms each) with zero labels."""
     from ase.build import molecule
@@ -89,10 +90,14 @@ def water_labels(n_structures: int):
     water = molecule("H2O")
     m = 3 * n_structures
     return LabeledArrays(
-        numbers=np.tile(water.numbers, n_structures), positions_A=np.tile(water.positions, (n_structures, 1)),
-        forces_eV_per_A=np.zeros((m, 3)), energy_eV=np.zeros(n_structures),
-        atoms_ptr=np.arange(0, m + 1, 3), cell_A=np.zeros((n_structures, 3, 3)),
-        pbc=np.zeros((n_structures, 3), dtype=bool))
+        numbers=np.tile(water.numbers, n_structures),
+        positions_A=np.tile(water.positions, (n_structures, 1)),
+        forces_eV_per_A=np.zeros((m, 3)),
+        energy_eV=np.zeros(n_structures),
+        atoms_ptr=np.arange(0, m + 1, 3),
+        cell_A=np.zeros((n_structures, 3, 3)),
+        pbc=np.zeros((n_structures, 3), dtype=bool),
+    )
 
 
 def test_sample_graphs_reach_each_size() -> None:
@@ -116,9 +121,19 @@ def test_layer_inputs_are_the_graph_edges() -> None:
 
 def gpu_record(gpu_name: str) -> dict:
     config = {"BLOCK_E": 64, "BLOCK_F": 32, "num_warps": 4, "num_stages": 2}
-    return {"cuda_available": True, "chosen_path": "triton", "reason": "tuned",
-            "triton": {"gpus": {gpu_name: {"n_features": 64, "buckets": {
-                "1024": {"forward_config": config, "backward_config": {**config, "BLOCK_E": 32}}}}}}}
+    return {
+        "cuda_available": True,
+        "chosen_path": "triton",
+        "reason": "tuned",
+        "triton": {
+            "gpus": {
+                gpu_name: {
+                    "n_features": 64,
+                    "buckets": {"1024": {"forward_config": config, "backward_config": {**config, "BLOCK_E": 32}}},
+                }
+            }
+        },
+    }
 
 
 def test_tuned_configs_from_record() -> None:

@@ -108,8 +108,16 @@ def test_rejects_half_precision() -> None:
 EDGE_CONFIG = triton.Config({"BLOCK_E": 8, "BLOCK_F": 4}, num_warps=1, num_stages=1)  # several blocks on both axes
 
 
-def random_layer(n_atoms: int, n_edges: int, n_features: int, n_radial: int, dtype: torch.dtype, seed: int,
-                 with_v: bool = True, neighbour_atoms: int | None = None) -> dict:
+def random_layer(
+    n_atoms: int,
+    n_edges: int,
+    n_features: int,
+    n_radial: int,
+    dtype: torch.dtype,
+    seed: int,
+    with_v: bool = True,
+    neighbour_atoms: int | None = None,
+) -> dict:
     """Random inputs of `edge_message_torch`; edges only between the first ``neighbour_atoms`` atoms.
 
     Edge lengths (Angstrom) lie in (0.5, 1.3 * cutoff): some edges are beyond the cutoff.
@@ -121,7 +129,8 @@ def random_layer(n_atoms: int, n_edges: int, n_features: int, n_radial: int, dty
     return {
         "phi": torch.randn(n_atoms, 3 * n_features, generator=generator, dtype=dtype).requires_grad_(True),
         "v": torch.randn(n_atoms, 3, n_features, generator=generator, dtype=dtype).requires_grad_(True)
-        if with_v else None,
+        if with_v
+        else None,
         "vectors_A": (direction * length).requires_grad_(True),
         "radial_weight": torch.randn(n_radial, 3 * n_features, generator=generator, dtype=dtype).requires_grad_(True),
         "src": torch.randint(0, max(linked, 1), (n_edges,), generator=generator),
@@ -174,8 +183,9 @@ def test_edge_message_empty_graph() -> None:
 
 
 def test_edge_message_atoms_without_neighbours() -> None:
-    inputs = random_layer(n_atoms=9, n_edges=17, n_features=3, n_radial=5, dtype=torch.float32, seed=14,
-                          neighbour_atoms=5)
+    inputs = random_layer(
+        n_atoms=9, n_edges=17, n_features=3, n_radial=5, dtype=torch.float32, seed=14, neighbour_atoms=5
+    )
     compare_edge_message(inputs, 1e-5)
     ds, dv = edge_message_triton(**inputs, config=EDGE_CONFIG)
     assert torch.all(ds[5:] == 0) and torch.all(dv[5:] == 0)
@@ -240,8 +250,9 @@ def test_tuned_config_nearest_bucket() -> None:
         assert edge_kernels.tuned_config("forward", 40000, 64) is large
         assert edge_kernels.tuned_config("forward", 900, 32) is None
         assert edge_kernels.tuned_config("backward", 900, 64) is None
-        assert edge_kernels.config_dict(edge_kernels.config_from_dict(edge_kernels.config_dict(large))) == \
-            edge_kernels.config_dict(large)
+        assert edge_kernels.config_dict(
+            edge_kernels.config_from_dict(edge_kernels.config_dict(large))
+        ) == edge_kernels.config_dict(large)
         with pytest.raises(ValueError, match="unknown kernel 'sideways'"):
             edge_kernels.set_tuned_configs({("sideways", 1024, 64): small})
     finally:
@@ -256,8 +267,7 @@ def test_student_with_triton_backend_matches_eager() -> None:
     from mlff_distill.student.model import StudentPotential, energy_forces_stress
 
     torch.manual_seed(0)
-    model = StudentPotential(species=(1, 6, 8, 14), cutoff_A=3.0, n_features=5, n_radial=3,
-                             n_interactions=2).double()
+    model = StudentPotential(species=(1, 6, 8, 14), cutoff_A=3.0, n_features=5, n_radial=3, n_interactions=2).double()
     water, silicon = molecule("H2O"), bulk("Si", "diamond", a=5.43)
     silicon.rattle(0.05, seed=1)
     inputs = dict(

@@ -23,8 +23,7 @@ from conftest import full_config
 from mlff_distill.label import LabelingFailedError, label_structures, plan_shards, slurm_cluster
 from mlff_distill.store import marker_path, read_labels, read_marker, store_attrs
 
-MOLECULES = ["CH4", "H2O", "NH3", "C2H6", "C2H4", "HCN", "CH3OH", "H2CO", "CH3CN", "HCOOH",
-             "N2H4", "H3CNH2"]
+MOLECULES = ["CH4", "H2O", "NH3", "C2H6", "C2H4", "HCN", "CH3OH", "H2CO", "CH3CN", "HCOOH", "N2H4", "H3CNH2"]
 
 
 def rattled_molecules() -> list:
@@ -44,15 +43,28 @@ def labeled(ani1x_teacher_config, tmp_path_factory):
     root = tmp_path_factory.mktemp("label")
     reports = []
     summary = label_structures(
-        rattled_molecules(), ani1x_teacher_config, root / "shards", root / "labels.zarr",
-        n_workers=2, shard_size=4, attrs={"teacher": "fennol-pmc/ani1x"}, progress=reports.append,
+        rattled_molecules(),
+        ani1x_teacher_config,
+        root / "shards",
+        root / "labels.zarr",
+        n_workers=2,
+        shard_size=4,
+        attrs={"teacher": "fennol-pmc/ani1x"},
+        progress=reports.append,
     )
     return root, summary, reports
 
 
 def relabel(root: Path, teacher_config: dict) -> dict:
-    return label_structures(rattled_molecules(), teacher_config, root / "shards", root / "labels.zarr",
-                            n_workers=2, shard_size=4, attrs={"teacher": "fennol-pmc/ani1x"})
+    return label_structures(
+        rattled_molecules(),
+        teacher_config,
+        root / "shards",
+        root / "labels.zarr",
+        n_workers=2,
+        shard_size=4,
+        attrs={"teacher": "fennol-pmc/ani1x"},
+    )
 
 
 def test_plan_shards():
@@ -64,8 +76,9 @@ def test_missing_info_key_names_the_structure(tmp_path):
     structures = rattled_molecules()
     del structures[5].info["group"]
     with pytest.raises(ValueError, match=r"structure 5 has no info\['group'\]"):
-        label_structures(structures, {}, tmp_path / "shards", tmp_path / "labels.zarr",
-                         n_workers=2, shard_size=4, attrs={})
+        label_structures(
+            structures, {}, tmp_path / "shards", tmp_path / "labels.zarr", n_workers=2, shard_size=4, attrs={}
+        )
     assert not (tmp_path / "shards").exists()
 
 
@@ -109,8 +122,9 @@ def test_changed_teacher_config_relabels_every_shard_in_process(labeled, ani1x_t
     root, _, _ = labeled
     before = read_labels(root / "labels.zarr").energy_eV
     changed = {**ani1x_teacher_config, "batch_size": 8}
-    summary = label_structures(rattled_molecules(), changed, root / "shards", root / "labels.zarr",
-                               n_workers=0, shard_size=4, attrs={})
+    summary = label_structures(
+        rattled_molecules(), changed, root / "shards", root / "labels.zarr", n_workers=0, shard_size=4, attrs={}
+    )
     assert (summary["shards_labeled"], summary["shards_reused"]) == (3, 0)
     np.testing.assert_allclose(read_labels(root / "labels.zarr").energy_eV, before, rtol=1e-6)
 
@@ -133,9 +147,16 @@ def test_failed_structures_are_left_out_recorded_and_not_retried(tmp_path):
     store = tmp_path / "labels.zarr"
 
     def label(max_failed_fraction):
-        return label_structures(poisoned_molecules(), config, tmp_path / "shards", store,
-                                n_workers=0, shard_size=4, attrs={},
-                                max_failed_fraction=max_failed_fraction)
+        return label_structures(
+            poisoned_molecules(),
+            config,
+            tmp_path / "shards",
+            store,
+            n_workers=0,
+            shard_size=4,
+            attrs={},
+            max_failed_fraction=max_failed_fraction,
+        )
 
     summary = label(0.5)
     assert (summary["n_failed"], summary["n_stored"], summary["shards_labeled"]) == (5, 7, 3)
@@ -154,13 +175,19 @@ def test_failed_structures_are_left_out_recorded_and_not_retried(tmp_path):
     for index, atoms in enumerate(kept):
         atoms.calc = EMT()
         np.testing.assert_allclose(labels.energy_eV[index], atoms.get_potential_energy(), rtol=1e-12)
-        np.testing.assert_allclose(labels.forces_eV_per_A[labels.atoms_ptr[index]:labels.atoms_ptr[index + 1]],
-                                   atoms.get_forces(), atol=1e-12)
+        np.testing.assert_allclose(
+            labels.forces_eV_per_A[labels.atoms_ptr[index] : labels.atoms_ptr[index + 1]],
+            atoms.get_forces(),
+            atol=1e-12,
+        )
 
     # A shard with failures is complete: the rerun reuses it, and the limit is checked after combining.
     store.rename(tmp_path / "old.zarr")
-    with pytest.raises(LabelingFailedError, match=r"5 of 12 structures \(41.7%\) failed.*sample 4: "
-                                                  r"TeacherBlewUp: cannot handle") as raised:
+    with pytest.raises(
+        LabelingFailedError,
+        match=r"5 of 12 structures \(41.7%\) failed.*sample 4: "
+        r"TeacherBlewUp: cannot handle",
+    ) as raised:
         label(0.4)
     assert (raised.value.summary["shards_labeled"], raised.value.summary["shards_reused"]) == (0, 3)
     assert read_labels(store).n_structures == 7
@@ -170,12 +197,17 @@ def test_existing_scheduler_by_address(tmp_path):
     from distributed import LocalCluster
 
     structures = rattled_molecules()[:4]
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
-                      dashboard_address=None) as cluster:
-        summary = label_structures(structures, ase_teacher_config("ase.calculators.emt:EMT"),
-                                   tmp_path / "shards", tmp_path / "labels.zarr", n_workers=0,
-                                   shard_size=2, attrs={},
-                                   scheduler={"kind": "address", "address": cluster.scheduler_address})
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        summary = label_structures(
+            structures,
+            ase_teacher_config("ase.calculators.emt:EMT"),
+            tmp_path / "shards",
+            tmp_path / "labels.zarr",
+            n_workers=0,
+            shard_size=2,
+            attrs={},
+            scheduler={"kind": "address", "address": cluster.scheduler_address},
+        )
     assert (summary["scheduler"], summary["shards_labeled"], summary["n_failed"]) == ("address", 2, 0)
     energies = []
     for atoms in structures:
@@ -184,19 +216,29 @@ def test_existing_scheduler_by_address(tmp_path):
     np.testing.assert_allclose(read_labels(tmp_path / "labels.zarr").energy_eV, energies, rtol=1e-12)
 
 
-@pytest.mark.parametrize("scheduler, message", [
-    ({"kind": "kubernetes"}, "is not one of local, address, slurm"),
-    ({"kind": "address"}, "needs 'address'"),
-])
+@pytest.mark.parametrize(
+    "scheduler, message",
+    [
+        ({"kind": "kubernetes"}, "is not one of local, address, slurm"),
+        ({"kind": "address"}, "needs 'address'"),
+    ],
+)
 def test_bad_scheduler_is_refused_before_labeling(tmp_path, scheduler, message):
     with pytest.raises(ValueError, match=message):
-        label_structures(rattled_molecules(), {}, tmp_path / "shards", tmp_path / "labels.zarr",
-                         n_workers=1, shard_size=4, attrs={}, scheduler=scheduler)
+        label_structures(
+            rattled_molecules(),
+            {},
+            tmp_path / "shards",
+            tmp_path / "labels.zarr",
+            n_workers=1,
+            shard_size=4,
+            attrs={},
+            scheduler=scheduler,
+        )
     assert not (tmp_path / "shards").exists()
 
 
-SLURM = {"kind": "slurm", "cores": 4, "memory": "16GB", "walltime": "01:30:00", "queue": "cpu-short",
-         "jobs": 3}
+SLURM = {"kind": "slurm", "cores": 4, "memory": "16GB", "walltime": "01:30:00", "queue": "cpu-short", "jobs": 3}
 
 
 def test_slurm_scheduler_without_dask_jobqueue_says_what_to_install():
@@ -241,17 +283,23 @@ def test_killed_run_and_corrupt_shard_resume_to_the_uninterrupted_store(tmp_path
     config["kwargs"] = {"delay_s": 0.25}
     write(tmp_path / "structures.extxyz", rattled_molecules())
     structures = read(tmp_path / "structures.extxyz", ":")  # exactly what the killed run reads
-    reference = label_structures(structures, config, tmp_path / "ref" / "shards",
-                                 tmp_path / "ref" / "labels.zarr", n_workers=0, shard_size=2,
-                                 attrs={})
+    reference = label_structures(
+        structures,
+        config,
+        tmp_path / "ref" / "shards",
+        tmp_path / "ref" / "labels.zarr",
+        n_workers=0,
+        shard_size=2,
+        attrs={},
+    )
     assert reference["shards_labeled"] == 6
 
     run = tmp_path / "run"
     run.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    process = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "structures.extxyz"),
-                                json.dumps(config), str(run)], env=env)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    process = subprocess.Popen(
+        [sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "structures.extxyz"), json.dumps(config), str(run)], env=env
+    )
     deadline = time.monotonic() + 120
     while len(list((run / "shards").glob("*.done.json"))) < 2:
         assert process.poll() is None and time.monotonic() < deadline, "labeling ended before the kill"
@@ -262,12 +310,14 @@ def test_killed_run_and_corrupt_shard_resume_to_the_uninterrupted_store(tmp_path
     assert 2 <= len(finished) < 6 and not (run / "labels.zarr").exists()
 
     first_shard = Path(str(finished[0]).removesuffix(".done.json"))
-    chunk = next(p for p in (first_shard / "structures" / "energy_eV").rglob("*") if p.is_file()
-                 and p.name != "zarr.json")
+    chunk = next(
+        p for p in (first_shard / "structures" / "energy_eV").rglob("*") if p.is_file() and p.name != "zarr.json"
+    )
     chunk.write_bytes(bytes(len(chunk.read_bytes())))  # same size, wrong content
 
-    resumed = label_structures(structures, config, run / "shards", run / "labels.zarr",
-                               n_workers=0, shard_size=2, attrs={})
+    resumed = label_structures(
+        structures, config, run / "shards", run / "labels.zarr", n_workers=0, shard_size=2, attrs={}
+    )
     assert resumed["shards_reused"] == len(finished) - 1
     assert resumed["shards_labeled"] == 6 - resumed["shards_reused"]
     got, want = read_labels(run / "labels.zarr"), read_labels(tmp_path / "ref" / "labels.zarr")
@@ -287,12 +337,12 @@ def test_periodic_structures_get_stress_molecules_nan(tmp_path):
     water = molecule("H2O")
     for index, atoms in enumerate((copper, water)):
         atoms.info.update(split="train", group=index, sample_index=index)
-    label_structures([copper, water], config, tmp_path / "shards", tmp_path / "labels.zarr",
-                     n_workers=0, shard_size=2, attrs={})
+    label_structures(
+        [copper, water], config, tmp_path / "shards", tmp_path / "labels.zarr", n_workers=0, shard_size=2, attrs={}
+    )
     labels = read_labels(tmp_path / "labels.zarr")
     expected = copper.copy()
     expected.calc = EMT()
-    np.testing.assert_allclose(labels.stress_eV_per_A3[0], expected.get_stress(voigt=False),
-                               atol=1e-12)
+    np.testing.assert_allclose(labels.stress_eV_per_A3[0], expected.get_stress(voigt=False), atol=1e-12)
     assert expected.get_stress()[0] < 0  # compressed: ASE's sign
     assert np.isnan(labels.stress_eV_per_A3[1]).all()

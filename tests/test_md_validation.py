@@ -6,8 +6,13 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from mlff_distill.md_validation import (energy_drift_eV_per_atom_per_ps, nve_run, nvt_run,
-                                        radial_distribution, rdf_difference)
+from mlff_distill.md_validation import (
+    energy_drift_eV_per_atom_per_ps,
+    nve_run,
+    nvt_run,
+    radial_distribution,
+    rdf_difference,
+)
 
 
 def test_drift_recovers_a_known_slope_under_noise():
@@ -44,8 +49,10 @@ def test_pairs_select_species_in_rock_salt():
     salt = bulk("NaCl", "rocksalt", a=a_A, cubic=True).repeat(2)  # 32 Na, 32 Cl
     density_per_A3 = 32 / salt.get_volume()  # of either species
     na_cl, na_na = a_A / 2, a_A / np.sqrt(2)  # first shells: 6 Cl, then 12 Na around each Na
-    for pair, shell_A, r_max_A, neighbours in [((11, 17), na_cl, 0.5 * (na_cl + na_na), 6),
-                                               ((11, 11), na_na, 0.5 * (na_na + a_A), 12)]:
+    for pair, shell_A, r_max_A, neighbours in [
+        ((11, 17), na_cl, 0.5 * (na_cl + na_na), 6),
+        ((11, 11), na_na, 0.5 * (na_na + a_A), 12),
+    ]:
         r, g = radial_distribution([salt], r_max_A=r_max_A, n_bins=300, pairs=pair)
         dr = r[1] - r[0]
         assert r[np.argmax(g)] == pytest.approx(shell_A, abs=dr)
@@ -57,8 +64,9 @@ def test_pairs_select_species_in_rock_salt():
 def test_ideal_gas_has_g_near_one():
     rng = np.random.default_rng(1)
     side_A = 20.0
-    frames = [Atoms("Ar1000", positions=rng.uniform(0, side_A, (1000, 3)), cell=[side_A] * 3, pbc=True)
-              for _ in range(4)]
+    frames = [
+        Atoms("Ar1000", positions=rng.uniform(0, side_A, (1000, 3)), cell=[side_A] * 3, pbc=True) for _ in range(4)
+    ]
     r, g = radial_distribution(frames, r_max_A=5.0, n_bins=10)
     assert np.all(np.abs(g[2:] - 1.0) < 0.05)
 
@@ -68,7 +76,7 @@ def test_molecular_histogram_is_normalised_per_pair():
     r, g = radial_distribution([square], r_max_A=2.0, n_bins=20)
     dr = r[1] - r[0]
     assert (g * dr).sum() == pytest.approx(1.0)  # every pair lies within 2 A
-    assert (g * dr)[np.searchsorted(r, 1.0) - 1: np.searchsorted(r, 1.0) + 1].sum() == pytest.approx(2 / 3)
+    assert (g * dr)[np.searchsorted(r, 1.0) - 1 : np.searchsorted(r, 1.0) + 1].sum() == pytest.approx(2 / 3)
 
 
 def test_rdf_difference_integrates_the_gap():
@@ -96,8 +104,7 @@ def test_nve_flags_a_blow_up():
 
 def test_nvt_frames_and_their_rdf_match_the_lattice_at_low_temperature():
     crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
-    frames = nvt_run(EMT(), crystal, temperature_K=50, timestep_fs=2.0, steps=60,
-                     sample_every=20, seed=0)
+    frames = nvt_run(EMT(), crystal, temperature_K=50, timestep_fs=2.0, steps=60, sample_every=20, seed=0)
     assert len(frames) == 3 and all(frame.calc is None and not frame.constraints for frame in frames)
     assert not np.allclose(frames[0].positions, crystal.positions)
     r, g_md = radial_distribution(frames, 4.0, 40)
@@ -119,8 +126,10 @@ def _teacher_and_student():
     from mlff_distill.student import StudentCalculator, StudentPotential
     from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
 
-    return (AseCalculatorTeacher("ase.calculators.emt:EMT", species=(1, 6, 8)),
-            StudentCalculator(StudentPotential(species=(1, 6, 8), cutoff_A=4.0, n_features=8)))
+    return (
+        AseCalculatorTeacher("ase.calculators.emt:EMT", species=(1, 6, 8)),
+        StudentCalculator(StudentPotential(species=(1, 6, 8), cutoff_A=4.0, n_features=8)),
+    )
 
 
 def test_md_validation_step_starts_from_teacher_md_frames(single_thread):
@@ -135,14 +144,18 @@ def test_md_validation_step_starts_from_teacher_md_frames(single_thread):
         frames.append(frame)
     result = md_validation(_md_config(), *_teacher_and_student(), frames)
     assert [(row["model"], row["start"]) for row in result["drift"]] == [
-        ("student", "H2O"), ("student", "CH4"), ("teacher", "H2O")]
+        ("student", "H2O"),
+        ("student", "CH4"),
+        ("teacher", "H2O"),
+    ]
     assert result["drift"][1]["temperature_K"] == 800.0
     assert all(row["time_ps"] == pytest.approx(0.01) for row in result["drift"] if not row["blew_up"])
     rdf = result["rdf"]
     assert rdf["start"] == "CH4" and rdf["n_frames"] == 4 and "pair-distance" in rdf["kind"]
     assert len(rdf["r_A"]) == len(rdf["g_teacher"]) == len(rdf["g_student"]) == 50
     assert rdf["integrated_abs_difference"] == pytest.approx(
-        rdf_difference(np.array(rdf["r_A"]), np.array(rdf["g_teacher"]), np.array(rdf["g_student"])))
+        rdf_difference(np.array(rdf["r_A"]), np.array(rdf["g_teacher"]), np.array(rdf["g_student"]))
+    )
 
 
 def test_md_validation_skips_a_teacher_over_its_budget(single_thread):

@@ -5,9 +5,17 @@ import pytest
 from ase.units import GPa
 
 from mlff_distill.data import LabeledArrays
-from mlff_distill.metrics import (check_gates, energy_force_errors, ensemble_spread, failed_gates,
-                                  force_cosine, per_kind_force_errors, per_species_force_errors,
-                                  stress_errors, worst_force_errors)
+from mlff_distill.metrics import (
+    check_gates,
+    energy_force_errors,
+    ensemble_spread,
+    failed_gates,
+    force_cosine,
+    per_kind_force_errors,
+    per_species_force_errors,
+    stress_errors,
+    worst_force_errors,
+)
 
 
 def h_and_h2o() -> LabeledArrays:
@@ -88,12 +96,23 @@ def test_ensemble_spread_uses_the_error_names():
 
 def test_gates_pass_fail_and_not_computed():
     metrics = {"force_rel_rmse": 0.05, "energy_mae_per_atom_eV": 0.001, "force_cosine": 0.9}
-    rows = check_gates(metrics, {"force_rel_rmse": 0.03, "energy_mae_per_atom_eV": 0.002,
-                                 "force_cosine": 0.95, "stress_rel_error": 0.05,
-                                 "stress_mae_GPa": None})
+    rows = check_gates(
+        metrics,
+        {
+            "force_rel_rmse": 0.03,
+            "energy_mae_per_atom_eV": 0.002,
+            "force_cosine": 0.95,
+            "stress_rel_error": 0.05,
+            "stress_mae_GPa": None,
+        },
+    )
     verdict = {row["metric"]: row["passed"] for row in rows}
-    assert verdict == {"force_rel_rmse": False, "energy_mae_per_atom_eV": True,
-                       "force_cosine": False, "stress_rel_error": None}
+    assert verdict == {
+        "force_rel_rmse": False,
+        "energy_mae_per_atom_eV": True,
+        "force_cosine": False,
+        "stress_rel_error": None,
+    }
     assert failed_gates(rows) == ["force_rel_rmse 0.05 > 0.03", "force_cosine 0.9 < 0.95"]
 
 
@@ -102,8 +121,14 @@ def test_per_kind_force_errors_by_hand():
     forces = reference.forces_eV_per_A.copy()
     forces[0] = [0.0, 3.0, 0.0]  # only the lone H (kind "a") is wrong: squared error 18
     rows = per_kind_force_errors(reference, forces, ["a", "b"])
-    assert rows["a"] == pytest.approx({"n_structures": 1, "force_rmse_eV_per_A": np.sqrt(18 / 3),
-                                       "force_rel_rmse": np.sqrt(18 / 9), "share_of_squared_error": 1.0})
+    assert rows["a"] == pytest.approx(
+        {
+            "n_structures": 1,
+            "force_rmse_eV_per_A": np.sqrt(18 / 3),
+            "force_rel_rmse": np.sqrt(18 / 9),
+            "share_of_squared_error": 1.0,
+        }
+    )
     assert rows["b"]["force_rel_rmse"] == 0.0 and rows["b"]["share_of_squared_error"] == 0.0
     with pytest.raises(ValueError, match="1 labels for 2 structures"):
         per_kind_force_errors(reference, forces, ["a"])
@@ -115,9 +140,17 @@ def test_worst_force_errors_by_hand():
     forces[0] = [0.0, 3.0, 0.0]  # the lone H: squared error 18
     forces[3] = [0.0, 0.0, 0.0]  # the O of H2O: squared error 1
     worst = worst_force_errors(reference, forces, [{"sample_index": 7}, {"sample_index": 9}], count=1)
-    assert worst["structures"] == [pytest.approx({
-        "sample_index": 7, "n_atoms": 1, "force_rmse_eV_per_A": np.sqrt(18 / 3),
-        "force_rel_rmse": np.sqrt(18 / 9), "share_of_squared_error": 18 / 19})]
+    assert worst["structures"] == [
+        pytest.approx(
+            {
+                "sample_index": 7,
+                "n_atoms": 1,
+                "force_rmse_eV_per_A": np.sqrt(18 / 3),
+                "force_rel_rmse": np.sqrt(18 / 9),
+                "share_of_squared_error": 18 / 19,
+            }
+        )
+    ]
     assert worst["share_of_squared_error"] == pytest.approx(18 / 19)
     assert worst["force_rel_rmse_of_the_others"] == pytest.approx(np.sqrt(1 / 21))
     both = worst_force_errors(reference, forces, [{}, {}], count=5)

@@ -24,8 +24,14 @@ from mlff_distill.teachers import neurochem
 from mlff_distill.teachers.base import default_cache_dir
 from mlff_distill.teachers.fennol_ensemble import fennol_inputs
 from mlff_distill.teachers.neurochem import (
-    AEV_PARAMS_FILE, SELF_ENERGIES_FILE, ani1x_cache_dir, build_ani1x_fnx,
-    read_aev_params, read_network, read_self_energies, torchani_resource_dir,
+    AEV_PARAMS_FILE,
+    SELF_ENERGIES_FILE,
+    ani1x_cache_dir,
+    build_ani1x_fnx,
+    read_aev_params,
+    read_network,
+    read_self_energies,
+    torchani_resource_dir,
 )
 
 ENERGY_TOL_EV_PER_ATOM = 1e-5
@@ -35,8 +41,7 @@ MOLECULES = ("CH3CH2OH", "C6H6", "CH3CONH2", "H2O")
 
 def _reference_dir() -> Path | None:
     """FeNNol-PMC's ANI1X folder: under $MLFF_DISTILL_MODELS_DIR, else ../shared/teachers."""
-    base = Path(os.environ.get("MLFF_DISTILL_MODELS_DIR",
-                               Path(__file__).resolve().parents[2] / "shared" / "teachers"))
+    base = Path(os.environ.get("MLFF_DISTILL_MODELS_DIR", Path(__file__).resolve().parents[2] / "shared" / "teachers"))
     folder = base / "fennol-pmc" / "ANI1X"
     return folder if all((folder / f).is_file() for f in neurochem.ani1x_file_names()) else None
 
@@ -53,8 +58,10 @@ def resource_dir() -> Path:
 def reference_dir() -> Path:
     found = _reference_dir()
     if found is None:
-        pytest.skip("FeNNol-PMC's ANI1X files not found: set MLFF_DISTILL_MODELS_DIR or place "
-                    "../shared/teachers/fennol-pmc/ANI1X")
+        pytest.skip(
+            "FeNNol-PMC's ANI1X files not found: set MLFF_DISTILL_MODELS_DIR or place "
+            "../shared/teachers/fennol-pmc/ANI1X"
+        )
     return found
 
 
@@ -71,11 +78,11 @@ def x64():
 
 @pytest.fixture(scope="module")
 def converted_files(x64, resource_dir, tmp_path_factory) -> list[Path]:
-    return build_ani1x_fnx(tmp_path_factory.mktemp("cache") / "teachers" / "torchani-ani1x",
-                           resource_dir)
+    return build_ani1x_fnx(tmp_path_factory.mktemp("cache") / "teachers" / "torchani-ani1x", resource_dir)
 
 
 # ----------------------------------------------------------------------------- structures
+
 
 def _molecules() -> list[Atoms]:
     structures = []
@@ -114,12 +121,10 @@ def _ensemble_energy_forces(files: list[Path], structures: list[Atoms]):
     models = [FENNIX.load(str(path)) for path in files]
     first = models[0]
     assert first.energy_unit == "Ha"
-    variables = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves),
-                                       *[m.variables for m in models])
+    variables = jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[m.variables for m in models])
     inputs = fennol_inputs(structures, np.float64)
     processed = first.preprocess(**inputs)
-    energy, forces, _ = jax.jit(jax.vmap(first._energy_and_forces, in_axes=(0, None)))(
-        variables, processed)
+    energy, forces, _ = jax.jit(jax.vmap(first._energy_and_forces, in_axes=(0, None)))(variables, processed)
     energy, forces = np.asarray(energy), np.asarray(forces)
     assert energy.dtype == np.float64 and forces.dtype == np.float64
     return energy * Hartree, forces * Hartree
@@ -127,11 +132,14 @@ def _ensemble_energy_forces(files: list[Path], structures: list[Atoms]):
 
 @pytest.fixture(scope="module")
 def converted_results(converted_files):
-    return {"molecules": _ensemble_energy_forces(converted_files, _molecules()),
-            "water_box": _ensemble_energy_forces(converted_files, [_water_box()])}
+    return {
+        "molecules": _ensemble_energy_forces(converted_files, _molecules()),
+        "water_box": _ensemble_energy_forces(converted_files, [_water_box()]),
+    }
 
 
 # ----------------------------------------------------------------------------- readers
+
 
 def test_read_aev_params(resource_dir):
     params = read_aev_params(resource_dir / AEV_PARAMS_FILE)
@@ -143,9 +151,14 @@ def test_read_aev_params(resource_dir):
     assert params["ShfA"].tolist() == [0.9, 1.55, 2.2, 2.85]
     np.testing.assert_allclose(params["ShfZ"], (np.arange(8) + 0.5) * np.pi / 8, atol=1e-7)
     assert neurochem.ani_aev_options(params) == {
-        "radial_eta": 16.0, "angular_eta": 8.0, "radial_dist_divisions": 16,
-        "angular_dist_divisions": 4, "zeta": 32.0, "angle_sections": 8,
-        "radial_start": 0.9, "angular_start": 0.9,
+        "radial_eta": 16.0,
+        "angular_eta": 8.0,
+        "radial_dist_divisions": 16,
+        "angular_dist_divisions": 4,
+        "zeta": 32.0,
+        "angle_sections": 8,
+        "radial_start": 0.9,
+        "angular_start": 0.9,
     }
 
 
@@ -159,8 +172,12 @@ def test_read_self_energies(resource_dir):
 
 
 def test_read_network(resource_dir):
-    sizes = {"H": [384, 160, 128, 96, 1], "C": [384, 144, 112, 96, 1],
-             "N": [384, 128, 112, 96, 1], "O": [384, 128, 112, 96, 1]}
+    sizes = {
+        "H": [384, 160, 128, 96, 1],
+        "C": [384, 144, 112, 96, 1],
+        "N": [384, 128, 112, 96, 1],
+        "O": [384, 128, 112, 96, 1],
+    }
     for index in (0, 7):
         for symbol, widths in sizes.items():
             layers = read_network(resource_dir / f"train{index}" / "networks" / f"ANN-{symbol}.nnf")
@@ -196,6 +213,7 @@ def test_cache_dirs(monkeypatch, tmp_path):
 
 # ----------------------------------------------------------------------------- building
 
+
 def test_build_writes_eight_members_and_skips_existing(converted_files):
     cache = converted_files[0].parent
     assert [p.name for p in converted_files] == [f"ani1x_model{i}.fnx" for i in range(8)]
@@ -223,6 +241,7 @@ def test_description_and_weights_equal_fennol_pmc(converted_files, reference_dir
 
 # ----------------------------------------------------------------------------- energies, forces
 
+
 @pytest.mark.parametrize("system", ["molecules", "water_box"])
 def test_energies_and_forces_match_fennol_pmc(system, converted_results, reference_dir):
     structures = _molecules() if system == "molecules" else [_water_box()]
@@ -233,8 +252,10 @@ def test_energies_and_forces_match_fennol_pmc(system, converted_results, referen
     assert energy.shape == (8, len(structures)) and forces.shape == (8, n_atoms.sum(), 3)
     energy_error = np.abs(energy - ref_energy) / n_atoms
     force_error = np.abs(forces - ref_forces)
-    print(f"{system}: max |dE|/atom {energy_error.max():.2e} eV, max |dF| {force_error.max():.2e} "
-          f"eV/A (|F| up to {np.abs(ref_forces).max():.2f})")
+    print(
+        f"{system}: max |dE|/atom {energy_error.max():.2e} eV, max |dF| {force_error.max():.2e} "
+        f"eV/A (|F| up to {np.abs(ref_forces).max():.2f})"
+    )
     assert energy_error.max() < ENERGY_TOL_EV_PER_ATOM
     assert force_error.max() < FORCE_TOL_EV_PER_A
     # the members differ from each other: the comparison is member by member
@@ -242,6 +263,7 @@ def test_energies_and_forces_match_fennol_pmc(system, converted_results, referen
 
 
 # ----------------------------------------------------------------------------- NumPy NeuroChem
+
 
 def _celu(x, alpha=0.1):
     return np.maximum(x, 0.0) + np.minimum(0.0, alpha * np.expm1(np.minimum(x, 0.0) / alpha))
@@ -260,8 +282,7 @@ def _neurochem_energy(resource_dir: Path, index: int, atoms: Atoms) -> float:
     pair_of = np.zeros((n_species, n_species), dtype=int)
     for k, (a, b) in enumerate(zip(*np.triu_indices(n_species))):
         pair_of[a, b] = pair_of[b, a] = k
-    networks = {s: read_network(resource_dir / f"train{index}" / "networks" / f"ANN-{s}.nnf")
-                 for s in order}
+    networks = {s: read_network(resource_dir / f"train{index}" / "networks" / f"ANN-{s}.nnf") for s in order}
 
     def fc(d, rc):
         return 0.5 * np.cos(np.pi * d / rc) + 0.5
@@ -282,8 +303,7 @@ def _neurochem_energy(resource_dir: Path, index: int, atoms: Atoms) -> float:
         d = np.linalg.norm(vectors, axis=1)
         near = (d > 1e-8) & (d < p["Rcr"])
         radial = np.zeros((n_species, len(p["ShfR"])))
-        terms = 0.25 * np.exp(-p["EtaR"] * (d[near, None] - p["ShfR"]) ** 2) \
-            * fc(d[near], p["Rcr"])[:, None]
+        terms = 0.25 * np.exp(-p["EtaR"] * (d[near, None] - p["ShfR"]) ** 2) * fc(d[near], p["Rcr"])[:, None]
         np.add.at(radial, image_kinds[near], terms)
 
         ang = (d > 1e-8) & (d < p["Rca"])
@@ -293,8 +313,7 @@ def _neurochem_energy(resource_dir: Path, index: int, atoms: Atoms) -> float:
         theta = np.arccos(0.95 * cos)
         f1 = ((1 + np.cos(theta[:, None] - p["ShfZ"])) / 2) ** p["Zeta"]
         f2 = np.exp(-p["EtaA"] * ((r[j1] + r[j2])[:, None] / 2 - p["ShfA"]) ** 2)
-        terms = 2 * f2[:, :, None] * f1[:, None, :] \
-            * (fc(r[j1], p["Rca"]) * fc(r[j2], p["Rca"]))[:, None, None]
+        terms = 2 * f2[:, :, None] * f1[:, None, :] * (fc(r[j1], p["Rca"]) * fc(r[j2], p["Rca"]))[:, None, None]
         angular = np.zeros((n_species * (n_species + 1) // 2, len(p["ShfA"]), len(p["ShfZ"])))
         np.add.at(angular, pair_of[k[j1], k[j2]], terms)
 

@@ -96,25 +96,28 @@ def test_untrained_teacher_is_reproducible_from_seed(teacher64):
     assert not np.allclose(other.compute(structures).energy_eV, first.energy_eV)
     identity = teacher64.identity
     assert "untrained teacher" in identity.label and not identity.trained
-    assert (identity.name, identity.kind, identity.source) == (f"orb/{MODEL}", "orb",
-                                                               "random(seed=0)")
+    assert (identity.name, identity.kind, identity.source) == (f"orb/{MODEL}", "orb", "random(seed=0)")
     assert identity.conservative and identity.cutoff_A == 6.0 and identity.members == 1
 
 
 def test_batched_equals_one_at_a_time(teacher64):
     """batch_size=2: molecules and cells share batches; output order is input order."""
-    structures = [rattled(bulk("Si"), seed=4), water(), bulk("Cu"), molecule("CH4"),
-                  rattled(bulk("Cu", orthorhombic=True), seed=5)]
+    structures = [
+        rattled(bulk("Si"), seed=4),
+        water(),
+        bulk("Cu"),
+        molecule("CH4"),
+        rattled(bulk("Cu", orthorhombic=True), seed=5),
+    ]
     together = teacher64.compute(structures, compute_stress=True)
     alone = [teacher64.compute([atoms], compute_stress=True) for atoms in structures]
-    np.testing.assert_allclose(together.energy_eV, [a.energy_eV[0] for a in alone],
-                               rtol=1e-10)
-    np.testing.assert_allclose(together.forces_eV_per_A,
-                               np.concatenate([a.forces_eV_per_A for a in alone]),
-                               rtol=1e-8, atol=1e-12)
-    np.testing.assert_allclose(together.stress_eV_per_A3,
-                               np.concatenate([a.stress_eV_per_A3 for a in alone]),
-                               rtol=1e-8, atol=1e-12)
+    np.testing.assert_allclose(together.energy_eV, [a.energy_eV[0] for a in alone], rtol=1e-10)
+    np.testing.assert_allclose(
+        together.forces_eV_per_A, np.concatenate([a.forces_eV_per_A for a in alone]), rtol=1e-8, atol=1e-12
+    )
+    np.testing.assert_allclose(
+        together.stress_eV_per_A3, np.concatenate([a.stress_eV_per_A3 for a in alone]), rtol=1e-8, atol=1e-12
+    )
     assert together.forces_eV_per_A.shape == (sum(len(a) for a in structures), 3)
     np.testing.assert_array_equal(together.energy_std_eV, 0.0)
 
@@ -130,8 +133,7 @@ def test_matches_orb_calculator(model):
     atoms.calc = ORBCalculator(teacher._model, device="cpu")
     np.testing.assert_allclose(out.energy_eV[0], atoms.get_potential_energy(), rtol=1e-5)
     np.testing.assert_allclose(out.forces_eV_per_A, atoms.get_forces(), rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(out.stress_eV_per_A3[0], atoms.get_stress(voigt=False),
-                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(out.stress_eV_per_A3[0], atoms.get_stress(voigt=False), rtol=1e-4, atol=1e-7)
     assert np.abs(out.stress_eV_per_A3[0] - np.diag(np.diag(out.stress_eV_per_A3[0]))).max() > 0
     assert teacher.identity.conservative == (model == MODEL)
 
@@ -143,8 +145,7 @@ def test_local_checkpoint_loads_through_orb_loader(tmp_path):
     torch.save(random._model.state_dict(), path)
     teacher = OrbTeacher(model, checkpoint=str(path))
     structures = [copper(), water()]
-    np.testing.assert_array_equal(teacher.compute(structures).energy_eV,
-                                  random.compute(structures).energy_eV)
+    np.testing.assert_array_equal(teacher.compute(structures).energy_eV, random.compute(structures).energy_eV)
     identity = teacher.identity
     assert identity.trained and identity.source == str(path) and identity.label == f"orb/{model}"
     assert not identity.conservative
@@ -166,8 +167,13 @@ def test_torch_global_state_is_kept(teacher64):
 def test_unknown_model_names_valid_ones():
     with pytest.raises(ValueError, match="orb-v3-conservative-inf-omat"):
         OrbTeacher("orb-v9-imaginary", weights="random")
-    assert {"orb-v3-conservative-20-omat", "orb-v3-direct-inf-mpa", "orb-v3-conservative-omol",
-            "orb-v2", "orb-d3-v2"} <= set(available_models())
+    assert {
+        "orb-v3-conservative-20-omat",
+        "orb-v3-direct-inf-mpa",
+        "orb-v3-conservative-omol",
+        "orb-v2",
+        "orb-d3-v2",
+    } <= set(available_models())
     assert "orb-v1" not in available_models()  # deprecated, no weights
 
 

@@ -17,17 +17,34 @@ from mlff_distill.student import load_student
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("sample", "label", "train", "tune", "evaluate")
-METRIC_KEYS = ("teacher", "student", "n_test", "energy_mae_per_atom_eV", "force_mae_eV_per_A",
-               "force_rel_rmse", "teacher_s_per_structure", "student_s_per_structure", "speedup")
+METRIC_KEYS = (
+    "teacher",
+    "student",
+    "n_test",
+    "energy_mae_per_atom_eV",
+    "force_mae_eV_per_A",
+    "force_rel_rmse",
+    "teacher_s_per_structure",
+    "student_s_per_structure",
+    "speedup",
+)
 
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
     """The tiny config on the default teacher, built from the torchani wheel into an empty cache."""
     results = tmp_path_factory.mktemp("pipeline") / "results"
-    command = [sys.executable, "-m", "snakemake", "--cores", "2",
-               "--configfile", str(ROOT / "tests" / "data" / "tiny_config.yaml"),
-               "--config", f"results_dir={results}"]
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "2",
+        "--configfile",
+        str(ROOT / "tests" / "data" / "tiny_config.yaml"),
+        "--config",
+        f"results_dir={results}",
+    ]
     env = {**os.environ, "MLFF_DISTILL_CACHE": str(results.parent / "cache")}
     env.pop("MLFF_DISTILL_MODELS_DIR", None)
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -72,8 +89,7 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
     assert metrics["n_test"] > 0
     for key in METRIC_KEYS[3:]:
         assert math.isfinite(metrics[key]) and metrics[key] >= 0
-    assert metrics["speedup"] == pytest.approx(
-        metrics["teacher_s_per_structure"] / metrics["student_s_per_structure"])
+    assert metrics["speedup"] == pytest.approx(metrics["teacher_s_per_structure"] / metrics["student_s_per_structure"])
     assert metrics["teacher_rotation"]["force_rel_change"] < 1e-4  # ANI-1x is invariant
 
 
@@ -88,8 +104,7 @@ def test_mlflow_has_parent_and_stage_runs(tiny_run):
     stages = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
     assert set(STAGES) <= set(stages)
     assert all(stages[s].info.status == "FINISHED" for s in STAGES)
-    shard_runs = [r for r in runs
-                  if r.data.tags.get("mlflow.parentRunId") == stages["label"].info.run_id]
+    shard_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == stages["label"].info.run_id]
     assert len(shard_runs) >= 2
     assert "val_force_mae_eV_per_A" in stages["train"].data.metrics
     assert stages["evaluate"].data.metrics["force_rel_rmse"] > 0
@@ -102,8 +117,9 @@ def test_training_took_its_compiled_loss_from_the_precompile_cache(tiny_run):
     assert record["compiled"] and record["species"] == [1, 6, 7, 8] and not record["periodic"]
     assert (run_dir / "logs" / "precompile.log").stat().st_size > 0
     train_logs = [run_dir / "logs" / "train.log", *sorted((run_dir / "train" / "resume").glob("rank-*.log"))]
-    compiled = [line for log in train_logs for line in log.read_text().splitlines()
-                if "compiled the training loss" in line]
+    compiled = [
+        line for log in train_logs for line in log.read_text().splitlines() if "compiled the training loss" in line
+    ]
     assert compiled, "no training process logged its compilation"
     for line in compiled:
         assert "autograd_cache_hit 1" in line and "fxgraph_cache_miss 0" in line, line

@@ -53,6 +53,7 @@ def test_a_failed_attempt_is_recorded_and_warned_about(caplog):
 
     with caplog.at_level(logging.WARNING):
         assert attempt(fails, "inference path", logging.getLogger("mlff_distill.precompile")) == {
-            "error": "ValueError: box smaller than the cutoff"}
+            "error": "ValueError: box smaller than the cutoff"
+        }
         assert attempt(lambda: {"seconds": 1.0}, "training loss", logging.getLogger("x")) == {"seconds": 1.0}
     assert "precompiling the inference path failed" in caplog.text

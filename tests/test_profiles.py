@@ -36,15 +36,21 @@ def planned_jobs(output: str) -> dict[str, dict]:
     return jobs
 
 
-@pytest.mark.skipif(importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
-                    reason='snakemake-executor-plugin-slurm not installed: pip install "mlff-distill[slurm]"')
-@pytest.mark.parametrize("profile_args", [["--workflow-profile", "profiles/slurm"],
-                                          ["--profile", "profiles/slurm", "--workflow-profile", "none"]])
+@pytest.mark.skipif(
+    importlib.util.find_spec("snakemake_executor_plugin_slurm") is None,
+    reason='snakemake-executor-plugin-slurm not installed: pip install "mlff-distill[slurm]"',
+)
+@pytest.mark.parametrize(
+    "profile_args",
+    [["--workflow-profile", "profiles/slurm"], ["--profile", "profiles/slurm", "--workflow-profile", "none"]],
+)
 def test_dry_run_plans_every_rule_with_its_slurm_resources(tmp_path, profile_args):
     result = subprocess.run(
-        [sys.executable, "-m", "snakemake", "-n", *profile_args,
-         "--config", f"results_dir={tmp_path / 'results'}"],
-        cwd=ROOT, capture_output=True, text=True)
+        [sys.executable, "-m", "snakemake", "-n", *profile_args, "--config", f"results_dir={tmp_path / 'results'}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = planned_jobs(result.stdout + result.stderr)
     assert {"start_tracking", "sample", "label", "train", "tune", "evaluate"} <= set(jobs)

@@ -10,8 +10,16 @@ from mlff_distill.metrics import check_gates, worst_force_errors
 from mlff_distill.report import build_report
 from mlff_distill.teachers.base import TeacherIdentity
 
-SECTIONS = ("Summary", "Accuracy on the test split", "Accuracy figures", "Speed", "MD validation",
-            "Teacher", "Data provenance", "Config")
+SECTIONS = (
+    "Summary",
+    "Accuracy on the test split",
+    "Accuracy figures",
+    "Speed",
+    "MD validation",
+    "Teacher",
+    "Data provenance",
+    "Config",
+)
 
 
 def periodic_pair() -> tuple[LabeledArrays, dict]:
@@ -19,52 +27,89 @@ def periodic_pair() -> tuple[LabeledArrays, dict]:
     rng = np.random.default_rng(1)
     stress = np.stack([np.eye(3) * GPa, 2 * np.eye(3) * GPa])
     reference = LabeledArrays(
-        numbers=np.array([1, 8, 1, 8]), positions_A=rng.uniform(0, 3, (4, 3)),
-        forces_eV_per_A=rng.normal(size=(4, 3)), energy_eV=np.array([-10.0, -11.0]),
-        atoms_ptr=np.array([0, 2, 4]), cell_A=np.stack([np.eye(3) * 3.0] * 2),
-        pbc=np.ones((2, 3), dtype=bool), stress_eV_per_A3=stress)
-    predictions = {"energy_eV": reference.energy_eV + 0.01,
-                   "forces_eV_per_A": reference.forces_eV_per_A + 0.1,
-                   "stress_eV_per_A3": stress * 1.1}
+        numbers=np.array([1, 8, 1, 8]),
+        positions_A=rng.uniform(0, 3, (4, 3)),
+        forces_eV_per_A=rng.normal(size=(4, 3)),
+        energy_eV=np.array([-10.0, -11.0]),
+        atoms_ptr=np.array([0, 2, 4]),
+        cell_A=np.stack([np.eye(3) * 3.0] * 2),
+        pbc=np.ones((2, 3), dtype=bool),
+        stress_eV_per_A3=stress,
+    )
+    predictions = {
+        "energy_eV": reference.energy_eV + 0.01,
+        "forces_eV_per_A": reference.forces_eV_per_A + 0.1,
+        "stress_eV_per_A3": stress * 1.1,
+    }
     return reference, predictions
 
 
 def test_full_report_has_every_section_with_figures_and_the_untrained_teacher(tmp_path):
     reference, predictions = periodic_pair()
     metrics = accuracy(reference, predictions, energy_std_eV=np.array([0.02, 0.04]))
-    metrics.update(teacher="orb-v3 (untrained teacher)", student="StudentPotential (10 parameters)",
-                   n_test=2, n_timed=2, teacher_s_per_structure=0.01, student_s_per_structure=0.002,
-                   speedup=5.0, inference_path="eager",
-                   per_kind={"md 300 K": {"n_structures": 1, "force_rel_rmse": 0.02},
-                             "rattle": {"n_structures": 1, "force_rel_rmse": 0.09}},
-                   worst_structures=worst_force_errors(reference, predictions["forces_eV_per_A"],
-                                                       [{"sample_index": 3}, {"sample_index": 5}]),
-                   teacher_rotation={"force_rel_change": 1.04, "invariant_student_floor": 0.52,
-                                     "n_structures": 2},
-                   speed=[{"n_atoms": 64, "teacher_ms": 20.0, "student_ms": 2.0},
-                          {"n_atoms": 512, "teacher_ms": 150.0, "student_ms": 9.0}],
-                   md_validation={"drift": [{"model": "student", "drift_eV_per_atom_per_ps": 1e-4,
-                                             "blew_up": False}],
-                                  "rdf": {"r_A": [1.0, 2.0, 3.0], "g_teacher": [0.0, 2.0, 1.0],
-                                          "g_student": [0.0, 1.8, 1.0],
-                                          "integrated_abs_difference": 0.2}})
+    metrics.update(
+        teacher="orb-v3 (untrained teacher)",
+        student="StudentPotential (10 parameters)",
+        n_test=2,
+        n_timed=2,
+        teacher_s_per_structure=0.01,
+        student_s_per_structure=0.002,
+        speedup=5.0,
+        inference_path="eager",
+        per_kind={
+            "md 300 K": {"n_structures": 1, "force_rel_rmse": 0.02},
+            "rattle": {"n_structures": 1, "force_rel_rmse": 0.09},
+        },
+        worst_structures=worst_force_errors(
+            reference, predictions["forces_eV_per_A"], [{"sample_index": 3}, {"sample_index": 5}]
+        ),
+        teacher_rotation={"force_rel_change": 1.04, "invariant_student_floor": 0.52, "n_structures": 2},
+        speed=[
+            {"n_atoms": 64, "teacher_ms": 20.0, "student_ms": 2.0},
+            {"n_atoms": 512, "teacher_ms": 150.0, "student_ms": 9.0},
+        ],
+        md_validation={
+            "drift": [{"model": "student", "drift_eV_per_atom_per_ps": 1e-4, "blew_up": False}],
+            "rdf": {
+                "r_A": [1.0, 2.0, 3.0],
+                "g_teacher": [0.0, 2.0, 1.0],
+                "g_student": [0.0, 1.8, 1.0],
+                "integrated_abs_difference": 0.2,
+            },
+        },
+    )
     metrics["gates"] = check_gates(metrics, {"force_rel_rmse": 0.03, "stress_rel_error": 0.5})
     metrics["gates_passed"] = False
-    items = plots.quantities(reference, predictions["energy_eV"], predictions["forces_eV_per_A"],
-                             predictions["stress_eV_per_A3"])
+    items = plots.quantities(
+        reference, predictions["energy_eV"], predictions["forces_eV_per_A"], predictions["stress_eV_per_A3"]
+    )
     assert [label for label, *_ in items][-1] == "stress component (GPa)"
-    figures = {"parity": plots.parity_plot(items, tmp_path / "parity.png"),
-               "errors": plots.error_histograms(items, tmp_path / "errors.png"),
-               "speed": plots.speed_plot(metrics["speed"], tmp_path / "speed.png"),
-               "rdf": plots.rdf_plot(np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 1.0]),
-                                     np.array([0.0, 1.8, 1.0]), tmp_path / "rdf.png")}
-    teacher = TeacherIdentity(name="orb-v3", kind="orb", source="random", weights_sha256="ab" * 32,
-                              cutoff_A=6.0, species=(1, 8), conservative=True, trained=False)
-    provenance = {"label store": "/data/labels.zarr",
-                  "structures per split": {"train": 8, "val": 1, "test": 2},
-                  "sampled structures per strategy": {"md": 6, "rattle": 5}}
-    page = build_report(tmp_path / "report.html", metrics, {"run_name": "tiny", "seed": 3},
-                        teacher.as_dict(), provenance, figures).read_text()
+    figures = {
+        "parity": plots.parity_plot(items, tmp_path / "parity.png"),
+        "errors": plots.error_histograms(items, tmp_path / "errors.png"),
+        "speed": plots.speed_plot(metrics["speed"], tmp_path / "speed.png"),
+        "rdf": plots.rdf_plot(
+            np.array([1.0, 2.0, 3.0]), np.array([0.0, 2.0, 1.0]), np.array([0.0, 1.8, 1.0]), tmp_path / "rdf.png"
+        ),
+    }
+    teacher = TeacherIdentity(
+        name="orb-v3",
+        kind="orb",
+        source="random",
+        weights_sha256="ab" * 32,
+        cutoff_A=6.0,
+        species=(1, 8),
+        conservative=True,
+        trained=False,
+    )
+    provenance = {
+        "label store": "/data/labels.zarr",
+        "structures per split": {"train": 8, "val": 1, "test": 2},
+        "sampled structures per strategy": {"md": 6, "rattle": 5},
+    }
+    page = build_report(
+        tmp_path / "report.html", metrics, {"run_name": "tiny", "seed": 3}, teacher.as_dict(), provenance, figures
+    ).read_text()
     for section in SECTIONS:
         assert f">{section}</h2>" in page
     assert page.count("data:image/png;base64,") == 4 and "not run" not in page
@@ -78,8 +123,7 @@ def test_full_report_has_every_section_with_figures_and_the_untrained_teacher(tm
 
 def test_missing_inputs_say_not_run(tmp_path):
     metrics = {"teacher": "ani1x", "student": "s", "n_test": 3, "force_rel_rmse": 0.2}
-    page = build_report(tmp_path / "report.html", metrics, {"run_name": "bare"}, None, None,
-                        {}).read_text()
+    page = build_report(tmp_path / "report.html", metrics, {"run_name": "bare"}, None, None, {}).read_text()
     for section in SECTIONS:
         assert f">{section}</h2>" in page
     # parity, histograms, speed at sizes, MD, teacher, provenance, per species, per kind

@@ -8,8 +8,15 @@ from ase.io import read
 
 from conftest import full_config
 from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
-from mlff_distill.sample import (assign_splits, min_distance_A, rattled, sample_structures,
-                                 seed_molecules, teacher_md, write_structures)
+from mlff_distill.sample import (
+    assign_splits,
+    min_distance_A,
+    rattled,
+    sample_structures,
+    seed_molecules,
+    teacher_md,
+    write_structures,
+)
 
 
 def test_unknown_molecule_is_named():
@@ -43,8 +50,13 @@ def test_min_distance():
 
 
 def test_teacher_md_and_full_sampling(ani1x_teacher, tmp_path):
-    md = {"timestep_fs": 0.5, "friction_per_fs": 0.02, "equilibration_steps": 5,
-          "frames_per_trajectory": 3, "steps_between_frames": 4}
+    md = {
+        "timestep_fs": 0.5,
+        "friction_per_fs": 0.02,
+        "equilibration_steps": 5,
+        "frames_per_trajectory": 3,
+        "steps_between_frames": 4,
+    }
     seed = seed_molecules(["H2O"])[0]
     frames = teacher_md(seed, ani1x_teacher, 300.0, md, np.random.default_rng(0))
     assert len(frames) == 3
@@ -52,10 +64,17 @@ def test_teacher_md_and_full_sampling(ani1x_teacher, tmp_path):
     # bonds stay bonds at 300 K over a few fs
     assert all(0.8 < min_distance_A(f) < 1.2 for f in frames)
 
-    config = {"seed": 0, "sample": {
-        "molecules": ["H2O", "NH3"], "rattle": {"structures_per_seed": 4, "sigma_A": [0.02, 0.1]},
-        "md": {**md, "temperatures_K": [300.0]}, "min_distance_A": 0.6,
-        "val_fraction": 0.2, "test_fraction": 0.2}}
+    config = {
+        "seed": 0,
+        "sample": {
+            "molecules": ["H2O", "NH3"],
+            "rattle": {"structures_per_seed": 4, "sigma_A": [0.02, 0.1]},
+            "md": {**md, "temperatures_K": [300.0]},
+            "min_distance_A": 0.6,
+            "val_fraction": 0.2,
+            "test_fraction": 0.2,
+        },
+    }
     structures = sample_structures(full_config(config), ani1x_teacher, logging.getLogger("test"))
     assert len(structures) == 2 * 4 + 2 * 3
     path = tmp_path / "s.extxyz"
@@ -75,9 +94,17 @@ def test_test_files_are_the_test_split(tmp_path):
 
     test_file = tmp_path / "held_out.extxyz"
     write(test_file, [molecule("CH3CH2OH"), molecule("C6H6")])
-    config = full_config({"seed": 0, "sample": {
-        "molecules": ["H2O"], "rattle": {"structures_per_seed": 5},
-        "md": {"frames_per_trajectory": 0}, "test_files": [str(test_file)]}})
+    config = full_config(
+        {
+            "seed": 0,
+            "sample": {
+                "molecules": ["H2O"],
+                "rattle": {"structures_per_seed": 5},
+                "md": {"frames_per_trajectory": 0},
+                "test_files": [str(test_file)],
+            },
+        }
+    )
     emt = AseCalculatorTeacher("ase.calculators.emt:EMT")
     structures = sample_structures(config, emt, logging.getLogger("test"))
     tests = [a for a in structures if a.info["split"] == "test"]

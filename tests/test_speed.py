@@ -30,10 +30,11 @@ def test_molecules_in_a_packed_box_keep_their_shape():
     water = molecule("H2O")
     box = build_timing_systems([water], [90], cutoff_A=5.0, seed=3)[0]
     for start in range(0, len(box), 3):
-        copy = box[start:start + 3]
+        copy = box[start : start + 3]
         assert list(copy.numbers) == list(water.numbers)
-        assert np.allclose(np.sort(copy.get_all_distances(mic=True).ravel()),
-                           np.sort(water.get_all_distances().ravel()), atol=1e-8)
+        assert np.allclose(
+            np.sort(copy.get_all_distances(mic=True).ravel()), np.sort(water.get_all_distances().ravel()), atol=1e-8
+        )
 
 
 def test_crystals_are_replicated_near_cubic_to_about_the_size():
@@ -94,8 +95,7 @@ def test_peak_memory_sees_an_allocation_inside_the_call():
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT], capture_output=True, text=True, check=True).stdout
     big, small = json.loads(out.strip().splitlines()[-1])
     assert big > 150  # measured again after the first call freed its array
     assert small < 50
@@ -127,16 +127,36 @@ def test_benchmark_script_writes_the_table_and_logs_it(tmp_path, single_thread):
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
     config = tmp_path / "emt.yaml"
-    config.write_text(yaml.safe_dump({
-        "teacher": {"kind": "ase", "name": "emt", "factory": "ase.calculators.emt:EMT"},
-        "sample": {"molecules": ["H2O", "CH4"]},
-        "student": {"cutoff_A": 4.0, "n_features": 8}}))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "teacher": {"kind": "ase", "name": "emt", "factory": "ase.calculators.emt:EMT"},
+                "sample": {"molecules": ["H2O", "CH4"]},
+                "student": {"cutoff_A": 4.0, "n_features": 8},
+            }
+        )
+    )
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     out = tmp_path / "speed.json"
     previous_uri = mlflow.get_tracking_uri()
     try:
-        report = benchmark.main(["--configfile", str(config), "--sizes", "48", "96", "--repeats", "1",
-                                 "--warmup", "0", "--out", str(out), "--mlflow-uri", uri])
+        report = benchmark.main(
+            [
+                "--configfile",
+                str(config),
+                "--sizes",
+                "48",
+                "96",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "--out",
+                str(out),
+                "--mlflow-uri",
+                uri,
+            ]
+        )
     finally:
         mlflow.set_tracking_uri(previous_uri)  # the script sets it for the whole process
     rows = report["results"]["molecules"]
@@ -154,9 +174,12 @@ def test_speed_rows_for_the_evaluate_stage_use_the_runs_seeds(single_thread):
 
     from mlff_distill.speed import speed_rows
 
-    config = full_config({"sample": {"molecules": [], "crystals": [
-        {"formula": "Cu", "structure": "fcc", "a_A": 3.6, "cubic": True}]},
-        "evaluate": {"timing_repeats": 1}})
+    config = full_config(
+        {
+            "sample": {"molecules": [], "crystals": [{"formula": "Cu", "structure": "fcc", "a_A": 3.6, "cubic": True}]},
+            "evaluate": {"timing_repeats": 1},
+        }
+    )
     config["evaluate"]["speed"] = {"sizes": [32, 108]}
     teacher = AseCalculatorTeacher("ase.calculators.emt:EMT", species=(29,))
     student = StudentPotential(species=(29,), cutoff_A=4.0, n_features=8)

@@ -12,9 +12,18 @@ from ase.build import bulk, molecule
 
 from mlff_distill.data import LabeledArrays, concatenate_structures
 from mlff_distill.store import (
-    ARRAYS, EXCLUDED_CODE, SPLIT_CODES, combine_shards, marker_path, max_atom_force_eV_per_A, read_labels,
-    read_marker, read_shard,
-    shard_is_complete, store_attrs, write_shard,
+    ARRAYS,
+    EXCLUDED_CODE,
+    SPLIT_CODES,
+    combine_shards,
+    marker_path,
+    max_atom_force_eV_per_A,
+    read_labels,
+    read_marker,
+    read_shard,
+    shard_is_complete,
+    store_attrs,
+    write_shard,
 )
 
 
@@ -27,8 +36,9 @@ def shard_arrays(structures, splits, first_index, seed):
         forces_eV_per_A=rng.normal(size=(m, 3)),
         energy_eV=rng.normal(-1000.0, 10.0, size=n),
         energy_std_eV=rng.uniform(0.0, 0.1, size=n),
-        stress_eV_per_A3=np.where(np.array([a.pbc.all() for a in structures])[:, None, None],
-                                  rng.normal(size=(n, 3, 3)), np.nan),
+        stress_eV_per_A3=np.where(
+            np.array([a.pbc.all() for a in structures])[:, None, None], rng.normal(size=(n, 3, 3)), np.nan
+        ),
         split=np.array([SPLIT_CODES[s] for s in splits], dtype=np.int8),
         group=np.arange(n, dtype=np.int64) // 2 + first_index,
         sample_index=np.arange(first_index, first_index + n, dtype=np.int64),
@@ -76,8 +86,9 @@ def test_round_trip_through_shards_and_store(two_shards, tmp_path):
         assert group[spec.path].dtype == spec.dtype
     np.testing.assert_array_equal(group["structures/sample_index"][:], np.arange(5))
     np.testing.assert_array_equal(group["structures/split"][:], [0, 1, 0, 2, 1])
-    np.testing.assert_array_equal(group["structures/energy_std_eV"][:],
-                                  np.concatenate([a["energy_std_eV"] for a in arrays]))
+    np.testing.assert_array_equal(
+        group["structures/energy_std_eV"][:], np.concatenate([a["energy_std_eV"] for a in arrays])
+    )
 
     attrs = store_attrs(store)
     assert attrs["teacher"] == {"name": "fennol-pmc/ani1x"} and attrs["config_sha256"] == "abc"
@@ -176,8 +187,11 @@ def test_marker_extra_and_an_empty_shard_combine(tmp_path):
     """A shard may hold no structures (all failed) and carry extra marker entries."""
     full = tmp_path / "full.zarr"
     empty = tmp_path / "empty.zarr"
-    write_shard(full, shard_arrays([molecule("CH4")], ["train"], 0, seed=0),
-                extra={"failures": [{"sample_index": 1, "error": None, "reason": "non-finite"}]})
+    write_shard(
+        full,
+        shard_arrays([molecule("CH4")], ["train"], 0, seed=0),
+        extra={"failures": [{"sample_index": 1, "error": None, "reason": "non-finite"}]},
+    )
     write_shard(empty, shard_arrays([], [], 2, seed=0), extra={"failures": []})
     assert read_marker(full)["failures"][0]["sample_index"] == 1
     assert read_marker(full)["n_structures"] == 1 and shard_is_complete(full)
@@ -205,8 +219,10 @@ def test_structures_over_the_force_limit_are_stored_but_excluded(two_shards, tmp
     assert store_attrs(store)["max_force_eV_per_A"] == limit
     assert store_attrs(store)["split_codes"]["excluded"] == EXCLUDED_CODE
     assert read_shard(paths[0])["split"].tolist() == [0, 1, 0]  # shards keep their splits
-    assert combine_shards(paths, store, {}) == [] and sum(
-        read_labels(store, split).n_structures for split in SPLIT_CODES) == 5
+    assert (
+        combine_shards(paths, store, {}) == []
+        and sum(read_labels(store, split).n_structures for split in SPLIT_CODES) == 5
+    )
 
 
 def test_max_atom_force_of_a_structure_without_atoms_is_zero():

@@ -7,12 +7,23 @@ from ase.build import bulk, molecule
 from ase.io import write
 
 from conftest import full_config
-from mlff_distill.strategies import (cell_heights_A, ensemble_spread, harmonic_displacements_A,
-                                     max_force_filter, normal_mode_samples, rattle_and_strain,
-                                     rattle_relax, read_seed_files, remove_near_duplicates,
-                                     replicate_to_min_size, select_by_disagreement,
-                                     teacher_hessian, teacher_relax, vibrational_modes,
-                                     with_vacancies)
+from mlff_distill.strategies import (
+    cell_heights_A,
+    ensemble_spread,
+    harmonic_displacements_A,
+    max_force_filter,
+    normal_mode_samples,
+    rattle_and_strain,
+    rattle_relax,
+    read_seed_files,
+    remove_near_duplicates,
+    replicate_to_min_size,
+    select_by_disagreement,
+    teacher_hessian,
+    teacher_relax,
+    vibrational_modes,
+    with_vacancies,
+)
 
 
 def seeded(name: str) -> Atoms:
@@ -39,8 +50,7 @@ def test_seed_files_round_trip(tmp_path):
     for atoms, original in zip(seeds, [copper, strained, copper]):
         assert atoms.get_chemical_formula() == "Cu4" and atoms.pbc.all()
         assert np.allclose(atoms.cell, original.cell, atol=1e-4)
-        assert np.allclose(atoms.get_scaled_positions() % 1.0, original.get_scaled_positions() % 1.0,
-                           atol=1e-4)
+        assert np.allclose(atoms.get_scaled_positions() % 1.0, original.get_scaled_positions() % 1.0, atol=1e-4)
 
 
 def test_seed_files_errors_name_the_file(tmp_path):
@@ -93,9 +103,16 @@ def test_rattle_relax_lowers_energy_and_records_parents(ani1x_teacher, single_th
     e_relaxed = [teacher_relax(a.copy(), ani1x_teacher, 0) for a in relaxed]
     assert np.mean(e_relaxed) < np.mean(e_rattled)
 
-    family = rattle_relax(seed, ani1x_teacher, generations=3, children_per_generation=2,
-                          sigma_A=0.05, relax_steps=2, temperature_K=1000.0,
-                          rng=np.random.default_rng(0))
+    family = rattle_relax(
+        seed,
+        ani1x_teacher,
+        generations=3,
+        children_per_generation=2,
+        sigma_A=0.05,
+        relax_steps=2,
+        temperature_K=1000.0,
+        rng=np.random.default_rng(0),
+    )
     assert [a.info["generation"] for a in family] == [1, 1, 2, 2, 3, 3]
     assert [a.info["member"] for a in family] == list(range(1, 7))
     for atoms in family:
@@ -114,10 +131,10 @@ def test_normal_modes_of_water(ani1x_teacher, single_thread):
     assert 1000 < wavenumbers.min() and wavenumbers.max() < 4500  # bend ~1600, stretches ~3800
 
     temperature = 300.0
-    displacements = harmonic_displacements_A(water.get_masses(), eigenvalues, vectors, temperature,
-                                             2000, np.random.default_rng(0))
-    weighted = displacements.reshape(len(displacements), -1) * np.repeat(
-        np.sqrt(water.get_masses()), 3)
+    displacements = harmonic_displacements_A(
+        water.get_masses(), eigenvalues, vectors, temperature, 2000, np.random.default_rng(0)
+    )
+    weighted = displacements.reshape(len(displacements), -1) * np.repeat(np.sqrt(water.get_masses()), 3)
     amplitudes = weighted @ vectors  # mass-weighted mode coordinates
     expected = units.kB * temperature / eigenvalues
     assert np.allclose(amplitudes.var(axis=0), expected, rtol=0.3)
@@ -132,16 +149,16 @@ def test_normal_modes_of_water(ani1x_teacher, single_thread):
         assert atoms.info["strategy"] == "normal-modes" and atoms.info["n_modes"] == 3
         assert 0 < np.abs(atoms.positions - water.positions).max() < 0.5
     # one count per temperature; the hotter samples lie farther from the seed
-    samples = normal_mode_samples(water, ani1x_teacher, [100.0, 1000.0], [40, 60],
-                                  np.random.default_rng(2))
+    samples = normal_mode_samples(water, ani1x_teacher, [100.0, 1000.0], [40, 60], np.random.default_rng(2))
     temperatures = np.array([a.info["temperature_K"] for a in samples])
     assert (temperatures == 100.0).sum() == 40 and (temperatures == 1000.0).sum() == 60
-    spread = {t: np.mean([np.abs(a.positions - water.positions).std() for a in samples
-                          if a.info["temperature_K"] == t]) for t in (100.0, 1000.0)}
+    spread = {
+        t: np.mean([np.abs(a.positions - water.positions).std() for a in samples if a.info["temperature_K"] == t])
+        for t in (100.0, 1000.0)
+    }
     assert spread[1000.0] > 2 * spread[100.0]  # amplitudes grow as sqrt(T): about 3.2x
     with pytest.raises(ValueError, match="2 counts for 3 temperatures"):
-        normal_mode_samples(water, ani1x_teacher, [100.0, 300.0, 1000.0], [1, 2],
-                            np.random.default_rng(0))
+        normal_mode_samples(water, ani1x_teacher, [100.0, 300.0, 1000.0], [1, 2], np.random.default_rng(0))
 
 
 def test_normal_modes_of_periodic_copper(emt_teacher):
@@ -163,20 +180,26 @@ def test_disagreement_selection_picks_top_spread(ani1x_teacher, single_thread):
             structures.append(atoms)
     out = ani1x_teacher.compute(structures)
     starts = np.cumsum([0] + [len(a) for a in structures])
-    direct = [np.linalg.norm(out.forces_std_eV_per_A[starts[i]:starts[i + 1]], axis=1).max()
-              for i in range(len(structures))]
+    direct = [
+        np.linalg.norm(out.forces_std_eV_per_A[starts[i] : starts[i + 1]], axis=1).max() for i in range(len(structures))
+    ]
     assert np.allclose(ensemble_spread(structures, ani1x_teacher), direct, rtol=1e-4, atol=1e-6)
     chosen = select_by_disagreement(structures, ani1x_teacher, 3)
     top = sorted(np.argsort(direct)[-3:])
     assert [structures.index(a) for a in chosen] == top
-    assert all(a.info["ensemble_force_std_eV_per_A"] == pytest.approx(d, rel=1e-4, abs=1e-6)
-               for a, d in zip(structures, direct))
+    assert all(
+        a.info["ensemble_force_std_eV_per_A"] == pytest.approx(d, rel=1e-4, abs=1e-6)
+        for a, d in zip(structures, direct)
+    )
 
 
 def test_max_force_filter():
     structures = [seeded("H2O"), seeded("NH3"), seeded("CH4")]
-    forces = [np.full((3, 3), 0.1), np.array([[0, 0, 5.0]] + [[0, 0, 0]] * 3),
-              np.full((5, 3), 1.0)]  # norms 0.17, 5, 1.73 eV/Angstrom
+    forces = [
+        np.full((3, 3), 0.1),
+        np.array([[0, 0, 5.0]] + [[0, 0, 0]] * 3),
+        np.full((5, 3), 1.0),
+    ]  # norms 0.17, 5, 1.73 eV/Angstrom
     assert max_force_filter(structures, forces, 2.0) == [structures[0], structures[2]]
     assert max_force_filter(structures, np.concatenate(forces), 1.0) == [structures[0]]
     with pytest.raises(ValueError):
@@ -205,21 +228,47 @@ def test_sample_stage_with_seed_files_and_new_strategies(emt_teacher, tmp_path):
     from mlff_distill.sample import sample_structures
 
     write(tmp_path / "cu.cif", bulk("Cu", "fcc", a=3.6), format="cif")
-    md = {"timestep_fs": 1.0, "friction_per_fs": 0.02, "equilibration_steps": 2,
-          "frames_per_trajectory": 2, "steps_between_frames": 2, "temperatures_K": [300.0]}
-    config = {"seed": 0, "sample": {
-        "molecules": [], "seed_files": [str(tmp_path / "cu.cif")], "min_cell_length_A": 5.0,
-        "rattle": {"structures_per_seed": 2, "sigma_A": [0.02, 0.05]}, "md": md,
-        "rattle_strain": {"structures_per_seed": 3, "sigma_A": [0.01, 0.02], "max_strain": 0.02},
-        "rattle_relax": {"generations": 2, "children_per_generation": 2, "sigma_A": 0.05,
-                         "relax_steps": 2, "temperature_K": 1000.0},
-        "normal_modes": {"structures_per_seed": 2, "temperatures_K": [300.0]},
-        "duplicate_tolerance_A": 1e-6, "max_force_eV_per_A": 50.0,
-        "min_distance_A": 0.6, "val_fraction": 0.2, "test_fraction": 0.2}}
+    md = {
+        "timestep_fs": 1.0,
+        "friction_per_fs": 0.02,
+        "equilibration_steps": 2,
+        "frames_per_trajectory": 2,
+        "steps_between_frames": 2,
+        "temperatures_K": [300.0],
+    }
+    config = {
+        "seed": 0,
+        "sample": {
+            "molecules": [],
+            "seed_files": [str(tmp_path / "cu.cif")],
+            "min_cell_length_A": 5.0,
+            "rattle": {"structures_per_seed": 2, "sigma_A": [0.02, 0.05]},
+            "md": md,
+            "rattle_strain": {"structures_per_seed": 3, "sigma_A": [0.01, 0.02], "max_strain": 0.02},
+            "rattle_relax": {
+                "generations": 2,
+                "children_per_generation": 2,
+                "sigma_A": 0.05,
+                "relax_steps": 2,
+                "temperature_K": 1000.0,
+            },
+            "normal_modes": {"structures_per_seed": 2, "temperatures_K": [300.0]},
+            "duplicate_tolerance_A": 1e-6,
+            "max_force_eV_per_A": 50.0,
+            "min_distance_A": 0.6,
+            "val_fraction": 0.2,
+            "test_fraction": 0.2,
+        },
+    }
     structures = sample_structures(full_config(config), emt_teacher, logging.getLogger("test"))
     strategies = [a.info["strategy"] for a in structures]
     assert {s: strategies.count(s) for s in set(strategies)} == {
-        "rattle": 2, "md": 2, "rattle-strain": 3, "rattle-relax": 4, "normal-modes": 2}
+        "rattle": 2,
+        "md": 2,
+        "rattle-strain": 3,
+        "rattle-relax": 4,
+        "normal-modes": 2,
+    }
     for atoms in structures:
         assert atoms.pbc.all() and cell_heights_A(atoms).min() >= 5.0 and len(atoms) == 27
         assert atoms.info["seed"] == "cu.cif:0"
@@ -249,11 +298,19 @@ def test_builtin_crystals_and_vacancies_in_the_sample_stage(emt_teacher):
 
     from mlff_distill.sample import sample_structures
 
-    config = full_config({"seed": 0, "sample": {
-        "molecules": [], "min_cell_length_A": 7.0,
-        "crystals": [{"formula": "Cu", "structure": "fcc", "a_A": 3.61}],
-        "rattle": {"structures_per_seed": 1}, "md": {"frames_per_trajectory": 0},
-        "vacancies": {"structures_per_seed": 3, "max_vacancies": 1}}})
+    config = full_config(
+        {
+            "seed": 0,
+            "sample": {
+                "molecules": [],
+                "min_cell_length_A": 7.0,
+                "crystals": [{"formula": "Cu", "structure": "fcc", "a_A": 3.61}],
+                "rattle": {"structures_per_seed": 1},
+                "md": {"frames_per_trajectory": 0},
+                "vacancies": {"structures_per_seed": 3, "max_vacancies": 1},
+            },
+        }
+    )
     structures = sample_structures(config, emt_teacher, logging.getLogger("test"))
     counts = {a.info["strategy"]: len(a) for a in structures}
     assert counts == {"rattle": 32, "vacancies": 31}

@@ -56,14 +56,16 @@ def test_fit_reference_energies_recovers_linear_energies() -> None:
         fit_reference_energies(data, [13, 29])
 
 
-def train_once(train: LabeledArrays, val: LabeledArrays, epochs: int,
-               compile: bool = False) -> tuple[StudentPotential, dict, list]:
+def train_once(
+    train: LabeledArrays, val: LabeledArrays, epochs: int, compile: bool = False
+) -> tuple[StudentPotential, dict, list]:
     torch.manual_seed(0)
     model = StudentPotential(
         species=SPECIES, cutoff_A=4.5, n_features=32, reference_energies_eV=fit_reference_energies(train, SPECIES)
     )
-    settings = TrainSettings(epochs=epochs, batch_size=8, learning_rate=5e-3, warmup_epochs=1, ema_decay=0.9, seed=7,
-                             compile=compile)
+    settings = TrainSettings(
+        epochs=epochs, batch_size=8, learning_rate=5e-3, warmup_epochs=1, ema_decay=0.9, seed=7, compile=compile
+    )
     calls = []
     history = train_student(model, train, val, settings, on_epoch=lambda epoch, metrics: calls.append(epoch))
     return model, history, calls
@@ -78,7 +80,14 @@ def test_training_reduces_validation_force_error(dataset) -> None:
     model, history, calls = train_once(train, val, epochs=25)
     epochs = history["epochs"]
     assert calls == list(range(1, 26)) and history["stop_reason"] == "epochs"
-    names = {"train_loss", "lr", "val_loss", "val_energy_mae_per_atom_eV", "val_force_mae_eV_per_A", "val_force_rel_rmse"}
+    names = {
+        "train_loss",
+        "lr",
+        "val_loss",
+        "val_energy_mae_per_atom_eV",
+        "val_force_mae_eV_per_A",
+        "val_force_rel_rmse",
+    }
     assert names <= set(epochs[0])
     best = epochs[history["best_epoch"] - 1]
     assert best["val_loss"] == min(e["val_loss"] for e in epochs)
@@ -163,8 +172,10 @@ def reference_loss(model: StudentPotential, batch: LabeledArrays, stress_weight:
     inputs = structure_tensors(batch, torch.device("cpu"))
     energy, forces, stress = energy_forces_stress(model, **inputs, compute_stress=True, create_graph=True)
     n_atoms = torch.as_tensor(np.diff(batch.atoms_ptr), dtype=torch.float64)
-    loss = (3.0 * (((energy - torch.as_tensor(batch.energy_eV)) / n_atoms) ** 2).mean()
-            + 7.0 * ((forces - torch.as_tensor(batch.forces_eV_per_A, dtype=forces.dtype)) ** 2).mean())
+    loss = (
+        3.0 * (((energy - torch.as_tensor(batch.energy_eV)) / n_atoms) ** 2).mean()
+        + 7.0 * ((forces - torch.as_tensor(batch.forces_eV_per_A, dtype=forces.dtype)) ** 2).mean()
+    )
     periodic = torch.as_tensor(batch.pbc.all(axis=1))
     stress_target = torch.as_tensor(batch.stress_eV_per_A3, dtype=stress.dtype)[periodic]
     return loss + stress_weight * (((stress[periodic] - stress_target) / scale) ** 2).mean()

@@ -359,10 +359,28 @@ def test_edge_gradient_forces_and_stress_equal_autograd_through_positions_and_st
 
 def test_state_dict_keys_are_those_of_saved_checkpoints() -> None:
     """Checkpoints written before the inference rework still load: same parameter names."""
-    layer = ["message.0.weight", "message.0.bias", "message.2.weight", "message.2.bias", "vector_u.weight",
-             "vector_v.weight", "update.0.weight", "update.0.bias", "update.2.weight", "update.2.bias"]
-    expected = {"reference_energies_eV", "energy_scale_eV", "embedding.weight", "radial_filter.weight",
-                "readout.0.weight", "readout.0.bias", "readout.2.weight", "readout.2.bias"}
+    layer = [
+        "message.0.weight",
+        "message.0.bias",
+        "message.2.weight",
+        "message.2.bias",
+        "vector_u.weight",
+        "vector_v.weight",
+        "update.0.weight",
+        "update.0.bias",
+        "update.2.weight",
+        "update.2.bias",
+    ]
+    expected = {
+        "reference_energies_eV",
+        "energy_scale_eV",
+        "embedding.weight",
+        "radial_filter.weight",
+        "readout.0.weight",
+        "readout.0.bias",
+        "readout.2.weight",
+        "readout.2.bias",
+    }
     expected |= {f"interactions.{i}.{name}" for i in range(2) for name in layer}
     assert set(StudentPotential(species=SPECIES, n_interactions=2).state_dict()) == expected
 

@@ -8,8 +8,16 @@ from ase.build import bulk, molecule
 from mlff_distill.teachers.base import TeacherIdentity
 from mlff_distill.teachers.checks import MIN_DISTANCE_A, check_structures
 
-IDENTITY = TeacherIdentity(name="test/hcno", kind="test", source="-", weights_sha256="-",
-                           cutoff_A=5.0, species=(1, 6, 7, 8), conservative=True, trained=True)
+IDENTITY = TeacherIdentity(
+    name="test/hcno",
+    kind="test",
+    source="-",
+    weights_sha256="-",
+    cutoff_A=5.0,
+    species=(1, 6, 7, 8),
+    conservative=True,
+    trained=True,
+)
 
 
 def water_box(edge_A: float) -> Atoms:
@@ -21,10 +29,14 @@ def water_box(edge_A: float) -> Atoms:
     return atoms
 
 
-def check(structures, molecule_only=False, handles_small_cells=True, handles_mixed_pbc=False,
-          identity=IDENTITY):
-    check_structures(structures, identity, molecule_only=molecule_only,
-                     handles_small_cells=handles_small_cells, handles_mixed_pbc=handles_mixed_pbc)
+def check(structures, molecule_only=False, handles_small_cells=True, handles_mixed_pbc=False, identity=IDENTITY):
+    check_structures(
+        structures,
+        identity,
+        molecule_only=molecule_only,
+        handles_small_cells=handles_small_cells,
+        handles_mixed_pbc=handles_mixed_pbc,
+    )
 
 
 def test_valid_structures_pass():
@@ -33,8 +45,11 @@ def test_valid_structures_pass():
 
 
 def test_uncovered_species_named_with_what_the_teacher_knows():
-    with pytest.raises(ValueError, match=r"structure 1 \(.*Cl.*\): holds S, Cl, which test/hcno "
-                                         r"does not cover \(it knows H, C, N, O\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"structure 1 \(.*Cl.*\): holds S, Cl, which test/hcno "
+        r"does not cover \(it knows H, C, N, O\)",
+    ):
         check([molecule("H2O"), Atoms("SCl2", positions=[[0, 0, 0], [2, 0, 0], [-2, 0, 0]])])
 
 
@@ -58,8 +73,11 @@ def test_non_finite_positions_or_cell(where):
 def test_overlapping_atoms_named_by_pair_and_distance():
     atoms = molecule("CH4")
     atoms.positions[3] = atoms.positions[0] + [0.3, 0.0, 0.0]
-    with pytest.raises(ValueError, match=rf"structure 0 \(CH4\): atoms 0 and 3 are 0.300 A apart "
-                                         rf"\(closer than {MIN_DISTANCE_A} A\)"):
+    with pytest.raises(
+        ValueError,
+        match=rf"structure 0 \(CH4\): atoms 0 and 3 are 0.300 A apart "
+        rf"\(closer than {MIN_DISTANCE_A} A\)",
+    ):
         check([atoms])
 
 
@@ -91,8 +109,11 @@ def test_degenerate_periodic_cell():
 
 def test_cell_too_small_for_the_cutoff_unless_the_teacher_handles_it():
     atoms = bulk("C", "diamond", a=3.57, cubic=True)
-    with pytest.raises(ValueError, match=r"structure 0 \(C8\): cell height 3.570 A along cell "
-                                         r"vector 0 is less than twice the cutoff \(2 x 5.0 A\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"structure 0 \(C8\): cell height 3.570 A along cell "
+        r"vector 0 is less than twice the cutoff \(2 x 5.0 A\)",
+    ):
         check([atoms], handles_small_cells=False)
     check([atoms], handles_small_cells=True)
     check([atoms.repeat(3)], handles_small_cells=False)

@@ -36,8 +36,7 @@ def test_invariant_teachers_show_no_change(ani1x_teacher, single_thread):
 def test_untrained_orb_teacher_breaks_rotational_symmetry():
     from mlff_distill.teachers.orb import OrbTeacher
 
-    teacher = OrbTeacher("orb-v3-conservative-inf-omat", weights="random", seed=0,
-                         precision="float64", batch_size=2)
+    teacher = OrbTeacher("orb-v3-conservative-inf-omat", weights="random", seed=0, precision="float64", batch_size=2)
     silicon = bulk("Si", cubic=True)
     silicon.rattle(0.05, seed=1)
     result = rotation_force_change(teacher, [silicon], np.random.default_rng(0))

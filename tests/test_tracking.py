@@ -9,8 +9,13 @@ from mlff_distill.tracking import PipelineRun, flatten, stage_run, start_pipelin
 
 
 def config_for(tmp_path) -> dict:
-    return {"run_name": "t", "results_dir": str(tmp_path / "results"), "seed": 0,
-            "mlflow": {"tracking_uri": None, "experiment": "test"}, "train": {"epochs": 3}}
+    return {
+        "run_name": "t",
+        "results_dir": str(tmp_path / "results"),
+        "seed": 0,
+        "mlflow": {"tracking_uri": None, "experiment": "test"},
+        "train": {"epochs": 3},
+    }
 
 
 def log_stage(pipeline_file: str, name: str) -> str:

@@ -38,9 +38,16 @@ def write_emt_store(path, n_crystals: int, seed: int) -> None:
     n = len(structures)
     split = np.zeros(n, dtype=np.int8)
     split[[1, 5, n - 1]] = 1  # validation: two crystals and a molecule
-    arrays = {**concatenate_structures(structures), "forces_eV_per_A": np.concatenate(forces),
-              "energy_eV": np.array(energy), "energy_std_eV": np.zeros(n), "stress_eV_per_A3": np.array(stress),
-              "split": split, "group": np.arange(n), "sample_index": np.arange(n)}
+    arrays = {
+        **concatenate_structures(structures),
+        "forces_eV_per_A": np.concatenate(forces),
+        "energy_eV": np.array(energy),
+        "energy_std_eV": np.zeros(n),
+        "stress_eV_per_A3": np.array(stress),
+        "split": split,
+        "group": np.arange(n),
+        "sample_index": np.arange(n),
+    }
     assert set(arrays) == set(ARRAYS)
     write_shard(path.parent / "shard", arrays)
     combine_shards([path.parent / "shard"], path, {"teacher": "emt"})
@@ -49,13 +56,24 @@ def write_emt_store(path, n_crystals: int, seed: int) -> None:
 def config_for(results, **train):
     from conftest import full_config
 
-    return full_config({
-        "results_dir": str(results), "seed": 3,
-        "student": {"cutoff_A": 4.0, "n_features": 16, "n_interactions": 1},
-        "train": {"epochs": 5, "batch_size": 4, "learning_rate": 5e-3, "warmup_epochs": 1, "ema_decay": 0.9,
-                  "patience": 100, "max_minutes": 10, **train},
-        "teacher": {"kind": "ase", "name": "emt", "factory": "ase.calculators.emt:EMT"},
-    })
+    return full_config(
+        {
+            "results_dir": str(results),
+            "seed": 3,
+            "student": {"cutoff_A": 4.0, "n_features": 16, "n_interactions": 1},
+            "train": {
+                "epochs": 5,
+                "batch_size": 4,
+                "learning_rate": 5e-3,
+                "warmup_epochs": 1,
+                "ema_decay": 0.9,
+                "patience": 100,
+                "max_minutes": 10,
+                **train,
+            },
+            "teacher": {"kind": "ase", "name": "emt", "factory": "ase.calculators.emt:EMT"},
+        }
+    )
 
 
 # Runs in a fresh interpreter and kills itself (SIGKILL) during epoch 3's logging, before that
@@ -90,15 +108,17 @@ def test_killed_training_resumes_to_the_uninterrupted_result(store, tmp_path, ca
 
     state = state_path_for(tmp_path / "run" / "train" / "student.pt")
     (tmp_path / "args.pkl").write_bytes(pickle.dumps((config, store, state)))
-    killed = subprocess.run([sys.executable, "-c", KILLED_RUN, str(tmp_path / "args.pkl")],
-                            capture_output=True, text=True, timeout=300)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, str(tmp_path / "args.pkl")], capture_output=True, text=True, timeout=300
+    )
     assert killed.returncode == -9, killed.stderr
     assert torch.load(state, weights_only=True)["state"]["epoch"] == 2
 
     logged = []
     with caplog.at_level(logging.INFO, logger="resumed"):
-        resumed, history, _ = fit(config, store, state, logging.getLogger("resumed"),
-                                  on_epoch=lambda epoch, metrics: logged.append(epoch))
+        resumed, history, _ = fit(
+            config, store, state, logging.getLogger("resumed"), on_epoch=lambda epoch, metrics: logged.append(epoch)
+        )
     assert "resuming from" in caplog.text and "after epoch 2" in caplog.text
     assert logged == [1, 2, 3, 4, 5]  # the saved epochs are replayed to the new tracker run
     assert history == reference_history
@@ -142,8 +162,13 @@ def test_training_in_two_processes_is_reproducible(store, tmp_path, monkeypatch)
     results = []
     for run in ("first", "second"):
         logged = []
-        model, history, info = fit(config, store, Path(run) / "state.pt", logging.getLogger(run),
-                                   on_epoch=lambda epoch, metrics: logged.append(epoch))
+        model, history, info = fit(
+            config,
+            store,
+            Path(run) / "state.pt",
+            logging.getLogger(run),
+            on_epoch=lambda epoch, metrics: logged.append(epoch),
+        )
         assert logged == [1, 2, 3] and info["n_train"] == 13
         assert (tmp_path / run / "rank-1.log").exists()
         assert torch.load(tmp_path / run / "state.pt", weights_only=True)["state"]["epoch"] == 3

@@ -26,12 +26,16 @@ def contradictions(config: dict) -> list[str]:
     problems = []
     weight = train.get("hessian_weight", 0)
     if isinstance(weight, (int, float)) and weight > 0 and label.get("hessian_step_A") is None:
-        problems.append(f"train.hessian_weight: {weight} needs the teacher's Hessian-vector labels; "
-                        "set label.hessian_step_A (e.g. 0.01 Angstrom) or the weight to 0")
+        problems.append(
+            f"train.hessian_weight: {weight} needs the teacher's Hessian-vector labels; "
+            "set label.hessian_step_A (e.g. 0.01 Angstrom) or the weight to 0"
+        )
     modes = (config.get("sample") or {}).get("normal_modes") or {}
     counts, temperatures = modes.get("structures_per_seed"), modes.get("temperatures_K", [300])
     if isinstance(counts, list) and isinstance(temperatures, list) and len(counts) != len(temperatures):
-        problems.append(f"sample.normal_modes.structures_per_seed: {len(counts)} counts for "
-                        f"{len(temperatures)} temperatures_K; give one count per temperature or one "
-                        "count for all")
+        problems.append(
+            f"sample.normal_modes.structures_per_seed: {len(counts)} counts for "
+            f"{len(temperatures)} temperatures_K; give one count per temperature or one "
+            "count for all"
+        )
     return problems

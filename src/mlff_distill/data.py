@@ -48,9 +48,11 @@ class LabeledArrays:
     def subset(self, indices: Sequence[int]) -> "LabeledArrays":
         """The structures at ``indices``, in that order."""
         indices = np.asarray(indices, dtype=np.int64)
-        atom_index = np.concatenate(
-            [np.arange(self.atoms_ptr[i], self.atoms_ptr[i + 1]) for i in indices]
-        ) if len(indices) else np.zeros(0, dtype=np.int64)
+        atom_index = (
+            np.concatenate([np.arange(self.atoms_ptr[i], self.atoms_ptr[i + 1]) for i in indices])
+            if len(indices)
+            else np.zeros(0, dtype=np.int64)
+        )
         ptr = np.concatenate([[0], np.cumsum(self.n_atoms[indices])]).astype(np.int64)
         return LabeledArrays(
             numbers=self.numbers[atom_index],
@@ -62,8 +64,9 @@ class LabeledArrays:
             pbc=self.pbc[indices],
             stress_eV_per_A3=None if self.stress_eV_per_A3 is None else self.stress_eV_per_A3[indices],
             hessian_direction=None if self.hessian_direction is None else self.hessian_direction[atom_index],
-            hessian_product_eV_per_A2=(None if self.hessian_product_eV_per_A2 is None
-                                       else self.hessian_product_eV_per_A2[atom_index]),
+            hessian_product_eV_per_A2=(
+                None if self.hessian_product_eV_per_A2 is None else self.hessian_product_eV_per_A2[atom_index]
+            ),
         )
 
     def atoms(self, index: int) -> Atoms:
@@ -82,9 +85,11 @@ def concatenate_structures(structures: Sequence[Atoms]) -> dict[str, np.ndarray]
     n_atoms = np.array([len(a) for a in structures], dtype=np.int64)
     return {
         "numbers": np.concatenate([a.numbers for a in structures]).astype(np.int64)
-        if len(structures) else np.zeros(0, dtype=np.int64),
+        if len(structures)
+        else np.zeros(0, dtype=np.int64),
         "positions_A": np.concatenate([a.positions for a in structures]).astype(np.float64)
-        if len(structures) else np.zeros((0, 3)),
+        if len(structures)
+        else np.zeros((0, 3)),
         "atoms_ptr": np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64),
         "cell_A": np.array([a.cell.array for a in structures], dtype=np.float64).reshape(-1, 3, 3),
         "pbc": np.array([a.pbc for a in structures], dtype=bool).reshape(-1, 3),

@@ -43,6 +43,8 @@ from mlff_distill.data import LabeledArrays
 SPLIT_CODES = {"train": 0, "val": 1, "test": 2}
 # Split code of structures whose teacher forces exceed the label stage's limit: kept, never read as a split.
 EXCLUDED_CODE = 3
+# Written beside the label store: the structures left out because the teacher failed on them.
+FAILURES_FILE = "failures.json"
 
 
 class ArraySpec(NamedTuple):
@@ -62,8 +64,9 @@ ARRAYS = {
     "atoms_ptr": ArraySpec("structures/atoms_ptr", np.int64, (), "atom index"),
     "energy_eV": ArraySpec("structures/energy_eV", np.float64, (), "eV"),
     "energy_std_eV": ArraySpec("structures/energy_std_eV", np.float64, (), "eV"),
-    "stress_eV_per_A3": ArraySpec("structures/stress_eV_per_A3", np.float64, (3, 3),
-                                  "eV/Angstrom^3, ASE sign convention, NaN for molecules"),
+    "stress_eV_per_A3": ArraySpec(
+        "structures/stress_eV_per_A3", np.float64, (3, 3), "eV/Angstrom^3, ASE sign convention, NaN for molecules"
+    ),
     "cell_A": ArraySpec("structures/cell_A", np.float64, (3, 3), "Angstrom"),
     "pbc": ArraySpec("structures/pbc", np.bool_, (3,), "bool"),
     "split": ArraySpec("structures/split", np.int8, (), "code, see split_codes"),
@@ -72,10 +75,12 @@ ARRAYS = {
 }
 # Present in a shard or store only together, and only when asked for.
 HESSIAN_ARRAYS = {
-    "hessian_direction": ArraySpec("atoms/hessian_direction", np.float64, (3,),
-                                   "dimensionless, unit norm over each structure's coordinates"),
-    "hessian_product_eV_per_A2": ArraySpec("atoms/hessian_product_eV_per_A2", np.float64, (3,),
-                                           "eV/Angstrom^2, teacher Hessian times hessian_direction"),
+    "hessian_direction": ArraySpec(
+        "atoms/hessian_direction", np.float64, (3,), "dimensionless, unit norm over each structure's coordinates"
+    ),
+    "hessian_product_eV_per_A2": ArraySpec(
+        "atoms/hessian_product_eV_per_A2", np.float64, (3,), "eV/Angstrom^2, teacher Hessian times hessian_direction"
+    ),
 }
 ALL_ARRAYS = {**ARRAYS, **HESSIAN_ARRAYS}
 PER_ATOM = ("numbers", "positions_A", "forces_eV_per_A", *HESSIAN_ARRAYS)
@@ -114,12 +119,15 @@ def write_shard(shard_path: Path, arrays: dict[str, np.ndarray], extra: dict | N
     for name, values in arrays.items():
         group.create_array(ALL_ARRAYS[name].path, data=values, chunks=(max(1, len(values)),) + ALL_ARRAYS[name].tail)
     os.rename(partial, shard_path)
-    write_json_atomic(marker, {
-        "n_structures": len(arrays["energy_eV"]),
-        "n_atoms": len(arrays["numbers"]),
-        "sha256": _checksum(arrays),
-        **extra,
-    })
+    write_json_atomic(
+        marker,
+        {
+            "n_structures": len(arrays["energy_eV"]),
+            "n_atoms": len(arrays["numbers"]),
+            "sha256": _checksum(arrays),
+            **extra,
+        },
+    )
 
 
 def read_marker(shard_path: Path) -> dict:
@@ -133,11 +141,12 @@ def read_shard(shard_path: Path) -> dict[str, np.ndarray]:
     marker = json.loads(marker_path(shard_path).read_text())
     group = zarr.open_group(store=str(shard_path), mode="r", zarr_format=3)
     arrays = {name: group[spec.path][...] for name, spec in _present(group).items()}
-    found = {"n_structures": len(arrays["energy_eV"]), "n_atoms": len(arrays["numbers"]),
-             "sha256": _checksum(arrays)}
+    found = {"n_structures": len(arrays["energy_eV"]), "n_atoms": len(arrays["numbers"]), "sha256": _checksum(arrays)}
     if found != {key: marker.get(key) for key in MARKER_KEYS}:
-        raise ValueError(f"shard {shard_path} does not match its marker: {found} != "
-                         f"{ {key: marker.get(key) for key in MARKER_KEYS} }")
+        raise ValueError(
+            f"shard {shard_path} does not match its marker: {found} != "
+            f"{ {key: marker.get(key) for key in MARKER_KEYS} }"
+        )
     return arrays
 
 
@@ -150,8 +159,9 @@ def shard_is_complete(shard_path: Path) -> bool:
     return True
 
 
-def combine_shards(shard_paths: list[Path], store_path: Path, attrs: dict,
-                   max_force_eV_per_A: float | None = None) -> list[int]:
+def combine_shards(
+    shard_paths: list[Path], store_path: Path, attrs: dict, max_force_eV_per_A: float | None = None
+) -> list[int]:
     """Concatenate complete shards, in order, into the store at ``store_path``, replacing it whole.
 
     The store is built in a temporary sibling directory and renamed into place, so ``store_path``
@@ -179,7 +189,9 @@ def combine_shards(shard_paths: list[Path], store_path: Path, attrs: dict,
     for name, spec in specs.items():
         rows = _rows(name, n_structures, n_atoms)
         targets[name] = group.create_array(
-            spec.path, shape=(rows,) + spec.tail, dtype=spec.dtype,
+            spec.path,
+            shape=(rows,) + spec.tail,
+            dtype=spec.dtype,
             chunks=(min(max(rows, 1), CHUNK_ROWS),) + spec.tail,
         )
     targets["atoms_ptr"][0] = 0
@@ -194,20 +206,22 @@ def combine_shards(shard_paths: list[Path], store_path: Path, attrs: dict,
             excluded += arrays["sample_index"][too_strong].tolist()
         for name, values in arrays.items():
             if name == "atoms_ptr":
-                targets[name][structure_offset + 1:structure_offset + n + 1] = values[1:] + atom_offset
+                targets[name][structure_offset + 1 : structure_offset + n + 1] = values[1:] + atom_offset
             elif name in PER_ATOM:
-                targets[name][atom_offset:atom_offset + m] = values
+                targets[name][atom_offset : atom_offset + m] = values
             else:
-                targets[name][structure_offset:structure_offset + n] = values
+                targets[name][structure_offset : structure_offset + n] = values
         structure_offset, atom_offset = structure_offset + n, atom_offset + m
-    group.attrs.update({
-        **attrs,
-        "units": {name: spec.unit for name, spec in specs.items()},
-        "split_codes": {**SPLIT_CODES, "excluded": EXCLUDED_CODE},
-        "n_structures": n_structures,
-        "n_atoms": n_atoms,
-        "max_force_eV_per_A": max_force_eV_per_A,
-    })
+    group.attrs.update(
+        {
+            **attrs,
+            "units": {name: spec.unit for name, spec in specs.items()},
+            "split_codes": {**SPLIT_CODES, "excluded": EXCLUDED_CODE},
+            "n_structures": n_structures,
+            "n_atoms": n_atoms,
+            "max_force_eV_per_A": max_force_eV_per_A,
+        }
+    )
 
     old = store_path.with_name(f".{store_path.name}.old")
     shutil.rmtree(old, ignore_errors=True)
@@ -230,8 +244,10 @@ def _common_arrays(shard_paths: list[Path]) -> dict[str, ArraySpec]:
     kinds = [_present(zarr.open_group(store=str(p), mode="r", zarr_format=3)) for p in shard_paths]
     for path, kind in zip(shard_paths, kinds):
         if kinds and set(kind) != set(kinds[0]):
-            raise ValueError(f"shard {path} {'has' if len(kind) > len(kinds[0]) else 'lacks'} the Hessian "
-                             f"arrays and shard {shard_paths[0]} does not: shards labeled with different settings")
+            raise ValueError(
+                f"shard {path} {'has' if len(kind) > len(kinds[0]) else 'lacks'} the Hessian "
+                f"arrays and shard {shard_paths[0]} does not: shards labeled with different settings"
+            )
     return kinds[0] if kinds else dict(ARRAYS)
 
 
@@ -258,7 +274,7 @@ def read_structures(store_path: Path, start: int, stop: int, split: str | None =
     of structures loads without the rest of the store.
     """
     group = zarr.open_group(store=str(store_path), mode="r", zarr_format=3)
-    ptr = group["structures/atoms_ptr"][start:stop + 1]
+    ptr = group["structures/atoms_ptr"][start : stop + 1]
     keep = np.ones(len(ptr) - 1, dtype=bool)
     if split is not None:
         if split not in SPLIT_CODES:
@@ -267,8 +283,9 @@ def read_structures(store_path: Path, start: int, stop: int, split: str | None =
     keep_atoms = np.repeat(keep, np.diff(ptr))
     atoms = slice(int(ptr[0]), int(ptr[-1]))
     n_atoms = np.diff(ptr)[keep]
-    hessian = {name: group[spec.path][atoms][keep_atoms] for name, spec in _present(group).items()
-               if name in HESSIAN_ARRAYS}
+    hessian = {
+        name: group[spec.path][atoms][keep_atoms] for name, spec in _present(group).items() if name in HESSIAN_ARRAYS
+    }
     return LabeledArrays(
         numbers=group["atoms/numbers"][atoms][keep_atoms].astype(np.int64),
         positions_A=group["atoms/positions_A"][atoms][keep_atoms],
@@ -286,9 +303,12 @@ def read_structure_table(store_path: Path) -> dict[str, np.ndarray | int]:
     """The store's small index arrays: ``atoms_ptr [N + 1]``, ``split [N]`` (codes),
     ``atom_chunk_rows``, the chunk length (atoms) of its per-atom arrays, and ``has_hessian``."""
     group = zarr.open_group(store=str(store_path), mode="r", zarr_format=3)
-    return {"atoms_ptr": group["structures/atoms_ptr"][...], "split": group["structures/split"][...],
-            "atom_chunk_rows": int(group["atoms/positions_A"].chunks[0]),
-            "has_hessian": len(_present(group)) > len(ARRAYS)}
+    return {
+        "atoms_ptr": group["structures/atoms_ptr"][...],
+        "split": group["structures/split"][...],
+        "atom_chunk_rows": int(group["atoms/positions_A"].chunks[0]),
+        "has_hessian": len(_present(group)) > len(ARRAYS),
+    }
 
 
 def store_species(store_path: Path) -> list[int]:
@@ -297,7 +317,7 @@ def store_species(store_path: Path) -> list[int]:
     step = max(1, numbers.chunks[0])
     found: set[int] = set()
     for start in range(0, numbers.shape[0], step):
-        found.update(np.unique(numbers[start:start + step]).tolist())
+        found.update(np.unique(numbers[start : start + step]).tolist())
     return sorted(int(z) for z in found)
 
 
@@ -321,10 +341,15 @@ def store_attrs(store_path: Path) -> dict:
 def _checked(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """``arrays`` cast to the store's dtypes, in `ARRAYS` order, after checking names and shapes."""
     if set(arrays) not in (set(ARRAYS), set(ALL_ARRAYS)):
-        raise ValueError(f"shard arrays must be exactly {sorted(ARRAYS)}, or those and {sorted(HESSIAN_ARRAYS)}; "
-                         f"got {sorted(arrays)}")
-    out = {name: np.ascontiguousarray(arrays[name], dtype=spec.dtype)
-           for name, spec in ALL_ARRAYS.items() if name in arrays}
+        raise ValueError(
+            f"shard arrays must be exactly {sorted(ARRAYS)}, or those and {sorted(HESSIAN_ARRAYS)}; "
+            f"got {sorted(arrays)}"
+        )
+    out = {
+        name: np.ascontiguousarray(arrays[name], dtype=spec.dtype)
+        for name, spec in ALL_ARRAYS.items()
+        if name in arrays
+    }
     n, m, ptr = len(out["energy_eV"]), len(out["numbers"]), out["atoms_ptr"]
     for name, values in out.items():
         shape = (_rows(name, n, m),) + ALL_ARRAYS[name].tail

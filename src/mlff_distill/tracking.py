@@ -1,7 +1,8 @@
 """MLflow tracking: one parent run per pipeline run, one child run per stage.
 
-The parent run is created once, by the first job of the DAG, before any fan-out; its ids are written
-to a JSON file that every later job reads (`PipelineRun`). Children attach with ``parent_run_id``,
+The parent run is created once per Snakemake invocation, by the workflow's ``onstart`` handler
+before any job starts; its ids are written to a JSON file that every job reads (`PipelineRun`),
+and the ``onsuccess``/``onerror`` handlers end it. Children attach with ``parent_run_id``,
 which works across processes. Metrics are logged in batches and every call to the store is retried
 when SQLite reports a lock, so concurrent Snakemake jobs neither fail nor corrupt the store.
 """
@@ -18,8 +19,26 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
-PACKAGES = ("mlff-distill", "torch", "jax", "fennol", "orb-models", "snakemake", "zarr", "dask",
-            "distributed", "triton", "mlflow", "ase", "numpy")
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.tracking import MlflowClient
+
+from mlff_distill.settings import MLflowSettings
+
+PACKAGES = (
+    "mlff-distill",
+    "torch",
+    "jax",
+    "fennol",
+    "orb-models",
+    "snakemake",
+    "zarr",
+    "dask",
+    "distributed",
+    "triton",
+    "mlflow",
+    "ase",
+    "numpy",
+)
 T = TypeVar("T")
 
 
@@ -39,11 +58,11 @@ class PipelineRun:
         return cls(**json.loads(Path(path).read_text()))
 
 
-def tracking_uri(config: dict) -> str:
-    """The configured tracking URI, else a SQLite file under the results folder (absolute)."""
-    if config["mlflow"]["tracking_uri"]:
-        return config["mlflow"]["tracking_uri"]
-    return f"sqlite:///{Path(config['results_dir']).resolve() / 'mlflow.db'}"
+def tracking_uri(configured: str | None, results_dir: Path) -> str:
+    """The configured tracking URI, else a SQLite file under ``results_dir`` (absolute)."""
+    if configured:
+        return configured
+    return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
 
 
 def config_hash(config: dict) -> str:
@@ -65,8 +84,9 @@ def package_versions() -> dict[str, str]:
 def git_commit() -> str:
     """The commit of the working tree this package runs from, or "unknown"."""
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                              capture_output=True, text=True, check=True).stdout.strip()
+        return subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, check=True
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
 
@@ -95,34 +115,32 @@ def retry_locked(call: Callable[[], T], attempts: int = 20) -> T:
     raise AssertionError("unreachable")
 
 
-def start_pipeline_run(config: dict) -> PipelineRun:
-    """Create the store, the experiment and the parent run; return where they are."""
-    import mlflow
-    from mlflow.tracking import MlflowClient
-
-    uri = tracking_uri(config)
+def start_pipeline_run(run_name: str, results_dir: Path, settings: MLflowSettings, config: dict) -> PipelineRun:
+    """Create the store, the experiment and the parent run named ``run_name``, with the whole
+    ``config`` as its parameters; return where they are."""
+    uri = tracking_uri(settings.tracking_uri, results_dir)
     client = MlflowClient(tracking_uri=uri)
-    name = config["mlflow"]["experiment"]
+    name = settings.experiment
     experiment = retry_locked(lambda: client.get_experiment_by_name(name))
     if experiment is None:
-        artifacts = (Path(config["results_dir"]).resolve() / "mlflow-artifacts").as_uri()
+        artifacts = (Path(results_dir).resolve() / "mlflow-artifacts").as_uri()
         experiment_id = retry_locked(lambda: client.create_experiment(name, artifact_location=artifacts))
     else:
         experiment_id = experiment.experiment_id
-    tags = {"mlflow.runName": config["run_name"], "git_commit": git_commit(),
-            "config_hash": config_hash(config),
-            **{f"version.{k}": v for k, v in package_versions().items()}}
+    tags = {
+        "mlflow.runName": run_name,
+        "git_commit": git_commit(),
+        "config_hash": config_hash(config),
+        **{f"version.{k}": v for k, v in package_versions().items()},
+    }
     run = retry_locked(lambda: client.create_run(experiment_id, tags=tags))
     params = flatten(config)
-    retry_locked(lambda: client.log_batch(
-        run.info.run_id, params=[mlflow.entities.Param(k, str(v)[:6000]) for k, v in params.items()]))
+    retry_locked(lambda: client.log_batch(run.info.run_id, params=[Param(k, str(v)[:6000]) for k, v in params.items()]))
     return PipelineRun(uri, experiment_id, run.info.run_id)
 
 
 def finish_pipeline_run(pipeline: PipelineRun, status: str = "FINISHED") -> None:
     """Mark the parent run as ended (``FINISHED`` or ``FAILED``)."""
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri=pipeline.tracking_uri)
     retry_locked(lambda: client.set_terminated(pipeline.run_id, status))
 
@@ -131,31 +149,23 @@ class StageRun:
     """A child run of the pipeline run: batched, lock-tolerant logging for one stage."""
 
     def __init__(self, pipeline: PipelineRun, run_id: str):
-        from mlflow.tracking import MlflowClient
-
         self.pipeline = pipeline
         self.run_id = run_id
         self.client = MlflowClient(tracking_uri=pipeline.tracking_uri)
 
     def log_params(self, params: dict) -> None:
-        from mlflow.entities import Param
-
         flat = flatten(params)
-        retry_locked(lambda: self.client.log_batch(
-            self.run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()]))
+        retry_locked(
+            lambda: self.client.log_batch(self.run_id, params=[Param(k, str(v)[:6000]) for k, v in flat.items()])
+        )
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
         retry_locked(lambda: self.client.log_batch(self.run_id, metrics=batch))
 
     def set_tags(self, tags: dict[str, Any]) -> None:
-        from mlflow.entities import RunTag
-
-        retry_locked(lambda: self.client.log_batch(
-            self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
+        retry_locked(lambda: self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()]))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         retry_locked(lambda: self.client.log_artifact(self.run_id, str(path), artifact_path))
@@ -169,8 +179,6 @@ class StageRun:
 
 
 def _create_child(pipeline: PipelineRun, parent_id: str, name: str) -> StageRun:
-    from mlflow.tracking import MlflowClient
-
     client = MlflowClient(tracking_uri=pipeline.tracking_uri)
     tags = {"mlflow.runName": name, "mlflow.parentRunId": parent_id}
     run = retry_locked(lambda: client.create_run(pipeline.experiment_id, tags=tags))
@@ -178,8 +186,9 @@ def _create_child(pipeline: PipelineRun, parent_id: str, name: str) -> StageRun:
 
 
 @contextmanager
-def stage_run(pipeline_file: Path, stage: str, params: dict | None = None,
-              log_file: Path | None = None) -> Iterator[StageRun]:
+def stage_run(
+    pipeline_file: Path, stage: str, params: dict | None = None, log_file: Path | None = None
+) -> Iterator[StageRun]:
     """A child run for ``stage``; it ends FAILED if the body raises, and carries the log file."""
     pipeline = PipelineRun.load(pipeline_file)
     run = _create_child(pipeline, pipeline.run_id, stage)

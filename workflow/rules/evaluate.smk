@@ -1,11 +1,6 @@
-localrules:
-    acceptance,
-
-
 rule evaluate:
     """Student against teacher on the test split: accuracy, speed, figures, report, MLflow model."""
     input:
-        pipeline=PIPELINE_RUN,
         store=stage_path("label", "labels.zarr"),
         structures=stage_path("sample", "structures.extxyz"),
         checkpoint=stage_path("train", "student.pt"),
@@ -16,7 +11,13 @@ rule evaluate:
         parity=stage_path("evaluate", "parity.png"),
         errors=stage_path("evaluate", "errors.png"),
     params:
-        compile_cache=COMPILE_CACHE,
+        run_name=config["run_name"],
+        seed=config["seed"],
+        teacher=config["teacher"],
+        sample=config["sample"],
+        evaluate=config["evaluate"],
+        compile_cache_dir=COMPILE_CACHE,
+        pipeline_file=PIPELINE_RUN,
     log:
         log_path("evaluate"),
     benchmark:
@@ -37,7 +38,7 @@ rule acceptance:
         strict=config["evaluate"]["strict"],
     log:
         log_path("acceptance"),
-    run:
-        from mlff_distill.evaluate import check_acceptance
-
-        check_acceptance(input.metrics, params.strict, output.verdict, log[0])
+    conda:
+        CONDA_ENV
+    script:
+        "../scripts/acceptance.py"

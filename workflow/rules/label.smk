@@ -1,12 +1,14 @@
 rule label:
     """The teacher labels the structures in shards (Dask), combined into one Zarr v3 store."""
     input:
-        pipeline=PIPELINE_RUN,
         structures=stage_path("sample", "structures.extxyz"),
     output:
         store=directory(stage_path("label", "labels.zarr")),
     params:
+        teacher=config["teacher"],
+        label=config["label"],
         shards_dir=stage_path("label", "shards"),
+        pipeline_file=PIPELINE_RUN,
     threads: workflow.cores
     log:
         # failures.json (structures the teacher failed on) is a log, not an output, so that it

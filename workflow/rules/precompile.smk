@@ -1,12 +1,16 @@
 rule precompile:
     """Compile the student's training loss into TorchInductor's cache while the teacher samples,
-    so that training starts at once (mlff_distill.precompile)."""
+    so that training starts at once (mlff_distill.student.compilation)."""
     input:
         seed_files=config["sample"]["seed_files"],
         test_files=config["sample"]["test_files"],
     output:
         record=stage_path("precompile", "compiled.json"),
     params:
+        sample=config["sample"],
+        student=config["student"],
+        train_loss={key: config["train"][key] for key in TRAIN_LOSS_KEYS},
+        try_compile=config["tune"]["try_compile"],
         cache_dir=COMPILE_CACHE,
     threads: 1
     log:

@@ -1,11 +1,15 @@
 rule sample:
-    """Structures for the teacher: rattled seeds and short teacher MD, as extxyz."""
+    """Structures for the teacher: seeds, rattles, teacher MD and the other strategies, as extxyz."""
     input:
-        pipeline=PIPELINE_RUN,
         seed_files=config["sample"]["seed_files"],
         test_files=config["sample"]["test_files"],
     output:
         structures=stage_path("sample", "structures.extxyz"),
+    params:
+        seed=config["seed"],
+        sample=config["sample"],
+        teacher=config["teacher"],
+        pipeline_file=PIPELINE_RUN,
     log:
         log_path("sample"),
     benchmark:

@@ -3,7 +3,6 @@ rule train:
     TorchScript export. The resumable state goes to train/resume/state.pt, not an output, so it
     survives Snakemake's removal of an interrupted job's outputs."""
     input:
-        pipeline=PIPELINE_RUN,
         store=stage_path("label", "labels.zarr"),
         precompiled=stage_path("precompile", "compiled.json"),
     output:
@@ -11,8 +10,12 @@ rule train:
         torchscript=stage_path("train", "student.torchscript.pt"),
         history=stage_path("train", "history.json"),
     params:
-        compile_cache=COMPILE_CACHE,
-    threads: config["train"]["processes"] * config["train"]["threads"] if config["train"]["threads"] else workflow.cores
+        seed=config["seed"],
+        student=config["student"],
+        train=config["train"],
+        compile_cache_dir=COMPILE_CACHE,
+        pipeline_file=PIPELINE_RUN,
+    threads: train_threads()
     log:
         log_path("train"),
     benchmark:

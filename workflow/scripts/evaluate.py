@@ -1,5 +1,11 @@
-from mlff_distill.evaluate import run
+from mlff_distill.stages.evaluate import run
 
-run(snakemake.config, snakemake.input.store, snakemake.input.checkpoint,
-    snakemake.input.inference_path, snakemake.output.metrics, snakemake.input.pipeline,
-    snakemake.log[0], snakemake.input.structures, snakemake.params.compile_cache)
+run(
+    **dict(snakemake.params.items()),
+    store=snakemake.input.store,
+    checkpoint=snakemake.input.checkpoint,
+    inference_path_file=snakemake.input.inference_path,
+    structures_file=snakemake.input.structures,
+    metrics_file=snakemake.output.metrics,
+    log_file=snakemake.log[0],
+)

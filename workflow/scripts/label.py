@@ -1,7 +1,11 @@
-from mlff_distill.label import run
+from mlff_distill.stages.label import run
 
 # Dask starts worker processes that import this file again: run only in the main process.
 if __name__ == "__main__":
-    run(snakemake.config, snakemake.input.structures, snakemake.output.store,
-        snakemake.params.shards_dir, snakemake.input.pipeline, snakemake.log[0],
-        snakemake.threads)
+    run(
+        **dict(snakemake.params.items()),
+        structures_file=snakemake.input.structures,
+        store=snakemake.output.store,
+        log_file=snakemake.log.main,
+        threads=snakemake.threads,
+    )

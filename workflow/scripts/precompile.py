@@ -1,3 +1,8 @@
-from mlff_distill.precompile import run
+from mlff_distill.stages.precompile import run
 
-run(snakemake.config, snakemake.output.record, snakemake.params.cache_dir, snakemake.log[0], snakemake.threads)
+run(
+    **dict(snakemake.params.items()),
+    record_file=snakemake.output.record,
+    log_file=snakemake.log[0],
+    threads=snakemake.threads,
+)

@@ -1,3 +1,8 @@
-from mlff_distill.sample import run
+from mlff_distill.stages.sample import run
 
-run(snakemake.config, snakemake.output.structures, snakemake.input.pipeline, snakemake.log[0], snakemake.threads)
+run(
+    **dict(snakemake.params.items()),
+    structures_file=snakemake.output.structures,
+    log_file=snakemake.log[0],
+    threads=snakemake.threads,
+)

@@ -1,5 +1,12 @@
-from mlff_distill.train import run
+from mlff_distill.stages.train import run
 
-run(snakemake.config, snakemake.input.store, snakemake.output.checkpoint, snakemake.output.torchscript,
-    snakemake.output.history, snakemake.input.pipeline, snakemake.log[0], snakemake.threads,
-    snakemake.input.precompiled, snakemake.params.compile_cache)
+run(
+    **dict(snakemake.params.items()),
+    store=snakemake.input.store,
+    precompiled=snakemake.input.precompiled,
+    checkpoint=snakemake.output.checkpoint,
+    torchscript=snakemake.output.torchscript,
+    history_file=snakemake.output.history,
+    log_file=snakemake.log[0],
+    threads=snakemake.threads,
+)

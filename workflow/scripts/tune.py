@@ -1,4 +1,9 @@
-from mlff_distill.tune import run
+from mlff_distill.stages.tune import run
 
-run(snakemake.config, snakemake.input.store, snakemake.input.checkpoint, snakemake.output.record,
-    snakemake.input.pipeline, snakemake.log[0], snakemake.params.compile_cache)
+run(
+    **dict(snakemake.params.items()),
+    store=snakemake.input.store,
+    checkpoint=snakemake.input.checkpoint,
+    record_file=snakemake.output.record,
+    log_file=snakemake.log[0],
+)

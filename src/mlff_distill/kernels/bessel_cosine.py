@@ -2,7 +2,7 @@
 
 Forward: ``basis[e, n] = sqrt(2/rc) sin(n pi r_e / rc) / r_e * 0.5 (cos(pi r_e / rc) + 1)``
 for ``n = 1..n_radial``, zero for ``r_e >= rc``; same function as
-`mlff_distill.student.radial.bessel_cosine_basis`.
+`mlff_distill.reference.radial.bessel_cosine_basis`.
 Backward: ``grad_r[e] = sum_n grad_out[e, n] * d basis[e, n] / dr`` with the analytic derivative.
 The backward is itself differentiable (second derivative in PyTorch), so forces obtained with
 ``create_graph=True`` can be trained on.
@@ -105,8 +105,15 @@ def config_dict(config: triton.Config) -> dict:
     return {"BLOCK_E": config.kwargs["BLOCK_E"], "num_warps": config.num_warps, "num_stages": config.num_stages}
 
 
-def _launch(kernel: KernelInterface, autotuned: KernelInterface, tensors: tuple, n_edges: int, n_radial: int,
-            cutoff_A: float, config: triton.Config | None) -> None:
+def _launch(
+    kernel: KernelInterface,
+    autotuned: KernelInterface,
+    tensors: tuple,
+    n_edges: int,
+    n_radial: int,
+    cutoff_A: float,
+    config: triton.Config | None,
+) -> None:
     """Launch ``kernel`` (explicit/default config) or ``autotuned`` over ``n_edges`` edges."""
     meta = {
         "N_RADIAL": n_radial,
@@ -149,14 +156,22 @@ class _BesselCosineGrad(torch.autograd.Function):
     """``grad_r = sum_n grad_out[:, n] * d basis[:, n] / dr`` (Triton); differentiable via PyTorch."""
 
     @staticmethod
-    def forward(ctx, grad_out: torch.Tensor, r: torch.Tensor, n_radial: int, cutoff_A: float,
-                config: triton.Config | None) -> torch.Tensor:
+    def forward(
+        ctx, grad_out: torch.Tensor, r: torch.Tensor, n_radial: int, cutoff_A: float, config: triton.Config | None
+    ) -> torch.Tensor:
         ctx.save_for_backward(grad_out, r)
         ctx.n_radial, ctx.cutoff_A = n_radial, cutoff_A
         grad_r = torch.empty_like(r)
         if r.numel() > 0:
-            _launch(_bessel_cosine_bwd_kernel, bessel_cosine_bwd_autotuned, (r, grad_out, grad_r), r.numel(),
-                    n_radial, cutoff_A, config)
+            _launch(
+                _bessel_cosine_bwd_kernel,
+                bessel_cosine_bwd_autotuned,
+                (r, grad_out, grad_r),
+                r.numel(),
+                n_radial,
+                cutoff_A,
+                config,
+            )
         return grad_r
 
     @staticmethod
@@ -177,8 +192,9 @@ class _BesselCosine(torch.autograd.Function):
         ctx.n_radial, ctx.cutoff_A, ctx.config = n_radial, cutoff_A, config
         out = r.new_empty((r.numel(), n_radial))
         if r.numel() > 0:
-            _launch(_bessel_cosine_fwd_kernel, bessel_cosine_fwd_autotuned, (r, out), r.numel(), n_radial,
-                    cutoff_A, config)
+            _launch(
+                _bessel_cosine_fwd_kernel, bessel_cosine_fwd_autotuned, (r, out), r.numel(), n_radial, cutoff_A, config
+            )
         return out
 
     @staticmethod
@@ -188,11 +204,12 @@ class _BesselCosine(torch.autograd.Function):
         return grad_r, None, None, None
 
 
-def bessel_cosine_basis_triton(distances_A: torch.Tensor, n_radial: int, cutoff_A: float,
-                               config: triton.Config | None = None) -> torch.Tensor:
+def bessel_cosine_basis_triton(
+    distances_A: torch.Tensor, n_radial: int, cutoff_A: float, config: triton.Config | None = None
+) -> torch.Tensor:
     """Return ``[*distances_A.shape, n_radial]``, the Bessel x cosine-cutoff basis of distances in Angstrom.
 
-    Same semantics as `mlff_distill.student.radial.bessel_cosine_basis` (zero for ``r >= cutoff_A``;
+    Same semantics as `mlff_distill.reference.radial.bessel_cosine_basis` (zero for ``r >= cutoff_A``;
     distances must be > 0). float32 inputs are computed in float32, float64 in float64. Differentiable
     to any order (first derivative in Triton, higher ones in PyTorch). ``config`` launches one explicit
     `triton.Config` (keys BLOCK_E, num_warps, num_stages) instead of autotuning.
@@ -202,8 +219,10 @@ def bessel_cosine_basis_triton(distances_A: torch.Tensor, n_radial: int, cutoff_
     if n_radial < 1:
         raise ValueError(f"n_radial must be >= 1, got {n_radial}")
     if not (distances_A.is_cuda or INTERPRETED):
-        raise RuntimeError("Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before importing triton "
-                           "to run them on CPU in the interpreter")
+        raise RuntimeError(
+            "Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before importing triton "
+            "to run them on CPU in the interpreter"
+        )
     r = distances_A.reshape(-1).contiguous()
     out = _BesselCosine.apply(r, n_radial, float(cutoff_A), config)
     return out.reshape(*distances_A.shape, n_radial)

@@ -1,6 +1,6 @@
 """Fused Triton kernels for the edge part of one student interaction layer (Angstrom, eV units throughout).
 
-Same operation as `mlff_distill.student.edge_message.edge_message_torch`: per edge the distance and
+Same operation as `mlff_distill.reference.edge_message.edge_message_torch`: per edge the distance and
 unit vector, the Bessel x cosine-cutoff basis, the filter ``basis @ radial_weight``, the product with
 ``phi[dst]`` (and ``v[dst]``), and the scatter-add into ``src``, all in ONE pass over the edges:
 
@@ -30,6 +30,7 @@ from triton.runtime import KernelInterface
 from triton.runtime.interpreter import InterpretedFunction
 
 from mlff_distill.kernels.bessel_cosine import edge_bucket
+from mlff_distill.reference.edge_message import edge_message_torch
 
 DEFAULT_CONFIG = triton.Config({"BLOCK_E": 32, "BLOCK_F": 32}, num_warps=4, num_stages=1)
 AUTOTUNE_CONFIGS = [
@@ -47,8 +48,7 @@ _TUNED: dict[tuple[str, int, int], triton.Config] = {}
 
 
 @triton.jit
-def _basis_and_derivative(r, inv_r, envelope, d_envelope, n: tl.constexpr, FREQ: tl.constexpr,
-                          PREFACTOR: tl.constexpr):
+def _basis_and_derivative(r, inv_r, envelope, d_envelope, n: tl.constexpr, FREQ: tl.constexpr, PREFACTOR: tl.constexpr):
     """Basis function ``n`` (0-based) at ``r`` and its derivative d/dr, per edge.
 
     ``n + 1`` multiplies tensors of r's dtype only, so float64 inputs stay float64 throughout.
@@ -60,8 +60,15 @@ def _basis_and_derivative(r, inv_r, envelope, d_envelope, n: tl.constexpr, FREQ:
 
 
 @triton.jit
-def _edge_geometry(vec_ptr, n_edges, F: tl.constexpr, CUTOFF: tl.constexpr, FREQ: tl.constexpr,
-                   BLOCK_E: tl.constexpr, BLOCK_F: tl.constexpr):
+def _edge_geometry(
+    vec_ptr,
+    n_edges,
+    F: tl.constexpr,
+    CUTOFF: tl.constexpr,
+    FREQ: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+):
     """This program's edge and feature offsets and masks; edge vectors, lengths, 1/length, cutoff envelope
     and its derivative. Masked edges read the vector (1, 0, 0), so nothing divides by zero."""
     offs_e = (tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)).to(tl.int64)
@@ -79,9 +86,22 @@ def _edge_geometry(vec_ptr, n_edges, F: tl.constexpr, CUTOFF: tl.constexpr, FREQ
 
 
 @triton.jit
-def _filters(w_ptr, r, inv_r, envelope, d_envelope, offs_f, mask_f, dtype: tl.constexpr, F: tl.constexpr,
-             N_RADIAL: tl.constexpr, FREQ: tl.constexpr, PREFACTOR: tl.constexpr, BLOCK_E: tl.constexpr,
-             BLOCK_F: tl.constexpr):
+def _filters(
+    w_ptr,
+    r,
+    inv_r,
+    envelope,
+    d_envelope,
+    offs_f,
+    mask_f,
+    dtype: tl.constexpr,
+    F: tl.constexpr,
+    N_RADIAL: tl.constexpr,
+    FREQ: tl.constexpr,
+    PREFACTOR: tl.constexpr,
+    BLOCK_E: tl.constexpr,
+    BLOCK_F: tl.constexpr,
+):
     """The three ``[BLOCK_E, BLOCK_F]`` filter blocks ``basis @ w`` (scalar, vector-vector, vector-direction)."""
     filter_s = tl.zeros([BLOCK_E, BLOCK_F], dtype=dtype)
     filter_vv = tl.zeros([BLOCK_E, BLOCK_F], dtype=dtype)
@@ -97,7 +117,14 @@ def _filters(w_ptr, r, inv_r, envelope, d_envelope, offs_f, mask_f, dtype: tl.co
 
 @triton.jit(do_not_specialize=["n_edges", "E_BUCKET"])
 def _edge_message_fwd_kernel(
-    vec_ptr, phi_ptr, v_ptr, w_ptr, src_ptr, dst_ptr, ds_ptr, dv_ptr,
+    vec_ptr,
+    phi_ptr,
+    v_ptr,
+    w_ptr,
+    src_ptr,
+    dst_ptr,
+    ds_ptr,
+    dv_ptr,
     n_edges,
     E_BUCKET,  # autotuning key only
     N_FEATURES: tl.constexpr,
@@ -111,11 +138,13 @@ def _edge_message_fwd_kernel(
 ):
     F: tl.constexpr = N_FEATURES
     offs_e, mask_e, offs_f, mask_f, vx, vy, vz, r, inv_r, envelope, d_envelope = _edge_geometry(
-        vec_ptr, n_edges, F, CUTOFF, FREQ, BLOCK_E, BLOCK_F)
+        vec_ptr, n_edges, F, CUTOFF, FREQ, BLOCK_E, BLOCK_F
+    )
     mask = mask_e[:, None] & mask_f[None, :]
     dtype = phi_ptr.dtype.element_ty
-    filter_s, filter_vv, filter_vd = _filters(w_ptr, r, inv_r, envelope, d_envelope, offs_f, mask_f, dtype, F,
-                                              N_RADIAL, FREQ, PREFACTOR, BLOCK_E, BLOCK_F)
+    filter_s, filter_vv, filter_vd = _filters(
+        w_ptr, r, inv_r, envelope, d_envelope, offs_f, mask_f, dtype, F, N_RADIAL, FREQ, PREFACTOR, BLOCK_E, BLOCK_F
+    )
 
     src = tl.load(src_ptr + offs_e, mask=mask_e, other=0).to(tl.int64)
     dst = tl.load(dst_ptr + offs_e, mask=mask_e, other=0).to(tl.int64)
@@ -141,8 +170,18 @@ def _edge_message_fwd_kernel(
 
 @triton.jit(do_not_specialize=["n_edges", "E_BUCKET"])
 def _edge_message_bwd_kernel(
-    vec_ptr, phi_ptr, v_ptr, w_ptr, src_ptr, dst_ptr, g_ds_ptr, g_dv_ptr,
-    g_vec_ptr, g_phi_ptr, g_v_ptr, g_w_ptr,
+    vec_ptr,
+    phi_ptr,
+    v_ptr,
+    w_ptr,
+    src_ptr,
+    dst_ptr,
+    g_ds_ptr,
+    g_dv_ptr,
+    g_vec_ptr,
+    g_phi_ptr,
+    g_v_ptr,
+    g_w_ptr,
     n_edges,
     E_BUCKET,  # autotuning key only
     N_FEATURES: tl.constexpr,
@@ -156,11 +195,13 @@ def _edge_message_bwd_kernel(
 ):
     F: tl.constexpr = N_FEATURES
     offs_e, mask_e, offs_f, mask_f, vx, vy, vz, r, inv_r, envelope, d_envelope = _edge_geometry(
-        vec_ptr, n_edges, F, CUTOFF, FREQ, BLOCK_E, BLOCK_F)
+        vec_ptr, n_edges, F, CUTOFF, FREQ, BLOCK_E, BLOCK_F
+    )
     mask = mask_e[:, None] & mask_f[None, :]
     dtype = phi_ptr.dtype.element_ty
-    filter_s, filter_vv, filter_vd = _filters(w_ptr, r, inv_r, envelope, d_envelope, offs_f, mask_f, dtype, F,
-                                              N_RADIAL, FREQ, PREFACTOR, BLOCK_E, BLOCK_F)
+    filter_s, filter_vv, filter_vd = _filters(
+        w_ptr, r, inv_r, envelope, d_envelope, offs_f, mask_f, dtype, F, N_RADIAL, FREQ, PREFACTOR, BLOCK_E, BLOCK_F
+    )
     ux, uy, uz = vx * inv_r, vy * inv_r, vz * inv_r
 
     src = tl.load(src_ptr + offs_e, mask=mask_e, other=0).to(tl.int64)
@@ -183,8 +224,11 @@ def _edge_message_bwd_kernel(
     g_uz = tl.sum(g_z * x_vd, axis=1)
     if HAS_V:
         v_row = v_ptr + dst[:, None] * 3 * F + offs_f[None, :]
-        g_x_vv = (g_x * tl.load(v_row, mask=mask, other=0.0) + g_y * tl.load(v_row + F, mask=mask, other=0.0)
-                  + g_z * tl.load(v_row + 2 * F, mask=mask, other=0.0))
+        g_x_vv = (
+            g_x * tl.load(v_row, mask=mask, other=0.0)
+            + g_y * tl.load(v_row + F, mask=mask, other=0.0)
+            + g_z * tl.load(v_row + 2 * F, mask=mask, other=0.0)
+        )
         x_vv = phi_vv * filter_vv
         g_v_row = g_v_ptr + dst[:, None] * 3 * F + offs_f[None, :]
         tl.atomic_add(g_v_row, g_x * x_vv, mask=mask, sem="relaxed")
@@ -208,8 +252,7 @@ def _edge_message_bwd_kernel(
         w_s = tl.load(w_row, mask=mask_f, other=0.0)
         w_vv = tl.load(w_row + F, mask=mask_f, other=0.0)
         w_vd = tl.load(w_row + 2 * F, mask=mask_f, other=0.0)
-        g_basis = tl.sum(g_filter_s * w_s[None, :] + g_filter_vv * w_vv[None, :] + g_filter_vd * w_vd[None, :],
-                         axis=1)
+        g_basis = tl.sum(g_filter_s * w_s[None, :] + g_filter_vv * w_vv[None, :] + g_filter_vd * w_vd[None, :], axis=1)
         g_r += g_basis * d_basis
         g_w_row = g_w_ptr + n * 3 * F + offs_f
         tl.atomic_add(g_w_row, tl.sum(basis[:, None] * g_filter_s, axis=0), mask=mask_f, sem="relaxed")
@@ -219,31 +262,37 @@ def _edge_message_bwd_kernel(
     # r = |vec|, u = vec / r: d/dvec = g_r u + (g_u - (g_u . u) u) / r
     radial_part = g_ux * ux + g_uy * uy + g_uz * uz
     tl.atomic_add(g_vec_ptr + 3 * offs_e, g_r * ux + (g_ux - radial_part * ux) * inv_r, mask=mask_e, sem="relaxed")
-    tl.atomic_add(g_vec_ptr + 3 * offs_e + 1, g_r * uy + (g_uy - radial_part * uy) * inv_r, mask=mask_e,
-                  sem="relaxed")
-    tl.atomic_add(g_vec_ptr + 3 * offs_e + 2, g_r * uz + (g_uz - radial_part * uz) * inv_r, mask=mask_e,
-                  sem="relaxed")
+    tl.atomic_add(g_vec_ptr + 3 * offs_e + 1, g_r * uy + (g_uy - radial_part * uy) * inv_r, mask=mask_e, sem="relaxed")
+    tl.atomic_add(g_vec_ptr + 3 * offs_e + 2, g_r * uz + (g_uz - radial_part * uz) * inv_r, mask=mask_e, sem="relaxed")
 
 
 edge_message_fwd_autotuned = triton.autotune(
-    configs=AUTOTUNE_CONFIGS, key=AUTOTUNE_KEY, reset_to_zero=["ds_ptr", "dv_ptr"])(_edge_message_fwd_kernel)
+    configs=AUTOTUNE_CONFIGS, key=AUTOTUNE_KEY, reset_to_zero=["ds_ptr", "dv_ptr"]
+)(_edge_message_fwd_kernel)
 edge_message_bwd_autotuned = triton.autotune(
-    configs=AUTOTUNE_CONFIGS, key=AUTOTUNE_KEY,
-    reset_to_zero=["g_vec_ptr", "g_phi_ptr", "g_v_ptr", "g_w_ptr"])(_edge_message_bwd_kernel)
+    configs=AUTOTUNE_CONFIGS, key=AUTOTUNE_KEY, reset_to_zero=["g_vec_ptr", "g_phi_ptr", "g_v_ptr", "g_w_ptr"]
+)(_edge_message_bwd_kernel)
 AUTOTUNED: dict[str, KernelInterface] = {"forward": edge_message_fwd_autotuned, "backward": edge_message_bwd_autotuned}
 INTERPRETED: bool = isinstance(_edge_message_fwd_kernel, InterpretedFunction)
 
 
 def config_dict(config: triton.Config) -> dict:
     """``{"BLOCK_E", "BLOCK_F", "num_warps", "num_stages"}`` of a kernel config (JSON-friendly)."""
-    return {"BLOCK_E": config.kwargs["BLOCK_E"], "BLOCK_F": config.kwargs["BLOCK_F"],
-            "num_warps": config.num_warps, "num_stages": config.num_stages}
+    return {
+        "BLOCK_E": config.kwargs["BLOCK_E"],
+        "BLOCK_F": config.kwargs["BLOCK_F"],
+        "num_warps": config.num_warps,
+        "num_stages": config.num_stages,
+    }
 
 
 def config_from_dict(values: dict) -> triton.Config:
     """Inverse of `config_dict`."""
-    return triton.Config({"BLOCK_E": int(values["BLOCK_E"]), "BLOCK_F": int(values["BLOCK_F"])},
-                         num_warps=int(values["num_warps"]), num_stages=int(values["num_stages"]))
+    return triton.Config(
+        {"BLOCK_E": int(values["BLOCK_E"]), "BLOCK_F": int(values["BLOCK_F"])},
+        num_warps=int(values["num_warps"]),
+        num_stages=int(values["num_stages"]),
+    )
 
 
 def set_tuned_configs(configs: dict[tuple[str, int, int], triton.Config]) -> None:
@@ -269,11 +318,26 @@ def tuned_config(kernel: str, n_edges: int, n_features: int) -> Optional[triton.
     return _TUNED[(kernel, bucket, n_features)]
 
 
-def _launch(kernel_name: str, kernel: KernelInterface, tensors: tuple, n_edges: int, n_features: int,
-            n_radial: int, cutoff_A: float, has_v: bool, config: Optional[triton.Config]) -> None:
+def _launch(
+    kernel_name: str,
+    kernel: KernelInterface,
+    tensors: tuple,
+    n_edges: int,
+    n_features: int,
+    n_radial: int,
+    cutoff_A: float,
+    has_v: bool,
+    config: Optional[triton.Config],
+) -> None:
     """Launch ``kernel`` with ``config`` (else a tuned or, interpreted, the default one) or autotune it."""
-    meta = {"N_FEATURES": n_features, "N_RADIAL": n_radial, "HAS_V": has_v, "CUTOFF": cutoff_A,
-            "FREQ": math.pi / cutoff_A, "PREFACTOR": math.sqrt(2.0 / cutoff_A)}
+    meta = {
+        "N_FEATURES": n_features,
+        "N_RADIAL": n_radial,
+        "HAS_V": has_v,
+        "CUTOFF": cutoff_A,
+        "FREQ": math.pi / cutoff_A,
+        "PREFACTOR": math.sqrt(2.0 / cutoff_A),
+    }
 
     def grid(launch_meta: dict) -> tuple[int, int]:
         return triton.cdiv(n_edges, launch_meta["BLOCK_E"]), triton.cdiv(n_features, launch_meta["BLOCK_F"])
@@ -286,11 +350,18 @@ def _launch(kernel_name: str, kernel: KernelInterface, tensors: tuple, n_edges: 
         kernel[grid](*tensors, n_edges, edge_bucket(n_edges), **meta, **(config or DEFAULT_CONFIG).all_kwargs())
 
 
-def edge_message_backward_triton(g_ds: torch.Tensor, g_dv: torch.Tensor, phi: torch.Tensor,
-                                 v: Optional[torch.Tensor], vectors_A: torch.Tensor, radial_weight: torch.Tensor,
-                                 src: torch.Tensor, dst: torch.Tensor, cutoff_A: float,
-                                 config: Optional[triton.Config] = None
-                                 ) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
+def edge_message_backward_triton(
+    g_ds: torch.Tensor,
+    g_dv: torch.Tensor,
+    phi: torch.Tensor,
+    v: Optional[torch.Tensor],
+    vectors_A: torch.Tensor,
+    radial_weight: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    cutoff_A: float,
+    config: Optional[triton.Config] = None,
+) -> tuple[torch.Tensor, Optional[torch.Tensor], torch.Tensor, torch.Tensor]:
     """Gradients ``(phi, v or None, vectors_A, radial_weight)`` of ``<g_ds, ds> + <g_dv, dv>`` (one kernel).
 
     Inputs must be contiguous, checked as in `edge_message_triton`; no autograd here.
@@ -299,10 +370,30 @@ def edge_message_backward_triton(g_ds: torch.Tensor, g_dv: torch.Tensor, phi: to
     g_phi, g_vec, g_w = torch.zeros_like(phi), torch.zeros_like(vectors_A), torch.zeros_like(radial_weight)
     g_v = torch.zeros_like(v) if v is not None else None
     if src.numel() > 0 and n_features > 0:
-        _launch("backward", _edge_message_bwd_kernel,
-                (vectors_A, phi, v if v is not None else phi, radial_weight, src, dst, g_ds.contiguous(),
-                 g_dv.contiguous(), g_vec, g_phi, g_v if g_v is not None else g_phi, g_w),
-                src.numel(), n_features, n_radial, cutoff_A, v is not None, config)
+        _launch(
+            "backward",
+            _edge_message_bwd_kernel,
+            (
+                vectors_A,
+                phi,
+                v if v is not None else phi,
+                radial_weight,
+                src,
+                dst,
+                g_ds.contiguous(),
+                g_dv.contiguous(),
+                g_vec,
+                g_phi,
+                g_v if g_v is not None else g_phi,
+                g_w,
+            ),
+            src.numel(),
+            n_features,
+            n_radial,
+            cutoff_A,
+            v is not None,
+            config,
+        )
     return g_phi, g_v, g_vec, g_w
 
 
@@ -317,15 +408,16 @@ class _EdgeMessageGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, gg_phi, gg_v, gg_vec, gg_w):
-        from mlff_distill.student.edge_message import edge_message_torch
-
         g_ds, g_dv, phi, v, vectors_A, radial_weight, src, dst = ctx.saved_tensors
         with torch.enable_grad():
-            leaves = [t.detach().requires_grad_(True) if t is not None else None
-                      for t in (g_ds, g_dv, phi, v, vectors_A, radial_weight)]
+            leaves = [
+                t.detach().requires_grad_(True) if t is not None else None
+                for t in (g_ds, g_dv, phi, v, vectors_A, radial_weight)
+            ]
             g_ds_, g_dv_, phi_, v_, vectors_, weight_ = leaves
-            ds, dv = edge_message_torch(phi_, v_, vectors_, weight_, src, dst, phi.shape[0], ctx.cutoff_A,
-                                        radial_weight.shape[0])
+            ds, dv = edge_message_torch(
+                phi_, v_, vectors_, weight_, src, dst, phi.shape[0], ctx.cutoff_A, radial_weight.shape[0]
+            )
             wrt = [t for t in (phi_, v_, vectors_, weight_) if t is not None]
             first = torch.autograd.grad((ds, dv), wrt, (g_ds_, g_dv_), create_graph=True)
             seeds = [g for g, t in zip((gg_phi, gg_v, gg_vec, gg_w), (phi_, v_, vectors_, weight_)) if t is not None]
@@ -348,9 +440,17 @@ class _EdgeMessage(torch.autograd.Function):
         ds = phi.new_zeros(n_atoms, n_features)
         dv = phi.new_zeros(n_atoms, 3, n_features)
         if src.numel() > 0 and n_features > 0:
-            _launch("forward", _edge_message_fwd_kernel,
-                    (vectors_A, phi, v if v is not None else phi, radial_weight, src, dst, ds, dv),
-                    src.numel(), n_features, n_radial, cutoff_A, v is not None, config)
+            _launch(
+                "forward",
+                _edge_message_fwd_kernel,
+                (vectors_A, phi, v if v is not None else phi, radial_weight, src, dst, ds, dv),
+                src.numel(),
+                n_features,
+                n_radial,
+                cutoff_A,
+                v is not None,
+                config,
+            )
         ctx.save_for_backward(phi, v, vectors_A, radial_weight, src, dst)
         ctx.cutoff_A, ctx.config = cutoff_A, config
         return ds, dv
@@ -358,16 +458,25 @@ class _EdgeMessage(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g_ds, g_dv):
         phi, v, vectors_A, radial_weight, src, dst = ctx.saved_tensors
-        g_phi, g_v, g_vec, g_w = _EdgeMessageGrad.apply(g_ds.contiguous(), g_dv.contiguous(), phi, v, vectors_A,
-                                                        radial_weight, src, dst, ctx.cutoff_A, ctx.config)
+        g_phi, g_v, g_vec, g_w = _EdgeMessageGrad.apply(
+            g_ds.contiguous(), g_dv.contiguous(), phi, v, vectors_A, radial_weight, src, dst, ctx.cutoff_A, ctx.config
+        )
         return g_phi, g_v, g_vec, g_w, None, None, None, None, None
 
 
-def edge_message_triton(phi: torch.Tensor, v: Optional[torch.Tensor], vectors_A: torch.Tensor,
-                        radial_weight: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, n_atoms: int,
-                        cutoff_A: float, n_radial: int, config: Optional[triton.Config] = None
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(ds [N, F], dv [N, 3, F])`` as `mlff_distill.student.edge_message.edge_message_torch`, fused in Triton.
+def edge_message_triton(
+    phi: torch.Tensor,
+    v: Optional[torch.Tensor],
+    vectors_A: torch.Tensor,
+    radial_weight: torch.Tensor,
+    src: torch.Tensor,
+    dst: torch.Tensor,
+    n_atoms: int,
+    cutoff_A: float,
+    n_radial: int,
+    config: Optional[triton.Config] = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(ds [N, F], dv [N, 3, F])`` as `mlff_distill.reference.edge_message.edge_message_torch`, fused in Triton.
 
     Arguments as there (``vectors_A`` in Angstrom, ``cutoff_A`` in Angstrom). Differentiable with
     respect to ``phi``, ``v``, ``vectors_A`` and ``radial_weight``, twice (the second time in
@@ -386,8 +495,9 @@ def edge_message_triton(phi: torch.Tensor, v: Optional[torch.Tensor], vectors_A:
     if vectors_A.dim() != 2 or vectors_A.shape[1] != 3:
         raise ValueError(f"vectors_A must be [E, 3], got {tuple(vectors_A.shape)}")
     if tuple(radial_weight.shape) != (n_radial, 3 * n_features):
-        raise ValueError(f"radial_weight must be [n_radial={n_radial}, {3 * n_features}], "
-                         f"got {tuple(radial_weight.shape)}")
+        raise ValueError(
+            f"radial_weight must be [n_radial={n_radial}, {3 * n_features}], got {tuple(radial_weight.shape)}"
+        )
     n_edges = vectors_A.shape[0]
     if src.shape != (n_edges,) or dst.shape != (n_edges,):
         raise ValueError(f"src and dst must be [E={n_edges}], got {tuple(src.shape)} and {tuple(dst.shape)}")
@@ -395,8 +505,18 @@ def edge_message_triton(phi: torch.Tensor, v: Optional[torch.Tensor], vectors_A:
         if tensor is not None and tensor.dtype != dtype:
             raise TypeError(f"{name} must have phi's dtype {dtype}, got {tensor.dtype}")
     if not (phi.is_cuda or INTERPRETED):
-        raise RuntimeError("Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before importing triton "
-                           "to run them on CPU in the interpreter")
-    return _EdgeMessage.apply(phi.contiguous(), v.contiguous() if v is not None else None, vectors_A.contiguous(),
-                              radial_weight.contiguous(), src.to(torch.long).contiguous(),
-                              dst.to(torch.long).contiguous(), int(n_atoms), float(cutoff_A), config)
+        raise RuntimeError(
+            "Triton kernels need CUDA tensors, or TRITON_INTERPRET=1 set before importing triton "
+            "to run them on CPU in the interpreter"
+        )
+    return _EdgeMessage.apply(
+        phi.contiguous(),
+        v.contiguous() if v is not None else None,
+        vectors_A.contiguous(),
+        radial_weight.contiguous(),
+        src.to(torch.long).contiguous(),
+        dst.to(torch.long).contiguous(),
+        int(n_atoms),
+        float(cutoff_A),
+        config,
+    )

@@ -12,8 +12,7 @@ from __future__ import annotations
 INDEX_BYTES = 8  # src and dst are int64
 
 
-def edge_message_bytes(n_edges: int, n_features: int, n_radial: int, itemsize: int, has_v: bool,
-                       backward: bool) -> int:
+def edge_message_bytes(n_edges: int, n_features: int, n_radial: int, itemsize: int, has_v: bool, backward: bool) -> int:
     """Bytes moved by one forward (``backward=False``) or one backward pass over ``n_edges`` edges."""
     f = n_features
     weights = n_radial * 3 * f * itemsize
@@ -22,7 +21,9 @@ def edge_message_bytes(n_edges: int, n_features: int, n_radial: int, itemsize: i
         per_edge = 3 * itemsize + 2 * INDEX_BYTES + (3 * f + (3 * f if has_v else 0) + f + 3 * f) * itemsize
         return n_edges * per_edge + weights
     # + g_ds[src] (F), g_dv[src] (3F); writes g_phi (3F), g_v (3F), g_vectors (3); g_w read-modify-write
-    per_edge = (3 * itemsize + 2 * INDEX_BYTES
-                + (3 * f + (3 * f if has_v else 0) + f + 3 * f + 3 * f + (3 * f if has_v else 0) + 3) * itemsize)
+    per_edge = (
+        3 * itemsize
+        + 2 * INDEX_BYTES
+        + (3 * f + (3 * f if has_v else 0) + f + 3 * f + 3 * f + (3 * f if has_v else 0) + 3) * itemsize
+    )
     return n_edges * per_edge + 2 * weights
-

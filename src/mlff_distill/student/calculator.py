@@ -17,6 +17,7 @@ from ase.stress import full_3x3_to_voigt_6_stress
 from mlff_distill.student.checkpoint import load_student
 from mlff_distill.student.model import StudentPotential, forces_and_stress
 from mlff_distill.student.neighbours import pairs_of_one_structure
+from mlff_distill.student.tuned_kernels import load_tuned_kernels
 
 # Below this many atoms one torch thread is faster than several (thread start-up and
 # synchronisation cost more than the small tensors' work).
@@ -40,7 +41,9 @@ def keep_freed_memory(threshold_bytes: int = KEEP_FREED_MEMORY_BYTES) -> bool:
         mallopt = ctypes.CDLL(None).mallopt  # the C library the process already uses
     except (OSError, AttributeError, TypeError):
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes))) and bool(mallopt(_M_TRIM_THRESHOLD, int(threshold_bytes)))
+    return bool(mallopt(_M_MMAP_THRESHOLD, int(threshold_bytes))) and bool(
+        mallopt(_M_TRIM_THRESHOLD, int(threshold_bytes))
+    )
 
 
 class StudentCalculator(Calculator):
@@ -74,9 +77,16 @@ class StudentCalculator(Calculator):
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
 
-    def __init__(self, model: Union[StudentPotential, str, Path], device: str = "cpu",
-                 threads: Optional[int] = None, keep_memory: bool = True, compiled: bool = False,
-                 tuned_kernels: Optional[Union[str, Path]] = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        model: Union[StudentPotential, str, Path],
+        device: str = "cpu",
+        threads: Optional[int] = None,
+        keep_memory: bool = True,
+        compiled: bool = False,
+        tuned_kernels: Optional[Union[str, Path]] = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if threads is not None and threads < 1:
             raise ValueError(f"threads must be a positive number of torch threads or None, got {threads}")
@@ -89,8 +99,6 @@ class StudentCalculator(Calculator):
         if keep_memory and self.device.type == "cpu":
             keep_freed_memory()
         if tuned_kernels is not None:
-            from mlff_distill.inference_path import load_tuned_kernels
-
             chosen = load_tuned_kernels(tuned_kernels)["chosen_path"]
             if chosen == "triton" and self.device.type == "cuda":
                 self.model.radial_backend = "triton"
@@ -99,8 +107,9 @@ class StudentCalculator(Calculator):
         self._compute = functools.partial(energy_forces_stress_of_pairs, self.model, functional=False)
         if compiled and self.inference_path == "eager":
             self.threads = 1 if threads is None else threads
-            self._compute = torch.compile(functools.partial(energy_forces_stress_of_pairs, self.model,
-                                                            functional=True), dynamic=True)
+            self._compute = torch.compile(
+                functools.partial(energy_forces_stress_of_pairs, self.model, functional=True), dynamic=True
+            )
             self.inference_path = "torch_compile"
 
     def threads_for(self, n_atoms: int) -> int:
@@ -130,17 +139,28 @@ class StudentCalculator(Calculator):
         if with_stress:
             self.results["stress"] = full_3x3_to_voigt_6_stress(stress[0].cpu().numpy().astype(np.float64))
 
-    def _energy_forces_stress(self, atoms: Atoms, with_stress: bool
-                              ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    def _energy_forces_stress(
+        self, atoms: Atoms, with_stress: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Energy ``[1]`` (eV), forces ``[N, 3]`` (eV/Angstrom), stress ``[1, 3, 3]`` or None of ``atoms``."""
         device = self.device
-        src, dst, shifts = (t.to(device) for t in pairs_of_one_structure(
-            atoms.positions, atoms.cell.array, atoms.pbc, self.model.cutoff_A))
+        src, dst, shifts = (
+            t.to(device)
+            for t in pairs_of_one_structure(atoms.positions, atoms.cell.array, atoms.pbc, self.model.cutoff_A)
+        )
         species = self.model.species_indices(torch.as_tensor(atoms.numbers, device=device))
         batch = torch.zeros(len(atoms), dtype=torch.long, device=device)
         atom_energy, forces, stress = self._compute(
-            species, torch.as_tensor(atoms.positions, device=device), torch.as_tensor(atoms.cell.array, device=device),
-            torch.as_tensor(atoms.pbc, device=device), src, dst, shifts, batch, with_stress)
+            species,
+            torch.as_tensor(atoms.positions, device=device),
+            torch.as_tensor(atoms.cell.array, device=device),
+            torch.as_tensor(atoms.pbc, device=device),
+            src,
+            dst,
+            shifts,
+            batch,
+            with_stress,
+        )
         # The float64 sum stays outside torch.compile (Inductor's CPU codegen fails on a float64 scatter).
         return self.model.structure_energies(atom_energy, species, batch, 1), forces, stress
 
@@ -171,9 +191,11 @@ def energy_forces_stress_of_pairs(
     whose autograd functions ``torch.func`` does not differentiate).
     """
     dtype = model.embedding.weight.dtype
-    vectors = (positions_A.index_select(0, dst) - positions_A.index_select(0, src)
-               + shifts.to(positions_A.dtype) @ cell_A).to(dtype)
+    vectors = (
+        positions_A.index_select(0, dst) - positions_A.index_select(0, src) + shifts.to(positions_A.dtype) @ cell_A
+    ).to(dtype)
     if functional:
+
         def learned_energy(edge_vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             atom_energy = model.learned_atom_energies(species, src, dst, edge_vectors)
             return atom_energy.sum(), atom_energy
@@ -184,6 +206,7 @@ def energy_forces_stress_of_pairs(
         atom_energy = model.learned_atom_energies(species, src, dst, vectors)
         (edge_gradient,) = torch.autograd.grad(atom_energy.sum(), vectors)
         atom_energy, vectors = atom_energy.detach(), vectors.detach()
-    forces, stress = forces_and_stress(edge_gradient, vectors, src, dst, batch, cell_A.to(dtype)[None], pbc[None], 1,
-                                       compute_stress)
+    forces, stress = forces_and_stress(
+        edge_gradient, vectors, src, dst, batch, cell_A.to(dtype)[None], pbc[None], 1, compute_stress
+    )
     return atom_energy, forces, stress

@@ -45,8 +45,9 @@ def concatenate(parts: Sequence[LabeledArrays]) -> LabeledArrays:
         pbc=np.concatenate([part.pbc for part in parts]),
         stress_eV_per_A3=np.concatenate([part.stress_eV_per_A3 for part in parts]) if with_stress else None,
         hessian_direction=np.concatenate([part.hessian_direction for part in parts]) if with_hessian else None,
-        hessian_product_eV_per_A2=(np.concatenate([part.hessian_product_eV_per_A2 for part in parts])
-                                   if with_hessian else None),
+        hessian_product_eV_per_A2=(
+            np.concatenate([part.hessian_product_eV_per_A2 for part in parts]) if with_hessian else None
+        ),
     )
 
 
@@ -56,9 +57,14 @@ class StructureBlocks(torch.utils.data.Dataset):
     Build with `in_memory` (one block) or `from_store`.
     """
 
-    def __init__(self, n_structures: int, data: Optional[LabeledArrays] = None,
-                 store_path: Optional[Path] = None, split: Optional[str] = None,
-                 ranges: Sequence[tuple[int, int]] = ()) -> None:
+    def __init__(
+        self,
+        n_structures: int,
+        data: Optional[LabeledArrays] = None,
+        store_path: Optional[Path] = None,
+        split: Optional[str] = None,
+        ranges: Sequence[tuple[int, int]] = (),
+    ) -> None:
         self.n_structures = n_structures
         self._data, self._store_path, self._split, self._ranges = data, store_path, split, list(ranges)
 
@@ -68,8 +74,9 @@ class StructureBlocks(torch.utils.data.Dataset):
         return cls(data.n_structures, data=data)
 
     @classmethod
-    def from_store(cls, store_path: Union[str, Path], split: str, max_in_memory_bytes: float,
-                   block_atoms: Optional[int] = None) -> "StructureBlocks":
+    def from_store(
+        cls, store_path: Union[str, Path], split: str, max_in_memory_bytes: float, block_atoms: Optional[int] = None
+    ) -> "StructureBlocks":
         """Split ``split`` of the store: in memory if it takes at most ``max_in_memory_bytes``,
         else read block by block, each block holding the structures whose first atom lies in one
         stretch of ``block_atoms`` atoms (default: the chunk length of the per-atom arrays).
@@ -128,8 +135,13 @@ class BlockSampler(torch.utils.data.Sampler):
         return iter(torch.randperm(self.n_blocks, generator=self.generator).tolist())
 
 
-def shuffled_batches(dataset: StructureBlocks, batch_size: int, generator: torch.Generator,
-                     buffer_blocks: int, keep: Optional[Callable[[int], bool]] = None) -> Iterator[LabeledArrays]:
+def shuffled_batches(
+    dataset: StructureBlocks,
+    batch_size: int,
+    generator: torch.Generator,
+    buffer_blocks: int,
+    keep: Optional[Callable[[int], bool]] = None,
+) -> Iterator[LabeledArrays]:
     """One epoch of batches of ``batch_size`` structures (the last may be smaller).
 
     With ``keep``, only the batches whose number ``i`` (from 0, in epoch order) has ``keep(i)`` are
@@ -145,7 +157,7 @@ def shuffled_batches(dataset: StructureBlocks, batch_size: int, generator: torch
     leftover: list[LabeledArrays] = []
     number = 0
     for first in range(0, len(order), buffer_blocks):
-        pool = concatenate(leftover + [dataset[i] for i in order[first:first + buffer_blocks]])
+        pool = concatenate(leftover + [dataset[i] for i in order[first : first + buffer_blocks]])
         batches = torch.randperm(pool.n_structures, generator=generator).split(batch_size)
         last_pool = first + buffer_blocks >= len(order)
         if not last_pool and batches and len(batches[-1]) < batch_size:

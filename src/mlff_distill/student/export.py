@@ -44,12 +44,19 @@ class _ExportedStudent(nn.Module):
     ) -> dict[str, torch.Tensor]:
         atoms_ptr = torch.tensor([0, numbers.shape[0]], dtype=torch.long)
         out = self.batch(numbers, positions_A, cell_A.reshape(1, 3, 3), pbc.reshape(1, 3), atoms_ptr)
-        return {"energy_eV": out["energy_eV"][0], "forces_eV_per_A": out["forces_eV_per_A"],
-                "stress_eV_per_A3": out["stress_eV_per_A3"][0]}
+        return {
+            "energy_eV": out["energy_eV"][0],
+            "forces_eV_per_A": out["forces_eV_per_A"],
+            "stress_eV_per_A3": out["stress_eV_per_A3"][0],
+        }
 
     @torch.jit.export
     def batch(
-        self, numbers: torch.Tensor, positions_A: torch.Tensor, cell_A: torch.Tensor, pbc: torch.Tensor,
+        self,
+        numbers: torch.Tensor,
+        positions_A: torch.Tensor,
+        cell_A: torch.Tensor,
+        pbc: torch.Tensor,
         atoms_ptr: torch.Tensor,
     ) -> dict[str, torch.Tensor]:
         """Energies ``[B]``, forces ``[M, 3]`` and stresses ``[B, 3, 3]`` of a batch."""

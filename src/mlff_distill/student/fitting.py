@@ -10,7 +10,6 @@ import copy
 import math
 import statistics
 import time
-from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mlff_distill.data import LabeledArrays
+from mlff_distill.settings import TrainSettings
 from mlff_distill.student.dataset import StructureBlocks, shuffled_batches
 from mlff_distill.student.loss import BatchLoss, stress_mask
 from mlff_distill.student.model import StudentPotential, energy_forces_stress
@@ -58,47 +58,6 @@ def stress_rms(data: Union[LabeledArrays, StructureBlocks]) -> float:
         labels = block.stress_eV_per_A3[stress_mask(block)] if block.stress_eV_per_A3 is not None else np.zeros(0)
         total, count = total + float((labels**2).sum()), count + labels.size
     return math.sqrt(total / count) if count else 0.0
-
-
-@dataclass
-class TrainSettings:
-    """Hyperparameters of `train_student`.
-
-    The learning rate rises linearly over ``warmup_epochs`` and then follows a cosine down to
-    ``final_lr_fraction * learning_rate`` at the last epoch (updated every step). ``ema_decay`` is
-    the per-step decay of an exponential moving average of the weights (0 = off); when on,
-    validation and the returned model use the averaged weights. ``max_minutes`` caps the
-    wall-clock time of training after its first step, which compiles the loss (about a minute
-    on 2 CPU cores with an empty TorchInductor cache, a few seconds with a warm one); when the
-    measured time per epoch says fewer than ``epochs`` fit, the cosine is shortened to end with
-    the time (the run is then no longer reproducible to the bit). ``patience`` is the number of
-    epochs without a better validation loss
-    (``None`` = no limit); either stops training after a validation. ``stress_weight`` weighs the
-    MSE of the stress components of periodic structures divided by the training set's RMS stress
-    (dimensionless). ``shuffle_buffer_blocks`` is the number of store blocks pooled and shuffled
-    together (see `mlff_distill.student.dataset.shuffled_batches`). ``compile`` compiles the
-    training loss with ``torch.compile`` (`mlff_distill.student.loss.BatchLoss`). ``hessian_weight``
-    weighs the MSE of the Hessian-vector products (eV/Angstrom^2) against the teacher's (needs
-    training data with Hessian labels).
-    """
-
-    epochs: int = 100
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    weight_decay: float = 1e-5
-    energy_weight: float = 1.0
-    force_weight: float = 10.0
-    stress_weight: float = 1.0
-    warmup_epochs: int = 2
-    ema_decay: float = 0.99
-    grad_clip: float = 10.0
-    seed: int = 0
-    max_minutes: Optional[float] = None
-    patience: Optional[int] = None
-    final_lr_fraction: float = 0.01
-    shuffle_buffer_blocks: int = 8
-    compile: bool = False
-    hessian_weight: float = 0.0
 
 
 def structure_tensors(data: LabeledArrays, device: torch.device) -> dict[str, torch.Tensor]:
@@ -146,8 +105,21 @@ def _validation_metrics(
 ) -> dict[str, float]:
     """Validation errors accumulated block by block; stress metrics only if ``val`` has stress labels.
     In a process group each process predicts every size-th structure and the sums are shared."""
-    sums = dict.fromkeys(["n_structures", "energy_abs", "energy_sq", "n_force", "force_abs", "force_sq",
-                          "force_ref_sq", "n_stress", "stress_sq", "stress_ref_sq"], 0.0)
+    sums = dict.fromkeys(
+        [
+            "n_structures",
+            "energy_abs",
+            "energy_sq",
+            "n_force",
+            "force_abs",
+            "force_sq",
+            "force_ref_sq",
+            "n_stress",
+            "stress_sq",
+            "stress_ref_sq",
+        ],
+        0.0,
+    )
     rank, size = world()
     for block in val.blocks():
         if size > 1:
@@ -205,11 +177,25 @@ def train_student(
     train: Union[LabeledArrays, StructureBlocks],
     val: Union[LabeledArrays, StructureBlocks],
     settings: TrainSettings,
+    seed: int,
     on_epoch: Optional[Callable[[int, dict[str, float]], None]] = None,
     resume_from: Optional[dict[str, Any]] = None,
     on_state: Optional[Callable[[dict[str, Any]], None]] = None,
 ) -> dict[str, Any]:
     """Fit ``model`` in place to energies, forces and stresses of ``train``; validate on ``val`` each epoch.
+
+    ``settings``: the ``train:`` section (config/README.md); its ``threads``, ``processes``,
+    ``resume`` and ``in_memory_max_GB`` belong to the caller (`mlff_distill.student.training`).
+    The learning rate rises linearly over ``warmup_epochs`` and then follows a cosine down to
+    ``final_lr_fraction * learning_rate`` at the last epoch (updated every step). ``ema_decay`` is
+    the per-step decay of an exponential moving average of the weights (0 = off); when on,
+    validation and the returned model use the averaged weights. ``max_minutes`` caps the
+    wall-clock time of training after its first step, which compiles the loss; when the measured
+    time per epoch says fewer than ``epochs`` fit, the cosine is shortened to end with the time
+    (the run is then no longer reproducible to the bit). ``patience`` is the number of epochs
+    without a better validation loss (``None`` = no limit); either stops training after a
+    validation. ``compile`` compiles the training loss with ``torch.compile``
+    (`mlff_distill.student.loss.BatchLoss`).
 
     Loss: ``energy_weight * MSE(energy per atom, eV) + force_weight * MSE(force components,
     eV/Angstrom) + stress_weight * MSE(stress components / RMS training stress) + hessian_weight *
@@ -239,17 +225,22 @@ def train_student(
     """
     train, val = _as_blocks(train), _as_blocks(val)
     if train.n_structures == 0 or val.n_structures == 0:
-        raise ValueError(f"train_student needs structures in both splits; got {train.n_structures} training "
-                         f"and {val.n_structures} validation structures")
+        raise ValueError(
+            f"train_student needs structures in both splits; got {train.n_structures} training "
+            f"and {val.n_structures} validation structures"
+        )
     if settings.hessian_weight > 0 and not train[0].has_hessian:
-        raise ValueError("hessian_weight > 0 needs Hessian-vector labels in the training data: label the "
-                         "structures with label.hessian_step_A set")
-    torch.manual_seed(settings.seed)
-    generator = torch.Generator().manual_seed(settings.seed)
+        raise ValueError(
+            "hessian_weight > 0 needs Hessian-vector labels in the training data: label the "
+            "structures with label.hessian_step_A set"
+        )
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     # Fused: one kernel for all parameters (0.16 ms a step for the default student on a CPU core,
     # against 0.56 ms for the per-parameter loop); the gradient clipping likewise uses foreach.
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay,
-                                  fused=True)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay, fused=True
+    )
     # In a process group (`mlff_distill.student.parallel`) each process takes every size-th batch,
     # and the last batches that not every process would get are left out of the epoch.
     rank, size = world()
@@ -274,8 +265,14 @@ def train_student(
         ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(settings.ema_decay))
     evaluated = ema.module if ema is not None else model
     stress_scale = stress_rms(train) if settings.stress_weight > 0 else 0.0
-    batch_loss = BatchLoss(settings.energy_weight, settings.force_weight, settings.stress_weight, stress_scale,
-                           settings.compile, settings.hessian_weight)
+    batch_loss = BatchLoss(
+        settings.energy_weight,
+        settings.force_weight,
+        settings.stress_weight,
+        stress_scale,
+        settings.compile,
+        settings.hessian_weight,
+    )
 
     history: dict[str, Any] = {"epochs": [], "best_epoch": 0, "best_val_loss": math.inf, "stop_reason": "epochs"}
     best_state, first_epoch, elapsed = None, 1, 0.0
@@ -324,7 +321,10 @@ def train_student(
         if metrics["val_loss"] < history["best_val_loss"]:
             history["best_epoch"], history["best_val_loss"] = epoch, metrics["val_loss"]
             best_state = copy.deepcopy(evaluated.state_dict())
-        seconds, seconds_left = time.monotonic() - epoch_start, 60 * (settings.max_minutes or 0) - (time.monotonic() - start_time)
+        seconds, seconds_left = (
+            time.monotonic() - epoch_start,
+            60 * (settings.max_minutes or 0) - (time.monotonic() - start_time),
+        )
         if size > 1:
             seconds, seconds_left = agree_on_time(seconds, seconds_left)
         epoch_seconds.append(seconds)
@@ -338,14 +338,24 @@ def train_student(
         if stop is not None:
             history["stop_reason"] = stop
         if on_state is not None:
-            on_state(copy.deepcopy({
-                "epoch": epoch, "finished": stop is not None or epoch == settings.epochs,
-                "model": model.state_dict(), "ema": ema.state_dict() if ema is not None else None,
-                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                "history": history, "best_state": best_state, "elapsed_s": time.monotonic() - start_time,
-                "horizon_epochs": horizon_epochs[0],
-            }))
+            on_state(
+                copy.deepcopy(
+                    {
+                        "epoch": epoch,
+                        "finished": stop is not None or epoch == settings.epochs,
+                        "model": model.state_dict(),
+                        "ema": ema.state_dict() if ema is not None else None,
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "generator": generator.get_state(),
+                        "torch_rng": torch.get_rng_state(),
+                        "history": history,
+                        "best_state": best_state,
+                        "elapsed_s": time.monotonic() - start_time,
+                        "horizon_epochs": horizon_epochs[0],
+                    }
+                )
+            )
         if stop is not None:
             break
 

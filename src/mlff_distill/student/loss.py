@@ -29,6 +29,7 @@ from typing import Callable, Optional
 
 import numpy as np
 import torch
+from torch._dynamo.utils import counters
 
 from mlff_distill.data import LabeledArrays
 from mlff_distill.student.model import StudentPotential, forces_and_stress
@@ -37,8 +38,12 @@ from mlff_distill.student.neighbours import edge_vectors
 logger = logging.getLogger(__name__)
 
 # Counters of torch._dynamo.utils.counters that say whether a compilation came from the cache.
-CACHE_COUNTERS = (("aot_autograd", "autograd_cache_hit"), ("aot_autograd", "autograd_cache_miss"),
-                  ("inductor", "fxgraph_cache_hit"), ("inductor", "fxgraph_cache_miss"))
+CACHE_COUNTERS = (
+    ("aot_autograd", "autograd_cache_hit"),
+    ("aot_autograd", "autograd_cache_miss"),
+    ("inductor", "fxgraph_cache_hit"),
+    ("inductor", "fxgraph_cache_miss"),
+)
 
 
 def stress_mask(data: LabeledArrays) -> np.ndarray:
@@ -48,8 +53,9 @@ def stress_mask(data: LabeledArrays) -> np.ndarray:
     return data.pbc.all(axis=1) & np.isfinite(data.stress_eV_per_A3).all(axis=(1, 2))
 
 
-def loss_inputs(model: StudentPotential, batch: LabeledArrays, with_stress: bool,
-                with_hessian: bool = False) -> dict[str, torch.Tensor]:
+def loss_inputs(
+    model: StudentPotential, batch: LabeledArrays, with_stress: bool, with_hessian: bool = False
+) -> dict[str, torch.Tensor]:
     """The tensors `weighted_loss` needs for ``batch``, on the model's device and in its dtype
     (with ``with_hessian``, the batch's Hessian directions as changes of the edge vectors and the
     teacher's products as the target).
@@ -68,9 +74,14 @@ def loss_inputs(model: StudentPotential, batch: LabeledArrays, with_stress: bool
     src, dst, vectors = edge_vectors(positions, cell, pbc, atoms_ptr, model.cutoff_A)
     species = model.species_indices(torch.as_tensor(batch.numbers, device=device))
     reference = torch.zeros(len(n_atoms), dtype=torch.float64, device=device).index_add_(
-        0, atom_batch, model.reference_energies_eV.double()[species])
+        0, atom_batch, model.reference_energies_eV.double()[species]
+    )
     inputs = {
-        "species": species, "vectors": vectors.to(dtype), "src": src, "dst": dst, "atom_batch": atom_batch,
+        "species": species,
+        "vectors": vectors.to(dtype),
+        "src": src,
+        "dst": dst,
+        "atom_batch": atom_batch,
         "n_atoms": n_atoms.to(dtype),
         "learned_energy_target": (torch.as_tensor(batch.energy_eV, device=device) - reference).to(dtype),
         "forces_target": torch.as_tensor(batch.forces_eV_per_A, dtype=dtype, device=device),
@@ -78,15 +89,20 @@ def loss_inputs(model: StudentPotential, batch: LabeledArrays, with_stress: bool
     if with_stress:
         mask = stress_mask(batch)
         stress = np.where(mask[:, None, None], np.nan_to_num(batch.stress_eV_per_A3), 0.0)
-        inputs.update(cell=cell.to(dtype), pbc=pbc, stress_target=torch.as_tensor(stress, dtype=dtype, device=device),
-                      stress_mask=torch.as_tensor(mask, device=device))
+        inputs.update(
+            cell=cell.to(dtype),
+            pbc=pbc,
+            stress_target=torch.as_tensor(stress, dtype=dtype, device=device),
+            stress_mask=torch.as_tensor(mask, device=device),
+        )
     if with_hessian:
         if not batch.has_hessian:
             raise ValueError("the Hessian loss needs Hessian-vector labels (label.hessian_step_A)")
         direction = torch.as_tensor(batch.hessian_direction, dtype=dtype, device=device)
-        inputs.update(hessian_tangent=direction[dst] - direction[src],
-                      hessian_product_target=torch.as_tensor(batch.hessian_product_eV_per_A2, dtype=dtype,
-                                                             device=device))
+        inputs.update(
+            hessian_tangent=direction[dst] - direction[src],
+            hessian_product_target=torch.as_tensor(batch.hessian_product_eV_per_A2, dtype=dtype, device=device),
+        )
     return inputs
 
 
@@ -126,27 +142,35 @@ def weighted_loss(
     if hessian_tangent is None:
         edge_gradient, atom_energy = edge_gradient_of(vectors)
     else:
-        def directional_derivative(edge_vectors: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+
+        def directional_derivative(
+            edge_vectors: torch.Tensor,
+        ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
             edge_gradient, atom_energy = edge_gradient_of(edge_vectors)
             return (edge_gradient * hessian_tangent).sum(), (edge_gradient, atom_energy)
 
         # The gradient of the energy's directional derivative is the Hessian times the direction.
-        edge_hessian_product, (edge_gradient, atom_energy) = torch.func.grad(
-            directional_derivative, has_aux=True)(vectors)
+        edge_hessian_product, (edge_gradient, atom_energy) = torch.func.grad(directional_derivative, has_aux=True)(
+            vectors
+        )
     n_structures = learned_energy_target.shape[0]
-    forces, stress = forces_and_stress(edge_gradient, vectors, src, dst, atom_batch, cell, pbc, n_structures,
-                                       stress_target is not None)
+    forces, stress = forces_and_stress(
+        edge_gradient, vectors, src, dst, atom_batch, cell, pbc, n_structures, stress_target is not None
+    )
     energy = torch.zeros_like(learned_energy_target).index_add(0, atom_batch, atom_energy)
-    loss = (energy_weight * (((energy - learned_energy_target) / n_atoms) ** 2).mean()
-            + force_weight * ((forces - forces_target) ** 2).mean())
+    loss = (
+        energy_weight * (((energy - learned_energy_target) / n_atoms) ** 2).mean()
+        + force_weight * ((forces - forces_target) ** 2).mean()
+    )
     if stress is not None and stress_target is not None and stress_mask is not None:
         squared = torch.where(stress_mask[:, None, None], stress - stress_target, 0.0) ** 2
         loss = loss + stress_weight * squared.sum() / (9 * stress_mask.sum())
     if hessian_tangent is not None and hessian_product_target is not None:
         # Forces are linear in the edge gradient, so the same map of its directional derivative
         # gives the derivative of the forces along the direction: minus the Hessian-vector product.
-        force_derivative, _ = forces_and_stress(edge_hessian_product, vectors, src, dst, atom_batch, cell, pbc,
-                                                n_structures, False)
+        force_derivative, _ = forces_and_stress(
+            edge_hessian_product, vectors, src, dst, atom_batch, cell, pbc, n_structures, False
+        )
         loss = loss + hessian_weight * ((force_derivative + hessian_product_target) ** 2).mean()
     return loss
 
@@ -162,30 +186,40 @@ class BatchLoss:
     used when ``hessian_weight`` is positive (every batch must then hold Hessian labels).
     """
 
-    def __init__(self, energy_weight: float, force_weight: float, stress_weight: float,
-                 stress_scale_eV_per_A3: float, compile: bool, hessian_weight: float = 0.0) -> None:
+    def __init__(
+        self,
+        energy_weight: float,
+        force_weight: float,
+        stress_weight: float,
+        stress_scale_eV_per_A3: float,
+        compile: bool,
+        hessian_weight: float = 0.0,
+    ) -> None:
         self.weights = {"energy_weight": energy_weight, "force_weight": force_weight}
         if hessian_weight > 0:
             self.weights["hessian_weight"] = hessian_weight
-        self.scaled_stress_weight = (stress_weight / stress_scale_eV_per_A3**2
-                                     if stress_weight > 0 and stress_scale_eV_per_A3 > 0 else 0.0)
+        self.scaled_stress_weight = (
+            stress_weight / stress_scale_eV_per_A3**2 if stress_weight > 0 and stress_scale_eV_per_A3 > 0 else 0.0
+        )
         self._function: Callable[..., torch.Tensor] = (
-            torch.compile(weighted_loss, dynamic=True) if compile else weighted_loss)
+            torch.compile(weighted_loss, dynamic=True) if compile else weighted_loss
+        )
         self.compiled = compile
         self._first_call_done = not compile
 
     def _first_call(self, model: StudentPotential, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """The call that compiles: logs its time and TorchInductor's cache hits and misses (a
-        warm cache, see `mlff_distill.precompile`, takes seconds instead of about a minute)."""
-        from torch._dynamo.utils import counters
-
+        warm cache, see `mlff_distill.student.compilation`, takes seconds instead of about a minute)."""
         start = time.perf_counter()
         loss = self._function(model, **inputs, **self.weights)
         self._first_call_done = True
         cache = {name: counters[group][name] for group, name in CACHE_COUNTERS}
-        logger.info("compiled the training loss in %.1f s (TorchInductor cache %s: %s)", time.perf_counter() - start,
-                    os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default directory"),
-                    ", ".join(f"{name} {count}" for name, count in cache.items()))
+        logger.info(
+            "compiled the training loss in %.1f s (TorchInductor cache %s: %s)",
+            time.perf_counter() - start,
+            os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default directory"),
+            ", ".join(f"{name} {count}" for name, count in cache.items()),
+        )
         return loss
 
     def __call__(self, model: StudentPotential, batch: LabeledArrays) -> torch.Tensor:
@@ -200,7 +234,10 @@ class BatchLoss:
         except Exception as error:  # compiler missing or failing: train eager instead
             if not self.compiled:
                 raise
-            logger.warning("torch.compile of the training loss failed (%s: %s); training eager",
-                           type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+            logger.warning(
+                "torch.compile of the training loss failed (%s: %s); training eager",
+                type(error).__name__,
+                str(error).splitlines()[0] if str(error) else "",
+            )
             self._function, self.compiled, self._first_call_done = weighted_loss, False, True
             return weighted_loss(model, **inputs, **self.weights)

@@ -4,7 +4,7 @@ Why PaiNN (Schütt et al. 2021) rather than SchNet: the vector features carry di
 information, which gives clearly better forces at the same width and depth, while the cost stays
 that of a few ``[E, 3, F]`` elementwise products and scatter-adds per layer (no spherical
 harmonics or tensor products). The scalar filters of all layers come from one linear map of the
-Bessel-cosine radial basis (`mlff_distill.student.radial`); since that basis already goes smoothly
+Bessel-cosine radial basis (`mlff_distill.reference.radial`); since that basis already goes smoothly
 to zero at the cutoff and the map has no bias, energies and forces are smooth at the cutoff.
 
 Units: positions and cells in Angstrom, energies in eV, forces in eV/Angstrom, stress in
@@ -18,9 +18,10 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from mlff_distill.student.edge_message import edge_messages_from_basis
+from mlff_distill.reference.edge_message import edge_messages_from_basis
+from mlff_distill.reference.radial import bessel_cosine_basis
+from mlff_distill.student.edge_message import edge_message
 from mlff_distill.student.neighbours import edge_vectors
-from mlff_distill.student.radial import bessel_cosine_basis
 
 
 def _mlp(n_in: int, n_hidden: int, n_out: int) -> nn.Sequential:
@@ -55,12 +56,14 @@ class _Interaction(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(s, v)`` after this block's messages (`edge_messages_from_basis`) and its per-atom update."""
         v_in: Optional[torch.Tensor] = None if vectors_are_zero else v
-        ds, dv = edge_messages_from_basis(self.message(s), v_in, basis, radial_weight, edge_unit, edge_src,
-                                          edge_dst, s.shape[0])
+        ds, dv = edge_messages_from_basis(
+            self.message(s), v_in, basis, radial_weight, edge_unit, edge_src, edge_dst, s.shape[0]
+        )
         return self.update_atoms(s, v, ds, dv)
 
-    def update_atoms(self, s: torch.Tensor, v: torch.Tensor, ds: torch.Tensor,
-                     dv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update_atoms(
+        self, s: torch.Tensor, v: torch.Tensor, ds: torch.Tensor, dv: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The per-atom part of the block: add the summed messages, then PaiNN's update."""
         s = s + ds
         v = v + dv
@@ -155,25 +158,34 @@ class StudentPotential(nn.Module):
         return index
 
     @torch.jit.unused
-    def _triton_features(self, species: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
-                         vectors: torch.Tensor) -> torch.Tensor:
+    def _triton_features(
+        self, species: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, vectors: torch.Tensor
+    ) -> torch.Tensor:
         """Scalar features after the interactions, with the fused Triton edge-message kernels
         (`mlff_distill.kernels.edge_message`: distance, basis, filter, product and scatter in one
         pass over the edges, forward and backward)."""
-        from mlff_distill.student.edge_message import edge_message
-
         weights = self.radial_filter.weight.split(3 * self.n_features, dim=0)
         s = self.embedding(species)
         v = s.new_zeros(len(s), 3, self.n_features)
         for layer, interaction in enumerate(self.interactions):
-            ds, dv = edge_message(interaction.message(s), None if layer == 0 else v, vectors,
-                                  weights[layer].t(), src, dst, len(s), self.cutoff_A, self.n_radial,
-                                  backend="triton")
+            ds, dv = edge_message(
+                interaction.message(s),
+                None if layer == 0 else v,
+                vectors,
+                weights[layer].t(),
+                src,
+                dst,
+                len(s),
+                self.cutoff_A,
+                self.n_radial,
+                backend="triton",
+            )
             s, v = interaction.update_atoms(s, v, ds, dv)
         return s
 
-    def learned_atom_energies(self, species: torch.Tensor, src: torch.Tensor, dst: torch.Tensor,
-                              vectors: torch.Tensor) -> torch.Tensor:
+    def learned_atom_energies(
+        self, species: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, vectors: torch.Tensor
+    ) -> torch.Tensor:
         """The learned part of the atoms' energies ``[N]`` (eV, model dtype, reference energies not
         included) from the species indices (`species_indices`), the edges and their vectors (Angstrom)."""
         if self.radial_backend == "triton" and not torch.jit.is_scripting():
@@ -188,12 +200,15 @@ class StudentPotential(nn.Module):
             for layer, interaction in enumerate(self.interactions):
                 s, v = interaction(s, v, basis, weights[layer], units, src, dst, vectors_are_zero=layer == 0)
         else:
-            raise ValueError("unknown radial_backend '" + self.radial_backend + "'; use 'torch' or 'triton' "
-                             "(TorchScript: 'torch' only)")
+            raise ValueError(
+                "unknown radial_backend '" + self.radial_backend + "'; use 'torch' or 'triton' "
+                "(TorchScript: 'torch' only)"
+            )
         return self.readout(s).squeeze(-1) * self.energy_scale_eV.to(s.dtype)
 
-    def structure_energies(self, atom_energy: torch.Tensor, species: torch.Tensor, batch: torch.Tensor,
-                           n_structures: int) -> torch.Tensor:
+    def structure_energies(
+        self, atom_energy: torch.Tensor, species: torch.Tensor, batch: torch.Tensor, n_structures: int
+    ) -> torch.Tensor:
         """Energies ``[B]`` (eV, float64): the learned ``atom_energy [N]`` plus the reference energies,
         summed per structure in float64 so that float32 models do not lose total-energy precision."""
         atom_energy = atom_energy.double() + self.reference_energies_eV.double()[species]
@@ -209,8 +224,9 @@ class StudentPotential(nn.Module):
         n_structures: int,
     ) -> torch.Tensor:
         """Energies ``[B]`` (eV, float64) from the species indices and edge vectors (Angstrom)."""
-        return self.structure_energies(self.learned_atom_energies(species, src, dst, vectors), species, batch,
-                                       n_structures)
+        return self.structure_energies(
+            self.learned_atom_energies(species, src, dst, vectors), species, batch, n_structures
+        )
 
     def forward(
         self,
@@ -280,8 +296,9 @@ class StudentPotential(nn.Module):
             energy = energy.detach()
         edge_gradient = gradients[0]
         assert edge_gradient is not None
-        forces, stress = forces_and_stress(edge_gradient, vectors.detach(), src, dst, batch, cell, pbc,
-                                           n_structures, compute_stress)
+        forces, stress = forces_and_stress(
+            edge_gradient, vectors.detach(), src, dst, batch, cell, pbc, n_structures, compute_stress
+        )
         return energy, forces, stress
 
 

@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 import torch
+from vesin import NeighborList
 
 ALL_PAIRS_MAX_CANDIDATES = 1 << 16
 
@@ -122,14 +123,17 @@ def _cell_list(
     # Candidate points: every atom under every shift of its structure, kept near the cell.
     point_atom, shift_index = _ragged_arange(n_shifts[batch])
     width = 2 * n_images[batch[point_atom]] + 1
-    shifts = torch.stack(
-        [
-            shift_index // (width[:, 1] * width[:, 2]),
-            (shift_index // width[:, 2]) % width[:, 1],
-            shift_index % width[:, 2],
-        ],
-        dim=1,
-    ) - n_images[batch[point_atom]]
+    shifts = (
+        torch.stack(
+            [
+                shift_index // (width[:, 1] * width[:, 2]),
+                (shift_index // width[:, 2]) % width[:, 1],
+                shift_index % width[:, 2],
+            ],
+            dim=1,
+        )
+        - n_images[batch[point_atom]]
+    )
     point_fractional = fractional[point_atom] + shifts
     point_padding = padding[batch[point_atom]]
     keep = ((point_fractional >= -point_padding) & (point_fractional < 1 + point_padding)).all(1)
@@ -168,7 +172,10 @@ def _cell_list(
 
 
 def edge_vectors(
-    positions_A: torch.Tensor, cell_A: torch.Tensor, pbc: torch.Tensor, atoms_ptr: torch.Tensor,
+    positions_A: torch.Tensor,
+    cell_A: torch.Tensor,
+    pbc: torch.Tensor,
+    atoms_ptr: torch.Tensor,
     cutoff_A: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pairs within the cutoff and their vectors ``r_dst + shifts @ cell - r_src`` (Angstrom).
@@ -186,19 +193,23 @@ def edge_vectors(
     return src, dst, positions_A.index_select(0, dst) - positions_A.index_select(0, src) + image
 
 
-
-def pairs_of_one_structure(positions_A: np.ndarray, cell_A: np.ndarray, pbc: np.ndarray,
-                           cutoff_A: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pairs_of_one_structure(
+    positions_A: np.ndarray, cell_A: np.ndarray, pbc: np.ndarray, cutoff_A: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """`neighbour_list` of one structure (NumPy inputs, Angstrom) by vesin's C++ cell list.
 
     Same pairs and conventions as `neighbour_list` (tested against it); one structure only, as in
     an ASE calculator, where it is several times faster than the batched PyTorch code (for 64
     atoms about 0.1 ms against 2 ms). Returns long tensors ``(edge_src, edge_dst, cell_shifts)``.
     """
-    from vesin import NeighborList
-
     src, dst, shifts = NeighborList(cutoff=float(cutoff_A), full_list=True).compute(
-        np.asarray(positions_A, dtype=np.float64), np.asarray(cell_A, dtype=np.float64),
-        np.asarray(pbc, dtype=bool), "ijS")
-    return (torch.from_numpy(src.astype(np.int64)), torch.from_numpy(dst.astype(np.int64)),
-            torch.from_numpy(shifts.astype(np.int64)))
+        np.asarray(positions_A, dtype=np.float64),
+        np.asarray(cell_A, dtype=np.float64),
+        np.asarray(pbc, dtype=bool),
+        "ijS",
+    )
+    return (
+        torch.from_numpy(src.astype(np.int64)),
+        torch.from_numpy(dst.astype(np.int64)),
+        torch.from_numpy(shifts.astype(np.int64)),
+    )

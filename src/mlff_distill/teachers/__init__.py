@@ -23,13 +23,22 @@ from typing import Sequence
 
 from ase import Atoms
 
-from mlff_distill.teachers.base import (Teacher, TeacherCalculator, TeacherIdentity,
-                                        TeacherOutput, default_cache_dir)
+from mlff_distill.settings import TeacherSettings
+from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
+from mlff_distill.teachers.base import Teacher, TeacherCalculator, TeacherIdentity, TeacherOutput, default_cache_dir
+from mlff_distill.teachers.checks import check_structures
+from mlff_distill.teachers.fennol_ensemble import FennolEnsembleTeacher
+from mlff_distill.teachers.fennol_pmc import load_fennol_pmc_teacher
+from mlff_distill.teachers.neurochem import ani1x_cache_dir, build_ani1x_fnx
 
 MODELS_DIR_ENV = "MLFF_DISTILL_MODELS_DIR"
 # The config's precision names per kind: FeNNol runs float32 or float64 (JAX x64).
-ORB_PRECISION = {"float32": "float32-high", "float32-high": "float32-high",
-                 "float32-highest": "float32-highest", "float64": "float64"}
+ORB_PRECISION = {
+    "float32": "float32-high",
+    "float32-high": "float32-high",
+    "float32-highest": "float32-highest",
+    "float64": "float64",
+}
 
 
 def models_dir(configured: str | None) -> Path | None:
@@ -43,55 +52,54 @@ def cache_dir(configured: str | None) -> Path:
     return Path(configured).expanduser() if configured else default_cache_dir()
 
 
-def load_teacher(teacher_config: dict) -> Teacher:
+def load_teacher(settings: TeacherSettings) -> Teacher:
     """Build the teacher named by the config's ``teacher:`` section (see the module docstring)."""
-    kind, name = teacher_config["kind"], teacher_config["name"]
-    precision = teacher_config["precision"]
+    kind, name = settings.kind, settings.name
+    precision = settings.precision
     if kind == "fennol":
-        return _load_fennol(teacher_config)
+        return _load_fennol(settings)
     if kind == "orb":
+        # orb-models only when an Orb teacher is chosen: it is heavy to import
         from mlff_distill.teachers.orb import OrbTeacher
 
-        return OrbTeacher(name, weights=teacher_config["weights"], seed=teacher_config["seed"],
-                          checkpoint=teacher_config["checkpoint"],
-                          precision=ORB_PRECISION[precision], device=teacher_config["device"],
-                          batch_size=teacher_config["batch_size"])
+        return OrbTeacher(
+            name,
+            weights=settings.weights,
+            seed=settings.seed,
+            checkpoint=settings.checkpoint,
+            precision=ORB_PRECISION[precision],
+            device=settings.device,
+            batch_size=settings.batch_size,
+        )
     if kind == "ase":
-        from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
-
-        if not teacher_config["factory"]:
+        if not settings.factory:
             raise ValueError("teacher.factory: kind 'ase' needs 'package.module:callable'")
-        return AseCalculatorTeacher(teacher_config["factory"], teacher_config["kwargs"],
-                                    teacher_config["species"], teacher_config["cutoff_A"],
-                                    name=f"ase/{name}")
+        return AseCalculatorTeacher(
+            settings.factory,
+            settings.kwargs,
+            settings.species,
+            settings.cutoff_A,
+            name=f"ase/{name}",
+        )
     raise ValueError(f"teacher.kind: {kind!r} is not one of fennol, orb, ase")
 
 
-def _load_fennol(teacher_config: dict) -> Teacher:
-    from mlff_distill.teachers.fennol_ensemble import FennolEnsembleTeacher
-
-    name, source = teacher_config["name"], teacher_config["source"]
-    if teacher_config["precision"] not in ("float32", "float64"):
-        raise ValueError(f"teacher.precision: FeNNol runs 'float32' or 'float64', "
-                         f"not {teacher_config['precision']!r}")
-    options = {"batch_size": teacher_config["batch_size"],
-               "float64": teacher_config["precision"] == "float64"}
+def _load_fennol(settings: TeacherSettings) -> Teacher:
+    name, source = settings.name, settings.source
+    if settings.precision not in ("float32", "float64"):
+        raise ValueError(f"teacher.precision: FeNNol runs 'float32' or 'float64', not {settings.precision!r}")
+    options = {"batch_size": settings.batch_size, "float64": settings.precision == "float64"}
     if source == "torchani":
         if name != "ani1x":
-            raise ValueError(f"teacher.source: torchani provides only ani1x, not {name!r}; "
-                             "use source: fennol-pmc")
-        from mlff_distill.teachers.neurochem import ani1x_cache_dir, build_ani1x_fnx
-
-        files = build_ani1x_fnx(ani1x_cache_dir(cache_dir(teacher_config["cache_dir"])))
-        return FennolEnsembleTeacher(files, name="ani1x/torchani-2.2.4",
-                                     **options)
+            raise ValueError(f"teacher.source: torchani provides only ani1x, not {name!r}; use source: fennol-pmc")
+        files = build_ani1x_fnx(ani1x_cache_dir(cache_dir(settings.cache_dir)))
+        return FennolEnsembleTeacher(files, name="ani1x/torchani-2.2.4", **options)
     if source == "fennol-pmc":
-        from mlff_distill.teachers.fennol_pmc import load_fennol_pmc_teacher
-
-        return load_fennol_pmc_teacher(name, models_dir(teacher_config["models_dir"]),
-                                       cache_dir(teacher_config["cache_dir"]), **options)
+        return load_fennol_pmc_teacher(
+            name, models_dir(settings.models_dir), cache_dir(settings.cache_dir), **options
+        )
     if source == "files":
-        files = [Path(f).expanduser() for f in teacher_config["files"]]
+        files = [Path(f).expanduser() for f in settings.files]
         missing = [str(f) for f in files if not f.is_file()]
         if not files or missing:
             raise FileNotFoundError(f"teacher.files: {missing or 'empty list'}: no such .fnx file")
@@ -99,17 +107,25 @@ def _load_fennol(teacher_config: dict) -> Teacher:
     raise ValueError(f"teacher.source: {source!r} is not one of torchani, fennol-pmc, files")
 
 
-def check_structures_for(teacher: Teacher, structures: Sequence[Atoms],
-                         molecule_only: bool = False) -> None:
+def check_structures_for(teacher: Teacher, structures: Sequence[Atoms], molecule_only: bool = False) -> None:
     """Raise a ValueError naming the first structure ``teacher`` cannot label, and why."""
-    from mlff_distill.teachers.checks import check_structures
-
-    check_structures(structures, teacher.identity, molecule_only,
-                     getattr(teacher, "handles_small_cells", False),
-                     getattr(teacher, "handles_mixed_pbc", False))
+    check_structures(
+        structures,
+        teacher.identity,
+        molecule_only,
+        getattr(teacher, "handles_small_cells", False),
+        getattr(teacher, "handles_mixed_pbc", False),
+    )
 
 
 __all__ = [
-    "Teacher", "TeacherCalculator", "TeacherIdentity", "TeacherOutput", "load_teacher",
-    "check_structures_for", "models_dir", "cache_dir", "MODELS_DIR_ENV",
+    "Teacher",
+    "TeacherCalculator",
+    "TeacherIdentity",
+    "TeacherOutput",
+    "load_teacher",
+    "check_structures_for",
+    "models_dir",
+    "cache_dir",
+    "MODELS_DIR_ENV",
 ]

@@ -31,9 +31,14 @@ class AseCalculatorTeacher:
     handles_small_cells = True  # ASE calculators get the Atoms as they are, images and all
     handles_mixed_pbc = True
 
-    def __init__(self, factory: str, kwargs: dict | None = None,
-                 species: Sequence[int] | None = None, cutoff_A: float | None = None,
-                 name: str | None = None):
+    def __init__(
+        self,
+        factory: str,
+        kwargs: dict | None = None,
+        species: Sequence[int] | None = None,
+        cutoff_A: float | None = None,
+        name: str | None = None,
+    ):
         kwargs = dict(kwargs or {})
         self.calculator = import_factory(factory)(**kwargs)
         recipe = json.dumps({"factory": factory, "kwargs": kwargs}, sort_keys=True, default=repr)
@@ -77,18 +82,17 @@ def import_factory(factory: str) -> Callable:
     """The callable named ``package.module:attribute`` (attribute may be dotted)."""
     module_name, sep, attribute = factory.partition(":")
     if not sep or not module_name or not attribute:
-        raise ValueError(f"ASE calculator factory {factory!r} must look like "
-                         "'package.module:callable'")
+        raise ValueError(f"ASE calculator factory {factory!r} must look like 'package.module:callable'")
     try:
         target = importlib.import_module(module_name)
     except ImportError as error:
-        raise ImportError(f"ASE calculator factory {factory!r}: cannot import module "
-                          f"{module_name!r} ({error})") from error
+        raise ImportError(
+            f"ASE calculator factory {factory!r}: cannot import module {module_name!r} ({error})"
+        ) from error
     owner = module_name
     for part in attribute.split("."):
         if not hasattr(target, part):
-            raise ImportError(f"ASE calculator factory {factory!r}: {owner!r} has no attribute "
-                              f"{part!r}")
+            raise ImportError(f"ASE calculator factory {factory!r}: {owner!r} has no attribute {part!r}")
         target, owner = getattr(target, part), f"{owner}.{part}"
     if not callable(target):
         raise TypeError(f"ASE calculator factory {factory!r} is not callable")

@@ -14,8 +14,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 from ase import Atoms
-from ase.stress import full_3x3_to_voigt_6_stress
 from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import full_3x3_to_voigt_6_stress
 
 
 @dataclass(frozen=True)

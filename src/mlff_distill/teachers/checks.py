@@ -8,6 +8,7 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 from ase.data import chemical_symbols
+from ase.neighborlist import neighbor_list
 
 from mlff_distill.teachers.base import TeacherIdentity
 
@@ -15,8 +16,13 @@ MIN_DISTANCE_A = 0.5  # closer atoms (or periodic images) are overlapping: no te
 MIN_CELL_A = 1e-3  # periodic cell vectors must span their directions by more than this
 
 
-def check_structures(structures: Sequence[Atoms], identity: TeacherIdentity, molecule_only: bool,
-                     handles_small_cells: bool, handles_mixed_pbc: bool = False) -> None:
+def check_structures(
+    structures: Sequence[Atoms],
+    identity: TeacherIdentity,
+    molecule_only: bool,
+    handles_small_cells: bool,
+    handles_mixed_pbc: bool = False,
+) -> None:
     """Raise ValueError for the first structure the teacher ``identity`` cannot label.
 
     Checks, in order: finite positions and cell; species the teacher covers (skipped when
@@ -54,8 +60,10 @@ def _uncovered_species(atoms: Atoms, identity: TeacherIdentity) -> str | None:
     unknown = sorted(set(atoms.numbers.tolist()) - set(identity.species))
     if not unknown:
         return None
-    return (f"holds {', '.join(chemical_symbols[z] for z in unknown)}, which {identity.label} does "
-            f"not cover (it knows {', '.join(chemical_symbols[z] for z in identity.species)})")
+    return (
+        f"holds {', '.join(chemical_symbols[z] for z in unknown)}, which {identity.label} does "
+        f"not cover (it knows {', '.join(chemical_symbols[z] for z in identity.species)})"
+    )
 
 
 def _periodicity(atoms: Atoms, molecule_only: bool, handles_mixed_pbc: bool) -> str | None:
@@ -66,8 +74,7 @@ def _periodicity(atoms: Atoms, molecule_only: bool, handles_mixed_pbc: bool) -> 
         return f"mixed periodicity pbc={pbc.tolist()}: the teacher needs all three or none"
     periodic_vectors = atoms.cell.array[pbc]
     if np.linalg.matrix_rank(periodic_vectors, tol=MIN_CELL_A) < len(periodic_vectors):
-        return (f"periodic (pbc={pbc.tolist()}) with degenerate cell vectors "
-                f"{atoms.cell.array.tolist()}")
+        return f"periodic (pbc={pbc.tolist()}) with degenerate cell vectors {atoms.cell.array.tolist()}"
     return None
 
 
@@ -80,21 +87,20 @@ def _small_cell(atoms: Atoms, cutoff_A: float, handles_small_cells: bool) -> str
         heights = 1.0 / np.linalg.norm(atoms.cell.reciprocal(), axis=1)
     for axis in np.flatnonzero(atoms.pbc):
         if heights[axis] < 2 * cutoff_A:
-            return (f"cell height {heights[axis]:.3f} A along cell vector {axis} is less than "
-                    f"twice the cutoff (2 x {cutoff_A} A); this teacher uses the minimum image "
-                    "convention")
+            return (
+                f"cell height {heights[axis]:.3f} A along cell vector {axis} is less than "
+                f"twice the cutoff (2 x {cutoff_A} A); this teacher uses the minimum image "
+                "convention"
+            )
     return None
 
 
 def _overlap(atoms: Atoms) -> str | None:
     """The closest pair (periodic images included) if closer than ``MIN_DISTANCE_A``."""
-    from ase.neighborlist import neighbor_list
-
     first, second, distance = neighbor_list("ijd", atoms, MIN_DISTANCE_A)
     if distance.size == 0:
         return None
     k = int(np.argmin(distance))
     i, j = sorted((int(first[k]), int(second[k])))
     pair = f"atoms {i} and {j}" if i != j else f"atom {i} and its own periodic image"
-    return (f"{pair} are {distance[k]:.3f} A apart (closer than {MIN_DISTANCE_A} A): "
-            "overlapping atoms")
+    return f"{pair} are {distance[k]:.3f} A apart (closer than {MIN_DISTANCE_A} A): overlapping atoms"

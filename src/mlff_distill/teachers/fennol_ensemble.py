@@ -21,6 +21,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 from ase import Atoms
+from ase.data import atomic_numbers
+from ase.units import Hartree
 
 from mlff_distill.teachers.base import TeacherIdentity, TeacherOutput, sha256_of_files
 
@@ -43,13 +45,20 @@ class FennolEnsembleTeacher:
     handles_small_cells = True  # the neighbour list includes all periodic images within the cutoff
     handles_mixed_pbc = False  # FeNNol takes a cell periodic in all three directions or none
 
-    def __init__(self, model_files: Sequence[Path], name: str, batch_size: int = 32,
-                 float64: bool = False, species: Sequence[int] | None = None):
+    def __init__(
+        self,
+        model_files: Sequence[Path],
+        name: str,
+        batch_size: int = 32,
+        float64: bool = False,
+        species: Sequence[int] | None = None,
+    ):
+        # JAX and FeNNol only for FeNNol teachers: heavy, and JAX settings must precede FeNNol's import
         import jax
 
         if float64:
             jax.config.update("jax_enable_x64", True)
-        from fennol import FENNIX
+        from fennol import FENNIX  # after JAX's precision is set
 
         self.model_files = [Path(p) for p in model_files]
         if not self.model_files:
@@ -70,8 +79,7 @@ class FennolEnsembleTeacher:
             conservative=True,
             trained=True,
             members=len(members),
-            extra={"energy_unit_in_model": first.energy_unit, "float64": float64,
-                   "stacked": len(self._stacks) == 1},
+            extra={"energy_unit_in_model": first.energy_unit, "float64": float64, "stacked": len(self._stacks) == 1},
         )
 
     def compute(self, structures: Sequence[Atoms], compute_stress: bool = False) -> TeacherOutput:
@@ -81,7 +89,7 @@ class FennolEnsembleTeacher:
             self.reserve_capacity(structures)
         parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         for start in range(0, len(structures), self.batch_size):
-            for group in _split_by_cell(structures[start:start + self.batch_size]):
+            for group in _split_by_cell(structures[start : start + self.batch_size]):
                 parts.append(self._compute_group(group, compute_stress))
         # Per-member energies [K, N], forces [K, M, 3], stress [K, N, 3, 3], in input order.
         energy = np.concatenate([p[0] for p in parts], axis=1) if parts else np.zeros((1, 0))
@@ -111,8 +119,9 @@ class FennolEnsembleTeacher:
             for stack in self._stacks:
                 stack.model.preprocess(**fennol_inputs(batch, self._dtype))
 
-    def _compute_group(self, structures: Sequence[Atoms], compute_stress: bool
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _compute_group(
+        self, structures: Sequence[Atoms], compute_stress: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-member energy [K, n] (eV), forces [K, m, 3] (eV/A), stress [K, n, 3, 3] (eV/A^3)
         of molecules, or of one periodic cell."""
         inputs = fennol_inputs(structures, self._dtype)
@@ -140,7 +149,7 @@ class FennolEnsembleTeacher:
 
 def _architecture(model) -> tuple:
     """What must agree for two FeNNol models to share one compiled function."""
-    import jax
+    import jax  # JAX only where a FeNNol teacher runs (heavy; see FennolEnsembleTeacher)
 
     leaves, tree = jax.tree_util.tree_flatten(model.variables)
     shapes = tuple((np.shape(leaf), np.asarray(leaf).dtype.str) for leaf in leaves)
@@ -155,19 +164,17 @@ def _stackable(members: Sequence[Any]) -> bool:
 
 def _make_stack(members: Sequence[Any]) -> _Stack:
     """Stack the weights of ``members`` (one architecture) and vmap the first's functions."""
+    # JAX and FeNNol only where a FeNNol teacher runs (heavy; see FennolEnsembleTeacher)
     import jax
     import jax.numpy as jnp
-    from ase.units import Hartree
     from fennol.utils.atomic_units import au
 
     first = members[0]
     return _Stack(
         model=first,
-        variables=jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves),
-                                         *[m.variables for m in members]),
+        variables=jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[m.variables for m in members]),
         energy_and_forces=jax.jit(jax.vmap(first._energy_and_forces, in_axes=(0, None))),
-        energy_forces_and_virial=jax.jit(
-            jax.vmap(first._energy_and_forces_and_virial, in_axes=(0, None))),
+        energy_forces_and_virial=jax.jit(jax.vmap(first._energy_and_forces_and_virial, in_axes=(0, None))),
         eV_per_model_unit=Hartree / au.get_multiplier(first.energy_unit),
     )
 
@@ -175,8 +182,6 @@ def _make_stack(members: Sequence[Any]) -> _Stack:
 def _species_of(model) -> set[int]:
     """Atomic numbers the model's description names: its ``species_order`` entries, else (MACE)
     elements 1..``zmax``; empty when it names neither."""
-    from ase.data import atomic_numbers
-
     found: set[int] = set()
     zmax: list[int] = []
 
@@ -234,4 +239,3 @@ def fennol_inputs(structures: Sequence[Atoms], dtype: type) -> dict[str, np.ndar
         inputs["cells"] = cell.reshape(1, 3, 3)
         inputs["reciprocal_cells"] = np.linalg.inv(cell).reshape(1, 3, 3)
     return inputs
-

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+from mlff_distill.teachers.fennol_ensemble import FennolEnsembleTeacher
 
 REPO = "thomasple/FeNNol-PMC"
 COMMIT = "7448eec72cc26c8e600bc414a72ab19cfa5db2d7"
@@ -29,8 +30,7 @@ SUBDIR = "fennol-pmc"
 SHORT_LAYOUT_PREFIX = "ANI/"  # ../shared/teachers keeps ANI/ANI1X/ as fennol-pmc/ANI1X/
 # Elements a model was trained on where its description does not name them (MACE-OFF23 paper).
 MACE_OFF23_SPECIES = (1, 6, 7, 8, 9, 15, 16, 17, 35, 53)  # H C N O F P S Cl Br I
-TRAINED_SPECIES = {f"mace-off23-{size}": MACE_OFF23_SPECIES
-                   for size in ("small", "medium", "large")}
+TRAINED_SPECIES = {f"mace-off23-{size}": MACE_OFF23_SPECIES for size in ("small", "medium", "large")}
 
 
 @dataclass(frozen=True)
@@ -69,13 +69,19 @@ def fennol_pmc_manifest() -> dict[str, list[PmcFile]]:
         if line.strip() and not line.startswith("#"):
             name, path, sha1, lfs_sha256, lfs_size = line.split("\t")
             table.setdefault(name, []).append(
-                PmcFile(path, sha1, lfs_sha256 or None, int(lfs_size) if lfs_size else None))
+                PmcFile(path, sha1, lfs_sha256 or None, int(lfs_size) if lfs_size else None)
+            )
     return table
 
 
-def resolve_fennol_pmc(name: str, models_dir: Path | None, cache_dir: Path,
-                       raw_base_url: str = RAW_BASE_URL, lfs_base_url: str = LFS_BASE_URL,
-                       timeout_s: float = DOWNLOAD_TIMEOUT_S) -> list[Path]:
+def resolve_fennol_pmc(
+    name: str,
+    models_dir: Path | None,
+    cache_dir: Path,
+    raw_base_url: str = RAW_BASE_URL,
+    lfs_base_url: str = LFS_BASE_URL,
+    timeout_s: float = DOWNLOAD_TIMEOUT_S,
+) -> list[Path]:
     """Checked local paths of the ``.fnx`` files of FeNNol-PMC model ``name``, in manifest order.
 
     Looks in ``models_dir``, then ``cache_dir``, then downloads into ``cache_dir``. Raises
@@ -97,8 +103,10 @@ def resolve_fennol_pmc(name: str, models_dir: Path | None, cache_dir: Path,
         if local is not None:
             problem = entry.mismatch(local)
             if problem:
-                raise ValueError(f"{local}: {problem} (FeNNol-PMC {entry.path} at commit "
-                                 f"{COMMIT}); delete it or replace it with the file from {url}")
+                raise ValueError(
+                    f"{local}: {problem} (FeNNol-PMC {entry.path} at commit "
+                    f"{COMMIT}); delete it or replace it with the file from {url}"
+                )
         elif download_error is None:
             try:
                 local = _download(entry, url, cached, timeout_s)
@@ -111,19 +119,19 @@ def resolve_fennol_pmc(name: str, models_dir: Path | None, cache_dir: Path,
     if missing:
         raise FileNotFoundError(
             f"FeNNol-PMC model {name!r}: {len(missing)} file(s) not found locally and the download "
-            f"failed ({download_error}). Fetch each and place it at one of the paths given:\n"
-            + "\n".join(missing))
+            f"failed ({download_error}). Fetch each and place it at one of the paths given:\n" + "\n".join(missing)
+        )
     return found
 
 
-def load_fennol_pmc_teacher(name: str, models_dir: Path | None, cache_dir: Path,
-                            batch_size: int = 32, float64: bool = False):
+def load_fennol_pmc_teacher(
+    name: str, models_dir: Path | None, cache_dir: Path, batch_size: int = 32, float64: bool = False
+):
     """The FeNNol-PMC model ``name`` as a `FennolEnsembleTeacher` named ``fennol-pmc/<name>``."""
-    from mlff_distill.teachers.fennol_ensemble import FennolEnsembleTeacher
-
     files = resolve_fennol_pmc(name, models_dir, cache_dir)
-    return FennolEnsembleTeacher(files, name=f"{SUBDIR}/{name}", batch_size=batch_size,
-                                 float64=float64, species=TRAINED_SPECIES.get(name))
+    return FennolEnsembleTeacher(
+        files, name=f"{SUBDIR}/{name}", batch_size=batch_size, float64=float64, species=TRAINED_SPECIES.get(name)
+    )
 
 
 def _models_dir_candidates(models_dir: Path | None, entry: PmcFile) -> list[Path]:
@@ -133,16 +141,16 @@ def _models_dir_candidates(models_dir: Path | None, entry: PmcFile) -> list[Path
     base = Path(models_dir) / SUBDIR
     paths = [base / entry.path]
     if entry.path.startswith(SHORT_LAYOUT_PREFIX):
-        paths.append(base / entry.path[len(SHORT_LAYOUT_PREFIX):])
+        paths.append(base / entry.path[len(SHORT_LAYOUT_PREFIX) :])
     return paths
 
 
 def _placement_hint(entry: PmcFile, models_dir: Path | None, cached: Path, url: str) -> str:
     """One line: the URL of ``entry`` and where to put it."""
-    in_models = (str(Path(models_dir) / SUBDIR / entry.path) if models_dir is not None
-                 else f"<models_dir>/{SUBDIR}/{entry.path}")
-    return (f"  {url} -> {in_models} or {cached}"
-            + (" (Git LFS file)" if entry.lfs_sha256 else ""))
+    in_models = (
+        str(Path(models_dir) / SUBDIR / entry.path) if models_dir is not None else f"<models_dir>/{SUBDIR}/{entry.path}"
+    )
+    return f"  {url} -> {in_models} or {cached}" + (" (Git LFS file)" if entry.lfs_sha256 else "")
 
 
 def _download(entry: PmcFile, url: str, destination: Path, timeout_s: float) -> Path:
@@ -169,4 +177,3 @@ def _digest(path: Path, hasher) -> str:
         while chunk := f.read(1 << 20):
             hasher.update(chunk)
     return hasher.hexdigest()
-

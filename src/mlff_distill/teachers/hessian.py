@@ -36,8 +36,9 @@ def hessian_directions(structures: Sequence[Atoms], seed: int = 0) -> list[np.nd
     return directions
 
 
-def hessian_vector_products(teacher: Teacher, structures: Sequence[Atoms], directions: Sequence[np.ndarray],
-                            step_A: float = DEFAULT_STEP_A) -> np.ndarray:
+def hessian_vector_products(
+    teacher: Teacher, structures: Sequence[Atoms], directions: Sequence[np.ndarray], step_A: float = DEFAULT_STEP_A
+) -> np.ndarray:
     """The teacher's Hessian (eV/A^2) times ``directions`` (one ``[n, 3]`` array per structure), by
     central differences of its forces with a displacement of ``step_A`` (Angstrom) along each;
     per-atom rows flat, ``[sum n, 3]``, in input order."""

@@ -128,16 +128,16 @@ def read_network(nnf_path: str | Path) -> list[tuple[np.ndarray, np.ndarray, str
         fields = dict(re.findall(r"(\w+)\s*=\s*([^;]*);", chunk))
         n_in, n_out = int(fields["blocksize"]), int(fields["nodes"])
         if n_in != in_size:
-            raise ValueError(f"{nnf_path}: layer {len(layers) + 1} takes {n_in} inputs, "
-                             f"the previous layer gives {in_size}")
+            raise ValueError(
+                f"{nnf_path}: layer {len(layers) + 1} takes {n_in} inputs, the previous layer gives {in_size}"
+            )
         code = int(fields["activation"])
         if code not in ACTIVATIONS:
             raise NotImplementedError(f"{nnf_path}: NeuroChem activation {code}")
         weight = _read_floats(nnf_path.parent, fields["weights"], n_in * n_out)
         bias = _read_floats(nnf_path.parent, fields["biases"], n_out)
         # stored row-major [out, in]; FeNNol's Dense kernel is [in, out]
-        layers.append((np.ascontiguousarray(weight.reshape(n_out, n_in).T), bias,
-                       ACTIVATIONS[code]))
+        layers.append((np.ascontiguousarray(weight.reshape(n_out, n_in).T), bias, ACTIVATIONS[code]))
         in_size = n_out
     if not layers:
         raise ValueError(f"{nnf_path}: no layers")
@@ -190,8 +190,7 @@ def ani_aev_options(params: dict) -> dict:
     }
 
 
-def ani1x_description(aev_params: dict, self_energies: dict[str, float],
-                      hidden_neurons: dict[str, list[int]]) -> dict:
+def ani1x_description(aev_params: dict, self_energies: dict[str, float], hidden_neurons: dict[str, list[int]]) -> dict:
     """The FENNIX description (cutoff, modules, preprocessing, energy terms) of one ANI member.
 
     Mirrors FeNNol-PMC's ANI-1x files: energies in Hartree, cutoff Rcr, angular graph Rca.
@@ -223,15 +222,17 @@ def ani1x_description(aev_params: dict, self_energies: dict[str, float],
         "cutoff": float(aev_params["Rcr"]),
         "energy_unit": "Ha",
         "energy_terms": ["energy", "self_energy"],
-        "modules": OrderedDict(
-            [("embedding", embedding), ("energy", energy), ("self_energy", self_energy)]
+        "modules": OrderedDict([("embedding", embedding), ("energy", energy), ("self_energy", self_energy)]),
+        "preprocessing": OrderedDict(
+            [
+                (
+                    "graph_filter",
+                    {"cutoff": float(aev_params["Rca"]), "graph_key": "graph_angle", "parent_graph": "graph"},
+                ),
+                ("graph_angular_extension", {"graph_key": "graph_angle"}),
+                ("species_indexer", {"output_key": "species_index"}),
+            ]
         ),
-        "preprocessing": OrderedDict([
-            ("graph_filter", {"cutoff": float(aev_params["Rca"]), "graph_key": "graph_angle",
-                              "parent_graph": "graph"}),
-            ("graph_angular_extension", {"graph_key": "graph_angle"}),
-            ("species_indexer", {"output_key": "species_index"}),
-        ]),
     }
 
 
@@ -242,6 +243,7 @@ def fennol_ani1x_member(resource_dir: str | Path | None, index: int, use_atom_pa
     Weights keep NeuroChem's float32 values; the self energies are stored as float32 as FeNNol's
     trainable ``CHEMICAL_CONSTANT`` does.
     """
+    # FeNNol only when the files are built (heavy: it imports JAX)
     from fennol import FENNIX
     from fennol.utils.periodic_table import PERIODIC_TABLE, PERIODIC_TABLE_REV_IDX
 
@@ -258,15 +260,13 @@ def fennol_ani1x_member(resource_dir: str | Path | None, index: int, use_atom_pa
         layers = read_network(nnf)
         activations = [act for _, _, act in layers]
         if activations != [CELU] * (len(layers) - 1) + [IDENTITY]:
-            raise ValueError(f"{nnf}: activations {activations} differ from ANI-1x's CELU layers "
-                             "with a linear output")
+            raise ValueError(f"{nnf}: activations {activations} differ from ANI-1x's CELU layers with a linear output")
         if layers[0][0].shape[0] != n_aev or layers[-1][0].shape[1] != 1:
-            raise ValueError(f"{nnf}: maps {layers[0][0].shape[0]} inputs to "
-                             f"{layers[-1][0].shape[1]} outputs, expected {n_aev} -> 1")
+            raise ValueError(
+                f"{nnf}: maps {layers[0][0].shape[0]} inputs to {layers[-1][0].shape[1]} outputs, expected {n_aev} -> 1"
+            )
         hidden[symbol] = [w.shape[1] for w, _, _ in layers[:-1]]
-        networks[symbol] = {
-            f"Layer_{k + 1}": {"kernel": w, "bias": b} for k, (w, b, _) in enumerate(layers)
-        }
+        networks[symbol] = {f"Layer_{k + 1}": {"kernel": w, "bias": b} for k, (w, b, _) in enumerate(layers)}
 
     constant = np.zeros(len(PERIODIC_TABLE), dtype=np.float32)
     for symbol, value in self_energies.items():
@@ -292,8 +292,7 @@ def ani1x_file_names() -> list[str]:
     return [f"ani1x_model{i}.fnx" for i in range(N_MEMBERS)]
 
 
-def build_ani1x_fnx(cache_dir: str | Path | None = None,
-                    resource_dir: str | Path | None = None) -> list[Path]:
+def build_ani1x_fnx(cache_dir: str | Path | None = None, resource_dir: str | Path | None = None) -> list[Path]:
     """Write ``ani1x_model{0..7}.fnx`` into ``cache_dir`` and return their paths.
 
     ``cache_dir`` None means `ani1x_cache_dir()`. Members already present are kept. Each file is
@@ -320,7 +319,15 @@ def build_ani1x_fnx(cache_dir: str | Path | None = None,
 
 
 __all__ = [
-    "torchani_resource_dir", "read_aev_params", "read_self_energies", "read_network",
-    "ani_aev_options", "ani1x_description", "fennol_ani1x_member", "build_ani1x_fnx",
-    "ani1x_cache_dir", "ani1x_file_names", "TORCHANI_REQUIREMENT",
+    "torchani_resource_dir",
+    "read_aev_params",
+    "read_self_energies",
+    "read_network",
+    "ani_aev_options",
+    "ani1x_description",
+    "fennol_ani1x_member",
+    "build_ani1x_fnx",
+    "ani1x_cache_dir",
+    "ani1x_file_names",
+    "TORCHANI_REQUIREMENT",
 ]

@@ -50,9 +50,16 @@ class OrbTeacher:
     handles_small_cells = True  # checked: a rattled 8-atom Si cell equals its 2x2x2 supercell
     handles_mixed_pbc = False
 
-    def __init__(self, model: str, weights: str = "pretrained", seed: int = 0,
-                 checkpoint: str | None = None, precision: str = "float32-high",
-                 device: str = "cpu", batch_size: int = 8):
+    def __init__(
+        self,
+        model: str,
+        weights: str = "pretrained",
+        seed: int = 0,
+        checkpoint: str | None = None,
+        precision: str = "float32-high",
+        device: str = "cpu",
+        batch_size: int = 8,
+    ):
         models = available_models()
         if model not in models:
             raise ValueError(f"Unknown Orb model {model!r}; valid names: {', '.join(models)}")
@@ -69,8 +76,7 @@ class OrbTeacher:
         self._dtype = torch.float64 if precision == "float64" else torch.float32
 
         # Building draws from torch's generator: fork it, so the caller's random stream is kept.
-        with _torch_precision(precision), torch.random.fork_rng(devices=[]), \
-                warnings.catch_warnings():
+        with _torch_precision(precision), torch.random.fork_rng(devices=[]), warnings.catch_warnings():
             warnings.filterwarnings("ignore", module="orb_models.utils")  # "global dtype" notes
             if weights == "random":
                 self._model = _random_model(loader, seed, precision, device)
@@ -81,14 +87,12 @@ class OrbTeacher:
                     source = str(path)
                 else:
                     path, source = _pretrained_weights(model, models[model]), models[model]
-                self._model = loader(weights_path=str(path), device=device, precision=precision,
-                                     compile=False)
+                self._model = loader(weights_path=str(path), device=device, precision=precision, compile=False)
                 sha256 = _file_sha256(path)
 
         self._conservative = hasattr(self._model, "grad_forces_name")
         if self._conservative:
-            self._keys = (self._model.energy_name, self._model.grad_forces_name,
-                          self._model.grad_stress_name)
+            self._keys = (self._model.energy_name, self._model.grad_forces_name, self._model.grad_stress_name)
         else:
             self._keys = ("energy", "forces", "stress" if self._model.has_stress else None)
         self._needs_charge_spin = isinstance(self._model.model.conditioner, ChargeSpinConditioner)
@@ -102,8 +106,11 @@ class OrbTeacher:
             conservative=self._conservative,
             trained=weights != "random",
             members=1,
-            extra={"precision": precision, "device": device,
-                   "n_parameters": sum(p.numel() for p in self._model.parameters())},
+            extra={
+                "precision": precision,
+                "device": device,
+                "n_parameters": sum(p.numel() for p in self._model.parameters()),
+            },
         )
 
     def compute(self, structures: Sequence[Atoms], compute_stress: bool = False) -> TeacherOutput:
@@ -116,7 +123,7 @@ class OrbTeacher:
         energies, forces, stresses = [], [], []
         with _torch_precision(self._precision):
             for start in range(0, len(structures), self.batch_size):
-                chunk = structures[start:start + self.batch_size]
+                chunk = structures[start : start + self.batch_size]
                 energy, force, stress = self._compute_batch(chunk)
                 energies.append(energy)
                 forces.append(force)
@@ -127,19 +134,21 @@ class OrbTeacher:
             forces_eV_per_A=np.concatenate(forces) if forces else np.zeros((0, 3)),
             energy_std_eV=np.zeros(n),
             forces_std_eV_per_A=np.zeros((sum(len(a) for a in structures), 3)),
-            stress_eV_per_A3=(np.concatenate(stresses) if compute_stress and stresses
-                              else np.full((n, 3, 3), np.nan)),
+            stress_eV_per_A3=(np.concatenate(stresses) if compute_stress and stresses else np.full((n, 3, 3), np.nan)),
         )
 
     def _compute_batch(self, structures: Sequence[Atoms]) -> tuple[np.ndarray, ...]:
         """Energy [N] (eV), forces [M, 3] (eV/Angstrom), stress [N, 3, 3] (eV/Angstrom^3)."""
-        if self._needs_charge_spin and any(
-                "charge" not in a.info or "spin" not in a.info for a in structures):
+        if self._needs_charge_spin and any("charge" not in a.info or "spin" not in a.info for a in structures):
             raise ValueError(f"{self.identity.name} needs atoms.info['charge'] and ['spin']")
         graphs = [
-            ase_atoms_to_atom_graphs(atoms, self._model.system_config, device=self._device,
-                                     output_dtype=self._dtype,
-                                     graph_construction_dtype=self._dtype)
+            ase_atoms_to_atom_graphs(
+                atoms,
+                self._model.system_config,
+                device=self._device,
+                output_dtype=self._dtype,
+                graph_construction_dtype=self._dtype,
+            )
             for atoms in structures
         ]
         out = self._model.predict(batch_graphs(graphs))
@@ -190,6 +199,7 @@ def _random_model(loader: Callable, seed: int, precision: str, device: str) -> t
 
 def _pretrained_weights(model: str, url: str) -> Path:
     """Local file of ``url`` in cached_path's cache (orb-models' cache), downloading if absent."""
+    # orb-models' own download cache, which it installs: only for pretrained weights
     from cached_path import cached_path, find_latest_cached, get_cache_dir
 
     cached = find_latest_cached(url)

@@ -14,19 +14,19 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
-from ase.md.langevin import Langevin
 from ase.constraints import FixCom
+from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
+from ase.neighborlist import neighbor_list
+
+from mlff_distill.settings import MDValidationSettings
+from mlff_distill.teachers import Teacher, TeacherCalculator
 
 # A run "blows up" when any of these is crossed.
 MAX_FORCE_eV_PER_A = 100.0
 MAX_STEP_DISPLACEMENT_A = 0.5  # per atom, in one MD step
 MAX_ENERGY_CHANGE_eV_PER_ATOM = 1.0  # total energy against the first frame
-# The evaluate stage's settings (config ``evaluate.md``) where the config gives none.
-MD_DEFAULTS = {"timestep_fs": 0.5, "temperature_K": 300.0, "nve_steps": 1000, "nve_starts": 2,
-               "teacher_nve_starts": 1, "nvt_steps": 1000, "sample_every": 10,
-               "rdf_r_max_A": 5.0, "rdf_bins": 50, "teacher_budget_s": 120.0}
 
 
 def _start(atoms: Atoms, calculator: Calculator, temperature_K: float, seed: int) -> Atoms:
@@ -48,8 +48,9 @@ def _check_steps(timestep_fs: float, steps: int) -> None:
         raise ValueError(f"timestep_fs must be > 0 and steps >= 1, got {timestep_fs} and {steps}")
 
 
-def nve_run(calculator: Calculator, atoms: Atoms, timestep_fs: float, steps: int,
-            temperature_K: float, seed: int) -> dict:
+def nve_run(
+    calculator: Calculator, atoms: Atoms, timestep_fs: float, steps: int, temperature_K: float, seed: int
+) -> dict:
     """Velocity-Verlet NVE from ``atoms`` with velocities drawn at ``temperature_K``.
 
     Returns ``times_ps`` and ``total_energies_eV`` (one per step done, the start included),
@@ -69,12 +70,17 @@ def nve_run(calculator: Calculator, atoms: Atoms, timestep_fs: float, steps: int
         energies.append(atoms.get_total_energy())
         reason = _blow_up_reason(atoms, energies[-1], energies[0], previous)
     times_ps = np.arange(len(energies)) * timestep_fs * 1e-3
-    return {"times_ps": times_ps, "total_energies_eV": np.array(energies),
-            "blew_up": reason is not None, "reason": reason}
+    return {
+        "times_ps": times_ps,
+        "total_energies_eV": np.array(energies),
+        "blew_up": reason is not None,
+        "reason": reason,
+    }
 
 
-def _blow_up_reason(atoms: Atoms, energy_eV: float, start_energy_eV: float,
-                    previous_positions_A: np.ndarray) -> str | None:
+def _blow_up_reason(
+    atoms: Atoms, energy_eV: float, start_energy_eV: float, previous_positions_A: np.ndarray
+) -> str | None:
     """Why this MD step counts as a blow-up, or None."""
     forces = atoms.get_forces()
     if not np.isfinite(energy_eV) or not np.isfinite(forces).all():
@@ -91,21 +97,30 @@ def _blow_up_reason(atoms: Atoms, energy_eV: float, start_energy_eV: float,
     return None
 
 
-def energy_drift_eV_per_atom_per_ps(times_ps: np.ndarray, energies_eV: np.ndarray,
-                                    n_atoms: int) -> float:
+def energy_drift_eV_per_atom_per_ps(times_ps: np.ndarray, energies_eV: np.ndarray, n_atoms: int) -> float:
     """Least-squares slope of total energy against time, per atom (eV/atom/ps)."""
     times_ps, energies_eV = np.asarray(times_ps, float), np.asarray(energies_eV, float)
     if times_ps.shape != energies_eV.shape or len(times_ps) < 2 or np.ptp(times_ps) == 0:
-        raise ValueError(f"times_ps and energies_eV: need two or more points at different times "
-                         f"and equal lengths, got {len(times_ps)} and {len(energies_eV)}")
+        raise ValueError(
+            f"times_ps and energies_eV: need two or more points at different times "
+            f"and equal lengths, got {len(times_ps)} and {len(energies_eV)}"
+        )
     if n_atoms < 1:
         raise ValueError(f"n_atoms: must be >= 1, got {n_atoms}")
     slope_eV_per_ps = np.polyfit(times_ps, energies_eV, 1)[0]
     return float(slope_eV_per_ps / n_atoms)
 
 
-def nvt_run(calculator: Calculator, atoms: Atoms, temperature_K: float, timestep_fs: float,
-            steps: int, sample_every: int, seed: int, friction_per_fs: float = 0.01) -> list[Atoms]:
+def nvt_run(
+    calculator: Calculator,
+    atoms: Atoms,
+    temperature_K: float,
+    timestep_fs: float,
+    steps: int,
+    sample_every: int,
+    seed: int,
+    friction_per_fs: float = 0.01,
+) -> list[Atoms]:
     """Langevin NVT at ``temperature_K``; a copy of the structure every ``sample_every`` steps
     (positions in Angstrom, no calculator or constraint attached), the start excluded."""
     _check_steps(timestep_fs, steps)
@@ -113,9 +128,14 @@ def nvt_run(calculator: Calculator, atoms: Atoms, temperature_K: float, timestep
         raise ValueError(f"sample_every: must be >= 1, got {sample_every}")
     atoms = _start(atoms, calculator, temperature_K, seed)
     atoms.set_constraint(FixCom())  # the thermostat's noise would otherwise move the whole system
-    dynamics = Langevin(atoms, timestep=timestep_fs * units.fs, temperature_K=temperature_K,
-                        friction=friction_per_fs / units.fs, fixcm=False,
-                        rng=np.random.default_rng(seed + 1))
+    dynamics = Langevin(
+        atoms,
+        timestep=timestep_fs * units.fs,
+        temperature_K=temperature_K,
+        friction=friction_per_fs / units.fs,
+        fixcm=False,
+        rng=np.random.default_rng(seed + 1),
+    )
     frames: list[Atoms] = []
     for _ in range(steps // sample_every):
         dynamics.run(sample_every)
@@ -126,8 +146,9 @@ def nvt_run(calculator: Calculator, atoms: Atoms, temperature_K: float, timestep
     return frames
 
 
-def radial_distribution(frames: Sequence[Atoms], r_max_A: float, n_bins: int,
-                        pairs: tuple[int, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def radial_distribution(
+    frames: Sequence[Atoms], r_max_A: float, n_bins: int, pairs: tuple[int, int] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Bin centres ``r`` (Angstrom) and g(r) averaged over ``frames``.
 
     Periodic frames (all three directions): the usual g(r), pair counts over shells with all
@@ -147,8 +168,7 @@ def radial_distribution(frames: Sequence[Atoms], r_max_A: float, n_bins: int,
     edges = np.linspace(0.0, r_max_A, n_bins + 1)
     g = np.zeros(n_bins)
     for frame in frames:
-        g += (_periodic_g(frame, edges, pairs) if periodic[0]
-              else _molecular_g(frame, edges, pairs))
+        g += _periodic_g(frame, edges, pairs) if periodic[0] else _molecular_g(frame, edges, pairs)
     return 0.5 * (edges[1:] + edges[:-1]), g / len(frames)
 
 
@@ -164,8 +184,6 @@ def _pair_selection(numbers: np.ndarray, pairs: tuple[int, int] | None) -> tuple
 
 
 def _periodic_g(frame: Atoms, edges: np.ndarray, pairs: tuple[int, int] | None) -> np.ndarray:
-    from ase.neighborlist import neighbor_list
-
     centres, neighbours = _pair_selection(frame.numbers, pairs)
     i, j, d = neighbor_list("ijd", frame, float(edges[-1]))
     keep = centres[i] & neighbours[j]
@@ -191,13 +209,21 @@ def rdf_difference(r: np.ndarray, g_a: np.ndarray, g_b: np.ndarray) -> float:
     return float(np.trapezoid(np.abs(g_a - g_b), r))
 
 
-def md_validation(config: dict, teacher, student_calculator, structures: Sequence[Atoms]) -> dict:
-    """The evaluate stage's MD step, with ``evaluate.md`` settings (default `MD_DEFAULTS`).
+def md_validation(
+    settings: MDValidationSettings,
+    seeds: Sequence[Atoms],
+    random_seed: int,
+    teacher: Teacher,
+    student_calculator: Calculator,
+    structures: Sequence[Atoms],
+) -> dict:
+    """The evaluate stage's MD step, with the ``evaluate.md`` settings.
 
     Starts: one teacher-MD frame per seed from the sampled ``structures`` (teacher-equilibrated,
-    at the frame's temperature), else the run's seeds at ``temperature_K``. NVE from the first
-    ``nve_starts`` starts with the student and the first ``teacher_nve_starts`` with the teacher
-    (``teacher`` a `Teacher`, ``student_calculator`` a `StudentCalculator`); NVT of both from the largest start, compared by `radial_distribution`.
+    at the frame's temperature), else the run's ``seeds`` at ``temperature_K``; ``random_seed``
+    seeds the velocities and thermostats. NVE from the first ``nve_starts`` starts with the
+    student and the first ``teacher_nve_starts`` with the teacher (``student_calculator`` a
+    `StudentCalculator`); NVT of both from the largest start, compared by `radial_distribution`.
     A teacher run is skipped when one call times the number of steps exceeds
     ``teacher_budget_s`` (seconds); without the teacher's NVT there is no RDF comparison.
 
@@ -209,52 +235,80 @@ def md_validation(config: dict, teacher, student_calculator, structures: Sequenc
     molecule the pair-distance density per pair, 1/Angstrom), ``start``, ``temperature_K`` and
     ``n_frames``.
     """
-    from mlff_distill.sample import seed_structures
-    from mlff_distill.teachers import TeacherCalculator
-
-    settings = {**MD_DEFAULTS, **config["evaluate"].get("md", {})}
-    starts = _starts(structures, seed_structures(config["sample"]), settings["temperature_K"])
+    starts = _starts(structures, seeds, settings.temperature_K)
     if not starts:
         raise ValueError("md_validation: no structures to start from (no MD frames, no seeds)")
     calculators = {"student": student_calculator, "teacher": TeacherCalculator(teacher)}
     drift = []
-    for model, count in (("student", settings["nve_starts"]), ("teacher", settings["teacher_nve_starts"])):
+    for model, count in (("student", settings.nve_starts), ("teacher", settings.teacher_nve_starts)):
         for name, atoms, temperature_K in starts[:count]:
             row = {"model": model, "start": name, "n_atoms": len(atoms), "temperature_K": temperature_K}
             too_slow = model == "teacher" and _over_budget(
-                calculators[model], atoms, settings["nve_steps"], settings["teacher_budget_s"])
-            drift.append({**row, **(_nve_row(calculators[model], atoms, temperature_K, settings,
-                                             config["seed"]) if not too_slow else
-                                    {"time_ps": 0.0, "drift_eV_per_atom_per_ps": None,
-                                     "max_energy_change_eV_per_atom": None, "blew_up": None,
-                                     "reason": f"not run: {too_slow}"})})
+                calculators[model], atoms, settings.nve_steps, settings.teacher_budget_s
+            )
+            drift.append(
+                {
+                    **row,
+                    **(
+                        _nve_row(calculators[model], atoms, temperature_K, settings, random_seed)
+                        if not too_slow
+                        else {
+                            "time_ps": 0.0,
+                            "drift_eV_per_atom_per_ps": None,
+                            "max_energy_change_eV_per_atom": None,
+                            "blew_up": None,
+                            "reason": f"not run: {too_slow}",
+                        }
+                    ),
+                }
+            )
     name, atoms, temperature_K = max(starts, key=lambda start: len(start[1]))
-    too_slow = _over_budget(calculators["teacher"], atoms, settings["nvt_steps"],
-                            settings["teacher_budget_s"])
+    too_slow = _over_budget(calculators["teacher"], atoms, settings.nvt_steps, settings.teacher_budget_s)
     if too_slow:
         return {"drift": drift, "rdf": None, "rdf_not_run": f"teacher NVT: {too_slow}"}
     g = {}
     for model, calculator in calculators.items():
-        frames = nvt_run(calculator, atoms, temperature_K, settings["timestep_fs"],
-                         settings["nvt_steps"], settings["sample_every"], config["seed"])
-        r, g[model] = radial_distribution(frames, settings["rdf_r_max_A"], settings["rdf_bins"])
-    return {"drift": drift, "rdf_not_run": None, "rdf": {
-        "r_A": r.tolist(), "g_teacher": g["teacher"].tolist(), "g_student": g["student"].tolist(),
-        "integrated_abs_difference": rdf_difference(r, g["teacher"], g["student"]),
-        "kind": "g(r)" if atoms.pbc.all() else "pair-distance density per pair (1/A)",
-        "start": name, "temperature_K": temperature_K, "n_frames": len(frames)}}
+        frames = nvt_run(
+            calculator,
+            atoms,
+            temperature_K,
+            settings.timestep_fs,
+            settings.nvt_steps,
+            settings.sample_every,
+            random_seed,
+        )
+        r, g[model] = radial_distribution(frames, settings.rdf_r_max_A, settings.rdf_bins)
+    return {
+        "drift": drift,
+        "rdf_not_run": None,
+        "rdf": {
+            "r_A": r.tolist(),
+            "g_teacher": g["teacher"].tolist(),
+            "g_student": g["student"].tolist(),
+            "integrated_abs_difference": rdf_difference(r, g["teacher"], g["student"]),
+            "kind": "g(r)" if atoms.pbc.all() else "pair-distance density per pair (1/A)",
+            "start": name,
+            "temperature_K": temperature_K,
+            "n_frames": len(frames),
+        },
+    }
 
 
-def _nve_row(calculator: Calculator, atoms: Atoms, temperature_K: float, settings: dict,
-             seed: int) -> dict:
+def _nve_row(
+    calculator: Calculator, atoms: Atoms, temperature_K: float, settings: MDValidationSettings, seed: int
+) -> dict:
     """`nve_run` of ``calculator`` from ``atoms``, summarised for the drift table."""
-    run = nve_run(calculator, atoms, settings["timestep_fs"], settings["nve_steps"], temperature_K, seed)
+    run = nve_run(calculator, atoms, settings.timestep_fs, settings.nve_steps, temperature_K, seed)
     energies = run["total_energies_eV"]
-    return {"time_ps": float(run["times_ps"][-1]),
-            "drift_eV_per_atom_per_ps": (energy_drift_eV_per_atom_per_ps(
-                run["times_ps"], energies, len(atoms)) if len(energies) > 1 else None),
-            "max_energy_change_eV_per_atom": float(np.abs(energies - energies[0]).max() / len(atoms)),
-            "blew_up": run["blew_up"], "reason": run["reason"]}
+    return {
+        "time_ps": float(run["times_ps"][-1]),
+        "drift_eV_per_atom_per_ps": (
+            energy_drift_eV_per_atom_per_ps(run["times_ps"], energies, len(atoms)) if len(energies) > 1 else None
+        ),
+        "max_energy_change_eV_per_atom": float(np.abs(energies - energies[0]).max() / len(atoms)),
+        "blew_up": run["blew_up"],
+        "reason": run["reason"],
+    }
 
 
 def _over_budget(calculator: Calculator, atoms: Atoms, steps: int, budget_s: float) -> str | None:
@@ -265,12 +319,16 @@ def _over_budget(calculator: Calculator, atoms: Atoms, steps: int, budget_s: flo
     start = time.perf_counter()
     calculator.calculate(atoms, ["energy", "forces"])
     estimate_s = steps * (time.perf_counter() - start)
-    return (f"{steps} steps would take about {estimate_s:.0f} s, over the {budget_s:g} s budget"
-            if estimate_s > budget_s else None)
+    return (
+        f"{steps} steps would take about {estimate_s:.0f} s, over the {budget_s:g} s budget"
+        if estimate_s > budget_s
+        else None
+    )
 
 
-def _starts(structures: Sequence[Atoms], seeds: Sequence[Atoms],
-            temperature_K: float) -> list[tuple[str, Atoms, float]]:
+def _starts(
+    structures: Sequence[Atoms], seeds: Sequence[Atoms], temperature_K: float
+) -> list[tuple[str, Atoms, float]]:
     """(name, structure, temperature in K): the first teacher-MD frame of each seed, else the seeds."""
     starts: dict[str, tuple[str, Atoms, float]] = {}
     for atoms in structures:
@@ -278,4 +336,5 @@ def _starts(structures: Sequence[Atoms], seeds: Sequence[Atoms],
         if atoms.info.get("strategy") == "md" and seed not in starts:
             starts[seed] = (seed, atoms, float(atoms.info.get("temperature_K", temperature_K)))
     return list(starts.values()) or [
-        (atoms.info.get("seed", atoms.get_chemical_formula()), atoms, temperature_K) for atoms in seeds]
+        (atoms.info.get("seed", atoms.get_chemical_formula()), atoms, temperature_K) for atoms in seeds
+    ]

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 from ase import Atoms
 
-from mlff_distill.strategies import per_structure, random_rotation
+from mlff_distill.sampling.strategies import per_structure, random_rotation
 from mlff_distill.teachers import Teacher
 
 
@@ -29,8 +29,9 @@ def rotated(atoms: Atoms, rotation: np.ndarray) -> Atoms:
     return turned
 
 
-def rotation_force_change(teacher: Teacher, structures: Sequence[Atoms],
-                          rng: np.random.Generator) -> dict[str, float | int]:
+def rotation_force_change(
+    teacher: Teacher, structures: Sequence[Atoms], rng: np.random.Generator
+) -> dict[str, float | int]:
     """The teacher's relative RMS force change when each of ``structures`` is turned by a random
     rotation (forces compared in one frame), and ``invariant_student_floor``, half of it: the
     least relative RMS force error a rotation-invariant student can expect against this teacher."""
@@ -38,8 +39,8 @@ def rotation_force_change(teacher: Teacher, structures: Sequence[Atoms],
     rotations = [random_rotation(rng) for _ in structures]
     original = teacher.compute(structures).forces_eV_per_A
     turned = teacher.compute([rotated(a, r) for a, r in zip(structures, rotations)]).forces_eV_per_A
-    turned_back = np.concatenate([forces @ rotation for forces, rotation in
-                                  zip(per_structure(turned, structures), rotations)])
-    change = float(np.sqrt(np.sum((turned_back - original) ** 2) / np.sum(original ** 2)))
-    return {"force_rel_change": change, "invariant_student_floor": change / 2,
-            "n_structures": len(structures)}
+    turned_back = np.concatenate(
+        [forces @ rotation for forces, rotation in zip(per_structure(turned, structures), rotations)]
+    )
+    change = float(np.sqrt(np.sum((turned_back - original) ** 2) / np.sum(original**2)))
+    return {"force_rel_change": change, "invariant_student_floor": change / 2, "n_structures": len(structures)}

@@ -39,16 +39,18 @@ def force_cosine(reference_eV_per_A: np.ndarray, predicted_eV_per_A: np.ndarray)
     return float(np.sum(reference_norm * cosine) / np.sum(reference_norm))
 
 
-def energy_force_errors(reference: LabeledArrays, energy_eV: np.ndarray,
-                        forces_eV_per_A: np.ndarray) -> dict[str, float]:
+def energy_force_errors(
+    reference: LabeledArrays, energy_eV: np.ndarray, forces_eV_per_A: np.ndarray
+) -> dict[str, float]:
     """Energy errors per atom (eV/atom) and force errors (eV/Angstrom; MAE over components)."""
     energy_eV = np.asarray(energy_eV, dtype=np.float64)
     forces_eV_per_A = np.asarray(forces_eV_per_A, dtype=np.float64)
     if energy_eV.shape != reference.energy_eV.shape:
         raise ValueError(f"energy_eV has shape {energy_eV.shape}, the reference {reference.energy_eV.shape}")
     if forces_eV_per_A.shape != reference.forces_eV_per_A.shape:
-        raise ValueError(f"forces_eV_per_A has shape {forces_eV_per_A.shape}, "
-                         f"the reference {reference.forces_eV_per_A.shape}")
+        raise ValueError(
+            f"forces_eV_per_A has shape {forces_eV_per_A.shape}, the reference {reference.forces_eV_per_A.shape}"
+        )
     energy_error = (energy_eV - reference.energy_eV) / reference.n_atoms
     force_error = forces_eV_per_A - reference.forces_eV_per_A
     return {
@@ -61,8 +63,7 @@ def energy_force_errors(reference: LabeledArrays, energy_eV: np.ndarray,
     }
 
 
-def per_species_force_errors(reference: LabeledArrays,
-                             forces_eV_per_A: np.ndarray) -> dict[str, dict[str, float]]:
+def per_species_force_errors(reference: LabeledArrays, forces_eV_per_A: np.ndarray) -> dict[str, dict[str, float]]:
     """Force errors (eV/Angstrom) of the atoms of each element, keyed by chemical symbol."""
     errors = {}
     for z in np.unique(reference.numbers):
@@ -77,8 +78,9 @@ def per_species_force_errors(reference: LabeledArrays,
     return errors
 
 
-def per_kind_force_errors(reference: LabeledArrays, forces_eV_per_A: np.ndarray,
-                          kinds: Sequence[str]) -> dict[str, dict[str, float]]:
+def per_kind_force_errors(
+    reference: LabeledArrays, forces_eV_per_A: np.ndarray, kinds: Sequence[str]
+) -> dict[str, dict[str, float]]:
     """Force errors (eV/Angstrom) of the structures of each kind (``kinds``: one label per
     structure, e.g. its sampling strategy and temperature), with each kind's share of the summed
     squared force error."""
@@ -99,8 +101,9 @@ def per_kind_force_errors(reference: LabeledArrays, forces_eV_per_A: np.ndarray,
     return result
 
 
-def worst_force_errors(reference: LabeledArrays, forces_eV_per_A: np.ndarray, labels: Sequence[dict[str, Any]],
-                       count: int = 10) -> dict[str, Any]:
+def worst_force_errors(
+    reference: LabeledArrays, forces_eV_per_A: np.ndarray, labels: Sequence[dict[str, Any]], count: int = 10
+) -> dict[str, Any]:
     """The ``count`` structures with the largest summed squared force error, worst first: each
     one's ``labels`` entry (what identifies it: sample index, kind, ...) with its atoms, force
     error (eV/Angstrom, relative) and share of the summed squared error; and the relative RMS
@@ -108,25 +111,41 @@ def worst_force_errors(reference: LabeledArrays, forces_eV_per_A: np.ndarray, la
     if len(labels) != reference.n_structures:
         raise ValueError(f"labels: {len(labels)} entries for {reference.n_structures} structures")
     structure_of_atom = np.repeat(np.arange(reference.n_structures), reference.n_atoms)
-    squared_error = np.bincount(structure_of_atom, np.sum((forces_eV_per_A - reference.forces_eV_per_A) ** 2, axis=1),
-                                minlength=reference.n_structures)
-    squared_force = np.bincount(structure_of_atom, np.sum(reference.forces_eV_per_A**2, axis=1),
-                                minlength=reference.n_structures)
+    squared_error = np.bincount(
+        structure_of_atom,
+        np.sum((forces_eV_per_A - reference.forces_eV_per_A) ** 2, axis=1),
+        minlength=reference.n_structures,
+    )
+    squared_force = np.bincount(
+        structure_of_atom, np.sum(reference.forces_eV_per_A**2, axis=1), minlength=reference.n_structures
+    )
     worst = np.argsort(-squared_error, kind="stable")[:count]
     total, rest = float(squared_error.sum()), np.ones(reference.n_structures, dtype=bool)
     rest[worst] = False
     n_atoms = reference.n_atoms
-    rows = [{**labels[i], "n_atoms": int(n_atoms[i]),
-             "force_rmse_eV_per_A": float(np.sqrt(squared_error[i] / (3 * n_atoms[i]))),
-             "force_rel_rmse": float(np.sqrt(squared_error[i] / squared_force[i])) if squared_force[i] > 0 else math.nan,
-             "share_of_squared_error": float(squared_error[i]) / total if total > 0 else 0.0} for i in worst]
-    others = float(np.sqrt(squared_error[rest].sum() / squared_force[rest].sum())) if squared_force[rest].sum() > 0 else math.nan
-    return {"structures": rows, "share_of_squared_error": sum(r["share_of_squared_error"] for r in rows),
-            "force_rel_rmse_of_the_others": others}
+    rows = [
+        {
+            **labels[i],
+            "n_atoms": int(n_atoms[i]),
+            "force_rmse_eV_per_A": float(np.sqrt(squared_error[i] / (3 * n_atoms[i]))),
+            "force_rel_rmse": float(np.sqrt(squared_error[i] / squared_force[i])) if squared_force[i] > 0 else math.nan,
+            "share_of_squared_error": float(squared_error[i]) / total if total > 0 else 0.0,
+        }
+        for i in worst
+    ]
+    others = (
+        float(np.sqrt(squared_error[rest].sum() / squared_force[rest].sum()))
+        if squared_force[rest].sum() > 0
+        else math.nan
+    )
+    return {
+        "structures": rows,
+        "share_of_squared_error": sum(r["share_of_squared_error"] for r in rows),
+        "force_rel_rmse_of_the_others": others,
+    }
 
 
-def stress_errors(reference_eV_per_A3: np.ndarray | None,
-                  predicted_eV_per_A3: np.ndarray | None) -> dict[str, float]:
+def stress_errors(reference_eV_per_A3: np.ndarray | None, predicted_eV_per_A3: np.ndarray | None) -> dict[str, float]:
     """Stress MAE and RMSE in GPa over the 9 components and the RMS error over the teacher's RMS stress.
 
     Only structures whose reference and predicted stress are both finite count; ``{}`` when there
@@ -149,8 +168,9 @@ def stress_errors(reference_eV_per_A3: np.ndarray | None,
     }
 
 
-def ensemble_spread(reference: LabeledArrays, energy_std_eV: np.ndarray | None,
-                    forces_std_eV_per_A: np.ndarray | None = None) -> dict[str, float]:
+def ensemble_spread(
+    reference: LabeledArrays, energy_std_eV: np.ndarray | None, forces_std_eV_per_A: np.ndarray | None = None
+) -> dict[str, float]:
     """The teacher ensemble's standard deviation over members, in the place of an error: a yardstick.
 
     Same names as `energy_force_errors` (``energy_mae_per_atom_eV`` is the mean of std/atoms,
@@ -160,12 +180,14 @@ def ensemble_spread(reference: LabeledArrays, energy_std_eV: np.ndarray | None,
     spread: dict[str, float] = {}
     if energy_std_eV is not None and np.any(np.asarray(energy_std_eV) > 0):
         per_atom = np.asarray(energy_std_eV, dtype=np.float64) / reference.n_atoms
-        spread.update(energy_mae_per_atom_eV=float(np.mean(per_atom)),
-                      energy_rmse_per_atom_eV=_rms(per_atom))
+        spread.update(energy_mae_per_atom_eV=float(np.mean(per_atom)), energy_rmse_per_atom_eV=_rms(per_atom))
     if forces_std_eV_per_A is not None and np.any(np.asarray(forces_std_eV_per_A) > 0):
         std = np.asarray(forces_std_eV_per_A, dtype=np.float64)
-        spread.update(force_mae_eV_per_A=float(np.mean(std)), force_rmse_eV_per_A=_rms(std),
-                      force_rel_rmse=_rms(std) / _rms(reference.forces_eV_per_A))
+        spread.update(
+            force_mae_eV_per_A=float(np.mean(std)),
+            force_rmse_eV_per_A=_rms(std),
+            force_rel_rmse=_rms(std) / _rms(reference.forces_eV_per_A),
+        )
     return spread
 
 
@@ -186,13 +208,22 @@ def check_gates(metrics: Mapping[str, float], gates: Mapping[str, float | None])
             passed = bool(value >= threshold)
         else:
             passed = bool(value <= threshold)
-        rows.append({"metric": name, "threshold": float(threshold),
-                     "bound": "min" if name in HIGHER_IS_BETTER else "max",
-                     "value": None if value is None else float(value), "passed": passed})
+        rows.append(
+            {
+                "metric": name,
+                "threshold": float(threshold),
+                "bound": "min" if name in HIGHER_IS_BETTER else "max",
+                "value": None if value is None else float(value),
+                "passed": passed,
+            }
+        )
     return rows
 
 
 def failed_gates(rows: list[dict]) -> list[str]:
     """``"metric value > threshold"`` for each gate in ``rows`` (from `check_gates`) that failed."""
-    return [f"{row['metric']} {row['value']:.4g} {'<' if row['bound'] == 'min' else '>'} "
-            f"{row['threshold']:.4g}" for row in rows if row["passed"] is False]
+    return [
+        f"{row['metric']} {row['value']:.4g} {'<' if row['bound'] == 'min' else '>'} {row['threshold']:.4g}"
+        for row in rows
+        if row["passed"] is False
+    ]

@@ -1,4 +1,4 @@
-"""Label sampled structures with the teacher, in shards run by a Dask local cluster.
+"""Label sampled structures with the teacher, in shards run by Dask (`mlff_distill.labeling.cluster`).
 
 Each shard is labeled by one worker process and written as its own small Zarr group with a marker
 (`mlff_distill.store.write_shard`); one writer then combines the shards into the label store.
@@ -8,51 +8,52 @@ labels only what is missing. Units: positions Angstrom, energies eV, forces eV/A
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
 import hashlib
 import json
-import logging
-import os
-import shlex
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from ase import Atoms
-from distributed import WorkerPlugin
+from distributed import as_completed
 
 from mlff_distill.data import concatenate_structures
-from mlff_distill.store import (SPLIT_CODES, combine_shards, read_marker, read_shard,
-                                 write_json_atomic, write_shard)
-from mlff_distill.teachers import Teacher, check_structures_for, load_teacher
+from mlff_distill.labeling.cluster import checked_scheduler, open_client, worker_env
+from mlff_distill.settings import TeacherSettings
+from mlff_distill.store import (
+    FAILURES_FILE,
+    SPLIT_CODES,
+    combine_shards,
+    read_marker,
+    read_shard,
+    write_json_atomic,
+    write_shard,
+)
+from mlff_distill.teachers import Teacher, load_teacher
+from mlff_distill.teachers.fennol_ensemble import largest_molecules
 from mlff_distill.teachers.hessian import hessian_directions, hessian_vector_products
 
 REQUIRED_INFO = ("split", "group", "sample_index")
-# Each worker is a single-threaded process: keep XLA's Eigen off the other workers' cores
-# (distributed already sets OMP_NUM_THREADS=1). JAX still keeps a second thread busy (about 0.4 of
-# a core, dispatch and spin-waiting, measured with getrusage), so local workers are also pinned to
-# one core each (`CorePinning`): pinned, one ANI-1x worker labels as fast and leaves the other
-# cores to the other workers.
-WORKER_ENV = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}
-# Workers share compiled teacher functions through JAX's persistent cache in <shards_dir>/jax-cache.
-JAX_CACHE_DIR = "jax-cache"
 TEACHER_CONFIG_FILE = "teacher_config.json"
-# Written beside the label store: the structures left out because the teacher failed on them.
-FAILURES_FILE = "failures.json"
 
 
 def plan_shards(n_structures: int, shard_size: int) -> list[range]:
     """Consecutive index ranges of at most ``shard_size`` structures covering ``n_structures``."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-    return [range(start, min(start + shard_size, n_structures))
-            for start in range(0, n_structures, shard_size)]
+    return [range(start, min(start + shard_size, n_structures)) for start in range(0, n_structures, shard_size)]
 
 
-def label_shard(teacher_config: dict, structures: list[Atoms], shard_path: Path,
-                largest: Sequence[Atoms] = (), hessian_step_A: float | None = None) -> dict:
+def label_shard(
+    teacher_config: dict,
+    structures: list[Atoms],
+    shard_path: Path,
+    largest: Sequence[Atoms] = (),
+    hessian_step_A: float | None = None,
+) -> dict:
     """Label ``structures`` with the teacher and write them as the shard at ``shard_path``.
 
     With ``hessian_step_A`` (Angstrom), each structure also gets one Hessian-vector product of the
@@ -109,7 +110,7 @@ class LabelingFailedError(RuntimeError):
 
 def label_structures(
     structures: list[Atoms],
-    teacher_config: dict,
+    teacher: TeacherSettings,
     shards_dir: Path,
     store_path: Path,
     n_workers: int,
@@ -128,7 +129,7 @@ def label_structures(
     None or ``{"kind": "local"}``: a local cluster of ``n_workers`` processes of one thread each
     (``n_workers=0``: in this process, without Dask); ``{"kind": "address", "address": ...}``: an
     existing Dask scheduler; ``{"kind": "slurm", "jobs": N, ...}``: a dask-jobqueue SLURMCluster.
-    Complete shards holding the same structures, labeled with the same ``teacher_config``, are
+    Complete shards holding the same structures, labeled with the same ``teacher`` settings, are
     reused. ``hessian_step_A`` (Angstrom; None: none) adds the teacher's Hessian-vector products
     (see `label_shard`). ``progress`` receives each finished shard's stats with ``structures_per_second`` and
     ``eta_seconds``. ``attrs`` go into the store's root attributes.
@@ -148,7 +149,8 @@ def label_structures(
     _check_info(structures)
     if not 0.0 <= max_failed_fraction <= 1.0:
         raise ValueError(f"max_failed_fraction must be within [0, 1], got {max_failed_fraction}")
-    scheduler = _checked_scheduler(scheduler)
+    scheduler = checked_scheduler(scheduler)
+    teacher_config = dataclasses.asdict(teacher)
     shards_dir = Path(shards_dir).resolve()
     shards_dir.mkdir(parents=True, exist_ok=True)
     _invalidate_if_teacher_changed(shards_dir, {**teacher_config, "hessian_step_A": hessian_step_A})
@@ -157,8 +159,7 @@ def label_structures(
     shards = [[structures[i] for i in r] for r in ranges]
     todo = [(path, shard) for path, shard in zip(paths, shards) if not _reusable(path, shard)]
     label_start = time.perf_counter()
-    stats = _label_todo(todo, teacher_config, n_workers, worker_env(shards_dir), progress, scheduler,
-                        hessian_step_A)
+    stats = _label_todo(todo, teacher_config, n_workers, worker_env(shards_dir), progress, scheduler, hessian_step_A)
     label_seconds = time.perf_counter() - label_start
 
     combine_start = time.perf_counter()
@@ -192,13 +193,10 @@ def label_structures(
         raise LabelingFailedError(
             f"{len(failures)} of {len(structures)} structures ({summary['failed_fraction']:.1%}) "
             f"failed to label, more than max_failed_fraction={max_failed_fraction}; first: "
-            f"{reasons}; all in {failures_file}", summary)
+            f"{reasons}; all in {failures_file}",
+            summary,
+        )
     return summary
-
-
-def worker_env(shards_dir: Path) -> dict[str, str]:
-    """Environment of labeling worker processes: `WORKER_ENV` and the shared JAX cache."""
-    return {**WORKER_ENV, "JAX_COMPILATION_CACHE_DIR": str(Path(shards_dir) / JAX_CACHE_DIR)}
 
 
 # How many of the job's largest molecules, by atoms and by atoms of each species, go to each
@@ -206,9 +204,15 @@ def worker_env(shards_dir: Path) -> dict[str, str]:
 LARGEST_FOR_CAPACITY = 64
 
 
-def _label_todo(todo: list[tuple[Path, list[Atoms]]], teacher_config: dict, n_workers: int,
-                env: dict[str, str], progress: Callable[[dict], None] | None,
-                scheduler: dict, hessian_step_A: float | None = None) -> list[dict]:
+def _label_todo(
+    todo: list[tuple[Path, list[Atoms]]],
+    teacher_config: dict,
+    n_workers: int,
+    env: dict[str, str],
+    progress: Callable[[dict], None] | None,
+    scheduler: dict,
+    hessian_step_A: float | None = None,
+) -> list[dict]:
     """Label the shards in ``todo`` (in this process if the (checked) scheduler is local and
     ``n_workers <= 0``; else on Dask workers, see `open_client`); their stats."""
     if not todo:
@@ -222,11 +226,17 @@ def _label_todo(todo: list[tuple[Path, list[Atoms]]], teacher_config: dict, n_wo
         done = sum(s["n_structures"] + s["n_failed"] for s in stats)
         rate = done / (time.perf_counter() - start)
         if progress is not None:
-            progress({**stat, "shards_done": len(stats), "shards_total": len(todo),
-                      "structures_done": done, "structures_total": total,
-                      "structures_per_second": rate, "eta_seconds": (total - done) / rate})
-
-    from mlff_distill.teachers.fennol_ensemble import largest_molecules
+            progress(
+                {
+                    **stat,
+                    "shards_done": len(stats),
+                    "shards_total": len(todo),
+                    "structures_done": done,
+                    "structures_total": total,
+                    "structures_per_second": rate,
+                    "eta_seconds": (total - done) / rate,
+                }
+            )
 
     batches = largest_molecules([atoms for _, shard in todo for atoms in shard], LARGEST_FOR_CAPACITY)
     largest = list({id(atoms): atoms for batch in batches for atoms in batch}.values())
@@ -235,112 +245,19 @@ def _label_todo(todo: list[tuple[Path, list[Atoms]]], teacher_config: dict, n_wo
             finished(label_shard(teacher_config, shard, path, largest, hessian_step_A))
         return stats
 
-    from distributed import as_completed
-
     with open_client(scheduler, min(n_workers, len(todo)), env) as client:
-        futures = [client.submit(label_shard, teacher_config, shard, path, largest, hessian_step_A, pure=False)
-                   for path, shard in todo]
+        futures = [
+            client.submit(label_shard, teacher_config, shard, path, largest, hessian_step_A, pure=False)
+            for path, shard in todo
+        ]
         for future in as_completed(futures):
             finished(future.result())
     return stats
 
 
-SCHEDULER_KINDS = ("local", "address", "slurm")
-JOBQUEUE_PIN = "dask-jobqueue==0.9.0"
-
-
-def _checked_scheduler(scheduler: dict | None) -> dict:
-    """``scheduler`` with its kind checked (None means ``{"kind": "local"}``)."""
-    scheduler = dict(scheduler or {"kind": "local"})
-    kind = scheduler.get("kind", "local")
-    if kind not in SCHEDULER_KINDS:
-        raise ValueError(f"scheduler kind {kind!r} is not one of {', '.join(SCHEDULER_KINDS)}")
-    if kind == "address" and not scheduler.get("address"):
-        raise ValueError("scheduler kind 'address' needs 'address' (e.g. tcp://host:8786)")
-    if kind == "slurm" and int(scheduler.get("jobs", 1)) < 1:
-        raise ValueError(f"scheduler kind 'slurm': jobs must be at least 1, got {scheduler['jobs']}")
-    return {**scheduler, "kind": kind}
-
-
-@contextlib.contextmanager
-def open_client(scheduler: dict | None, n_workers: int, env: dict[str, str]) -> Iterator:
-    """A Dask ``Client`` for ``scheduler``, closed (with any cluster it started) on exit.
-
-    - ``local`` (or None): a LocalCluster of ``n_workers`` single-threaded processes with ``env``.
-    - ``address``: connects to the running scheduler at ``scheduler["address"]``; its workers keep
-      their own environment (``env`` is not applied) and must import this package.
-    - ``slurm``: `slurm_cluster` scaled to ``scheduler["jobs"]`` jobs (default 1); ``n_workers`` is
-      not used.
-    """
-    from distributed import Client, LocalCluster
-
-    scheduler = _checked_scheduler(scheduler)
-    if scheduler["kind"] == "address":
-        with Client(scheduler["address"], timeout=scheduler.get("timeout", "30s")) as client:
-            yield client
-        return
-    if scheduler["kind"] == "slurm":
-        with slurm_cluster(scheduler, env) as cluster:
-            cluster.scale(jobs=int(scheduler.get("jobs", 1)))
-            with Client(cluster) as client:
-                yield client
-        return
-    with LocalCluster(n_workers=max(1, n_workers), threads_per_worker=1, processes=True,
-                      dashboard_address=None, silence_logs=logging.WARNING, env=env) as cluster, \
-            Client(cluster) as client:
-        pin_workers_to_cores(client)
-        yield client
-
-
-def pin_workers_to_cores(client) -> None:
-    """Pin each worker of a local cluster to its own core, if there are at least as many cores
-    (this process's affinity) as workers; otherwise leave them unpinned."""
-    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
-    n_workers = len(client.scheduler_info()["workers"])
-    if 1 <= n_workers <= len(cores):
-        client.register_plugin(CorePinning(cores), name="mlff-distill-core-pinning")
-
-
-class CorePinning(WorkerPlugin):
-    """Dask worker plugin: pins every thread of worker ``name`` (0, 1, ... in a LocalCluster) to
-    core ``cores[name % len(cores)]``; threads started later inherit the affinity."""
-
-    def __init__(self, cores: list[int]):
-        self.cores = list(cores)
-
-    def setup(self, worker) -> None:
-        try:
-            core = self.cores[int(worker.name) % len(self.cores)]
-        except (TypeError, ValueError):
-            return  # not a LocalCluster worker: leave it to its own scheduler
-        for thread_id in os.listdir("/proc/self/task"):
-            with contextlib.suppress(OSError):
-                os.sched_setaffinity(int(thread_id), {core})
-
-
-def slurm_cluster(scheduler: dict, env: dict[str, str] | None = None):
-    """A ``dask_jobqueue.SLURMCluster`` from ``scheduler`` (not scaled: nothing is submitted).
-
-    Every key but ``kind``, ``jobs`` and ``timeout`` is passed to SLURMCluster (``cores``,
-    ``memory``, ``walltime``, ``queue``, ``account``, ``job_extra_directives``, ...).
-    ``processes`` defaults to ``cores`` (single-threaded workers, like the local cluster); ``env``
-    is exported in the job script before the workers start.
-    """
-    try:
-        from dask_jobqueue import SLURMCluster
-    except ImportError as error:
-        raise ImportError(f"scheduler kind 'slurm' needs dask-jobqueue: pip install {JOBQUEUE_PIN} "
-                          f"({error})") from error
-    options = {k: v for k, v in scheduler.items() if k not in ("kind", "jobs", "timeout")}
-    if "cores" in options:
-        options.setdefault("processes", options["cores"])
-    exports = [f"export {name}={shlex.quote(value)}" for name, value in (env or {}).items()]
-    options["job_script_prologue"] = exports + list(options.get("job_script_prologue", []))
-    return SLURMCluster(**options)
-
-
-def _compute_with_fallback(teacher: Teacher, structures: list[Atoms], hessian_step_A: float | None = None
-                           ) -> tuple[list[Atoms], dict[str, np.ndarray], list[dict]]:
+def _compute_with_fallback(
+    teacher: Teacher, structures: list[Atoms], hessian_step_A: float | None = None
+) -> tuple[list[Atoms], dict[str, np.ndarray], list[dict]]:
     """The structures the teacher labeled, their labels and the failures (see `label_shard`)."""
     try:
         arrays = _teacher_labels(teacher, structures, hessian_step_A)
@@ -350,13 +267,11 @@ def _compute_with_fallback(teacher: Teacher, structures: list[Atoms], hessian_st
         pass
     kept, outputs, failures = [], [], []
     for atoms in structures:
-        failure = {"sample_index": int(atoms.info["sample_index"]), "error": None,
-                   "reason": "non-finite energy/forces"}
+        failure = {"sample_index": int(atoms.info["sample_index"]), "error": None, "reason": "non-finite energy/forces"}
         try:
             arrays = _teacher_labels(teacher, [atoms], hessian_step_A)
         except Exception as error:  # any teacher error means: this structure fails
-            failures.append({**failure, "error": type(error).__name__,
-                             "reason": f"{type(error).__name__}: {error}"})
+            failures.append({**failure, "error": type(error).__name__, "reason": f"{type(error).__name__}: {error}"})
             continue
         if not _finite(arrays):
             failures.append(failure)
@@ -364,8 +279,12 @@ def _compute_with_fallback(teacher: Teacher, structures: list[Atoms], hessian_st
         kept.append(atoms)
         outputs.append(arrays)
     if not outputs:
-        empty = {"energy_eV": np.zeros(0), "energy_std_eV": np.zeros(0), "forces_eV_per_A": np.zeros((0, 3)),
-                 "stress_eV_per_A3": np.zeros((0, 3, 3))}
+        empty = {
+            "energy_eV": np.zeros(0),
+            "energy_std_eV": np.zeros(0),
+            "forces_eV_per_A": np.zeros((0, 3)),
+            "stress_eV_per_A3": np.zeros((0, 3, 3)),
+        }
         if hessian_step_A is not None:
             empty.update(hessian_direction=np.zeros((0, 3)), hessian_product_eV_per_A2=np.zeros((0, 3)))
         return [], empty, failures
@@ -376,30 +295,39 @@ def _teacher_labels(teacher: Teacher, structures: list[Atoms], hessian_step_A: f
     """The store arrays the teacher gives for ``structures``: energies, forces, stress and, with
     ``hessian_step_A``, one Hessian-vector product per structure."""
     output = teacher.compute(structures, compute_stress=True)
-    stress = (np.full((len(structures), 3, 3), np.nan) if output.stress_eV_per_A3 is None
-              else np.asarray(output.stress_eV_per_A3, dtype=np.float64))
-    arrays = {"energy_eV": np.asarray(output.energy_eV, dtype=np.float64),
-              "energy_std_eV": np.asarray(output.energy_std_eV, dtype=np.float64),
-              "forces_eV_per_A": np.asarray(output.forces_eV_per_A, dtype=np.float64),
-              "stress_eV_per_A3": stress}
+    stress = (
+        np.full((len(structures), 3, 3), np.nan)
+        if output.stress_eV_per_A3 is None
+        else np.asarray(output.stress_eV_per_A3, dtype=np.float64)
+    )
+    arrays = {
+        "energy_eV": np.asarray(output.energy_eV, dtype=np.float64),
+        "energy_std_eV": np.asarray(output.energy_std_eV, dtype=np.float64),
+        "forces_eV_per_A": np.asarray(output.forces_eV_per_A, dtype=np.float64),
+        "stress_eV_per_A3": stress,
+    }
     if hessian_step_A is not None:
         directions = hessian_directions(structures)
         arrays["hessian_direction"] = np.concatenate(directions) if directions else np.zeros((0, 3))
         arrays["hessian_product_eV_per_A2"] = np.asarray(
-            hessian_vector_products(teacher, structures, directions, hessian_step_A), dtype=np.float64)
+            hessian_vector_products(teacher, structures, directions, hessian_step_A), dtype=np.float64
+        )
     return arrays
 
 
 def _finite(arrays: dict[str, np.ndarray]) -> bool:
     """True if the energies, forces and (if present) Hessian-vector products are all finite."""
-    return all(np.isfinite(arrays[name]).all() for name in ("energy_eV", "forces_eV_per_A", "hessian_product_eV_per_A2")
-               if name in arrays)
+    return all(
+        np.isfinite(arrays[name]).all()
+        for name in ("energy_eV", "forces_eV_per_A", "hessian_product_eV_per_A2")
+        if name in arrays
+    )
 
 
 @functools.lru_cache(maxsize=2)
 def _cached_teacher(teacher_config_json: str) -> Teacher:
     """The teacher of a canonical-JSON config, loaded once per process."""
-    return load_teacher(json.loads(teacher_config_json))
+    return load_teacher(TeacherSettings(**json.loads(teacher_config_json)))
 
 
 def _canonical_json(config: dict) -> str:
@@ -413,8 +341,9 @@ def _check_info(structures: Sequence[Atoms]) -> None:
             if key not in atoms.info:
                 raise ValueError(f"structure {index} has no info[{key!r}] (needs {', '.join(REQUIRED_INFO)})")
         if atoms.info["split"] not in SPLIT_CODES:
-            raise ValueError(f"structure {index}: info['split']={atoms.info['split']!r} "
-                             f"is not one of {', '.join(SPLIT_CODES)}")
+            raise ValueError(
+                f"structure {index}: info['split']={atoms.info['split']!r} is not one of {', '.join(SPLIT_CODES)}"
+            )
 
 
 def _input_arrays(structures: Sequence[Atoms]) -> dict[str, np.ndarray]:
@@ -438,8 +367,7 @@ def _reusable(shard_path: Path, structures: Sequence[Atoms]) -> bool:
         return False
     failed = {f["sample_index"] for f in marker.get("failures", [])}
     kept = [a for a in structures if a.info["sample_index"] not in failed]
-    return all(np.array_equal(existing[name], values)
-               for name, values in _input_arrays(kept).items())
+    return all(np.array_equal(existing[name], values) for name, values in _input_arrays(kept).items())
 
 
 def _inputs_sha256(structures: Sequence[Atoms]) -> str:
@@ -461,65 +389,3 @@ def _invalidate_if_teacher_changed(shards_dir: Path, teacher_config: dict) -> No
     for marker in shards_dir.glob("shard-*.zarr.done.json"):
         marker.unlink()
     path.write_text(wanted)
-
-
-def run(config: dict, structures_file: Path, store: Path, shards_dir: Path, pipeline_file: Path,
-        log_file: Path, threads: int) -> None:
-    """The Snakemake job: label, combine, log throughput and one MLflow child run per shard."""
-    from ase.io import read
-
-    from mlff_distill.logs import stage_logger
-    from mlff_distill.tracking import config_hash, package_versions, stage_run
-
-    logger = stage_logger("label", log_file)
-    structures = read(structures_file, ":")
-    teacher = load_teacher(config["teacher"])
-    check_structures_for(teacher, structures, config["teacher"]["molecule_only"])
-    n_workers = config["label"]["workers"] or threads
-    with stage_run(pipeline_file, "label", {**config["label"], "n_workers": n_workers},
-                   log_file) as tracker:
-        tracker.set_tags({"teacher": teacher.identity.label,
-                          "teacher_trained": teacher.identity.trained})
-        tracker.log_params({"teacher": teacher.identity.as_dict()})
-
-        def progress(stat: dict) -> None:
-            logger.info("shard %s done: %d/%d structures, %.1f structures/s, %.0f s left",
-                        stat["shard"], stat["structures_done"], stat["structures_total"],
-                        stat["structures_per_second"], stat["eta_seconds"])
-            tracker.log_metrics({"structures_done": stat["structures_done"],
-                                 "structures_per_second": stat["structures_per_second"],
-                                 "eta_seconds": stat["eta_seconds"]}, step=stat["shards_done"])
-
-        attrs = {"teacher": teacher.identity.as_dict(), "config_hash": config_hash(config),
-                 "package_versions": package_versions(),
-                 "structures_file": str(Path(structures_file).resolve())}
-        try:
-            summary = label_structures(
-                structures, config["teacher"], shards_dir, store, n_workers,
-                config["label"]["shard_size"], attrs, progress,
-                max_failed_fraction=config["label"]["max_failed_fraction"],
-                scheduler=config["label"]["scheduler"],
-                max_force_eV_per_A=config["label"]["max_force_eV_per_A"],
-                hessian_step_A=config["label"]["hessian_step_A"])
-        except LabelingFailedError as error:
-            tracker.log_metrics({"n_failed": error.summary["n_failed"],
-                                 "failed_fraction": error.summary["failed_fraction"]})
-            logger.error("%s", error)
-            raise
-        for failure in summary["failures"]:
-            logger.warning("structure %d left out: %s", failure["sample_index"], failure["reason"])
-        if summary["n_excluded"]:
-            logger.info("%d structures with a teacher force of %s eV/A or more excluded from training and "
-                        "evaluation (sample indices %s)", summary["n_excluded"],
-                        config["label"]["max_force_eV_per_A"], summary["excluded"])
-        for stat in summary["shards"]:
-            shard_run = tracker.child(f"label {stat['shard']}")
-            shard_run.log_metrics({k: stat[k] for k in ("n_structures", "n_atoms", "n_failed", "seconds",
-                                                        "teacher_seconds", "write_seconds")})
-            shard_run.end()
-        tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
-        logger.info("labeled %d structures (%d failed, %d shards new, %d reused, scheduler %s) "
-                    "in %.1f s into %s", summary["n_structures"], summary["n_failed"],
-                    summary["shards_labeled"], summary["shards_reused"], summary["scheduler"],
-                    summary["seconds"], store)
-

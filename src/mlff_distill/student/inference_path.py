@@ -1,20 +1,30 @@
-"""Logic of the ``tune`` stage: pick the fastest correct inference path, autotune the Triton kernels, load the result.
+"""The tune stage's logic: pick the fastest correct inference path of the student on this machine,
+and autotune the Triton kernels on a CUDA GPU (`mlff_distill.student.tuned_kernels` installs the
+result).
 
-No MLflow and no Snakemake here; the stage wrapper records what these functions return.
+No MLflow and no Snakemake here; the stage records what these functions return.
 Timings are in seconds unless a key says ``_ms``.
 """
 
+from __future__ import annotations
+
 import copy
-import json
+import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import all_changes
+
+from mlff_distill.data import LabeledArrays
+from mlff_distill.reference.edge_message import edge_message_torch
+from mlff_distill.student.calculator import StudentCalculator
+from mlff_distill.student.fitting import structure_tensors
+from mlff_distill.student.neighbours import edge_vectors
+
 
 def cuda_available() -> bool:
     """Whether PyTorch sees a CUDA device."""
@@ -47,8 +57,9 @@ def calculator_results(calculator, structures: Sequence[Atoms]) -> list[dict[str
     return results
 
 
-def _mismatch(results: list[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]],
-              relative_tolerance: float = 1e-3) -> str | None:
+def _mismatch(
+    results: list[dict[str, np.ndarray]], reference: list[dict[str, np.ndarray]], relative_tolerance: float = 1e-3
+) -> str | None:
     """None if ``results`` equal ``reference`` to float32 rounding, else the first difference.
 
     A quantity passes when its largest absolute difference is at most ``relative_tolerance``
@@ -75,12 +86,13 @@ def choose_cpu_path(model: torch.nn.Module, structures: Sequence[Atoms], try_com
     ``{"error": ...}`` (not tried: ``{"skipped": ...}``) and eager is kept. The path with the smaller
     median time for the whole set is chosen; per-structure medians are in ``per_structure_ms``.
     """
-    from mlff_distill.student import StudentCalculator
 
     def timed(calculator) -> dict:
         whole = time_callable(lambda: calculator_results(calculator, structures), repeats, warmup=1)
-        each = [1e3 * time_callable(lambda a=atoms: calculator_results(calculator, [a]), repeats, 0)["median_s"]
-                for atoms in structures]
+        each = [
+            1e3 * time_callable(lambda a=atoms: calculator_results(calculator, [a]), repeats, 0)["median_s"]
+            for atoms in structures
+        ]
         return {**whole, "per_structure_ms": each}
 
     eager = StudentCalculator(model)
@@ -123,12 +135,15 @@ def layer_inputs(model: torch.nn.Module, graph: dict, seed: int) -> dict:
     The edges come from the graph's neighbour list at the model's cutoff and the radial weights from
     the model's first layer; ``phi`` and ``v`` are random (kernel speed does not depend on them).
     """
-    from mlff_distill.student.neighbours import edge_vectors
-
     dtype, device = model.radial_filter.weight.dtype, model.radial_filter.weight.device
     f = model.n_features
-    src, dst, vectors = edge_vectors(graph["positions_A"].to(device, dtype), graph["cell_A"].to(device, dtype),
-                                     graph["pbc"].to(device), graph["atoms_ptr"].to(device), model.cutoff_A)
+    src, dst, vectors = edge_vectors(
+        graph["positions_A"].to(device, dtype),
+        graph["cell_A"].to(device, dtype),
+        graph["pbc"].to(device),
+        graph["atoms_ptr"].to(device),
+        model.cutoff_A,
+    )
     n_atoms = len(graph["numbers"])
     generator = torch.Generator(device=device).manual_seed(seed)
     return {
@@ -136,7 +151,11 @@ def layer_inputs(model: torch.nn.Module, graph: dict, seed: int) -> dict:
         "v": torch.randn(n_atoms, 3, f, generator=generator, device=device, dtype=dtype).requires_grad_(True),
         "vectors_A": vectors.detach().requires_grad_(True),
         "radial_weight": model.radial_filter.weight[: 3 * f].detach().T.contiguous().requires_grad_(True),
-        "src": src, "dst": dst, "n_atoms": n_atoms, "cutoff_A": model.cutoff_A, "n_radial": model.n_radial,
+        "src": src,
+        "dst": dst,
+        "n_atoms": n_atoms,
+        "cutoff_A": model.cutoff_A,
+        "n_radial": model.n_radial,
     }
 
 
@@ -149,7 +168,7 @@ def _forward_backward(op: Callable, inputs: dict, seeds: list[torch.Tensor]) -> 
 def autotune_triton_on_gpu(model: torch.nn.Module, graphs: list[dict]) -> dict:
     """Autotune the fused edge-message kernels on CUDA on each of ``graphs`` and time them against PyTorch.
 
-    ``graphs`` are model-input dicts (e.g. `mlff_distill.tune.sample_graphs` of the run's own data).
+    ``graphs`` are model-input dicts (e.g. `sample_graphs` of the run's own data).
     Returns the GPU name, versions, the feature width and per edge-count bucket the chosen forward
     and backward configs, the max abs errors against `edge_message_torch`, the median times (ms,
     `triton.testing.do_bench`) of Triton and PyTorch, and the effective bandwidth of the fused
@@ -157,13 +176,13 @@ def autotune_triton_on_gpu(model: torch.nn.Module, graphs: list[dict]) -> dict:
     """
     if not cuda_available():
         raise RuntimeError("autotune_triton_on_gpu needs a CUDA device")
+    # Triton and its kernels on a CUDA GPU only: importing them fixes Triton's interpreter mode.
     import triton
     import triton.testing
 
     from mlff_distill.kernels import edge_message as kernels
     from mlff_distill.kernels.bessel_cosine import edge_bucket
     from mlff_distill.kernels.traffic import edge_message_bytes
-    from mlff_distill.student.edge_message import edge_message_torch
 
     kernels.set_tuned_configs({})  # let the autotuner choose
     model = copy.deepcopy(model).to("cuda", torch.float32)
@@ -183,19 +202,30 @@ def autotune_triton_on_gpu(model: torch.nn.Module, graphs: list[dict]) -> dict:
         reference_grads = _forward_backward(edge_message_torch, inputs, seeds)
         with torch.no_grad():
             timings = {
-                "triton_forward_ms": triton.testing.do_bench(lambda: kernels.edge_message_triton(**inputs),
-                                                             return_mode="median"),
-                "torch_forward_ms": triton.testing.do_bench(lambda: edge_message_torch(**inputs),
-                                                            return_mode="median"),
+                "triton_forward_ms": triton.testing.do_bench(
+                    lambda: kernels.edge_message_triton(**inputs), return_mode="median"
+                ),
+                "torch_forward_ms": triton.testing.do_bench(lambda: edge_message_torch(**inputs), return_mode="median"),
                 "triton_backward_kernel_ms": triton.testing.do_bench(
                     lambda: kernels.edge_message_backward_triton(
-                        *seeds, inputs["phi"], inputs["v"], inputs["vectors_A"], inputs["radial_weight"],
-                        inputs["src"], inputs["dst"], inputs["cutoff_A"]), return_mode="median"),
+                        *seeds,
+                        inputs["phi"],
+                        inputs["v"],
+                        inputs["vectors_A"],
+                        inputs["radial_weight"],
+                        inputs["src"],
+                        inputs["dst"],
+                        inputs["cutoff_A"],
+                    ),
+                    return_mode="median",
+                ),
             }
         timings["triton_forward_backward_ms"] = triton.testing.do_bench(
-            lambda: _forward_backward(kernels.edge_message_triton, inputs, seeds), return_mode="median")
+            lambda: _forward_backward(kernels.edge_message_triton, inputs, seeds), return_mode="median"
+        )
         timings["torch_forward_backward_ms"] = triton.testing.do_bench(
-            lambda: _forward_backward(edge_message_torch, inputs, seeds), return_mode="median")
+            lambda: _forward_backward(edge_message_torch, inputs, seeds), return_mode="median"
+        )
         f, itemsize = model.n_features, inputs["phi"].element_size()
         forward_bytes = edge_message_bytes(n_edges, f, model.n_radial, itemsize, True, backward=False)
         backward_bytes = edge_message_bytes(n_edges, f, model.n_radial, itemsize, True, backward=True)
@@ -224,43 +254,62 @@ def autotune_triton_on_gpu(model: torch.nn.Module, graphs: list[dict]) -> dict:
     }
 
 
-def tuned_configs_from_record(record: dict, gpu_name: str) -> dict:
-    """``{(kernel, edge bucket, feature width): triton.Config}`` tuned for ``gpu_name`` in a tune record, or {}."""
-    from mlff_distill.kernels.edge_message import KERNELS, config_from_dict
+def sample_graphs(data: LabeledArrays, atom_counts: list[int]) -> list[dict[str, torch.Tensor]]:
+    """One graph per entry of ``atom_counts``: ``data``'s structures, in order and cycling, batched until
+    the batch has at least that many atoms (molecules become a batch of disjoint molecules, crystals
+    several cells), as model-input tensors on the CPU."""
+    if data.n_structures == 0 or data.n_atoms.sum() == 0:
+        raise ValueError("sample_graphs needs at least one structure with atoms")
+    graphs = []
+    for target in atom_counts:
+        if target < 1:
+            raise ValueError(f"atom counts must be >= 1, got {target}")
+        indices, total = [], 0
+        while total < target:
+            index = len(indices) % data.n_structures
+            indices.append(index)
+            total += int(data.n_atoms[index])
+        graphs.append(structure_tensors(data.subset(indices), torch.device("cpu")))
+    return graphs
 
-    triton_record = record.get("triton")
-    tuned = triton_record.get("gpus", {}).get(gpu_name) if isinstance(triton_record, dict) else None
-    if tuned is None:
-        return {}
-    return {(kernel, int(bucket), int(tuned["n_features"])): config_from_dict(entry[f"{kernel}_config"])
-            for bucket, entry in tuned["buckets"].items() for kernel in KERNELS}
 
+def tune(
+    model: torch.nn.Module,
+    data: LabeledArrays,
+    try_compile: bool,
+    repeats: int,
+    graph_atoms: list[int],
+    cpu_structures: Sequence[Atoms],
+) -> dict:
+    """The tune stage's record for ``model`` on the test structures ``data``.
 
-def load_tuned_kernels(path: str | Path) -> dict:
-    """Apply the tune stage's record at ``path`` (``inference_path.json``) to this process.
-
-    On CUDA, installs the Triton configs tuned for this GPU model (`kernels.edge_message.set_tuned_configs`),
-    so inference starts tuned; another GPU model's record leaves the kernels to autotune on first use.
-    Returns ``{"chosen_path", "installed_configs", "note"}``; ``chosen_path`` is ``"triton"``, ``"eager"``
-    or ``"torch_compile"`` and is what this machine should run: a GPU record read without CUDA gives
-    ``"eager"``.
+    With CUDA: the fused edge-message kernels are autotuned on graphs of ``graph_atoms`` atoms
+    (`sample_graphs`), recorded under ``triton.gpus[<GPU model>]``, and ``chosen_path`` is
+    ``"triton"`` if their forward+backward time summed over the graphs beats PyTorch's, else ``"eager"``.
+    Without: `choose_cpu_path` on ``cpu_structures`` (test structures and systems of the
+    ``graph_atoms`` sizes, `mlff_distill.sampling.boxes.cpu_timing_structures`).
     """
-    record = json.loads(Path(path).read_text())
-    chosen = record.get("chosen_path")
-    if chosen not in ("triton", "eager", "torch_compile"):
-        raise ValueError(f"{path}: chosen_path must be triton, eager or torch_compile, got {chosen!r}")
-    if not cuda_available():
-        if chosen == "triton":
-            return {"chosen_path": "eager", "installed_configs": 0,
-                    "note": f"{path} was tuned on a CUDA GPU; none here, so eager PyTorch"}
-        return {"chosen_path": chosen, "installed_configs": 0, "note": record.get("reason", "")}
-    from mlff_distill.kernels.edge_message import set_tuned_configs
-
-    gpu_name = torch.cuda.get_device_name()
-    configs = tuned_configs_from_record(record, gpu_name)
-    set_tuned_configs(configs)
-    if record.get("cuda_available") and chosen != "triton":
-        return {"chosen_path": chosen, "installed_configs": len(configs), "note": record.get("reason", "")}
-    note = (f"Triton configs tuned for {gpu_name} installed" if configs else
-            f"no configs tuned for {gpu_name} in {path}: the kernels autotune on first use")
-    return {"chosen_path": "triton", "installed_configs": len(configs), "note": note}
+    record = {"machine": platform.machine(), "processor": platform.processor() or "unknown", "torch": torch.__version__}
+    if cuda_available():
+        tuned = autotune_triton_on_gpu(model, sample_graphs(data, graph_atoms))
+        triton_ms = sum(b["triton_forward_backward_ms"] for b in tuned["buckets"].values())
+        torch_ms = sum(b["torch_forward_backward_ms"] for b in tuned["buckets"].values())
+        chosen = "triton" if triton_ms < torch_ms else "eager"
+        record.update(
+            cuda_available=True,
+            device=tuned["gpu_name"],
+            chosen_path=chosen,
+            triton={"gpus": {tuned["gpu_name"]: tuned}},
+            reason=(
+                f"CUDA GPU: fused Triton edge message autotuned on graphs of {graph_atoms} atoms; "
+                f"forward+backward summed over them: Triton {triton_ms:.3g} ms, "
+                f"PyTorch {torch_ms:.3g} ms, so {chosen}"
+            ),
+        )
+        return record
+    record.update(choose_cpu_path(model, cpu_structures, try_compile, repeats))
+    record["triton"] = (
+        "not autotuned: no CUDA GPU (torch.cuda.is_available() is False); "
+        f"inference uses the CPU path '{record['chosen_path']}'"
+    )
+    return record

@@ -68,8 +68,7 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = Non
         return '<p class="na">no rows</p>'
     columns = list(columns or rows[0].keys())
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(_cell(row.get(c)) for c in columns) + "</tr>"
-                   for row in rows)
+    body = "".join("<tr>" + "".join(_cell(row.get(c)) for c in columns) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -87,8 +86,11 @@ def _verdict(passed: bool | None) -> str:
 
 
 def _summary(metrics: Mapping[str, Any]) -> str:
-    facts = [("teacher", metrics.get("teacher")), ("student", metrics.get("student")),
-             ("test structures", metrics.get("n_test"))]
+    facts = [
+        ("teacher", metrics.get("teacher")),
+        ("student", metrics.get("student")),
+        ("test structures", metrics.get("n_test")),
+    ]
     if metrics.get("force_rel_rmse") is not None:
         facts.append(("relative RMS force error", f"{100 * metrics['force_rel_rmse']:.2f} %"))
     if metrics.get("energy_mae_per_atom_eV") is not None:
@@ -102,65 +104,87 @@ def _summary(metrics: Mapping[str, Any]) -> str:
     else:
         gate_rows = "".join(
             f"<tr><td>{html.escape(g['metric'])}</td>"
-            f"<td class=\"num\">{g['bound']} {_number(g['threshold'])}</td>"
-            f"{_cell(g['value'])}<td>{_verdict(g['passed'])}</td></tr>" for g in gates)
+            f'<td class="num">{g["bound"]} {_number(g["threshold"])}</td>'
+            f"{_cell(g['value'])}<td>{_verdict(g['passed'])}</td></tr>"
+            for g in gates
+        )
         overall = metrics.get("gates_passed")
         strict = " (strict: the run fails)" if metrics.get("strict") and overall is False else ""
-        gate_html = ("<table><tr><th>gate</th><th>threshold</th><th>value</th><th>verdict</th></tr>"
-                     f"{gate_rows}</table><p>All gates: {_verdict(overall)}{strict}</p>")
+        gate_html = (
+            "<table><tr><th>gate</th><th>threshold</th><th>value</th><th>verdict</th></tr>"
+            f"{gate_rows}</table><p>All gates: {_verdict(overall)}{strict}</p>"
+        )
     return f"<table>{rows}</table><h3>Acceptance gates</h3>{gate_html}"
 
 
 def _accuracy(metrics: Mapping[str, Any]) -> str:
     spread = metrics.get("ensemble_spread") or {}
     body = "".join(
-        f"<tr><td>{label}</td><td>{unit}</td>{_cell(metrics.get(key), factor)}"
-        f"{_cell(spread.get(key), factor)}</tr>"
-        for key, label, unit, factor in ACCURACY_ROWS)
-    overall = ("<table><tr><th>metric</th><th>unit</th><th>student vs teacher</th>"
-               f"<th>teacher ensemble spread</th></tr>{body}</table>")
-    note = ("<p>The ensemble spread is the standard deviation over the teacher's members, in the "
-            "place of an error: how much the teacher's own members disagree, a scale against "
-            "which to read the student's error.</p>" if spread else
-            '<p class="na">Ensemble yardstick: not available (single-model teacher, or no spread '
-            "stored).</p>")
+        f"<tr><td>{label}</td><td>{unit}</td>{_cell(metrics.get(key), factor)}{_cell(spread.get(key), factor)}</tr>"
+        for key, label, unit, factor in ACCURACY_ROWS
+    )
+    overall = (
+        "<table><tr><th>metric</th><th>unit</th><th>student vs teacher</th>"
+        f"<th>teacher ensemble spread</th></tr>{body}</table>"
+    )
+    note = (
+        "<p>The ensemble spread is the standard deviation over the teacher's members, in the "
+        "place of an error: how much the teacher's own members disagree, a scale against "
+        "which to read the student's error.</p>"
+        if spread
+        else '<p class="na">Ensemble yardstick: not available (single-model teacher, or no spread stored).</p>'
+    )
     if metrics.get("n_stress") is None:
         note += '<p class="na">Stress: no periodic structures in the test split.</p>'
     rotation = metrics.get("teacher_rotation")
     if rotation:
-        note += (f"<p>Teacher symmetry: turned by a random rotation, {rotation['n_structures']} test "
-                 f"structures got forces that differ from the turned originals by "
-                 f"{100 * rotation['force_rel_change']:.3g} % (relative RMS). A rotation-invariant "
-                 "student, such as this one, cannot get below about half of that against this "
-                 f"teacher: {100 * rotation['invariant_student_floor']:.3g} %.</p>")
+        note += (
+            f"<p>Teacher symmetry: turned by a random rotation, {rotation['n_structures']} test "
+            f"structures got forces that differ from the turned originals by "
+            f"{100 * rotation['force_rel_change']:.3g} % (relative RMS). A rotation-invariant "
+            "student, such as this one, cannot get below about half of that against this "
+            f"teacher: {100 * rotation['invariant_student_floor']:.3g} %.</p>"
+        )
     species = metrics.get("per_species")
-    per_species = (table([{"element": z, **v} for z, v in species.items()]) if species else NOT_RUN)
+    per_species = table([{"element": z, **v} for z, v in species.items()]) if species else NOT_RUN
     kinds = metrics.get("per_kind")
-    per_kind = (table([{"kind of structure": k, **v} for k, v in kinds.items()]) if kinds else NOT_RUN)
+    per_kind = table([{"kind of structure": k, **v} for k, v in kinds.items()]) if kinds else NOT_RUN
     worst = metrics.get("worst_structures")
-    worst_part = (f"<p>These {len(worst['structures'])} test structures carry "
-                  f"{100 * worst['share_of_squared_error']:.0f} % of the summed squared force error; the "
-                  f"relative RMS force error of all the others is {100 * worst['force_rel_rmse_of_the_others']:.2f} %. "
-                  "The sample index is the frame's position in sample/structures.extxyz.</p>"
-                  + table(worst["structures"]) if worst else NOT_RUN)
-    return (f"{overall}{note}<h3>Forces per element</h3>{per_species}"
-            f"<h3>Forces per kind of structure</h3>{per_kind}"
-            f"<h3>Test structures with the largest force errors</h3>{worst_part}")
+    worst_part = (
+        f"<p>These {len(worst['structures'])} test structures carry "
+        f"{100 * worst['share_of_squared_error']:.0f} % of the summed squared force error; the "
+        f"relative RMS force error of all the others is {100 * worst['force_rel_rmse_of_the_others']:.2f} %. "
+        "The sample index is the frame's position in sample/structures.extxyz.</p>" + table(worst["structures"])
+        if worst
+        else NOT_RUN
+    )
+    return (
+        f"{overall}{note}<h3>Forces per element</h3>{per_species}"
+        f"<h3>Forces per kind of structure</h3>{per_kind}"
+        f"<h3>Test structures with the largest force errors</h3>{worst_part}"
+    )
 
 
 def _speed(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
     parts = []
     if metrics.get("teacher_s_per_structure") is not None:
-        parts.append("<h3>Test structures, one per call</h3>" + table([{
-            "structures timed": metrics.get("n_timed"),
-            "teacher (ms)": 1000 * metrics["teacher_s_per_structure"],
-            "student (ms)": 1000 * metrics["student_s_per_structure"],
-            "speed-up": metrics.get("speedup"),
-            "student inference path": metrics.get("inference_path")}]))
+        parts.append(
+            "<h3>Test structures, one per call</h3>"
+            + table(
+                [
+                    {
+                        "structures timed": metrics.get("n_timed"),
+                        "teacher (ms)": 1000 * metrics["teacher_s_per_structure"],
+                        "student (ms)": 1000 * metrics["student_s_per_structure"],
+                        "speed-up": metrics.get("speedup"),
+                        "student inference path": metrics.get("inference_path"),
+                    }
+                ]
+            )
+        )
     parts.append("<h3>Systems of several sizes</h3>")
     rows = metrics.get("speed")
-    parts.append(table(rows) + _image(figures.get("speed"), "time per call against atoms")
-                 if rows else NOT_RUN)
+    parts.append(table(rows) + _image(figures.get("speed"), "time per call against atoms") if rows else NOT_RUN)
     return "".join(parts)
 
 
@@ -168,8 +192,11 @@ def _md(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
     md = metrics.get("md_validation")
     if not md:
         return NOT_RUN
-    parts = ["<h3>NVE energy drift</h3>", table(md["drift"]) if md.get("drift") else NOT_RUN,
-             "<h3>NVT radial distribution function</h3>"]
+    parts = [
+        "<h3>NVE energy drift</h3>",
+        table(md["drift"]) if md.get("drift") else NOT_RUN,
+        "<h3>NVT radial distribution function</h3>",
+    ]
     rdf = md.get("rdf")
     if rdf:
         scalars = {k: v for k, v in rdf.items() if not isinstance(v, (list, tuple))}
@@ -183,11 +210,23 @@ def _md(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
 def _teacher(teacher: Mapping[str, Any] | None) -> str:
     if not teacher:
         return NOT_RUN
-    warning = ("" if teacher.get("trained", True) else
-               '<p class="warning">untrained teacher: random weights; its labels mean nothing '
-               "physically.</p>")
-    keys = ("label", "name", "kind", "source", "weights_sha256", "members", "cutoff_A", "species",
-            "conservative", "trained")
+    warning = (
+        ""
+        if teacher.get("trained", True)
+        else '<p class="warning">untrained teacher: random weights; its labels mean nothing physically.</p>'
+    )
+    keys = (
+        "label",
+        "name",
+        "kind",
+        "source",
+        "weights_sha256",
+        "members",
+        "cutoff_A",
+        "species",
+        "conservative",
+        "trained",
+    )
     rows = "".join(f"<tr><td>{k}</td>{_cell(teacher.get(k))}</tr>" for k in keys if k in teacher)
     return f"{warning}<table>{rows}</table>"
 
@@ -195,18 +234,27 @@ def _teacher(teacher: Mapping[str, Any] | None) -> str:
 def _provenance(provenance: Mapping[str, Any] | None) -> str:
     if not provenance:
         return NOT_RUN
-    parts = ["<table>" + "".join(
-        f"<tr><td>{html.escape(k)}</td>{_cell(v)}</tr>"
-        for k, v in provenance.items() if not isinstance(v, dict)) + "</table>"]
+    parts = [
+        "<table>"
+        + "".join(
+            f"<tr><td>{html.escape(k)}</td>{_cell(v)}</tr>" for k, v in provenance.items() if not isinstance(v, dict)
+        )
+        + "</table>"
+    ]
     for key, counts in provenance.items():
         if isinstance(counts, dict):
             parts.append(f"<h3>{html.escape(key)}</h3>" + table([counts]))
     return "".join(parts)
 
 
-def build_report(path: Path, metrics: Mapping[str, Any], config: Mapping[str, Any],
-                 teacher: Mapping[str, Any] | None, provenance: Mapping[str, Any] | None,
-                 figures: Mapping[str, Path]) -> Path:
+def build_report(
+    path: Path,
+    metrics: Mapping[str, Any],
+    config: Mapping[str, Any],
+    teacher: Mapping[str, Any] | None,
+    provenance: Mapping[str, Any] | None,
+    figures: Mapping[str, Path],
+) -> Path:
     """Write the report to ``path`` and return it.
 
     ``metrics``: the content of metrics.json (its optional ``gates``, ``per_species``,
@@ -219,8 +267,13 @@ def build_report(path: Path, metrics: Mapping[str, Any], config: Mapping[str, An
     sections = [
         ("Summary", _summary(metrics)),
         ("Accuracy on the test split", _accuracy(metrics)),
-        ("Accuracy figures", "<h3>Parity</h3>" + _image(figures.get("parity"), "parity")
-         + "<h3>Error histograms</h3>" + _image(figures.get("errors"), "error histograms")),
+        (
+            "Accuracy figures",
+            "<h3>Parity</h3>"
+            + _image(figures.get("parity"), "parity")
+            + "<h3>Error histograms</h3>"
+            + _image(figures.get("errors"), "error histograms"),
+        ),
         ("Speed", _speed(metrics, figures)),
         ("MD validation", _md(metrics, figures)),
         ("Teacher", _teacher(teacher)),
@@ -228,11 +281,12 @@ def build_report(path: Path, metrics: Mapping[str, Any], config: Mapping[str, An
         ("Config", f"<pre>{html.escape(config_yaml)}</pre>"),
     ]
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    body = "".join(f'<h2 id="{title.lower().replace(" ", "-")}">{title}</h2>{content}'
-                   for title, content in sections)
-    page = (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<title>mlff-distill report: {html.escape(run_name)}</title><style>{STYLE}</style></head>"
-            f"<body><h1>mlff-distill report: {html.escape(run_name)}</h1>"
-            f"<p>Written {stamp}.</p>{body}</body></html>")
+    body = "".join(f'<h2 id="{title.lower().replace(" ", "-")}">{title}</h2>{content}' for title, content in sections)
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>mlff-distill report: {html.escape(run_name)}</title><style>{STYLE}</style></head>"
+        f"<body><h1>mlff-distill report: {html.escape(run_name)}</h1>"
+        f"<p>Written {stamp}.</p>{body}</body></html>"
+    )
     Path(path).write_text(page, encoding="utf-8")
     return Path(path)

@@ -9,17 +9,15 @@ teacher force, and near-duplicate removal.
 Units: lengths in Angstrom (``_A``), energies in eV (``_eV``), forces in eV/Angstrom, temperatures
 in K (``_K``), masses in amu; Hessians in eV/Angstrom^2, mass-weighted ones in eV/(Angstrom^2 amu).
 Every new structure records its origin in ``atoms.info`` (``seed``, ``strategy`` and the strategy's
-parameters) like the structures of `mlff_distill.sample`.
+parameters) like the structures of `mlff_distill.sampling.sampler`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from ase import Atoms, units
-from ase.io import read
 from ase.optimize import FIRE
 
 from mlff_distill.teachers import Teacher, TeacherCalculator
@@ -30,30 +28,6 @@ MIN_MODE_EIGENVALUE = 1e-3
 
 
 # ----------------------------------------------------------------------------------------- seeds
-
-def read_seed_files(paths: Sequence[str | Path]) -> list[Atoms]:
-    """Every frame of every file in ``paths`` (any format ASE reads), in order.
-
-    Each seed gets ``info = {"seed": "<file name>:<frame index>"}`` and no calculator; cell and
-    periodicity are kept. Raises ``ValueError`` naming the file when it cannot be read or holds no
-    structures.
-    """
-    seeds = []
-    for path in map(Path, paths):
-        try:
-            frames = read(path, index=":")
-        except Exception as error:  # ASE raises many kinds, depending on the format
-            raise ValueError(f"seed file {str(path)!r} cannot be read by ASE: "
-                             f"{type(error).__name__}: {error}") from error
-        if isinstance(frames, Atoms):
-            frames = [frames]
-        if not frames or all(len(atoms) == 0 for atoms in frames):
-            raise ValueError(f"seed file {str(path)!r} holds no structures")
-        for index, atoms in enumerate(frames):
-            atoms.calc = None
-            atoms.info = {"seed": f"{path.name}:{index}"}
-            seeds.append(atoms)
-    return seeds
 
 
 def cell_heights_A(atoms: Atoms) -> np.ndarray:
@@ -68,8 +42,7 @@ def replicate_to_min_size(atoms: Atoms, min_length_A: float) -> Atoms:
     if not atoms.pbc.any():
         return atoms
     heights = cell_heights_A(atoms)
-    repeats = [int(np.ceil(min_length_A / h - 1e-9)) if periodic else 1
-               for h, periodic in zip(heights, atoms.pbc)]
+    repeats = [int(np.ceil(min_length_A / h - 1e-9)) if periodic else 1 for h, periodic in zip(heights, atoms.pbc)]
     repeats = [max(1, r) for r in repeats]
     if repeats == [1, 1, 1]:
         return atoms
@@ -79,6 +52,7 @@ def replicate_to_min_size(atoms: Atoms, min_length_A: float) -> Atoms:
 
 
 # ------------------------------------------------------------------------------------ strategies
+
 
 def random_rotation(rng: np.random.Generator) -> np.ndarray:
     """A rotation matrix drawn uniformly (QR of a Gaussian matrix, signs fixed, det +1)."""
@@ -96,8 +70,9 @@ def random_symmetric_strain(max_strain: float, rng: np.random.Generator) -> np.n
     return upper + np.triu(upper, k=1).T
 
 
-def rattle_and_strain(seed: Atoms, count: int, sigma_range_A: Sequence[float], max_strain: float,
-                      rng: np.random.Generator) -> list[Atoms]:
+def rattle_and_strain(
+    seed: Atoms, count: int, sigma_range_A: Sequence[float], max_strain: float, rng: np.random.Generator
+) -> list[Atoms]:
     """``count`` copies of ``seed`` displaced by a Gaussian of sigma (Angstrom) drawn from
     ``sigma_range_A``; periodic seeds' cells are also strained by a random symmetric strain with
     components uniform in [-max_strain, max_strain], atoms scaled with the cell.
@@ -115,14 +90,19 @@ def rattle_and_strain(seed: Atoms, count: int, sigma_range_A: Sequence[float], m
         if atoms.pbc.any():
             strain = random_symmetric_strain(max_strain, rng)
             atoms.set_cell(np.asarray(atoms.cell) @ (np.eye(3) + strain), scale_atoms=True)
-        atoms.info = {"seed": seed.info["seed"], "strategy": "rattle-strain", "sigma_A": sigma,
-                      "strain": strain.ravel()}
+        atoms.info = {
+            "seed": seed.info["seed"],
+            "strategy": "rattle-strain",
+            "sigma_A": sigma,
+            "strain": strain.ravel(),
+        }
         structures.append(atoms)
     return structures
 
 
-def with_vacancies(seed: Atoms, count: int, max_vacancies: int, sigma_range_A: Sequence[float],
-                   rng: np.random.Generator) -> list[Atoms]:
+def with_vacancies(
+    seed: Atoms, count: int, max_vacancies: int, sigma_range_A: Sequence[float], rng: np.random.Generator
+) -> list[Atoms]:
     """``count`` copies of a periodic ``seed`` with 1 to ``max_vacancies`` random atoms removed,
     then displaced by a Gaussian of sigma (Angstrom) drawn from ``sigma_range_A``.
 
@@ -131,8 +111,9 @@ def with_vacancies(seed: Atoms, count: int, max_vacancies: int, sigma_range_A: S
     if not seed.pbc.all():
         raise ValueError(f"vacancies: seed {seed.info['seed']!r} is not periodic in 3 directions")
     if max_vacancies >= len(seed):
-        raise ValueError(f"vacancies: seed {seed.info['seed']!r} has {len(seed)} atoms, too few "
-                         f"for up to {max_vacancies} vacancies")
+        raise ValueError(
+            f"vacancies: seed {seed.info['seed']!r} has {len(seed)} atoms, too few for up to {max_vacancies} vacancies"
+        )
     structures = []
     for _ in range(count):
         n_vacancies = int(rng.integers(1, max_vacancies + 1))
@@ -141,8 +122,7 @@ def with_vacancies(seed: Atoms, count: int, max_vacancies: int, sigma_range_A: S
         atoms.calc = None
         del atoms[rng.choice(len(atoms), n_vacancies, replace=False).tolist()]
         atoms.positions += rng.normal(0.0, sigma, atoms.positions.shape)
-        atoms.info = {"seed": seed.info["seed"], "strategy": "vacancies",
-                      "n_vacancies": n_vacancies, "sigma_A": sigma}
+        atoms.info = {"seed": seed.info["seed"], "strategy": "vacancies", "n_vacancies": n_vacancies, "sigma_A": sigma}
         structures.append(atoms)
     return structures
 
@@ -154,8 +134,7 @@ def boltzmann_weights(energies_eV: Sequence[float], temperature_K: float) -> np.
     return weights / weights.sum()
 
 
-def teacher_relax(atoms: Atoms, teacher: Teacher, steps: int,
-                  max_step_A: float = 0.1) -> float:
+def teacher_relax(atoms: Atoms, teacher: Teacher, steps: int, max_step_A: float = 0.1) -> float:
     """At most ``steps`` FIRE steps (each moving an atom at most ``max_step_A``, Angstrom) on the
     teacher's potential energy surface, in place, with a fixed cell; the final energy in eV."""
     atoms.calc = TeacherCalculator(teacher)
@@ -166,9 +145,16 @@ def teacher_relax(atoms: Atoms, teacher: Teacher, steps: int,
     return energy
 
 
-def rattle_relax(seed: Atoms, teacher: Teacher, generations: int, children_per_generation: int,
-                 sigma_A: float, relax_steps: int, temperature_K: float,
-                 rng: np.random.Generator) -> list[Atoms]:
+def rattle_relax(
+    seed: Atoms,
+    teacher: Teacher,
+    generations: int,
+    children_per_generation: int,
+    sigma_A: float,
+    relax_steps: int,
+    temperature_K: float,
+    rng: np.random.Generator,
+) -> list[Atoms]:
     """Family trees of rattled and briefly relaxed structures (in the spirit of augment-atoms).
 
     The pool starts with ``seed`` (member 0). Each generation makes ``children_per_generation``
@@ -191,9 +177,15 @@ def rattle_relax(seed: Atoms, teacher: Teacher, generations: int, children_per_g
             child = pool[parent].copy()
             child.positions += rng.normal(0.0, sigma_A, child.positions.shape)
             energy = teacher_relax(child, teacher, relax_steps)
-            child.info = {"seed": seed.info["seed"], "strategy": "rattle-relax",
-                          "generation": generation, "member": len(pool) + len(born),
-                          "parent": parent, "sigma_A": sigma_A, "temperature_K": temperature_K}
+            child.info = {
+                "seed": seed.info["seed"],
+                "strategy": "rattle-relax",
+                "generation": generation,
+                "member": len(pool) + len(born),
+                "parent": parent,
+                "sigma_A": sigma_A,
+                "temperature_K": temperature_K,
+            }
             born.append((child, energy))
         pool += [child for child, _ in born]
         energies += [energy for _, energy in born]
@@ -233,22 +225,28 @@ def rigid_mode_count(atoms: Atoms) -> int:
     return 5 if is_linear(atoms) else 6
 
 
-def vibrational_modes(atoms: Atoms, hessian_eV_per_A2: np.ndarray,
-                      min_eigenvalue: float = MIN_MODE_EIGENVALUE) -> tuple[np.ndarray, np.ndarray]:
+def vibrational_modes(
+    atoms: Atoms, hessian_eV_per_A2: np.ndarray, min_eigenvalue: float = MIN_MODE_EIGENVALUE
+) -> tuple[np.ndarray, np.ndarray]:
     """Eigenvalues (omega^2, eV/(Angstrom^2 amu)) and mass-weighted eigenvectors (columns, [3N, k])
     of the vibrational modes: the `rigid_mode_count` modes of smallest |eigenvalue| are dropped,
     and so are imaginary or near-zero modes (eigenvalue below ``min_eigenvalue``)."""
     inv_sqrt_mass = np.repeat(1.0 / np.sqrt(atoms.get_masses()), 3)
     weighted = hessian_eV_per_A2 * np.outer(inv_sqrt_mass, inv_sqrt_mass)
     eigenvalues, eigenvectors = np.linalg.eigh(weighted)
-    rigid = np.argsort(np.abs(eigenvalues))[:rigid_mode_count(atoms)]
+    rigid = np.argsort(np.abs(eigenvalues))[: rigid_mode_count(atoms)]
     keep = np.setdiff1d(np.flatnonzero(eigenvalues >= min_eigenvalue), rigid)
     return eigenvalues[keep], eigenvectors[:, keep]
 
 
-def harmonic_displacements_A(masses_amu: np.ndarray, eigenvalues: np.ndarray,
-                             eigenvectors: np.ndarray, temperature_K: float, count: int,
-                             rng: np.random.Generator) -> np.ndarray:
+def harmonic_displacements_A(
+    masses_amu: np.ndarray,
+    eigenvalues: np.ndarray,
+    eigenvectors: np.ndarray,
+    temperature_K: float,
+    count: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
     """``count`` classical thermal displacements [count, N, 3] (Angstrom) along the given modes:
     mass-weighted mode amplitudes are Gaussian with variance k_B T / omega^2, i.e. a Cartesian
     amplitude variance k_B T / (m omega^2) for a mode of reduced mass m."""
@@ -258,9 +256,14 @@ def harmonic_displacements_A(masses_amu: np.ndarray, eigenvalues: np.ndarray,
     return ((amplitudes @ eigenvectors.T) * inv_sqrt_mass).reshape(count, -1, 3)
 
 
-def normal_mode_samples(seed: Atoms, teacher: Teacher, temperatures_K: float | Sequence[float],
-                        count: int | Sequence[int], rng: np.random.Generator,
-                        delta_A: float = 0.01) -> list[Atoms]:
+def normal_mode_samples(
+    seed: Atoms,
+    teacher: Teacher,
+    temperatures_K: float | Sequence[float],
+    count: int | Sequence[int],
+    rng: np.random.Generator,
+    delta_A: float = 0.01,
+) -> list[Atoms]:
     """``count`` structures per temperature (K), or one count per temperature, displaced from
     ``seed`` along the teacher's normal modes with classical harmonic Gaussian amplitudes; the
     Hessian (computed once, for all temperatures) comes from central differences of teacher forces
@@ -274,44 +277,50 @@ def normal_mode_samples(seed: Atoms, teacher: Teacher, temperatures_K: float | S
     eigenvalues, eigenvectors = vibrational_modes(seed, teacher_hessian(seed, teacher, delta_A))
     structures = []
     for temperature_K, n_structures in zip(temperatures_K, counts):
-        displacements = harmonic_displacements_A(seed.get_masses(), eigenvalues, eigenvectors,
-                                                 float(temperature_K), int(n_structures), rng)
+        displacements = harmonic_displacements_A(
+            seed.get_masses(), eigenvalues, eigenvectors, float(temperature_K), int(n_structures), rng
+        )
         for displacement in displacements:
             atoms = seed.copy()
             atoms.calc = None
             atoms.positions += displacement
-            atoms.info = {"seed": seed.info["seed"], "strategy": "normal-modes",
-                          "temperature_K": float(temperature_K), "n_modes": len(eigenvalues)}
+            atoms.info = {
+                "seed": seed.info["seed"],
+                "strategy": "normal-modes",
+                "temperature_K": float(temperature_K),
+                "n_modes": len(eigenvalues),
+            }
             structures.append(atoms)
     return structures
 
 
 # --------------------------------------------------------------------------- selection, filters
 
+
 def per_structure(flat: np.ndarray, structures: Sequence[Atoms]) -> list[np.ndarray]:
     """A flat per-atom array [M, ...] split into one array per structure."""
     return np.split(np.asarray(flat), np.cumsum([len(a) for a in structures])[:-1])
 
 
-def ensemble_spread(structures: Sequence[Atoms], teacher: Teacher,
-                    batch_size: int = 64) -> np.ndarray:
+def ensemble_spread(structures: Sequence[Atoms], teacher: Teacher, batch_size: int = 64) -> np.ndarray:
     """Per structure, the teacher ensemble's disagreement: max over atoms of the norm of the
     forces' standard deviation (eV/Angstrom), or, where the teacher gives no force spread, the
     energy standard deviation per atom (eV/atom)."""
     spreads = []
     for start in range(0, len(structures), batch_size):
-        batch = structures[start:start + batch_size]
+        batch = structures[start : start + batch_size]
         out = teacher.compute(batch)
         if out.forces_std_eV_per_A is None:
             spreads += [e / len(a) for e, a in zip(out.energy_std_eV, batch)]
         else:
-            spreads += [float(np.linalg.norm(s, axis=1).max()) if len(s) else 0.0
-                        for s in per_structure(out.forces_std_eV_per_A, batch)]
+            spreads += [
+                float(np.linalg.norm(s, axis=1).max()) if len(s) else 0.0
+                for s in per_structure(out.forces_std_eV_per_A, batch)
+            ]
     return np.asarray(spreads, dtype=float)
 
 
-def select_by_disagreement(structures: Sequence[Atoms], teacher: Teacher,
-                           count: int) -> list[Atoms]:
+def select_by_disagreement(structures: Sequence[Atoms], teacher: Teacher, count: int) -> list[Atoms]:
     """The ``count`` structures on which the teacher ensemble disagrees most (see
     `ensemble_spread`), in their input order. Every input structure gets
     ``info["ensemble_force_std_eV_per_A"]`` (in place)."""
@@ -319,13 +328,13 @@ def select_by_disagreement(structures: Sequence[Atoms], teacher: Teacher,
     spreads = ensemble_spread(structures, teacher)
     for atoms, spread in zip(structures, spreads):
         atoms.info["ensemble_force_std_eV_per_A"] = float(spread)
-    chosen = np.sort(np.argsort(-spreads, kind="stable")[:max(count, 0)])
+    chosen = np.sort(np.argsort(-spreads, kind="stable")[: max(count, 0)])
     return [structures[i] for i in chosen]
 
 
-def max_force_filter(structures: Sequence[Atoms],
-                     teacher_forces: np.ndarray | Sequence[np.ndarray],
-                     max_force_eV_per_A: float) -> list[Atoms]:
+def max_force_filter(
+    structures: Sequence[Atoms], teacher_forces: np.ndarray | Sequence[np.ndarray], max_force_eV_per_A: float
+) -> list[Atoms]:
     """The structures whose largest teacher force norm is at most ``max_force_eV_per_A``.
 
     ``teacher_forces`` (eV/Angstrom) is either flat [M, 3] in structure order (as in
@@ -335,8 +344,11 @@ def max_force_filter(structures: Sequence[Atoms],
         teacher_forces = per_structure(teacher_forces, structures)
     if len(teacher_forces) != len(structures):
         raise ValueError(f"{len(teacher_forces)} force arrays for {len(structures)} structures")
-    return [atoms for atoms, forces in zip(structures, teacher_forces)
-            if len(forces) == 0 or np.linalg.norm(forces, axis=1).max() <= max_force_eV_per_A]
+    return [
+        atoms
+        for atoms, forces in zip(structures, teacher_forces)
+        if len(forces) == 0 or np.linalg.norm(forces, axis=1).max() <= max_force_eV_per_A
+    ]
 
 
 def distance_fingerprint_A(atoms: Atoms) -> np.ndarray:

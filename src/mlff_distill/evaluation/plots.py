@@ -1,5 +1,5 @@
-"""Figures of the evaluate stage as PNG files (matplotlib, Agg backend): parity, error histograms,
-speed against system size, radial distribution functions.
+"""Figures as PNG files (matplotlib, Agg backend): parity, error histograms, speed against system
+size, radial distribution functions (the evaluate stage), and the learning curve (the train stage).
 
 A *quantity* is ``(label, teacher_values, student_values)`` with the unit in the label, e.g.
 ``("energy per atom (eV/atom)", teacher, student)``.
@@ -8,7 +8,7 @@ A *quantity* is ``(label, teacher_values, student_values)`` with the unit in the
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
@@ -22,20 +22,24 @@ from mlff_distill.data import LabeledArrays  # noqa: E402
 Quantity = tuple[str, np.ndarray, np.ndarray]
 
 
-def quantities(reference: LabeledArrays, energy_eV: np.ndarray, forces_eV_per_A: np.ndarray,
-               stress_eV_per_A3: np.ndarray | None = None) -> list[Quantity]:
+def quantities(
+    reference: LabeledArrays,
+    energy_eV: np.ndarray,
+    forces_eV_per_A: np.ndarray,
+    stress_eV_per_A3: np.ndarray | None = None,
+) -> list[Quantity]:
     """Energy per atom, force components and (where both are finite) stress components in GPa."""
     n_atoms = reference.n_atoms
-    found = [("energy per atom (eV/atom)", reference.energy_eV / n_atoms, np.asarray(energy_eV) / n_atoms),
-             ("force component (eV/Å)", reference.forces_eV_per_A.ravel(),
-              np.asarray(forces_eV_per_A).ravel())]
+    found = [
+        ("energy per atom (eV/atom)", reference.energy_eV / n_atoms, np.asarray(energy_eV) / n_atoms),
+        ("force component (eV/Å)", reference.forces_eV_per_A.ravel(), np.asarray(forces_eV_per_A).ravel()),
+    ]
     if reference.stress_eV_per_A3 is not None and stress_eV_per_A3 is not None:
         teacher = reference.stress_eV_per_A3.reshape(-1, 9)
         student = np.asarray(stress_eV_per_A3).reshape(-1, 9)
         keep = np.isfinite(teacher).all(axis=1) & np.isfinite(student).all(axis=1)
         if keep.any():
-            found.append(("stress component (GPa)", teacher[keep].ravel() / GPa,
-                          student[keep].ravel() / GPa))
+            found.append(("stress component (GPa)", teacher[keep].ravel() / GPa, student[keep].ravel() / GPa))
     return found
 
 
@@ -95,8 +99,7 @@ def speed_plot(rows: Sequence[Mapping[str, float]], path: Path) -> Path:
 
 def rdf_plot(r_A: np.ndarray, g_teacher: np.ndarray, g_student: np.ndarray, path: Path) -> Path:
     """Radial distribution functions of teacher and student MD, and their difference."""
-    figure, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True,
-                                         gridspec_kw={"height_ratios": [3, 1]})
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     top.plot(r_A, g_teacher, label="teacher")
     top.plot(r_A, g_student, "--", label="student")
     top.set(ylabel="g(r)")
@@ -105,3 +108,37 @@ def rdf_plot(r_A: np.ndarray, g_teacher: np.ndarray, g_student: np.ndarray, path
     bottom.axhline(0.0, color="grey", lw=0.5)
     bottom.set(xlabel="r (Å)", ylabel="student - teacher")
     return _save(figure, path)
+
+
+def write_figures(
+    out_dir: Path, test: LabeledArrays, predictions: dict[str, np.ndarray], metrics: dict[str, Any]
+) -> dict[str, Path]:
+    """The PNG files of the evaluate stage in ``out_dir``, by report key."""
+    items = quantities(
+        test, predictions["energy_eV"], predictions["forces_eV_per_A"], predictions.get("stress_eV_per_A3")
+    )
+    figures = {
+        "parity": parity_plot(items, out_dir / "parity.png"),
+        "errors": error_histograms(items, out_dir / "errors.png"),
+    }
+    if metrics.get("speed"):
+        figures["speed"] = speed_plot(metrics["speed"], out_dir / "speed.png")
+    rdf = (metrics.get("md_validation") or {}).get("rdf")
+    if rdf:
+        figures["rdf"] = rdf_plot(
+            np.asarray(rdf["r_A"]), np.asarray(rdf["g_teacher"]), np.asarray(rdf["g_student"]), out_dir / "rdf.png"
+        )
+    return figures
+
+
+def learning_curve_plot(history: dict, path: Path) -> None:
+    """Validation force MAE (eV/Angstrom) and training loss against epoch, log scale."""
+    epochs = [row["epoch"] for row in history["epochs"]]
+    figure, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    axes[0].semilogy(epochs, [row["train_loss"] for row in history["epochs"]])
+    axes[0].set(xlabel="epoch", ylabel="training loss")
+    axes[1].semilogy(epochs, [row["val_force_mae_eV_per_A"] for row in history["epochs"]])
+    axes[1].set(xlabel="epoch", ylabel="validation force MAE (eV/Å)")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

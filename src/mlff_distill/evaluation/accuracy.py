@@ -1,0 +1,136 @@
+"""The student's accuracy against its teacher on labeled structures, and the evaluate stage's
+other measurements on the test split.
+
+Accuracy (`mlff_distill.evaluation.metrics`): energy per atom (eV/atom), forces (eV/Angstrom),
+stress (GPa) for periodic structures, per element, beside the teacher ensemble's own spread.
+Speed on the test structures: teacher and student timed in one process, one structure per call as
+in MD (energy and forces, neighbour list included), after a warm-up call on every structure; the
+median over repeats, in seconds per structure.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+import zarr
+from ase import Atoms
+
+from mlff_distill.data import LabeledArrays
+from mlff_distill.evaluation.metrics import (
+    energy_force_errors,
+    ensemble_spread,
+    per_species_force_errors,
+    stress_errors,
+)
+from mlff_distill.store import EXCLUDED_CODE, FAILURES_FILE, SPLIT_CODES, store_attrs
+from mlff_distill.tracking import flatten
+
+
+def accuracy(
+    reference: LabeledArrays, predictions: dict[str, np.ndarray], energy_std_eV: np.ndarray | None = None
+) -> dict[str, Any]:
+    """Flat error metrics (see `metrics`), plus ``per_species`` and ``ensemble_spread`` dicts.
+
+    ``predictions``: ``energy_eV``, ``forces_eV_per_A`` and optionally ``stress_eV_per_A3``.
+    """
+    result: dict[str, Any] = energy_force_errors(reference, predictions["energy_eV"], predictions["forces_eV_per_A"])
+    result.update(stress_errors(reference.stress_eV_per_A3, predictions.get("stress_eV_per_A3")))
+    result["per_species"] = per_species_force_errors(reference, predictions["forces_eV_per_A"])
+    result["ensemble_spread"] = ensemble_spread(reference, energy_std_eV)
+    return result
+
+
+def seconds_per_structure(compute: Callable[[Atoms], object], structures: Sequence[Atoms], repeats: int) -> float:
+    """Median over ``repeats`` of the mean time of one call per structure (after a warm-up)."""
+    for atoms in structures:
+        compute(atoms)
+    totals = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for atoms in structures:
+            compute(atoms)
+        totals.append(time.perf_counter() - start)
+    return float(np.median(totals)) / len(structures)
+
+
+def structure_kinds(sample_indices: Sequence[int], sampled: Sequence[Atoms]) -> list[str]:
+    """A label per structure: its sampling strategy, with the temperature where it has one
+    ("md 300 K", "normal-modes 1000 K", "rattle"), from the sampled structures
+    (``sampled[sample_index].info``)."""
+    kinds = []
+    for index in sample_indices:
+        info = sampled[int(index)].info
+        temperature = f" {info['temperature_K']:g} K" if "temperature_K" in info else ""
+        kinds.append(f"{info.get('strategy', 'unknown')}{temperature}")
+    return kinds
+
+
+def split_column(store: Path, split: str, name: str) -> np.ndarray:
+    """The per-structure array ``structures/<name>`` of the store (``energy_std_eV``, the teacher
+    ensemble's energy spread in eV; ``sample_index``, the row in the sampled structures file) for
+    the structures of ``split``, in store order."""
+    group = zarr.open_group(store=str(store), mode="r", zarr_format=3)
+    keep = group["structures/split"][...] == SPLIT_CODES[split]
+    return group[f"structures/{name}"][...][keep]
+
+
+def provenance(store: Path, sampled: Sequence[Atoms] | None) -> dict[str, Any]:
+    """Where the data came from: store path and attributes, structures per split, and the sampled
+    structures (``info["strategy"]`` of each) per strategy."""
+    attrs = store_attrs(store)
+    splits = zarr.open_group(store=str(store), mode="r", zarr_format=3)["structures/split"][...]
+    facts: dict[str, Any] = {
+        "label store": str(Path(store).resolve()),
+        "structures file": attrs.get("structures_file"),
+        "structures labeled": attrs.get("n_structures"),
+        "atoms labeled": attrs.get("n_atoms"),
+        "config hash": attrs.get("config_hash"),
+    }
+    failures = Path(store).resolve().parent / FAILURES_FILE
+    if failures.is_file():
+        facts["structures the teacher failed on"] = len(json.loads(failures.read_text()))
+    facts["structures per split"] = {name: int(np.sum(splits == code)) for name, code in SPLIT_CODES.items()}
+    if attrs.get("max_force_eV_per_A") is not None:
+        facts[f"structures excluded (teacher force >= {attrs['max_force_eV_per_A']:g} eV/A)"] = int(
+            np.sum(splits == EXCLUDED_CODE)
+        )
+    if sampled is not None:
+        strategies = collections.Counter(a.info.get("strategy", "unknown") for a in sampled)
+        facts["sampled structures per strategy"] = dict(sorted(strategies.items()))
+    facts["package versions"] = attrs.get("package_versions") or {}
+    return facts
+
+
+def time_test_structures(teacher: Any, calculator: Any, structures: Sequence[Atoms], repeats: int) -> dict[str, float]:
+    """Teacher and student (a `StudentCalculator`) in seconds per structure by
+    `seconds_per_structure`, energy and forces one structure per call, and the ratio."""
+    teacher_s = seconds_per_structure(lambda a: teacher.compute([a]), structures, repeats)
+
+    def student_call(atoms: Atoms) -> None:
+        calculator.calculate(atoms, ["energy", "forces"])
+
+    torch.set_num_threads(1)  # one thread: fastest for molecules; the tune stage times so too
+    student_s = seconds_per_structure(student_call, structures, repeats)
+    return {
+        "n_timed": len(structures),
+        "teacher_s_per_structure": teacher_s,
+        "student_s_per_structure": student_s,
+        "speedup": teacher_s / student_s,
+    }
+
+
+def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
+    """The numbers of ``metrics`` under flat names (``per_species.H.force_mae_eV_per_A``,
+    ``md_validation.rdf.<scalar>``), and ``gate.<metric>`` 1/0 for each evaluated gate."""
+    flat = flatten({k: v for k, v in metrics.items() if k not in ("gates", "speed")})
+    numbers = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    numbers.update(
+        {f"gate.{g['metric']}": float(g["passed"]) for g in metrics.get("gates", []) if g["passed"] is not None}
+    )
+    return numbers

@@ -1,0 +1,172 @@
+"""The evaluate stage: the student against its teacher on the held-out test split, and the report.
+
+Accuracy, speed on the test structures and at several sizes, teacher symmetry and MD validation
+(`mlff_distill.evaluation`), with acceptance gates from ``evaluate.gates``. Outputs in
+``<results>/<run>/evaluate/``: metrics.json, parity.png, errors.png, speed.png, rdf.png (when
+those steps ran), report.html; all logged to MLflow with the student as a model. The acceptance
+rule (`mlff_distill.evaluation.summary.check_acceptance`) fails afterwards when
+``evaluate.strict`` and a gate fails, so that these files are kept.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.pytorch
+import numpy as np
+import torch
+from ase.io import read
+
+from mlff_distill.evaluation.accuracy import (
+    accuracy,
+    mlflow_metrics,
+    provenance,
+    split_column,
+    structure_kinds,
+    time_test_structures,
+)
+from mlff_distill.evaluation.md_validation import md_validation
+from mlff_distill.evaluation.metrics import check_gates, failed_gates, per_kind_force_errors, worst_force_errors
+from mlff_distill.evaluation.plots import write_figures
+from mlff_distill.evaluation.report import build_report
+from mlff_distill.evaluation.speed import speed_rows
+from mlff_distill.evaluation.teacher_symmetry import rotation_force_change
+from mlff_distill.logs import stage_logger
+from mlff_distill.sampling.seeds import seed_structures
+from mlff_distill.settings import EvaluateSettings, SampleSettings, TeacherSettings, build
+from mlff_distill.store import read_labels, store_attrs
+from mlff_distill.student import StudentCalculator, load_student, predict
+from mlff_distill.student.compilation import use_compile_cache
+from mlff_distill.teachers import load_teacher
+from mlff_distill.tracking import stage_run
+
+
+def _log_student_model(tracker: Any, model: Any) -> str:
+    """Log the student as an MLflow model (pytorch flavour, pickled) in the stage run; its URI."""
+    mlflow.set_tracking_uri(tracker.pipeline.tracking_uri)
+    with mlflow.start_run(run_id=tracker.run_id):
+        info = mlflow.pytorch.log_model(
+            model,
+            name="student",
+            serialization_format="pickle",  # pt2 needs a traceable forward
+            pip_requirements=["mlff-distill", f"torch=={torch.__version__.split('+')[0]}"],
+        )
+    return info.model_uri
+
+
+def run(
+    *,
+    run_name: str,
+    seed: int,
+    teacher: dict,
+    sample: dict,
+    evaluate: dict,
+    store: Path,
+    checkpoint: Path,
+    inference_path_file: Path,
+    structures_file: Path,
+    metrics_file: Path,
+    pipeline_file: Path,
+    log_file: Path,
+    compile_cache_dir: Path | None = None,
+) -> None:
+    """The Snakemake job. ``compile_cache_dir``:
+    TorchInductor's cache of the run (`mlff_distill.student.compilation`)."""
+    settings = build(EvaluateSettings, evaluate, "evaluate")
+    logger = stage_logger("evaluate", log_file)
+    use_compile_cache(compile_cache_dir, logger)
+    out_dir = Path(metrics_file).parent
+    with stage_run(pipeline_file, "evaluate", evaluate, log_file) as tracker:
+        test = read_labels(store, "test")
+        if test.n_structures == 0:
+            raise ValueError(f"{store}: the test split is empty; raise sample.test_fraction")
+        model, student_metadata = load_student(checkpoint)
+        # The student runs on the tune stage's choice where this machine can take it (Triton
+        # needs a CUDA device): eager, torch.compile or the fused Triton kernels.
+        student_calculator = StudentCalculator(model, tuned_kernels=inference_path_file)
+        periodic = bool(test.pbc.all(axis=1).any())
+        predictions = predict(model, test, compute_stress=periodic)
+        energy_std_eV = split_column(store, "test", "energy_std_eV")
+        metrics = accuracy(test, predictions, energy_std_eV)
+
+        teacher_model = load_teacher(build(TeacherSettings, teacher, "teacher"))
+        leading = [
+            test.atoms(i)
+            for i in range(min(test.n_structures, max(settings.timing_structures, settings.symmetry_structures)))
+        ]
+        n_parameters = sum(p.numel() for p in model.parameters())
+        metrics.update(
+            {
+                "teacher": teacher_model.identity.label,
+                "student": f"{type(model).__name__} ({n_parameters} parameters, cutoff {model.cutoff_A:g} A)",
+                "n_test": test.n_structures,
+                **time_test_structures(
+                    teacher_model, student_calculator, leading[: settings.timing_structures], settings.timing_repeats
+                ),
+                "inference_path": student_calculator.inference_path,
+                "teacher_weights_sha256": teacher_model.identity.weights_sha256,
+            }
+        )
+        turned = leading[: settings.symmetry_structures]
+        metrics["teacher_rotation"] = (
+            rotation_force_change(teacher_model, turned, np.random.default_rng(seed)) if turned else None
+        )
+        sampled = read(structures_file, ":")
+        sample_indices = split_column(store, "test", "sample_index")
+        kinds = structure_kinds(sample_indices, sampled)
+        metrics["per_kind"] = per_kind_force_errors(test, predictions["forces_eV_per_A"], kinds)
+        metrics["worst_structures"] = worst_force_errors(
+            test,
+            predictions["forces_eV_per_A"],
+            [
+                {
+                    "sample_index": int(index),
+                    "kind": kinds[i],
+                    "teacher_energy_std_eV": float(energy_std_eV[i]) if np.isfinite(energy_std_eV[i]) else None,
+                }
+                for i, index in enumerate(sample_indices)
+            ],
+        )
+        # MD validation runs before the speed step: FeNNol teachers keep the padded size of the
+        # largest system they have seen, so after the 2048-atom timing a molecule's MD step is slow.
+        seeds = seed_structures(build(SampleSettings, sample, "sample")) or sampled
+        metrics["md_validation"] = md_validation(settings.md, seeds, seed, teacher_model, student_calculator, sampled)
+        metrics["speed"] = speed_rows(settings, seeds, seed, teacher_model, student_calculator)
+        metrics["gates"] = check_gates(metrics, settings.gates)
+        metrics["gates_passed"] = not failed_gates(metrics["gates"]) if metrics["gates"] else None
+        metrics["strict"] = settings.strict
+        Path(metrics_file).write_text(json.dumps(metrics, indent=2))
+
+        figures = write_figures(out_dir, test, predictions, metrics)
+        teacher_identity = store_attrs(store).get("teacher") or teacher_model.identity.as_dict()
+        shown_config = {
+            "run_name": run_name,
+            "seed": seed,
+            "teacher": teacher,
+            "sample": sample,
+            "label": store_attrs(store).get("label_settings"),
+            **student_metadata.get("settings", {}),
+            "evaluate": evaluate,
+        }
+        report = build_report(
+            out_dir / "report.html", metrics, shown_config, teacher_identity, provenance(store, sampled), figures
+        )
+
+        numbers = mlflow_metrics(metrics)
+        tracker.log_metrics(numbers)
+        for row in metrics["speed"]:  # one step per system size, in atoms
+            tracker.log_metrics(
+                {f"speed.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                step=int(row["n_atoms"]),
+            )
+        tracker.set_tags(
+            {"teacher": metrics["teacher"], "student": metrics["student"], "gates_passed": metrics["gates_passed"]}
+        )
+        for artifact in (metrics_file, report, *figures.values()):
+            tracker.log_artifact(artifact)
+        tracker.log_artifact(checkpoint, "student")
+        model_uri = _log_student_model(tracker, model)
+        logger.info("metrics %s; student model %s; report %s", numbers, model_uri, report)

@@ -1,0 +1,115 @@
+"""The label stage: the teacher labels the sampled structures in shards on Dask
+(`mlff_distill.labeling`), combined into one Zarr v3 store; throughput and one MLflow child run per
+shard are logged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ase.io import read
+
+from mlff_distill.labeling.shards import LabelingFailedError, label_structures
+from mlff_distill.logs import stage_logger
+from mlff_distill.settings import LabelSettings, TeacherSettings, build
+from mlff_distill.teachers import check_structures_for, load_teacher
+from mlff_distill.tracking import config_hash, package_versions, stage_run
+
+
+def run(
+    *,
+    teacher: dict,
+    label: dict,
+    structures_file: Path,
+    store: Path,
+    shards_dir: Path,
+    pipeline_file: Path,
+    log_file: Path,
+    threads: int,
+) -> None:
+    """The Snakemake job: label, combine, log throughput and one MLflow child run per shard."""
+    settings, teacher_settings = build(LabelSettings, label, "label"), build(TeacherSettings, teacher, "teacher")
+    logger = stage_logger("label", log_file)
+    structures = read(structures_file, ":")
+    model = load_teacher(teacher_settings)
+    check_structures_for(model, structures, teacher_settings.molecule_only)
+    n_workers = settings.workers or threads
+    with stage_run(pipeline_file, "label", {**label, "n_workers": n_workers}, log_file) as tracker:
+        tracker.set_tags({"teacher": model.identity.label, "teacher_trained": model.identity.trained})
+        tracker.log_params({"teacher": model.identity.as_dict()})
+
+        def progress(stat: dict) -> None:
+            logger.info(
+                "shard %s done: %d/%d structures, %.1f structures/s, %.0f s left",
+                stat["shard"],
+                stat["structures_done"],
+                stat["structures_total"],
+                stat["structures_per_second"],
+                stat["eta_seconds"],
+            )
+            tracker.log_metrics(
+                {
+                    "structures_done": stat["structures_done"],
+                    "structures_per_second": stat["structures_per_second"],
+                    "eta_seconds": stat["eta_seconds"],
+                },
+                step=stat["shards_done"],
+            )
+
+        attrs = {
+            "teacher": model.identity.as_dict(),
+            "config_hash": config_hash({"teacher": teacher, "label": label}),
+            "label_settings": label,
+            "package_versions": package_versions(),
+            "structures_file": str(Path(structures_file).resolve()),
+        }
+        try:
+            summary = label_structures(
+                structures,
+                teacher_settings,
+                shards_dir,
+                store,
+                n_workers,
+                settings.shard_size,
+                attrs,
+                progress,
+                max_failed_fraction=settings.max_failed_fraction,
+                scheduler=settings.scheduler,
+                max_force_eV_per_A=settings.max_force_eV_per_A,
+                hessian_step_A=settings.hessian_step_A,
+            )
+        except LabelingFailedError as error:
+            tracker.log_metrics(
+                {"n_failed": error.summary["n_failed"], "failed_fraction": error.summary["failed_fraction"]}
+            )
+            logger.error("%s", error)
+            raise
+        for failure in summary["failures"]:
+            logger.warning("structure %d left out: %s", failure["sample_index"], failure["reason"])
+        if summary["n_excluded"]:
+            logger.info(
+                "%d structures with a teacher force of %s eV/A or more excluded from training and "
+                "evaluation (sample indices %s)",
+                summary["n_excluded"],
+                settings.max_force_eV_per_A,
+                summary["excluded"],
+            )
+        for stat in summary["shards"]:
+            shard_run = tracker.child(f"label {stat['shard']}")
+            shard_run.log_metrics(
+                {
+                    k: stat[k]
+                    for k in ("n_structures", "n_atoms", "n_failed", "seconds", "teacher_seconds", "write_seconds")
+                }
+            )
+            shard_run.end()
+        tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        logger.info(
+            "labeled %d structures (%d failed, %d shards new, %d reused, scheduler %s) in %.1f s into %s",
+            summary["n_structures"],
+            summary["n_failed"],
+            summary["shards_labeled"],
+            summary["shards_reused"],
+            summary["scheduler"],
+            summary["seconds"],
+            store,
+        )
