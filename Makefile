@@ -12,6 +12,8 @@ STAMP := $(VENV)/.installed
 export PATH := $(abspath $(BIN)):$(PATH)
 export MLFF_DISTILL_MODELS_DIR ?= $(MODELS_DIR)
 
+LINTED := src tests workflow/scripts benchmarks
+
 .PHONY: install run test lint dry-run
 
 install: $(STAMP)
@@ -25,10 +27,14 @@ $(STAMP): pyproject.toml
 run: install
 	$(BIN)/snakemake --cores $(CORES)
 
-test: install
-	$(BIN)/python -m pytest
+# Lint first (seconds), then the tests in two processes, a test module per process at a time.
+test: lint
+	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 lint: install
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/snakefmt --check Snakefile workflow/rules
 	$(BIN)/snakemake --lint
 
 dry-run: install

@@ -2,12 +2,9 @@
 # Stages: sample -> label -> train -> tune -> evaluate (workflow/rules/*.smk); precompile runs beside
 # sample and readies the train stage's compiled loss. Each rule declares the config it reads in
 # `params:`, so that editing a key reruns the stages that read it and those downstream.
-import os
-
 from snakemake.utils import min_version, validate
 
 from mlff_distill.config_check import config_errors
-
 
 min_version("9.0")
 
@@ -19,8 +16,6 @@ problems = config_errors(config, "workflow/schemas/config.schema.yaml")
 if problems:
     raise ValueError("invalid config:\n  " + "\n  ".join(problems))
 validate(config, "workflow/schemas/config.schema.yaml")
-# The conda environment's post-deploy script installs the project from here (envs/).
-os.environ["MLFF_DISTILL_ROOT"] = workflow.basedir
 
 
 include: "workflow/rules/common.smk"
@@ -33,10 +28,10 @@ include: "workflow/rules/evaluate.smk"
 
 
 rule all:
+    default_target: True
     input:
         stage_path("evaluate", "metrics.json"),
         stage_path("evaluate", "acceptance.json"),
-    default_target: True
 
 
 onstart:

@@ -21,6 +21,7 @@ random weights (an untrained teacher: its speed, not its labels, matters here).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -41,14 +42,11 @@ TEACHERS = {
 WATER_VOLUME_A3 = 29.9  # volume per molecule of liquid water at 1 g/cm^3
 
 
-def teacher_config(name: str) -> dict:
-    """The teacher's config with every schema default filled in."""
-    from snakemake.utils import validate
+def teacher_settings(name: str):
+    """The teacher's `TeacherSettings`, every schema default filled in."""
+    from mlff_distill.settings import TeacherSettings, section_settings
 
-    config = {"teacher": dict(TEACHERS[name])}
-    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
-    validate(config, str(schema))
-    return config["teacher"]
+    return section_settings(TeacherSettings, "teacher", TEACHERS[name])
 
 
 def water_boxes(n_structures: int, per_side: int, seed: int) -> list[Atoms]:
@@ -79,9 +77,11 @@ def measure(
     """One teacher and worker count: start-up, warm-up and labeling times and throughput."""
     from distributed import Client, LocalCluster, wait
 
-    from mlff_distill.label import label_shard, label_structures, pin_workers_to_cores, worker_env
+    from mlff_distill.labeling.cluster import pin_workers_to_cores, worker_env
+    from mlff_distill.labeling.shards import label_shard, label_structures
 
-    config = teacher_config(teacher)
+    settings = teacher_settings(teacher)
+    config = dataclasses.asdict(settings)  # what `label_shard` takes, as `label_structures` gives it
     shards_dir = workdir / f"{teacher}-{n_workers}" / "shards"
     shards_dir.mkdir(parents=True)
     start = time.perf_counter()
@@ -118,7 +118,7 @@ def measure(
         warmup_seconds = time.perf_counter() - start
         summary = label_structures(
             structures,
-            config,
+            settings,
             shards_dir,
             shards_dir.parent / "labels.zarr",
             n_workers=n_workers,

@@ -36,8 +36,8 @@ import numpy as np
 import torch
 from ase.build import bulk
 
-from mlff_distill.inference_path import time_callable
-from mlff_distill.student.edge_message import edge_message_torch
+from mlff_distill.reference.edge_message import edge_message_torch
+from mlff_distill.student.inference_path import time_callable
 from mlff_distill.student.neighbours import edge_vectors
 
 DEFAULT_MLFLOW_URI = "sqlite:///results/benchmarks/mlflow.db"

@@ -6,7 +6,7 @@ Usage::
     python benchmarks/student_profile.py profile --sizes 512 --threads 1 [--sort self_cpu_time_total]
     python benchmarks/student_profile.py sweep [--sizes 64 512 2048] [--threads 1]
 
-Systems are `mlff_distill.speed.build_timing_systems` of the default config's molecules (packed
+Systems are `mlff_distill.sampling.boxes.build_timing_systems` of the default config's molecules (packed
 periodic boxes at 0.1 atoms/Angstrom^3, built with the 5 Angstrom cutoff so that the boxes are the
 same for every size of student). Every call is `StudentCalculator.calculate` of energy, forces and
 stress, neighbour list included, on an untrained float32 `StudentPotential` (speed does not depend
@@ -29,8 +29,8 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import all_changes
 
-from mlff_distill.sample import seed_molecules
-from mlff_distill.speed import build_timing_systems
+from mlff_distill.sampling.boxes import build_timing_systems
+from mlff_distill.sampling.seeds import seed_molecules
 from mlff_distill.student import StudentCalculator, StudentPotential
 
 MOLECULES = [

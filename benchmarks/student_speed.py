@@ -9,17 +9,19 @@ Usage::
 The teacher is the config's ``teacher:`` (config/config.yaml, with ``--configfile`` merged on top,
 as Snakemake does). The student is ``--checkpoint``, or else an untrained `StudentPotential` of
 the config's ``student:`` sizes over the species of the seeds: speed does not depend on the
-weights. Systems are built from the config's seeds (`mlff_distill.speed.build_timing_systems`):
+weights. Systems are built from the config's seeds (`mlff_distill.sampling.boxes.build_timing_systems`):
 molecules packed into periodic boxes, or each crystal repeated (one table per crystal). Per
 call: energy and forces, with stress when both calculators give it; ms are medians over
 ``--repeats`` after ``--warmup`` calls (with ``--compiled`` the student runs through
-``torch.compile``, and its first warm-up call compiles); peak memory in MB (see `mlff_distill.speed.time_calls`).
+``torch.compile``, and its first warm-up call compiles); peak memory in MB (see
+`mlff_distill.evaluation.speed.time_calls`).
 Results go to ``--out`` (JSON) and to MLflow (experiment "benchmarks", run "student_speed").
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -35,21 +37,24 @@ DEFAULT_MLFLOW_URI = "sqlite:///results/benchmarks/mlflow.db"
 
 
 def load_config(configfile: Path | None) -> dict:
-    """config/config.yaml, ``configfile`` merged on top, every schema default filled in."""
-    from snakemake.utils import update_config, validate
+    """config/config.yaml, ``configfile`` merged on top, every schema default filled in
+    (`mlff_distill.settings.complete_config`)."""
+    from snakemake.utils import update_config
 
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    from mlff_distill.settings import complete_config
+
+    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text()) or {}
     if configfile is not None:
         update_config(config, yaml.safe_load(configfile.read_text()) or {})
-    validate(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
-    return config
+    return complete_config(config)
 
 
 def seed_groups(config: dict) -> list[tuple[str, list[Atoms]]]:
     """Named groups of seeds, one timing table each: every crystal alone, else all molecules."""
-    from mlff_distill.sample import seed_structures
+    from mlff_distill.sampling.seeds import seed_structures
+    from mlff_distill.settings import SampleSettings, build
 
-    seeds = seed_structures(config["sample"])
+    seeds = seed_structures(build(SampleSettings, config["sample"], "sample"))
     crystals = [atoms for atoms in seeds if atoms.pbc.all()]
     if crystals:
         return [(atoms.info.get("seed", atoms.get_chemical_formula()), [atoms]) for atoms in crystals]
@@ -58,18 +63,13 @@ def seed_groups(config: dict) -> list[tuple[str, list[Atoms]]]:
 
 def student_calculator(checkpoint: Path | None, config: dict, species: list[int], device: str, compiled: bool):
     """The checkpoint's student, or an untrained one of the config's sizes over ``species``."""
+    from mlff_distill.settings import StudentSettings, build
     from mlff_distill.student import StudentCalculator, StudentPotential
 
     if checkpoint is not None:
         return StudentCalculator(checkpoint, device=device, compiled=compiled), str(checkpoint)
-    sizes = config["student"]
-    model = StudentPotential(
-        species=species,
-        cutoff_A=sizes["cutoff_A"],
-        n_features=sizes["n_features"],
-        n_radial=sizes["n_radial"],
-        n_interactions=sizes["n_interactions"],
-    )
+    sizes = build(StudentSettings, config["student"], "student")
+    model = StudentPotential(species=species, **dataclasses.asdict(sizes))
     return StudentCalculator(model, device=device, compiled=compiled), "untrained StudentPotential"
 
 
@@ -158,13 +158,15 @@ def main(argv: list[str] | None = None) -> dict:
     )
     args = parser.parse_args(argv)
 
-    from mlff_distill.speed import build_timing_systems, compare_speed
+    from mlff_distill.evaluation.speed import compare_speed
+    from mlff_distill.sampling.boxes import build_timing_systems
+    from mlff_distill.settings import TeacherSettings, build
     from mlff_distill.teachers import TeacherCalculator, load_teacher
 
     if args.torch_threads is not None:
         torch.set_num_threads(args.torch_threads)
     config = load_config(args.configfile)
-    teacher = load_teacher(config["teacher"])
+    teacher = load_teacher(build(TeacherSettings, config["teacher"], "teacher"))
     groups = seed_groups(config)
     species = sorted({int(z) for _, seeds in groups for atoms in seeds for z in atoms.numbers})
     student, student_source = student_calculator(args.checkpoint, config, species, args.device, args.compiled)

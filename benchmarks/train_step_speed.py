@@ -19,6 +19,7 @@ run "train_step_speed").
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import time
@@ -30,31 +31,33 @@ from student_speed import DEFAULT_MLFLOW_URI, load_config, machine
 
 def time_steps(store: Path, config: dict, compiled: bool, steps: int, warmup: int) -> dict:
     """Median and mean ms per training step, and the warm-up's seconds, of one path."""
+    from mlff_distill.settings import StudentSettings, TrainSettings, build
     from mlff_distill.store import store_species
     from mlff_distill.student import StudentPotential
     from mlff_distill.student.dataset import StructureBlocks, shuffled_batches
     from mlff_distill.student.fitting import fit_reference_energies, stress_rms
     from mlff_distill.student.loss import BatchLoss
 
-    train = StructureBlocks.from_store(store, "train", max_in_memory_bytes=config["train"]["in_memory_max_GB"] * 1e9)
+    settings = build(TrainSettings, config["train"], "train")
+    sizes = build(StudentSettings, config["student"], "student")
+    train = StructureBlocks.from_store(store, "train", max_in_memory_bytes=settings.in_memory_max_GB * 1e9)
     species = store_species(store)
     torch.manual_seed(config["seed"])
     model = StudentPotential(
-        species=species, reference_energies_eV=fit_reference_energies(train, species), **config["student"]
+        species=species, reference_energies_eV=fit_reference_energies(train, species), **dataclasses.asdict(sizes)
     )
-    settings = config["train"]
     batch_loss = BatchLoss(
-        settings["energy_weight"],
-        settings["force_weight"],
-        settings["stress_weight"],
+        settings.energy_weight,
+        settings.force_weight,
+        settings.stress_weight,
         stress_rms(train),
         compile=compiled,
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings["learning_rate"])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate)
     generator = torch.Generator().manual_seed(config["seed"])
     batches = []
     while len(batches) < warmup + steps:
-        batches += list(shuffled_batches(train, settings["batch_size"], generator, settings["shuffle_buffer_blocks"]))
+        batches += list(shuffled_batches(train, settings.batch_size, generator, settings.shuffle_buffer_blocks))
     seconds = []
     for batch in batches[: warmup + steps]:
         start = time.perf_counter()

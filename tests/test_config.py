@@ -1,23 +1,89 @@
-"""The config schema: the default validates; wrong keys and types are named before any job."""
+"""The config: the schema is the one source of defaults, the typed settings mirror it, the shipped
+configs validate, and wrong keys and types are named before any job."""
 
+import dataclasses
 import subprocess
 import sys
+import typing
 from pathlib import Path
 
+import pytest
 import yaml
 
 from mlff_distill.config_check import config_errors
+from mlff_distill.settings import SECTIONS, SampleSettings, TrainSettings, build, complete_config, section_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
 
+def default_config() -> dict:
+    """config/config.yaml with the schema's defaults filled in, as the Snakefile sees it."""
+    return complete_config(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()))
+
+
 def test_default_config_is_valid():
-    assert config_errors(yaml.safe_load((ROOT / "config" / "config.yaml").read_text()), SCHEMA) == []
+    assert config_errors(default_config(), SCHEMA) == []
+
+
+def schema_properties(schema: dict, path: tuple[str, ...]) -> dict:
+    for key in path:
+        schema = schema["properties"][key]
+    return schema["properties"]
+
+
+def test_settings_mirror_the_schema_and_carry_no_defaults_of_their_own():
+    schema = yaml.safe_load(SCHEMA.read_text())
+
+    def check(cls: type, path: tuple[str, ...]) -> None:
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        assert set(fields) == set(schema_properties(schema, path)), ".".join(path)
+        hints = typing.get_type_hints(cls)
+        for name, field in fields.items():
+            assert field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING, name
+            if dataclasses.is_dataclass(hints[name]):
+                check(hints[name], (*path, name))
+
+    for section, cls in SECTIONS.items():
+        check(cls, (section,))
+    assert set(SECTIONS) == {k for k, v in schema["properties"].items() if v.get("type") == "object"}
+
+
+def test_every_schema_key_has_a_default():
+    schema = yaml.safe_load(SCHEMA.read_text())
+
+    def missing(properties: dict, path: str) -> list[str]:
+        found = []
+        for key, spec in properties.items():
+            if "default" not in spec and key not in ("address", "timeout", "jobs"):  # label.scheduler's options
+                found.append(f"{path}{key}")
+            if spec.get("type") == "object" and "properties" in spec and key != "gates":  # gates: one default
+                found += missing(spec["properties"], f"{path}{key}.")
+        return found
+
+    assert missing(schema["properties"], "") == []
+
+
+def test_config_yaml_writes_no_default_again():
+    written = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    defaults = complete_config({})
+    again = [key for key, value in written.items() if key != "run_name" and defaults.get(key) == value]
+    assert again == [], f"config/config.yaml repeats schema defaults: {again}"
+
+
+def test_settings_from_the_default_config_and_bad_sections_named():
+    config = default_config()
+    for section, cls in SECTIONS.items():
+        assert dataclasses.is_dataclass(build(cls, config[section], section))
+    sample = build(SampleSettings, config["sample"], "sample")
+    assert sample.md.temperatures_K == [300, 600, 1000] and sample.rattle.sigma_A == [0.01, 0.05]
+    with pytest.raises(ValueError, match=r"sample\.md: unknown keys \['temperature'\]"):
+        build(SampleSettings, {**config["sample"], "md": {**config["sample"]["md"], "temperature": 3}}, "sample")
+    assert section_settings(TrainSettings, "train", {"epochs": 3}).epochs == 3
 
 
 def test_wrong_key_and_type_are_named():
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config = default_config()
     config["train"]["epochz"] = 3
     config["seed"] = "abc"
     problems = config_errors(config, SCHEMA)
@@ -26,7 +92,7 @@ def test_wrong_key_and_type_are_named():
 
 
 def test_hessian_weight_without_hessian_labels_is_named():
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config = default_config()
     config["train"]["hessian_weight"] = 1.0
     assert [p.split(":")[0] for p in config_errors(config, SCHEMA)] == ["train.hessian_weight"]
     config["label"]["hessian_step_A"] = 0.01
@@ -34,7 +100,7 @@ def test_hessian_weight_without_hessian_labels_is_named():
 
 
 def test_normal_mode_counts_must_match_temperatures():
-    config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    config = default_config()
     config["sample"]["normal_modes"].update(structures_per_seed=[100, 200], temperatures_K=[300, 600, 1000])
     problems = config_errors(config, SCHEMA)
     assert [p.split(":")[0] for p in problems] == ["sample.normal_modes.structures_per_seed"]
@@ -49,7 +115,7 @@ def shipped_config(name: str) -> dict:
 
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     update_config(config, yaml.safe_load((ROOT / "config" / name).read_text()))
-    return config
+    return complete_config(config)
 
 
 def test_shipped_configs_are_valid_and_the_orb_config_stays_small():
@@ -85,14 +151,3 @@ def test_snakemake_stops_on_bad_config_before_any_job(tmp_path):
     assert result.returncode != 0
     assert "label.shard_size" in result.stderr + result.stdout
     assert not (tmp_path / "results").exists()
-
-
-def test_dry_run_and_lint_are_clean(tmp_path):
-    for flag in ("-n", "--lint"):
-        result = subprocess.run(
-            [sys.executable, "-m", "snakemake", flag, "--config", f"results_dir={tmp_path / 'results'}"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
-        assert result.returncode == 0, result.stdout + result.stderr

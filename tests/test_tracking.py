@@ -5,7 +5,8 @@ from concurrent.futures import ProcessPoolExecutor
 
 from mlflow.tracking import MlflowClient
 
-from mlff_distill.tracking import PipelineRun, flatten, stage_run, start_pipeline_run
+from mlff_distill.settings import MLflowSettings, section_settings
+from mlff_distill.tracking import PipelineRun, flatten, stage_run, start_pipeline_run, tracking_uri
 
 
 def config_for(tmp_path) -> dict:
@@ -31,14 +32,21 @@ def test_flatten():
 
 def test_parent_and_concurrent_children(tmp_path):
     (tmp_path / "results").mkdir()
-    pipeline = start_pipeline_run(config_for(tmp_path))
+    config = config_for(tmp_path)
+    settings = section_settings(MLflowSettings, "mlflow", config["mlflow"])
+    pipeline = start_pipeline_run(config["run_name"], tmp_path / "results", settings, config)
     assert pipeline.tracking_uri.startswith("sqlite:///") and pipeline.tracking_uri.endswith("mlflow.db")
+    assert pipeline.tracking_uri == tracking_uri(None, tmp_path / "results")
     pipeline_file = tmp_path / "pipeline.json"
     pipeline.save(pipeline_file)
     assert PipelineRun.load(pipeline_file) == pipeline
 
     names = [f"stage{i}" for i in range(6)]
-    with ProcessPoolExecutor(max_workers=6, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # Six fresh processes (no connection inherited from this one), forked from a server that has
+    # imported MLflow once instead of six spawned interpreters importing it each.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["mlflow.tracking", "mlff_distill.tracking"])
+    with ProcessPoolExecutor(max_workers=6, mp_context=context) as pool:
         run_ids = list(pool.map(log_stage, [str(pipeline_file)] * 6, names))
 
     client = MlflowClient(tracking_uri=pipeline.tracking_uri)

@@ -5,7 +5,6 @@ from mlff_distill.evaluation.summary import summary_text
 from mlff_distill.settings import MLflowSettings
 from mlff_distill.tracking import PipelineRun, finish_pipeline_run, start_pipeline_run
 
-
 RUN_DIR = Path(config["results_dir"]) / config["run_name"]
 CONDA_ENV = "../../envs/mlff-distill.yaml"
 # The MLflow parent run of this invocation (written by `onstart`, read by every job).

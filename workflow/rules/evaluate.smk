@@ -1,3 +1,7 @@
+localrules:
+    acceptance,
+
+
 rule evaluate:
     """Student against teacher on the test split: accuracy, speed, figures, report, MLflow model."""
     input:
@@ -10,6 +14,12 @@ rule evaluate:
         report=stage_path("evaluate", "report.html"),
         parity=stage_path("evaluate", "parity.png"),
         errors=stage_path("evaluate", "errors.png"),
+    log:
+        log_path("evaluate"),
+    benchmark:
+        benchmark_path("evaluate")
+    conda:
+        CONDA_ENV
     params:
         run_name=config["run_name"],
         seed=config["seed"],
@@ -18,12 +28,6 @@ rule evaluate:
         evaluate=config["evaluate"],
         compile_cache_dir=COMPILE_CACHE,
         pipeline_file=PIPELINE_RUN,
-    log:
-        log_path("evaluate"),
-    benchmark:
-        benchmark_path("evaluate")
-    conda:
-        CONDA_ENV
     script:
         "../scripts/evaluate.py"
 
@@ -34,11 +38,11 @@ rule acceptance:
         metrics=stage_path("evaluate", "metrics.json"),
     output:
         verdict=stage_path("evaluate", "acceptance.json"),
-    params:
-        strict=config["evaluate"]["strict"],
     log:
         log_path("acceptance"),
     conda:
         CONDA_ENV
+    params:
+        strict=config["evaluate"]["strict"],
     script:
         "../scripts/acceptance.py"

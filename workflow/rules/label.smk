@@ -4,12 +4,6 @@ rule label:
         structures=stage_path("sample", "structures.extxyz"),
     output:
         store=directory(stage_path("label", "labels.zarr")),
-    params:
-        teacher=config["teacher"],
-        label=config["label"],
-        shards_dir=stage_path("label", "shards"),
-        pipeline_file=PIPELINE_RUN,
-    threads: workflow.cores
     log:
         # failures.json (structures the teacher failed on) is a log, not an output, so that it
         # survives when the job fails for too many failures.
@@ -19,5 +13,11 @@ rule label:
         benchmark_path("label")
     conda:
         CONDA_ENV
+    threads: workflow.cores
+    params:
+        teacher=config["teacher"],
+        label=config["label"],
+        shards_dir=stage_path("label", "shards"),
+        pipeline_file=PIPELINE_RUN,
     script:
         "../scripts/label.py"

@@ -6,18 +6,18 @@ rule precompile:
         test_files=config["sample"]["test_files"],
     output:
         record=stage_path("precompile", "compiled.json"),
-    params:
-        sample=config["sample"],
-        student=config["student"],
-        train_loss={key: config["train"][key] for key in TRAIN_LOSS_KEYS},
-        try_compile=config["tune"]["try_compile"],
-        cache_dir=COMPILE_CACHE,
-    threads: 1
     log:
         log_path("precompile"),
     benchmark:
         benchmark_path("precompile")
     conda:
         CONDA_ENV
+    threads: 1
+    params:
+        sample=config["sample"],
+        student=config["student"],
+        train_loss={key: config["train"][key] for key in TRAIN_LOSS_KEYS},
+        try_compile=config["tune"]["try_compile"],
+        cache_dir=COMPILE_CACHE,
     script:
         "../scripts/precompile.py"

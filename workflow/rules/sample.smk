@@ -5,16 +5,16 @@ rule sample:
         test_files=config["sample"]["test_files"],
     output:
         structures=stage_path("sample", "structures.extxyz"),
-    params:
-        seed=config["seed"],
-        sample=config["sample"],
-        teacher=config["teacher"],
-        pipeline_file=PIPELINE_RUN,
     log:
         log_path("sample"),
     benchmark:
         benchmark_path("sample")
     conda:
         CONDA_ENV
+    params:
+        seed=config["seed"],
+        sample=config["sample"],
+        teacher=config["teacher"],
+        pipeline_file=PIPELINE_RUN,
     script:
         "../scripts/sample.py"

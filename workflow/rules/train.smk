@@ -9,18 +9,18 @@ rule train:
         checkpoint=stage_path("train", "student.pt"),
         torchscript=stage_path("train", "student.torchscript.pt"),
         history=stage_path("train", "history.json"),
-    params:
-        seed=config["seed"],
-        student=config["student"],
-        train=config["train"],
-        compile_cache_dir=COMPILE_CACHE,
-        pipeline_file=PIPELINE_RUN,
-    threads: train_threads()
     log:
         log_path("train"),
     benchmark:
         benchmark_path("train")
     conda:
         CONDA_ENV
+    threads: train_threads()
+    params:
+        seed=config["seed"],
+        student=config["student"],
+        train=config["train"],
+        compile_cache_dir=COMPILE_CACHE,
+        pipeline_file=PIPELINE_RUN,
     script:
         "../scripts/train.py"

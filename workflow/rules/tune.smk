@@ -5,15 +5,15 @@ rule tune:
         checkpoint=stage_path("train", "student.pt"),
     output:
         record=stage_path("tune", "inference_path.json"),
-    params:
-        tune=config["tune"],
-        compile_cache_dir=COMPILE_CACHE,
-        pipeline_file=PIPELINE_RUN,
     log:
         log_path("tune"),
     benchmark:
         benchmark_path("tune")
     conda:
         CONDA_ENV
+    params:
+        tune=config["tune"],
+        compile_cache_dir=COMPILE_CACHE,
+        pipeline_file=PIPELINE_RUN,
     script:
         "../scripts/tune.py"

@@ -9,11 +9,12 @@ thermostat; `radial_distribution` turns frames into g(r) and `rdf_difference` co
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
@@ -63,12 +64,12 @@ def nve_run(
     atoms = _start(atoms, calculator, temperature_K, seed)
     dynamics = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
     energies = [atoms.get_total_energy()]
-    reason = _blow_up_reason(atoms, energies[0], energies[0], atoms.positions)
+    reason = blow_up_reason(atoms, energies[0], energies[0], atoms.positions)
     while reason is None and len(energies) <= steps:
         previous = atoms.positions.copy()
         dynamics.run(1)
         energies.append(atoms.get_total_energy())
-        reason = _blow_up_reason(atoms, energies[-1], energies[0], previous)
+        reason = blow_up_reason(atoms, energies[-1], energies[0], previous)
     times_ps = np.arange(len(energies)) * timestep_fs * 1e-3
     return {
         "times_ps": times_ps,
@@ -78,7 +79,7 @@ def nve_run(
     }
 
 
-def _blow_up_reason(
+def blow_up_reason(
     atoms: Atoms, energy_eV: float, start_energy_eV: float, previous_positions_A: np.ndarray
 ) -> str | None:
     """Why this MD step counts as a blow-up, or None."""
@@ -111,7 +112,7 @@ def energy_drift_eV_per_atom_per_ps(times_ps: np.ndarray, energies_eV: np.ndarra
     return float(slope_eV_per_ps / n_atoms)
 
 
-def nvt_run(
+def langevin_frames(
     calculator: Calculator,
     atoms: Atoms,
     temperature_K: float,
@@ -120,9 +121,10 @@ def nvt_run(
     sample_every: int,
     seed: int,
     friction_per_fs: float = 0.01,
-) -> list[Atoms]:
-    """Langevin NVT at ``temperature_K``; a copy of the structure every ``sample_every`` steps
-    (positions in Angstrom, no calculator or constraint attached), the start excluded."""
+) -> Iterator[Atoms]:
+    """Langevin NVT at ``temperature_K``, velocities drawn with ``seed``: yields a copy of the
+    structure every ``sample_every`` steps (positions in Angstrom; its energy (eV) and forces
+    (eV/Angstrom) as a single-point calculator; no constraint), the start excluded."""
     _check_steps(timestep_fs, steps)
     if sample_every < 1:
         raise ValueError(f"sample_every: must be >= 1, got {sample_every}")
@@ -136,14 +138,28 @@ def nvt_run(
         fixcm=False,
         rng=np.random.default_rng(seed + 1),
     )
-    frames: list[Atoms] = []
     for _ in range(steps // sample_every):
         dynamics.run(sample_every)
         frame = atoms.copy()
-        frame.calc = None
         frame.set_constraint()
-        frames.append(frame)
-    return frames
+        frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+        yield frame
+
+
+def nvt_run(
+    calculator: Calculator,
+    atoms: Atoms,
+    temperature_K: float,
+    timestep_fs: float,
+    steps: int,
+    sample_every: int,
+    seed: int,
+    friction_per_fs: float = 0.01,
+) -> list[Atoms]:
+    """The frames of `langevin_frames`, as a list."""
+    return list(
+        langevin_frames(calculator, atoms, temperature_K, timestep_fs, steps, sample_every, seed, friction_per_fs)
+    )
 
 
 def radial_distribution(

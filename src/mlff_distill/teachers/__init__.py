@@ -95,9 +95,7 @@ def _load_fennol(settings: TeacherSettings) -> Teacher:
         files = build_ani1x_fnx(ani1x_cache_dir(cache_dir(settings.cache_dir)))
         return FennolEnsembleTeacher(files, name="ani1x/torchani-2.2.4", **options)
     if source == "fennol-pmc":
-        return load_fennol_pmc_teacher(
-            name, models_dir(settings.models_dir), cache_dir(settings.cache_dir), **options
-        )
+        return load_fennol_pmc_teacher(name, models_dir(settings.models_dir), cache_dir(settings.cache_dir), **options)
     if source == "files":
         files = [Path(f).expanduser() for f in settings.files]
         missing = [str(f) for f in files if not f.is_file()]

@@ -1,59 +1,26 @@
-"""Timing systems built from seeds, and the timing of ASE calculators (latency, throughput, memory)."""
+"""The timing of ASE calculators (latency, throughput, memory), teacher against student, and the benchmark script."""
+
+import functools
 
 import numpy as np
 import pytest
 from ase.build import bulk, fcc111, molecule
 from ase.calculators.emt import EMT
 
-from mlff_distill.speed import build_timing_systems, compare_speed, time_calls
-from mlff_distill.strategies import cell_heights_A
+from mlff_distill.evaluation import speed
+from mlff_distill.evaluation.speed import compare_speed, time_calls
+from mlff_distill.sampling.boxes import build_timing_systems
 from mlff_distill.student import StudentCalculator, StudentPotential
 from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
 from mlff_distill.teachers.base import TeacherCalculator
 
 
-def test_molecules_are_packed_at_the_density_without_close_contacts():
-    seeds = [molecule(name) for name in ("H2O", "CH4", "CH3OH")]
-    systems = build_timing_systems(seeds, [64, 300], cutoff_A=5.0, seed=0)
-    for size, system in zip([64, 300], systems):
-        assert system.pbc.all() and abs(len(system) - size) <= 3  # half the largest seed
-        assert len(system) / system.get_volume() == pytest.approx(0.1)
-        assert set(system.numbers) <= {1, 6, 8}
-        distances = system.get_all_distances(mic=True)[np.triu_indices(len(system), 1)]
-        # Closest pair inside a molecule (C-H, O-H: ~0.96 A) or between molecules (>= 1.2 A).
-        assert distances.min() > 0.9
-    again = build_timing_systems(seeds, [64], cutoff_A=5.0, seed=0)[0]
-    assert np.allclose(again.positions, systems[0].positions)
-
-
-def test_molecules_in_a_packed_box_keep_their_shape():
-    water = molecule("H2O")
-    box = build_timing_systems([water], [90], cutoff_A=5.0, seed=3)[0]
-    for start in range(0, len(box), 3):
-        copy = box[start : start + 3]
-        assert list(copy.numbers) == list(water.numbers)
-        assert np.allclose(
-            np.sort(copy.get_all_distances(mic=True).ravel()), np.sort(water.get_all_distances().ravel()), atol=1e-8
-        )
-
-
-def test_crystals_are_replicated_near_cubic_to_about_the_size():
-    copper = bulk("Cu", "fcc", a=3.6, cubic=True)
-    systems = build_timing_systems([molecule("H2O"), copper], [64, 500, 2048], cutoff_A=5.0, seed=0)
-    assert [len(s) for s in systems][1:] == [500, 2048]
-    assert 48 <= len(systems[0]) <= 96 and set(systems[0].numbers) == {29}
-    for system in systems:
-        heights = cell_heights_A(system)
-        assert heights.min() >= 5.0 and heights.max() / heights.min() < 1.6
-
-
-def test_unusable_seeds_and_sizes_are_named():
-    with pytest.raises(ValueError, match="slabs"):
-        build_timing_systems([fcc111("Cu", (2, 2, 3), vacuum=5.0)], [64], 5.0, 0)
-    with pytest.raises(ValueError, match="sizes"):
-        build_timing_systems([molecule("H2O")], [6], 5.0, 0)
-    with pytest.raises(ValueError, match="seeds"):
-        build_timing_systems([], [64], 5.0, 0)
+@pytest.fixture
+def quick_timing(monkeypatch):
+    """`compare_speed` with `time_calls` that stop after ``repeats`` calls instead of timing one
+    second per model and system (the rows' contents, not their precision, are checked here; the
+    one-second floor is `test_time_calls_reports_latency_throughput_and_stress`'s)."""
+    monkeypatch.setattr(speed, "time_calls", functools.partial(time_calls, min_seconds=0.0))
 
 
 def test_time_calls_reports_latency_throughput_and_stress():
@@ -73,7 +40,7 @@ import json
 import numpy as np
 from ase.build import bulk
 from ase.calculators.emt import EMT
-from mlff_distill.speed import time_calls
+from mlff_distill.evaluation.speed import time_calls
 
 class AllocatingCalculator(EMT):
     def calculate(self, atoms=None, properties=("energy",), system_changes=()):
@@ -101,7 +68,7 @@ def test_peak_memory_sees_an_allocation_inside_the_call():
     assert small < 50
 
 
-def test_compare_speed_rows_for_a_teacher_and_an_untrained_student(single_thread):
+def test_compare_speed_rows_for_a_teacher_and_an_untrained_student(single_thread, quick_timing):
     systems = build_timing_systems([molecule("H2O"), molecule("CH4")], [48, 96], cutoff_A=4.0, seed=1)
     teacher = TeacherCalculator(AseCalculatorTeacher("ase.calculators.emt:EMT", species=(1, 6, 8)))
     student = StudentCalculator(StudentPotential(species=(1, 6, 8), cutoff_A=4.0, n_features=16))
@@ -114,7 +81,7 @@ def test_compare_speed_rows_for_a_teacher_and_an_untrained_student(single_thread
         assert row["teacher_peak_MB"] >= 0 and row["student_peak_MB"] >= 0
 
 
-def test_benchmark_script_writes_the_table_and_logs_it(tmp_path, single_thread):
+def test_benchmark_script_writes_the_table_and_logs_it(tmp_path, single_thread, quick_timing):
     import importlib.util
     import json
     from pathlib import Path
@@ -122,7 +89,7 @@ def test_benchmark_script_writes_the_table_and_logs_it(tmp_path, single_thread):
     import mlflow
     import yaml
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "student_speed.py"
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "student_speed.py"
     spec = importlib.util.spec_from_file_location("student_speed", script)
     benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(benchmark)
@@ -169,21 +136,20 @@ def test_benchmark_script_writes_the_table_and_logs_it(tmp_path, single_thread):
     assert [m.step for m in history] == [row["n_atoms"] for row in rows]
 
 
-def test_speed_rows_for_the_evaluate_stage_use_the_runs_seeds(single_thread):
-    from conftest import full_config
+def test_speed_rows_for_the_evaluate_stage_use_the_runs_seeds(single_thread, quick_timing):
+    from mlff_distill.evaluation.speed import speed_rows
+    from mlff_distill.sampling.seeds import seed_structures
+    from mlff_distill.settings import EvaluateSettings, SampleSettings, section_settings
 
-    from mlff_distill.speed import speed_rows
-
-    config = full_config(
-        {
-            "sample": {"molecules": [], "crystals": [{"formula": "Cu", "structure": "fcc", "a_A": 3.6, "cubic": True}]},
-            "evaluate": {"timing_repeats": 1},
-        }
+    sample = section_settings(
+        SampleSettings,
+        "sample",
+        {"molecules": [], "crystals": [{"formula": "Cu", "structure": "fcc", "a_A": 3.6, "cubic": True}]},
     )
-    config["evaluate"]["speed"] = {"sizes": [32, 108]}
+    settings = section_settings(EvaluateSettings, "evaluate", {"timing_repeats": 1, "speed": {"sizes": [32, 108]}})
     teacher = AseCalculatorTeacher("ase.calculators.emt:EMT", species=(29,))
     student = StudentPotential(species=(29,), cutoff_A=4.0, n_features=8)
-    rows = speed_rows(config, teacher, StudentCalculator(student), [])
+    rows = speed_rows(settings, seed_structures(sample), 0, teacher, StudentCalculator(student))
     assert [row["n_atoms"] for row in rows] == [32, 108]
     assert {row["system"] for row in rows} == {"Cu-fcc"}
     assert all(row["teacher_ms"] > 0 and row["student_ms"] > 0 for row in rows)

@@ -3,11 +3,11 @@
 import numpy as np
 from ase.units import GPa
 
-from mlff_distill import plots
+from mlff_distill.evaluation import plots
 from mlff_distill.data import LabeledArrays
-from mlff_distill.evaluate import accuracy
-from mlff_distill.metrics import check_gates, worst_force_errors
-from mlff_distill.report import build_report
+from mlff_distill.evaluation.accuracy import accuracy
+from mlff_distill.evaluation.metrics import check_gates, worst_force_errors
+from mlff_distill.evaluation.report import build_report
 from mlff_distill.teachers.base import TeacherIdentity
 
 SECTIONS = (

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import numpy as np
@@ -39,13 +38,6 @@ FORCE_TOL_EV_PER_A = 1e-4
 MOLECULES = ("CH3CH2OH", "C6H6", "CH3CONH2", "H2O")
 
 
-def _reference_dir() -> Path | None:
-    """FeNNol-PMC's ANI1X folder: under $MLFF_DISTILL_MODELS_DIR, else ../shared/teachers."""
-    base = Path(os.environ.get("MLFF_DISTILL_MODELS_DIR", Path(__file__).resolve().parents[2] / "shared" / "teachers"))
-    folder = base / "fennol-pmc" / "ANI1X"
-    return folder if all((folder / f).is_file() for f in neurochem.ani1x_file_names()) else None
-
-
 @pytest.fixture(scope="module")
 def resource_dir() -> Path:
     try:
@@ -55,14 +47,13 @@ def resource_dir() -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference_dir() -> Path:
-    found = _reference_dir()
-    if found is None:
-        pytest.skip(
-            "FeNNol-PMC's ANI1X files not found: set MLFF_DISTILL_MODELS_DIR or place "
-            "../shared/teachers/fennol-pmc/ANI1X"
-        )
-    return found
+def reference_dir(models_dir) -> Path:
+    """FeNNol-PMC's ANI1X folder in the models directory (conftest.py)."""
+    folder = models_dir / "fennol-pmc" / "ANI1X"
+    missing = [name for name in neurochem.ani1x_file_names() if not (folder / name).is_file()]
+    if missing:
+        pytest.skip(f"FeNNol-PMC's ANI1X files {missing} not found in {folder}")
+    return folder
 
 
 @pytest.fixture(scope="module")

@@ -177,8 +177,10 @@ def test_unknown_model_names_valid_ones():
     assert "orb-v1" not in available_models()  # deprecated, no weights
 
 
-def test_pretrained_offline_fails_with_clear_message():
+def test_pretrained_offline_fails_with_clear_message(monkeypatch):
     from cached_path import find_latest_cached
+    from cached_path.schemes import http
+    from urllib3.util.retry import Retry
 
     url = available_models()[MODEL]
     if find_latest_cached(url) is not None:
@@ -188,5 +190,13 @@ def test_pretrained_offline_fails_with_clear_message():
         pytest.skip("weights host reachable; the test would download the weights")
     except OSError:
         pass
+
+    class RetryWithoutBackoff(Retry):
+        """cached_path's retries (5, each request), without the 2 + 4 + 8 + 16 s of sleep between them."""
+
+        def get_backoff_time(self) -> float:
+            return 0.0
+
+    monkeypatch.setattr(http, "Retry", RetryWithoutBackoff)
     with pytest.raises(ConnectionError, match="could not be downloaded.*weights: random"):
-        OrbTeacher(MODEL)  # cached_path retries for about 30 s before giving up
+        OrbTeacher(MODEL)

@@ -3,7 +3,8 @@
 import numpy as np
 from ase.build import bulk, molecule
 
-from mlff_distill.teacher_symmetry import random_rotation, rotated, rotation_force_change
+from mlff_distill.evaluation.teacher_symmetry import rotated, rotation_force_change
+from mlff_distill.sampling.strategies import random_rotation
 from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
 
 

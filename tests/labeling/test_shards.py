@@ -1,11 +1,13 @@
 """Labeling in shards with the real ANI-1x teacher on a 2-worker Dask cluster, and resuming;
-structures a real (EMT-based, tests/failing_calculator.py) teacher fails on; scheduler choice.
+structures a real (EMT-based, tests/failing_calculator.py) teacher fails on. The choice of
+scheduler is tested in test_cluster.py.
 
-``ani1x_teacher_config`` and ``ani1x_teacher`` come from conftest.py (skipped without the files).
+``ani1x_teacher_settings`` and ``ani1x_teacher`` come from conftest.py (skipped without the files).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -18,10 +20,10 @@ import numpy as np
 import pytest
 from ase.build import molecule
 from ase.calculators.emt import EMT
-from conftest import full_config
 
-from mlff_distill.label import LabelingFailedError, label_structures, plan_shards, slurm_cluster
-from mlff_distill.store import marker_path, read_labels, read_marker, store_attrs
+from mlff_distill.labeling.shards import LabelingFailedError, label_structures, plan_shards
+from mlff_distill.settings import TeacherSettings, section_settings
+from mlff_distill.store import FAILURES_FILE, marker_path, read_labels, read_marker, store_attrs
 
 MOLECULES = ["CH4", "H2O", "NH3", "C2H6", "C2H4", "HCN", "CH3OH", "H2CO", "CH3CN", "HCOOH", "N2H4", "H3CNH2"]
 
@@ -38,13 +40,13 @@ def rattled_molecules() -> list:
 
 
 @pytest.fixture(scope="module")
-def labeled(ani1x_teacher_config, tmp_path_factory):
+def labeled(ani1x_teacher_settings, tmp_path_factory):
     """A first labeling run: 12 molecules, shards of 4, 2 workers."""
     root = tmp_path_factory.mktemp("label")
     reports = []
     summary = label_structures(
         rattled_molecules(),
-        ani1x_teacher_config,
+        ani1x_teacher_settings,
         root / "shards",
         root / "labels.zarr",
         n_workers=2,
@@ -55,10 +57,10 @@ def labeled(ani1x_teacher_config, tmp_path_factory):
     return root, summary, reports
 
 
-def relabel(root: Path, teacher_config: dict) -> dict:
+def relabel(root: Path, teacher: TeacherSettings) -> dict:
     return label_structures(
         rattled_molecules(),
-        teacher_config,
+        teacher,
         root / "shards",
         root / "labels.zarr",
         n_workers=2,
@@ -77,7 +79,13 @@ def test_missing_info_key_names_the_structure(tmp_path):
     del structures[5].info["group"]
     with pytest.raises(ValueError, match=r"structure 5 has no info\['group'\]"):
         label_structures(
-            structures, {}, tmp_path / "shards", tmp_path / "labels.zarr", n_workers=2, shard_size=4, attrs={}
+            structures,
+            ase_teacher_settings("ase.calculators.emt:EMT"),
+            tmp_path / "shards",
+            tmp_path / "labels.zarr",
+            n_workers=2,
+            shard_size=4,
+            attrs={},
         )
     assert not (tmp_path / "shards").exists()
 
@@ -99,29 +107,29 @@ def test_store_holds_teacher_labels_in_input_order(labeled, ani1x_teacher):
     assert read_labels(root / "labels.zarr", "val").n_structures == 4
 
 
-def test_rerun_reuses_every_shard(labeled, ani1x_teacher_config):
+def test_rerun_reuses_every_shard(labeled, ani1x_teacher_settings):
     root, _, _ = labeled
     before = read_labels(root / "labels.zarr").energy_eV
-    summary = relabel(root, ani1x_teacher_config)
+    summary = relabel(root, ani1x_teacher_settings)
     assert (summary["shards_labeled"], summary["shards_reused"]) == (0, 3)
     np.testing.assert_array_equal(read_labels(root / "labels.zarr").energy_eV, before)
 
 
-def test_missing_marker_relabels_only_that_shard(labeled, ani1x_teacher_config):
+def test_missing_marker_relabels_only_that_shard(labeled, ani1x_teacher_settings):
     root, _, _ = labeled
     before = read_labels(root / "labels.zarr").energy_eV
     shard = root / "shards" / "shard-00000004-00000008.zarr"
     marker_path(shard).unlink()
-    summary = relabel(root, ani1x_teacher_config)
+    summary = relabel(root, ani1x_teacher_settings)
     assert (summary["shards_labeled"], summary["shards_reused"]) == (1, 2)
     assert [s["shard"] for s in summary["shards"]] == [shard.name]
     np.testing.assert_allclose(read_labels(root / "labels.zarr").energy_eV, before, rtol=1e-6)
 
 
-def test_changed_teacher_config_relabels_every_shard_in_process(labeled, ani1x_teacher_config):
+def test_changed_teacher_config_relabels_every_shard_in_process(labeled, ani1x_teacher_settings):
     root, _, _ = labeled
     before = read_labels(root / "labels.zarr").energy_eV
-    changed = {**ani1x_teacher_config, "batch_size": 8}
+    changed = dataclasses.replace(ani1x_teacher_settings, batch_size=8)
     summary = label_structures(
         rattled_molecules(), changed, root / "shards", root / "labels.zarr", n_workers=0, shard_size=4, attrs={}
     )
@@ -129,8 +137,9 @@ def test_changed_teacher_config_relabels_every_shard_in_process(labeled, ani1x_t
     np.testing.assert_allclose(read_labels(root / "labels.zarr").energy_eV, before, rtol=1e-6)
 
 
-def ase_teacher_config(factory: str) -> dict:
-    return full_config({"teacher": {"kind": "ase", "name": "emt", "factory": factory}})["teacher"]
+def ase_teacher_settings(factory: str, **kwargs) -> TeacherSettings:
+    """An ASE calculator as the teacher: ``factory`` called with ``kwargs``."""
+    return section_settings(TeacherSettings, "teacher", {"kind": "ase", "name": "emt", "factory": factory, "kwargs": kwargs})
 
 
 def poisoned_molecules() -> list:
@@ -143,7 +152,7 @@ def poisoned_molecules() -> list:
 
 
 def test_failed_structures_are_left_out_recorded_and_not_retried(tmp_path):
-    config = ase_teacher_config("failing_calculator:FailingEMT")
+    config = ase_teacher_settings("failing_calculator:FailingEMT")
     store = tmp_path / "labels.zarr"
 
     def label(max_failed_fraction):
@@ -165,7 +174,7 @@ def test_failed_structures_are_left_out_recorded_and_not_retried(tmp_path):
     assert sorted(failures) == [4, 5, 6, 7, 9]
     assert failures[4]["error"] == "TeacherBlewUp" and "cannot handle" in failures[4]["reason"]
     assert failures[6] == {"sample_index": 6, "error": None, "reason": "non-finite energy/forces"}
-    assert json.loads((tmp_path / "failures.json").read_text()) == summary["failures"]
+    assert json.loads((tmp_path / FAILURES_FILE).read_text()) == summary["failures"]
     assert [s["n_failed"] for s in summary["shards"]] == [0, 4, 1]
     assert read_marker(tmp_path / "shards" / "shard-00000004-00000008.zarr")["n_structures"] == 0
 
@@ -193,82 +202,12 @@ def test_failed_structures_are_left_out_recorded_and_not_retried(tmp_path):
     assert read_labels(store).n_structures == 7
 
 
-def test_existing_scheduler_by_address(tmp_path):
-    from distributed import LocalCluster
-
-    structures = rattled_molecules()[:4]
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
-        summary = label_structures(
-            structures,
-            ase_teacher_config("ase.calculators.emt:EMT"),
-            tmp_path / "shards",
-            tmp_path / "labels.zarr",
-            n_workers=0,
-            shard_size=2,
-            attrs={},
-            scheduler={"kind": "address", "address": cluster.scheduler_address},
-        )
-    assert (summary["scheduler"], summary["shards_labeled"], summary["n_failed"]) == ("address", 2, 0)
-    energies = []
-    for atoms in structures:
-        atoms.calc = EMT()
-        energies.append(atoms.get_potential_energy())
-    np.testing.assert_allclose(read_labels(tmp_path / "labels.zarr").energy_eV, energies, rtol=1e-12)
-
-
-@pytest.mark.parametrize(
-    "scheduler, message",
-    [
-        ({"kind": "kubernetes"}, "is not one of local, address, slurm"),
-        ({"kind": "address"}, "needs 'address'"),
-    ],
-)
-def test_bad_scheduler_is_refused_before_labeling(tmp_path, scheduler, message):
-    with pytest.raises(ValueError, match=message):
-        label_structures(
-            rattled_molecules(),
-            {},
-            tmp_path / "shards",
-            tmp_path / "labels.zarr",
-            n_workers=1,
-            shard_size=4,
-            attrs={},
-            scheduler=scheduler,
-        )
-    assert not (tmp_path / "shards").exists()
-
-
-SLURM = {"kind": "slurm", "cores": 4, "memory": "16GB", "walltime": "01:30:00", "queue": "cpu-short", "jobs": 3}
-
-
-def test_slurm_scheduler_without_dask_jobqueue_says_what_to_install():
-    try:
-        import dask_jobqueue  # noqa: F401
-    except ImportError:
-        with pytest.raises(ImportError, match=r"pip install dask-jobqueue==0\.9\.0"):
-            slurm_cluster(SLURM)
-    else:
-        pytest.skip("dask-jobqueue is installed: test_slurm_job_script covers the slurm kind")
-
-
-def test_slurm_job_script_holds_the_resources():
-    pytest.importorskip("dask_jobqueue")
-    cluster = slurm_cluster(SLURM, {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"})
-    try:
-        script = cluster.job_script()
-    finally:
-        cluster.close()
-    assert "#SBATCH -p cpu-short" in script and "#SBATCH -t 01:30:00" in script
-    assert "#SBATCH --cpus-per-task=4" in script and "#SBATCH --mem=15G" in script
-    assert "--nworkers 4" in script and "--nthreads 1" in script
-    assert "export XLA_FLAGS=--xla_cpu_multi_thread_eigen=false" in script
-
-
 KILL_SCRIPT = """
 import json, sys
 from ase.io import read
-from mlff_distill.label import label_structures
-structures, config, root = read(sys.argv[1], ":"), json.loads(sys.argv[2]), sys.argv[3]
+from mlff_distill.labeling.shards import label_structures
+from mlff_distill.settings import TeacherSettings
+structures, config, root = read(sys.argv[1], ":"), TeacherSettings(**json.loads(sys.argv[2])), sys.argv[3]
 label_structures(structures, config, root + "/shards", root + "/labels.zarr", n_workers=0,
                  shard_size=2, attrs={})
 """
@@ -279,13 +218,12 @@ def test_killed_run_and_corrupt_shard_resume_to_the_uninterrupted_store(tmp_path
     equals an uninterrupted run's, each structure exactly once, only the missing shards labeled."""
     from ase.io import read, write
 
-    config = ase_teacher_config("failing_calculator:SlowEMT")
-    config["kwargs"] = {"delay_s": 0.25}
+    config = ase_teacher_settings("failing_calculator:SlowEMT", delay_s=0.25)
     write(tmp_path / "structures.extxyz", rattled_molecules())
     structures = read(tmp_path / "structures.extxyz", ":")  # exactly what the killed run reads
-    reference = label_structures(
+    reference = label_structures(  # the same calculator, without the delay that makes room for the kill
         structures,
-        config,
+        ase_teacher_settings("failing_calculator:SlowEMT", delay_s=0.0),
         tmp_path / "ref" / "shards",
         tmp_path / "ref" / "labels.zarr",
         n_workers=0,
@@ -296,9 +234,18 @@ def test_killed_run_and_corrupt_shard_resume_to_the_uninterrupted_store(tmp_path
 
     run = tmp_path / "run"
     run.mkdir()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    tests_dir = str(Path(__file__).resolve().parents[1])  # where failing_calculator.py is
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
-        [sys.executable, "-c", KILL_SCRIPT, str(tmp_path / "structures.extxyz"), json.dumps(config), str(run)], env=env
+        [
+            sys.executable,
+            "-c",
+            KILL_SCRIPT,
+            str(tmp_path / "structures.extxyz"),
+            json.dumps(dataclasses.asdict(config)),
+            str(run),
+        ],
+        env=env,
     )
     deadline = time.monotonic() + 120
     while len(list((run / "shards").glob("*.done.json"))) < 2:
@@ -330,7 +277,7 @@ def test_periodic_structures_get_stress_molecules_nan(tmp_path):
     """Stress labels (eV/Angstrom^3, ASE's sign) for a periodic cell; NaN for a molecule."""
     from ase.build import bulk
 
-    config = ase_teacher_config("ase.calculators.emt:EMT")
+    config = ase_teacher_settings("ase.calculators.emt:EMT")
     copper = bulk("Cu", cubic=True) * (2, 1, 1)
     copper.rattle(0.05, seed=1)
     copper.cell *= 0.98

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PROFILE = ROOT / "profiles" / "slurm"
 
 
@@ -53,7 +53,7 @@ def test_dry_run_plans_every_rule_with_its_slurm_resources(tmp_path, profile_arg
     )
     assert result.returncode == 0, result.stdout + result.stderr
     jobs = planned_jobs(result.stdout + result.stderr)
-    assert {"start_tracking", "sample", "label", "train", "tune", "evaluate"} <= set(jobs)
+    assert {"precompile", "sample", "label", "train", "tune", "evaluate", "acceptance"} <= set(jobs)
     expected = {  # rule: (threads, mem_mb, runtime in minutes at the first attempt, GPUs)
         "sample": (4, "4000", "30", None),
         "label": (32, "64000", "240", None),

@@ -1,13 +1,17 @@
 """Extra sampling strategies and filters: seed files, strain, rattle-relax, normal modes, selection."""
 
+import logging
+
 import numpy as np
 import pytest
 from ase import Atoms, units
 from ase.build import bulk, molecule
 from ase.io import write
 
-from conftest import full_config
-from mlff_distill.strategies import (
+from mlff_distill.sampling.sampler import sample_structures
+from mlff_distill.sampling.seeds import read_seed_files, seed_crystals
+from mlff_distill.settings import SampleSettings, section_settings
+from mlff_distill.sampling.strategies import (
     cell_heights_A,
     ensemble_spread,
     harmonic_displacements_A,
@@ -15,7 +19,6 @@ from mlff_distill.strategies import (
     normal_mode_samples,
     rattle_and_strain,
     rattle_relax,
-    read_seed_files,
     remove_near_duplicates,
     replicate_to_min_size,
     select_by_disagreement,
@@ -223,10 +226,6 @@ def test_near_duplicates_are_removed():
 
 
 def test_sample_stage_with_seed_files_and_new_strategies(emt_teacher, tmp_path):
-    import logging
-
-    from mlff_distill.sample import sample_structures
-
     write(tmp_path / "cu.cif", bulk("Cu", "fcc", a=3.6), format="cif")
     md = {
         "timestep_fs": 1.0,
@@ -236,9 +235,10 @@ def test_sample_stage_with_seed_files_and_new_strategies(emt_teacher, tmp_path):
         "steps_between_frames": 2,
         "temperatures_K": [300.0],
     }
-    config = {
-        "seed": 0,
-        "sample": {
+    settings = section_settings(
+        SampleSettings,
+        "sample",
+        {
             "molecules": [],
             "seed_files": [str(tmp_path / "cu.cif")],
             "min_cell_length_A": 5.0,
@@ -259,8 +259,8 @@ def test_sample_stage_with_seed_files_and_new_strategies(emt_teacher, tmp_path):
             "val_fraction": 0.2,
             "test_fraction": 0.2,
         },
-    }
-    structures = sample_structures(full_config(config), emt_teacher, logging.getLogger("test"))
+    )
+    structures = sample_structures(settings, 0, emt_teacher, False, logging.getLogger("test"))
     strategies = [a.info["strategy"] for a in structures]
     assert {s: strategies.count(s) for s in set(strategies)} == {
         "rattle": 2,
@@ -294,31 +294,25 @@ def _renamed(name: str, seed: str) -> Atoms:
 
 
 def test_builtin_crystals_and_vacancies_in_the_sample_stage(emt_teacher):
-    import logging
-
-    from mlff_distill.sample import sample_structures
-
-    config = full_config(
+    settings = section_settings(
+        SampleSettings,
+        "sample",
         {
-            "seed": 0,
-            "sample": {
-                "molecules": [],
-                "min_cell_length_A": 7.0,
-                "crystals": [{"formula": "Cu", "structure": "fcc", "a_A": 3.61}],
-                "rattle": {"structures_per_seed": 1},
-                "md": {"frames_per_trajectory": 0},
-                "vacancies": {"structures_per_seed": 3, "max_vacancies": 1},
-            },
-        }
+            "molecules": [],
+            "min_cell_length_A": 7.0,
+            "crystals": [{"formula": "Cu", "structure": "fcc", "a_A": 3.61}],
+            "rattle": {"structures_per_seed": 1},
+            "md": {"frames_per_trajectory": 0},
+            "normal_modes": {"structures_per_seed": 0},
+            "vacancies": {"structures_per_seed": 3, "max_vacancies": 1},
+        },
     )
-    structures = sample_structures(config, emt_teacher, logging.getLogger("test"))
+    structures = sample_structures(settings, 0, emt_teacher, False, logging.getLogger("test"))
     counts = {a.info["strategy"]: len(a) for a in structures}
     assert counts == {"rattle": 32, "vacancies": 31}
     assert all(a.info["seed"] == "Cu-fcc" for a in structures)
 
 
 def test_unknown_crystal_structure_is_named():
-    from mlff_distill.sample import seed_crystals
-
     with pytest.raises(ValueError, match=r"sample.crystals\[0\]"):
         seed_crystals([{"formula": "Xx", "structure": "fcc", "a_A": 3.6, "cubic": True}])

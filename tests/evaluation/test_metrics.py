@@ -5,7 +5,7 @@ import pytest
 from ase.units import GPa
 
 from mlff_distill.data import LabeledArrays
-from mlff_distill.metrics import (
+from mlff_distill.evaluation.metrics import (
     check_gates,
     energy_force_errors,
     ensemble_spread,

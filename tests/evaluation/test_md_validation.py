@@ -6,7 +6,7 @@ from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
 
-from mlff_distill.md_validation import (
+from mlff_distill.evaluation.md_validation import (
     energy_drift_eV_per_atom_per_ps,
     nve_run,
     nvt_run,
@@ -114,12 +114,17 @@ def test_nvt_frames_and_their_rdf_match_the_lattice_at_low_temperature():
     assert rdf_difference(r, g_md, g_lattice) > 0
 
 
-def _md_config(**md):
-    from conftest import full_config
+def _md_settings(**md):
+    from mlff_distill.settings import EvaluateSettings, section_settings
 
-    config = full_config({"sample": {"molecules": ["H2O", "CH4"]}})
-    config["evaluate"]["md"] = {"nve_steps": 20, "nvt_steps": 20, "sample_every": 5, **md}
-    return config
+    overrides = {"nve_steps": 20, "nvt_steps": 20, "sample_every": 5, **md}
+    return section_settings(EvaluateSettings, "evaluate", {"md": overrides}).md
+
+
+def _seeds():
+    from mlff_distill.sampling.seeds import seed_molecules
+
+    return seed_molecules(["H2O", "CH4"])
 
 
 def _teacher_and_student():
@@ -135,14 +140,14 @@ def _teacher_and_student():
 def test_md_validation_step_starts_from_teacher_md_frames(single_thread):
     from ase.build import molecule
 
-    from mlff_distill.md_validation import md_validation
+    from mlff_distill.evaluation.md_validation import md_validation
 
     frames = []
     for name, temperature_K in [("H2O", 300.0), ("CH4", 800.0), ("CH4", 300.0)]:
         frame = molecule(name)
         frame.info = {"seed": name, "strategy": "md", "temperature_K": temperature_K}
         frames.append(frame)
-    result = md_validation(_md_config(), *_teacher_and_student(), frames)
+    result = md_validation(_md_settings(), _seeds(), 0, *_teacher_and_student(), frames)
     assert [(row["model"], row["start"]) for row in result["drift"]] == [
         ("student", "H2O"),
         ("student", "CH4"),
@@ -159,9 +164,9 @@ def test_md_validation_step_starts_from_teacher_md_frames(single_thread):
 
 
 def test_md_validation_skips_a_teacher_over_its_budget(single_thread):
-    from mlff_distill.md_validation import md_validation
+    from mlff_distill.evaluation.md_validation import md_validation
 
-    result = md_validation(_md_config(teacher_budget_s=0.0), *_teacher_and_student(), [])
+    result = md_validation(_md_settings(teacher_budget_s=0.0), _seeds(), 0, *_teacher_and_student(), [])
     teacher_rows = [row for row in result["drift"] if row["model"] == "teacher"]
     assert teacher_rows and all(row["reason"].startswith("not run") for row in teacher_rows)
     assert [row["start"] for row in result["drift"] if row["model"] == "student"] == ["H2O", "CH4"]

@@ -6,17 +6,17 @@ import numpy as np
 import pytest
 from ase.io import read
 
-from conftest import full_config
-from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
-from mlff_distill.sample import (
+from mlff_distill.sampling.sampler import (
     assign_splits,
     min_distance_A,
     rattled,
     sample_structures,
-    seed_molecules,
     teacher_md,
     write_structures,
 )
+from mlff_distill.sampling.seeds import seed_molecules
+from mlff_distill.settings import SampleSettings, section_settings
+from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
 
 
 def test_unknown_molecule_is_named():
@@ -57,25 +57,27 @@ def test_teacher_md_and_full_sampling(ani1x_teacher, tmp_path):
         "frames_per_trajectory": 3,
         "steps_between_frames": 4,
     }
+    settings = section_settings(
+        SampleSettings,
+        "sample",
+        {
+            "molecules": ["H2O", "NH3"],
+            "rattle": {"structures_per_seed": 4, "sigma_A": [0.02, 0.1]},
+            "md": {**md, "temperatures_K": [300.0]},
+            "normal_modes": {"structures_per_seed": 0},
+            "min_distance_A": 0.6,
+            "val_fraction": 0.2,
+            "test_fraction": 0.2,
+        },
+    )
     seed = seed_molecules(["H2O"])[0]
-    frames = teacher_md(seed, ani1x_teacher, 300.0, md, np.random.default_rng(0))
+    frames = teacher_md(seed, ani1x_teacher, 300.0, settings.md, np.random.default_rng(0))
     assert len(frames) == 3
     assert not np.allclose(frames[0].positions, frames[1].positions)
     # bonds stay bonds at 300 K over a few fs
     assert all(0.8 < min_distance_A(f) < 1.2 for f in frames)
 
-    config = {
-        "seed": 0,
-        "sample": {
-            "molecules": ["H2O", "NH3"],
-            "rattle": {"structures_per_seed": 4, "sigma_A": [0.02, 0.1]},
-            "md": {**md, "temperatures_K": [300.0]},
-            "min_distance_A": 0.6,
-            "val_fraction": 0.2,
-            "test_fraction": 0.2,
-        },
-    }
-    structures = sample_structures(full_config(config), ani1x_teacher, logging.getLogger("test"))
+    structures = sample_structures(settings, 0, ani1x_teacher, False, logging.getLogger("test"))
     assert len(structures) == 2 * 4 + 2 * 3
     path = tmp_path / "s.extxyz"
     write_structures(structures, path)
@@ -94,19 +96,19 @@ def test_test_files_are_the_test_split(tmp_path):
 
     test_file = tmp_path / "held_out.extxyz"
     write(test_file, [molecule("CH3CH2OH"), molecule("C6H6")])
-    config = full_config(
+    settings = section_settings(
+        SampleSettings,
+        "sample",
         {
-            "seed": 0,
-            "sample": {
-                "molecules": ["H2O"],
-                "rattle": {"structures_per_seed": 5},
-                "md": {"frames_per_trajectory": 0},
-                "test_files": [str(test_file)],
-            },
-        }
+            "molecules": ["H2O"],
+            "rattle": {"structures_per_seed": 5},
+            "md": {"frames_per_trajectory": 0},
+            "normal_modes": {"structures_per_seed": 0},
+            "test_files": [str(test_file)],
+        },
     )
     emt = AseCalculatorTeacher("ase.calculators.emt:EMT")
-    structures = sample_structures(config, emt, logging.getLogger("test"))
+    structures = sample_structures(settings, 0, emt, False, logging.getLogger("test"))
     tests = [a for a in structures if a.info["split"] == "test"]
     assert [a.get_chemical_formula() for a in tests] == ["C2H6O", "C6H6"]
     assert all(a.info["strategy"] == "test-file" for a in tests)

@@ -1,0 +1,103 @@
+"""The end-of-run summary and the acceptance gates' verdict, in Python and through the workflow's acceptance rule."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlff_distill.evaluation.summary import GatesFailedError, check_acceptance, summary_text
+
+
+def test_summary_names_teacher_student_error_speedup_and_gates(tmp_path):
+    metrics = {
+        "teacher": "fennol-pmc/ani1x",
+        "student": "StudentPotential (100 parameters)",
+        "n_test": 7,
+        "force_rel_rmse": 0.0512,
+        "energy_mae_per_atom_eV": 0.0021,
+        "speedup": 12.34,
+        "teacher_s_per_structure": 0.01,
+        "student_s_per_structure": 0.00081,
+        "inference_path": "eager",
+        "speed": [{"n_atoms": 64, "speedup": 14.04}, {"n_atoms": 511, "speedup": 30.0}],
+        "gates": [{"metric": "force_rel_rmse", "threshold": 0.03, "bound": "max", "value": 0.0512, "passed": False}],
+    }
+    (tmp_path / "evaluate").mkdir()
+    path = tmp_path / "evaluate" / "metrics.json"
+    path.write_text(json.dumps(metrics))
+    text = summary_text(path)
+    for expected in (
+        "fennol-pmc/ani1x",
+        "StudentPotential",
+        "5.12 %",
+        "12.3x",
+        str(tmp_path),
+        "14.0x / 30.0x at 64 / 511 atoms",
+        "FAILED: force_rel_rmse 0.0512 > 0.03",
+    ):
+        assert expected in text
+    assert "teacher symmetry" not in text
+    # a teacher that breaks rotational symmetry is named, with the floor it sets
+    metrics["teacher_rotation"] = {"force_rel_change": 1.04, "invariant_student_floor": 0.52, "n_structures": 10}
+    path.write_text(json.dumps(metrics))
+    assert "forces change by 104.0 % when structures are rotated" in summary_text(path)
+    assert "below about 52.0 %" in summary_text(path)
+
+
+def test_acceptance_fails_only_when_strict(tmp_path):
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(
+        json.dumps(
+            {
+                "gates": [
+                    {"metric": "force_rel_rmse", "threshold": 0.03, "bound": "max", "value": 0.2, "passed": False},
+                    {"metric": "stress_rel_error", "threshold": 0.05, "bound": "max", "value": None, "passed": None},
+                ]
+            }
+        )
+    )
+    verdict, log = tmp_path / "acceptance.json", tmp_path / "logs" / "acceptance.log"
+    check_acceptance(metrics, False, verdict, log)
+    assert json.loads(verdict.read_text())["failed"] == ["force_rel_rmse 0.2 > 0.03"]
+    verdict.unlink()
+    with pytest.raises(GatesFailedError, match="force_rel_rmse 0.2 > 0.03"):
+        check_acceptance(metrics, True, verdict, log)
+    assert not verdict.exists() and "failed" in log.read_text()
+
+
+def test_strict_acceptance_rule_fails_and_keeps_metrics_and_report(tmp_path):
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "results" / "x" / "evaluate"
+    out.mkdir(parents=True)
+    (out / "metrics.json").write_text(
+        json.dumps(
+            {"gates": [{"metric": "force_rel_rmse", "threshold": 0.03, "bound": "max", "value": 0.2, "passed": False}]}
+        )
+    )
+    (out / "report.html").write_text("<html></html>")
+    config = tmp_path / "strict.yaml"
+    config.write_text(f"run_name: x\nresults_dir: {tmp_path / 'results'}\nevaluate:\n  strict: true\n")
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--cores",
+            "1",
+            "--configfile",
+            str(config),
+            "--allowed-rules",
+            "acceptance",
+            "--",
+            str(out / "acceptance.json"),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode != 0
+    assert "acceptance gates failed: force_rel_rmse 0.2 > 0.03" in result.stdout + result.stderr
+    assert (out / "metrics.json").is_file() and (out / "report.html").is_file()
+    assert not (out / "acceptance.json").exists()

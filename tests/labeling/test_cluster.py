@@ -1,0 +1,102 @@
+"""Where shards are labeled (`mlff_distill.labeling.cluster`): an existing Dask scheduler by
+address, refused scheduler kinds, and SLURM job scripts through dask-jobqueue."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from ase.build import molecule
+from ase.calculators.emt import EMT
+
+from mlff_distill.labeling.cluster import slurm_cluster
+from mlff_distill.labeling.shards import label_structures
+from mlff_distill.settings import TeacherSettings, section_settings
+from mlff_distill.store import read_labels
+
+
+def emt_settings() -> TeacherSettings:
+    return section_settings(
+        TeacherSettings, "teacher", {"kind": "ase", "name": "emt", "factory": "ase.calculators.emt:EMT"}
+    )
+
+
+def rattled_molecules() -> list:
+    """4 small H/C/N/O molecules, rattled, with the info keys labeling needs."""
+    structures = []
+    for index, name in enumerate(["CH4", "H2O", "NH3", "C2H6"]):
+        atoms = molecule(name)
+        atoms.rattle(0.05, seed=index)
+        atoms.info.update(split=["train", "val", "test"][index % 3], group=index // 4, sample_index=index)
+        structures.append(atoms)
+    return structures
+
+
+def test_existing_scheduler_by_address(tmp_path):
+    from distributed import LocalCluster
+
+    structures = rattled_molecules()
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        summary = label_structures(
+            structures,
+            emt_settings(),
+            tmp_path / "shards",
+            tmp_path / "labels.zarr",
+            n_workers=0,
+            shard_size=2,
+            attrs={},
+            scheduler={"kind": "address", "address": cluster.scheduler_address},
+        )
+    assert (summary["scheduler"], summary["shards_labeled"], summary["n_failed"]) == ("address", 2, 0)
+    energies = []
+    for atoms in structures:
+        atoms.calc = EMT()
+        energies.append(atoms.get_potential_energy())
+    np.testing.assert_allclose(read_labels(tmp_path / "labels.zarr").energy_eV, energies, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "scheduler, message",
+    [
+        ({"kind": "kubernetes"}, "is not one of local, address, slurm"),
+        ({"kind": "address"}, "needs 'address'"),
+    ],
+)
+def test_bad_scheduler_is_refused_before_labeling(tmp_path, scheduler, message):
+    with pytest.raises(ValueError, match=message):
+        label_structures(
+            rattled_molecules(),
+            emt_settings(),
+            tmp_path / "shards",
+            tmp_path / "labels.zarr",
+            n_workers=1,
+            shard_size=4,
+            attrs={},
+            scheduler=scheduler,
+        )
+    assert not (tmp_path / "shards").exists()
+
+
+SLURM = {"kind": "slurm", "cores": 4, "memory": "16GB", "walltime": "01:30:00", "queue": "cpu-short", "jobs": 3}
+
+
+def test_slurm_scheduler_without_dask_jobqueue_says_what_to_install():
+    try:
+        import dask_jobqueue  # noqa: F401
+    except ImportError:
+        with pytest.raises(ImportError, match=r"pip install dask-jobqueue==0\.9\.0"):
+            slurm_cluster(SLURM)
+    else:
+        pytest.skip("dask-jobqueue is installed: test_slurm_job_script covers the slurm kind")
+
+
+def test_slurm_job_script_holds_the_resources():
+    pytest.importorskip("dask_jobqueue")
+    cluster = slurm_cluster(SLURM, {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"})
+    try:
+        script = cluster.job_script()
+    finally:
+        cluster.close()
+    assert "#SBATCH -p cpu-short" in script and "#SBATCH -t 01:30:00" in script
+    assert "#SBATCH --cpus-per-task=4" in script and "#SBATCH --mem=15G" in script
+    assert "--nworkers 4" in script and "--nthreads 1" in script
+    assert "export XLA_FLAGS=--xla_cpu_multi_thread_eigen=false" in script

@@ -1,0 +1,353 @@
+"""End to end: the whole Snakemake DAG on a tiny config, then every output checked."""
+
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import zarr
+from ase.build import molecule
+from ase.io import read, write
+from mlflow.tracking import MlflowClient
+
+from mlff_distill.store import read_labels, store_attrs
+from mlff_distill.student import load_student
+
+ROOT = Path(__file__).resolve().parents[2]
+STAGES = ("sample", "label", "train", "tune", "evaluate")
+METRIC_KEYS = (
+    "teacher",
+    "student",
+    "n_test",
+    "energy_mae_per_atom_eV",
+    "force_mae_eV_per_A",
+    "force_rel_rmse",
+    "teacher_s_per_structure",
+    "student_s_per_structure",
+    "speedup",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """The tiny config on the default teacher, built from the torchani wheel into an empty cache."""
+    results = tmp_path_factory.mktemp("pipeline") / "results"
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "2",
+        "--configfile",
+        str(ROOT / "tests" / "data" / "tiny_config.yaml"),
+        "--config",
+        f"results_dir={results}",
+    ]
+    env = {**os.environ, "MLFF_DISTILL_CACHE": str(results.parent / "cache")}
+    env.pop("MLFF_DISTILL_MODELS_DIR", None)
+    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-5000:]
+    return results, completed.stdout + completed.stderr
+
+
+def test_every_stage_wrote_outputs_logs_and_benchmarks(tiny_run):
+    results, output = tiny_run
+    run_dir = results / "tiny"
+    for stage in STAGES:
+        assert (run_dir / "logs" / f"{stage}.log").stat().st_size > 0
+        assert (run_dir / "benchmarks" / f"{stage}.tsv").is_file()
+    assert "mlff-distill finished" in output and "speed-up" in output
+
+
+def test_structures_and_store_agree(tiny_run):
+    results, _ = tiny_run
+    structures = read(results / "tiny" / "sample" / "structures.extxyz", ":")
+    store_path = results / "tiny" / "label" / "labels.zarr"
+    group = zarr.open_group(store_path, mode="r")
+    assert group.metadata.zarr_format == 3
+    labels = read_labels(store_path)
+    assert labels.n_structures == len(structures)
+    assert labels.atoms_ptr[-1] == sum(len(a) for a in structures) == len(labels.forces_eV_per_A)
+    for index in (0, len(structures) - 1):
+        assert (labels.atoms(index).numbers == structures[index].numbers).all()
+    attrs = store_attrs(store_path)
+    assert "ani1x" in attrs["teacher"]["name"] and attrs["units"]["energy_eV"] == "eV"
+    assert math.isfinite(labels.energy_eV.sum()) and math.isfinite(labels.forces_eV_per_A.sum())
+
+
+def test_checkpoint_tune_record_and_metrics(tiny_run):
+    results, _ = tiny_run
+    model, metadata = load_student(results / "tiny" / "train" / "student.pt")
+    assert "ani1x" in metadata["teacher"]["name"]
+    record = json.loads((results / "tiny" / "tune" / "inference_path.json").read_text())
+    assert record["cuda_available"] is False and record["chosen_path"] in ("eager", "torch_compile")
+    metrics = json.loads((results / "tiny" / "evaluate" / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert key in metrics
+    assert metrics["n_test"] > 0
+    for key in METRIC_KEYS[3:]:
+        assert math.isfinite(metrics[key]) and metrics[key] >= 0
+    assert metrics["speedup"] == pytest.approx(metrics["teacher_s_per_structure"] / metrics["student_s_per_structure"])
+    assert metrics["teacher_rotation"]["force_rel_change"] < 1e-4  # ANI-1x is invariant
+
+
+def test_mlflow_has_parent_and_stage_runs(tiny_run):
+    results, _ = tiny_run
+    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mlff-distill")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent_id = parents[0].info.run_id
+    stages = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
+    assert set(STAGES) <= set(stages)
+    assert all(stages[s].info.status == "FINISHED" for s in STAGES)
+    shard_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == stages["label"].info.run_id]
+    assert len(shard_runs) >= 2
+    assert "val_force_mae_eV_per_A" in stages["train"].data.metrics
+    assert stages["evaluate"].data.metrics["force_rel_rmse"] > 0
+
+
+def test_training_took_its_compiled_loss_from_the_precompile_cache(tiny_run):
+    results, _ = tiny_run
+    run_dir = results / "tiny"
+    record = json.loads((run_dir / "precompile" / "compiled.json").read_text())["training_loss"]
+    assert record["compiled"] and record["species"] == [1, 6, 7, 8] and not record["periodic"]
+    assert (run_dir / "logs" / "precompile.log").stat().st_size > 0
+    train_logs = [run_dir / "logs" / "train.log", *sorted((run_dir / "train" / "resume").glob("rank-*.log"))]
+    compiled = [
+        line for log in train_logs for line in log.read_text().splitlines() if "compiled the training loss" in line
+    ]
+    assert compiled, "no training process logged its compilation"
+    for line in compiled:
+        assert "autograd_cache_hit 1" in line and "fxgraph_cache_miss 0" in line, line
+
+
+# ---------------------------------------------------------------- config as input: what a change reruns
+
+ALL_JOBS = {"sample", "precompile", "label", "train", "tune", "evaluate", "acceptance"}
+
+
+def planned(results: Path, edit: str, extra: tuple[str, ...] = ()) -> set[str]:
+    """The rules a dry run plans after ``edit`` (YAML laid over the tiny config) on a finished run."""
+    edit_file = results.parent / "edit.yaml"
+    edit_file.write_text(edit)
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "-n",
+        "--quiet",
+        "rules",
+        "--configfile",
+        str(ROOT / "tests" / "data" / "tiny_config.yaml"),
+        str(edit_file),
+        "--config",
+        f"results_dir={results}",
+        *extra,
+    ]
+    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    table = re.search(r"job\s+count\n[-\s]+\n(.*?)\n\s*total", completed.stdout + completed.stderr, re.S)
+    if table is None:
+        assert "Nothing to be done" in completed.stdout + completed.stderr, completed.stdout + completed.stderr
+        return set()
+    return {line.split()[0] for line in table.group(1).splitlines()} - {"all"}
+
+
+@pytest.mark.parametrize(
+    ("edit", "reruns"),
+    [
+        ("{}", set()),
+        ("train: {epochs: 10}", {"train", "tune", "evaluate", "acceptance"}),
+        ("student: {n_features: 32}", {"precompile", "train", "tune", "evaluate", "acceptance"}),
+        ("teacher: {batch_size: 16}", {"sample", "label", "train", "tune", "evaluate", "acceptance"}),
+        ("label: {shard_size: 16}", {"label", "train", "tune", "evaluate", "acceptance"}),
+        ("sample: {rattle: {structures_per_seed: 7}}", ALL_JOBS),
+        ("tune: {repeats: 3}", {"tune", "evaluate", "acceptance"}),
+        ("evaluate: {timing_repeats: 2}", {"evaluate", "acceptance"}),
+        ("mlflow: {experiment: elsewhere}", set()),
+    ],
+)
+def test_a_config_edit_reruns_the_stages_that_read_it_and_those_downstream(tiny_run, edit, reruns):
+    results, _ = tiny_run
+    assert planned(results, edit) == reruns
+
+
+def test_the_seed_on_the_command_line_reruns_all_that_draws_random_numbers(tiny_run):
+    results, _ = tiny_run
+    assert planned(results, "{}", ("seed=5",)) == ALL_JOBS - {"precompile"}
+
+
+def test_editing_epochs_retrains_and_reevaluates_without_relabeling(tiny_run):
+    results, _ = tiny_run
+    run_dir = results / "tiny"
+    store_files = {p: p.stat().st_mtime_ns for p in (run_dir / "label" / "labels.zarr").rglob("*") if p.is_file()}
+    checkpoint_time = (run_dir / "train" / "student.pt").stat().st_mtime_ns
+    edit = results.parent / "epochs.yaml"
+    edit.write_text("train: {epochs: 3}\n")
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--cores",
+        "2",
+        "--configfile",
+        str(ROOT / "tests" / "data" / "tiny_config.yaml"),
+        str(edit),
+        "--config",
+        f"results_dir={results}",
+    ]
+    env = {**os.environ, "MLFF_DISTILL_CACHE": str(results.parent / "cache")}
+    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-5000:]
+    history = json.loads((run_dir / "train" / "history.json").read_text())
+    assert len(history["epochs"]) == 3
+    assert (run_dir / "train" / "student.pt").stat().st_mtime_ns > checkpoint_time
+    assert json.loads((run_dir / "evaluate" / "metrics.json").read_text())["n_test"] > 0
+    assert {p: p.stat().st_mtime_ns for p in store_files} == store_files  # not relabeled
+    assert planned(results, "train: {epochs: 3}") == set()
+
+
+# ---------------------------------------------------------------- the mlff-distill command on the run's student
+
+
+def mlff_distill(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    command = [str(Path(sys.executable).with_name("mlff-distill")), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+
+
+def test_every_subcommand_has_help():
+    for args in ((), ("run",), ("evaluate",), ("md",)):
+        completed = mlff_distill(*args, "--help")
+        assert completed.returncode == 0 and "usage: mlff-distill" in completed.stdout, completed.stderr
+
+
+def test_run_subcommand_plans_the_same_dag(tmp_path):
+    completed = mlff_distill(
+        "run",
+        "--dry-run",
+        "--configfile",
+        str(ROOT / "tests" / "data" / "tiny_config.yaml"),
+        "--configfile",
+        str(_results_override(tmp_path)),
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    output = completed.stdout + completed.stderr
+    for rule in ALL_JOBS:
+        assert re.search(rf"\b{rule}\b", output), rule
+    assert not (tmp_path / "results").exists()
+
+
+def _results_override(tmp_path: Path) -> Path:
+    path = tmp_path / "results.yaml"
+    path.write_text(f"results_dir: {tmp_path / 'results'}\n")
+    return path
+
+
+def test_evaluate_subcommand_against_the_teacher_and_the_files_labels(tiny_run, tmp_path):
+    results, _ = tiny_run
+    run_dir = results / "tiny"
+    frames = read(run_dir / "sample" / "structures.extxyz", ":")
+    test = [atoms for atoms in frames if atoms.info["split"] == "test"][:4]
+    structures = tmp_path / "mine.extxyz"
+    write(structures, test)
+    teacher_config = tmp_path / "teacher.yaml"
+    teacher_config.write_text("teacher: {kind: fennol, name: ani1x, source: torchani}\n")
+    os.environ["MLFF_DISTILL_CACHE"] = str(results.parent / "cache")
+    completed = mlff_distill(
+        "evaluate",
+        str(run_dir / "train" / "student.pt"),
+        "--structures",
+        str(structures),
+        "--teacher-config",
+        str(teacher_config),
+        "--json",
+        str(tmp_path / "m.json"),
+        "--timing-structures",
+        "1",
+        "--repeats",
+        "1",
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["n_structures"] == 4 and 0 < metrics["force_rel_rmse"] < 1
+    assert "speed-up" in completed.stdout and metrics["speed"][0]["speedup"] > 0
+    # the teacher's labels written into the file are a reference too, and give the same errors
+    labeled = tmp_path / "labeled.extxyz"
+    reference = teacher_labels_of(test, results)
+    write(labeled, reference)
+    completed = mlff_distill(
+        "evaluate",
+        str(run_dir / "train" / "student.pt"),
+        "--structures",
+        str(labeled),
+        "--json",
+        str(tmp_path / "f.json"),
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    from_file = json.loads((tmp_path / "f.json").read_text())
+    assert from_file["force_rel_rmse"] == pytest.approx(metrics["force_rel_rmse"], rel=1e-4)
+    unlabeled = mlff_distill("evaluate", str(run_dir / "train" / "student.pt"), "--structures", str(structures))
+    assert unlabeled.returncode != 0 and "structure 0" in unlabeled.stderr and "--teacher-config" in unlabeled.stderr
+
+
+def teacher_labels_of(structures, results: Path):
+    """``structures`` with the default teacher's energies and forces attached."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from mlff_distill.settings import TeacherSettings, section_settings
+    from mlff_distill.teachers import load_teacher
+
+    os.environ["MLFF_DISTILL_CACHE"] = str(results.parent / "cache")
+    teacher = load_teacher(section_settings(TeacherSettings, "teacher"))
+    labeled = []
+    for atoms in structures:
+        output = teacher.compute([atoms])
+        copy = atoms.copy()
+        copy.calc = SinglePointCalculator(copy, energy=float(output.energy_eV[0]), forces=output.forces_eV_per_A)
+        labeled.append(copy)
+    return labeled
+
+
+def test_md_subcommand_writes_an_extxyz_trajectory(tiny_run, tmp_path):
+    results, _ = tiny_run
+    start = tmp_path / "water.xyz"
+    write(start, molecule("H2O"))
+    out = tmp_path / "md.extxyz"
+    completed = mlff_distill(
+        "md",
+        str(results / "tiny" / "train" / "student.pt"),
+        "--structure",
+        str(start),
+        "--temperature",
+        "300",
+        "--steps",
+        "40",
+        "--interval",
+        "10",
+        "--output",
+        str(out),
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    frames = read(out, ":")
+    assert len(frames) == 4 and [f.info["step"] for f in frames] == [10, 20, 30, 40]
+    assert all(math.isfinite(f.get_potential_energy()) for f in frames)
+    assert "student MD" in completed.stderr  # the progress bar
+    bad = mlff_distill(
+        "md",
+        str(results / "tiny" / "train" / "student.pt"),
+        "--structure",
+        str(start),
+        "--temperature",
+        "-5",
+        "--steps",
+        "10",
+        "--output",
+        str(out),
+    )
+    assert bad.returncode != 0 and "--temperature" in bad.stderr
