@@ -5,6 +5,7 @@ import pytest
 from ase import Atoms
 from ase.build import bulk
 from ase.calculators.emt import EMT
+from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlff_distill.evaluation.md_validation import (
     energy_drift_eV_per_atom_per_ps,
@@ -105,7 +106,14 @@ def test_nve_flags_a_blow_up():
 def test_nvt_frames_and_their_rdf_match_the_lattice_at_low_temperature():
     crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     frames = nvt_run(EMT(), crystal, temperature_K=50, timestep_fs=2.0, steps=60, sample_every=20, seed=0)
-    assert len(frames) == 3 and all(frame.calc is None and not frame.constraints for frame in frames)
+    assert len(frames) == 3 and not any(frame.constraints for frame in frames)
+    # each frame carries the energy (eV) and forces (eV/A) of its own positions, as a single point
+    for frame in frames:
+        assert isinstance(frame.calc, SinglePointCalculator)
+        again = frame.copy()
+        again.calc = EMT()
+        assert frame.get_potential_energy() == pytest.approx(again.get_potential_energy())
+        assert np.allclose(frame.get_forces(), again.get_forces())
     assert not np.allclose(frames[0].positions, crystal.positions)
     r, g_md = radial_distribution(frames, 4.0, 40)
     _, g_lattice = radial_distribution([crystal], 4.0, 40)

@@ -2,9 +2,8 @@
 
 import functools
 
-import numpy as np
 import pytest
-from ase.build import bulk, fcc111, molecule
+from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 
 from mlff_distill.evaluation import speed
@@ -49,8 +48,8 @@ class AllocatingCalculator(EMT):
         self.results["energy"] += 0.0 * scratch[-1]
 
 copper = bulk("Cu", "fcc", a=3.6, cubic=True)
-big = time_calls(AllocatingCalculator(), copper, repeats=1, warmup=0)
-small = time_calls(EMT(), copper, repeats=1, warmup=0)
+big = time_calls(AllocatingCalculator(), copper, repeats=1, warmup=0, min_seconds=0.0)
+small = time_calls(EMT(), copper, repeats=1, warmup=0, min_seconds=0.0)
 print(json.dumps([big["rss_peak_MB"], small["rss_peak_MB"]]))
 """
 

@@ -66,7 +66,12 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
                 "symmetry_structures": 2,
                 "speed": {"sizes": [32, 108], "warmup": 0},
                 "md": {"nve_steps": 10, "nvt_steps": 10, "sample_every": 5},
-                "gates": {"force_rel_rmse": 0.03, "stress_rel_error": 0.05, "force_cosine": -1.0},
+                "gates": {
+                    "force_rel_rmse": 0.03,
+                    "stress_rel_error": 0.05,
+                    "force_cosine": -1.0,
+                    "energy_mae_per_atom_eV": None,  # on by default
+                },
             },
         }
     )

@@ -1,5 +1,7 @@
 """Student training core: reference energies, a short real training run, determinism."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -7,17 +9,48 @@ from ase.build import bulk
 from ase.calculators.emt import EMT
 
 from mlff_distill.data import LabeledArrays, concatenate_structures
+from mlff_distill.settings import TrainSettings, section_settings
 from mlff_distill.store import read_labels
-from mlff_distill.student import StudentPotential, TrainSettings, fit_reference_energies, predict, train_student
+from mlff_distill.student import StudentPotential, fit_reference_energies, predict, train_student
 from mlff_distill.student.dataset import StructureBlocks, concatenate, shuffled_batches
 from mlff_distill.student.fitting import capped_horizon, stress_rms, structure_tensors
 from mlff_distill.student.loss import BatchLoss
 from mlff_distill.student.model import energy_forces_stress
 
 SPECIES = [13, 29]
+STORE_SPECIES = [1, 6, 8, 13, 29]
+# The student of the compiled tests here and in test_training.py (and their batches: 2 to 4
+# structures, under 29 atoms): torch.compile then compiles the training loss once per test session,
+# as TorchDynamo reuses the compiled graph for a new model and loss of the same shapes, and worker
+# processes find it in TorchInductor's on-disk cache.
+TINY_STUDENT = {"cutoff_A": 4.0, "n_features": 8, "n_interactions": 1}
+# The emt_store's crystals: 14 training structures, so that batches of 4 end with one of 2 (a batch
+# of 1 structure would compile the loss once more).
+STORE_CRYSTALS = 15
 
 
 pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def train_settings(**overrides) -> TrainSettings:
+    """The ``train:`` section with the values these tests were written for (eager, no time limit,
+    no early stopping) under ``overrides``."""
+    values = {
+        "epochs": 100,
+        "batch_size": 16,
+        "learning_rate": 1e-3,
+        "weight_decay": 1e-5,
+        "energy_weight": 1.0,
+        "force_weight": 10.0,
+        "stress_weight": 1.0,
+        "warmup_epochs": 2,
+        "ema_decay": 0.99,
+        "max_minutes": None,
+        "patience": None,
+        "processes": 1,
+        "compile": False,
+    }
+    return section_settings(TrainSettings, "train", {**values, **overrides})
 
 
 def emt_dataset(n_structures: int, seed: int) -> LabeledArrays:
@@ -56,18 +89,14 @@ def test_fit_reference_energies_recovers_linear_energies() -> None:
         fit_reference_energies(data, [13, 29])
 
 
-def train_once(
-    train: LabeledArrays, val: LabeledArrays, epochs: int, compile: bool = False
-) -> tuple[StudentPotential, dict, list]:
+def train_once(train: LabeledArrays, val: LabeledArrays, epochs: int) -> tuple[StudentPotential, dict, list]:
     torch.manual_seed(0)
     model = StudentPotential(
         species=SPECIES, cutoff_A=4.5, n_features=32, reference_energies_eV=fit_reference_energies(train, SPECIES)
     )
-    settings = TrainSettings(
-        epochs=epochs, batch_size=8, learning_rate=5e-3, warmup_epochs=1, ema_decay=0.9, seed=7, compile=compile
-    )
+    settings = train_settings(epochs=epochs, batch_size=8, learning_rate=5e-3, warmup_epochs=1, ema_decay=0.9)
     calls = []
-    history = train_student(model, train, val, settings, on_epoch=lambda epoch, metrics: calls.append(epoch))
+    history = train_student(model, train, val, settings, seed=7, on_epoch=lambda epoch, metrics: calls.append(epoch))
     return model, history, calls
 
 
@@ -101,10 +130,21 @@ def test_training_reduces_validation_force_error(dataset) -> None:
 
 
 @pytest.mark.parametrize("compile", [False, True], ids=["eager", "compiled"])
-def test_training_is_deterministic(dataset, compile: bool, caplog) -> None:
-    train, val = dataset
-    first_model, first, _ = train_once(train, val, epochs=3, compile=compile)
-    second_model, second, _ = train_once(train, val, epochs=3, compile=compile)
+def test_training_is_deterministic(emt_store, compile: bool, caplog) -> None:
+    """Twice the same history and weights, eager and with the compiled loss (the tiny student on
+    the store's crystals and molecules, stress included)."""
+    train, val = read_labels(emt_store, "train"), read_labels(emt_store, "val")
+
+    def train_tiny() -> tuple[StudentPotential, dict]:
+        torch.manual_seed(0)
+        references = fit_reference_energies(train, STORE_SPECIES)
+        model = StudentPotential(species=STORE_SPECIES, reference_energies_eV=references, **TINY_STUDENT)
+        settings = train_settings(
+            epochs=3, batch_size=4, learning_rate=5e-3, warmup_epochs=1, ema_decay=0.9, compile=compile
+        )
+        return model, train_student(model, train, val, settings, seed=7)
+
+    (first_model, first), (second_model, second) = train_tiny(), train_tiny()
     assert "training eager" not in caplog.text  # the compiled run did not fall back
     assert first == second and first["epochs"][-1]["val_loss"] < first["epochs"][0]["val_loss"]
     for a, b in zip(first_model.parameters(), second_model.parameters()):
@@ -117,18 +157,21 @@ def test_predict_stress_and_time_limit(dataset) -> None:
     model = StudentPotential(species=SPECIES, cutoff_A=4.5, n_features=16)
     stress = predict(model, val, compute_stress=True)["stress_eV_per_A3"]
     assert stress.shape == (8, 3, 3) and np.isfinite(stress).all()
-    history = train_student(model, train, val, TrainSettings(epochs=50, batch_size=8, max_minutes=0.0))
+    # The schema's smallest time limits are positive; 0 (as any limit shorter than one step) stops
+    # training after its first step.
+    settings = dataclasses.replace(train_settings(epochs=50, batch_size=8), max_minutes=0.0)
+    history = train_student(model, train, val, settings, seed=0)
     assert history["stop_reason"] == "max_minutes" and len(history["epochs"]) == 1
     with pytest.raises(ValueError, match="0 validation structures"):
-        train_student(model, train, val.subset([]), TrainSettings(epochs=1))
+        train_student(model, train, val.subset([]), train_settings(epochs=1), seed=0)
 
 
 @pytest.fixture(scope="module")
 def emt_store(tmp_path_factory):
-    from test_train_resume import write_emt_store
+    from test_training import write_emt_store
 
     path = tmp_path_factory.mktemp("store") / "labels.zarr"
-    write_emt_store(path, n_crystals=14, seed=0)
+    write_emt_store(path, n_crystals=STORE_CRYSTALS, seed=0)
     return path
 
 
@@ -158,9 +201,9 @@ def test_training_from_store_blocks_is_deterministic(emt_store) -> None:
         train = StructureBlocks.from_store(emt_store, "train", max_in_memory_bytes=0, block_atoms=10)
         val = StructureBlocks.from_store(emt_store, "val", max_in_memory_bytes=0, block_atoms=10)
         torch.manual_seed(0)
-        model = StudentPotential(species=[1, 6, 8, 13, 29], cutoff_A=4.0, n_features=8, n_interactions=1)
-        settings = TrainSettings(epochs=2, batch_size=4, warmup_epochs=1, seed=1, shuffle_buffer_blocks=2)
-        return model, train_student(model, train, val, settings)
+        model = StudentPotential(species=STORE_SPECIES, **TINY_STUDENT)
+        settings = train_settings(epochs=2, batch_size=4, warmup_epochs=1, shuffle_buffer_blocks=2)
+        return model, train_student(model, train, val, settings, seed=1)
 
     (first, history), (second, again) = train_from_blocks(), train_from_blocks()
     assert history == again and "val_stress_rmse_eV_per_A3" in history["epochs"][0]
@@ -185,7 +228,7 @@ def test_stress_term_counts_periodic_structures_only(emt_store) -> None:
     data = read_labels(emt_store)
     batch = data.subset([0, 1, data.n_structures - 1])  # two crystals and a molecule (NaN stress)
     torch.manual_seed(0)
-    model = StudentPotential(species=[1, 6, 8, 13, 29], cutoff_A=4.0, n_features=8).double()
+    model = StudentPotential(species=STORE_SPECIES, cutoff_A=4.0, n_features=8).double()
     scale = stress_rms(data)
     assert scale == pytest.approx(np.sqrt(np.nanmean(data.stress_eV_per_A3[:-2] ** 2)))
     without = BatchLoss(3.0, 7.0, 0.0, scale, compile=False)(model, batch)
@@ -203,7 +246,7 @@ def test_compiled_loss_gives_the_weights_the_same_gradient(emt_store) -> None:
     data = read_labels(emt_store)
     batch = data.subset([0, 1, 2, data.n_structures - 1])
     torch.manual_seed(0)
-    model = StudentPotential(species=[1, 6, 8, 13, 29], cutoff_A=4.0, n_features=8)
+    model = StudentPotential(species=STORE_SPECIES, **TINY_STUDENT)
     scale = stress_rms(data)
     compiled = BatchLoss(3.0, 7.0, 2.5, scale, compile=True)
     gradients = []

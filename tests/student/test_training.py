@@ -1,4 +1,5 @@
-"""Training killed after some epochs and resumed ends with the uninterrupted run's weights."""
+"""Training from a label store: killed after some epochs and resumed it ends with the uninterrupted
+run's weights; in two processes it is reproducible."""
 
 import logging
 import subprocess
@@ -12,8 +13,9 @@ from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 
 from mlff_distill.data import concatenate_structures
+from mlff_distill.settings import StudentSettings, TrainSettings, section_settings
 from mlff_distill.store import ARRAYS, combine_shards, store_checksum, write_shard
-from mlff_distill.train import fit, state_path_for
+from mlff_distill.student.training import fit, state_path_for
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -53,27 +55,27 @@ def write_emt_store(path, n_crystals: int, seed: int) -> None:
     combine_shards([path.parent / "shard"], path, {"teacher": "emt"})
 
 
-def config_for(results, **train):
-    from conftest import full_config
+SEED = 3
+# The tiny student of test_fitting.py's compiled tests: the compiled loss is shared (see there).
+STUDENT = section_settings(StudentSettings, "student", {"cutoff_A": 4.0, "n_features": 8, "n_interactions": 1})
+# 14 training structures: batches of 4 end with one of 2 (one of 1 would compile the loss again).
+N_CRYSTALS, N_TRAIN = 15, 14
 
-    return full_config(
-        {
-            "results_dir": str(results),
-            "seed": 3,
-            "student": {"cutoff_A": 4.0, "n_features": 16, "n_interactions": 1},
-            "train": {
-                "epochs": 5,
-                "batch_size": 4,
-                "learning_rate": 5e-3,
-                "warmup_epochs": 1,
-                "ema_decay": 0.9,
-                "patience": 100,
-                "max_minutes": 10,
-                **train,
-            },
-            "teacher": {"kind": "ase", "name": "emt", "factory": "ase.calculators.emt:EMT"},
-        }
-    )
+
+def train_settings(**overrides) -> TrainSettings:
+    """A short compiled training run in one process (the default training's loss weights)."""
+    values = {
+        "epochs": 5,
+        "batch_size": 4,
+        "learning_rate": 5e-3,
+        "warmup_epochs": 1,
+        "ema_decay": 0.9,
+        "patience": 100,
+        "max_minutes": 10,
+        "processes": 1,
+        "compile": True,
+    }
+    return section_settings(TrainSettings, "train", {**values, **overrides})
 
 
 # Runs in a fresh interpreter and kills itself (SIGKILL) during epoch 3's logging, before that
@@ -82,32 +84,34 @@ KILLED_RUN = """
 import logging, os, pickle, signal, sys
 import torch
 torch.set_num_threads(1)
-from mlff_distill.train import fit
-config, store, state = pickle.load(open(sys.argv[1], "rb"))
+from mlff_distill.student.training import fit
+student, train, seed, store, state = pickle.load(open(sys.argv[1], "rb"))
 def on_epoch(epoch, metrics):
     if epoch == 3:
         os.kill(os.getpid(), signal.SIGKILL)
-fit(config, store, state, logging.getLogger("killed"), on_epoch)
+fit(student, train, seed, store, state, logging.getLogger("killed"), on_epoch)
 """
 
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory):
     path = tmp_path_factory.mktemp("labels") / "labels.zarr"
-    write_emt_store(path, n_crystals=14, seed=0)
+    write_emt_store(path, n_crystals=N_CRYSTALS, seed=0)
     return path
 
 
 def test_killed_training_resumes_to_the_uninterrupted_result(store, tmp_path, caplog) -> None:
     import pickle
 
-    config = config_for(tmp_path)
-    reference, reference_history, info = fit(config, store, tmp_path / "full" / "state.pt", logging.getLogger("full"))
-    assert info["train_stress_rms_eV_per_A3"] > 0 and info["n_train"] == 13
+    train = train_settings()
+    reference, reference_history, info = fit(
+        STUDENT, train, SEED, store, tmp_path / "full" / "state.pt", logging.getLogger("full")
+    )
+    assert info["train_stress_rms_eV_per_A3"] > 0 and info["n_train"] == N_TRAIN
     assert "val_stress_rel_rmse" in reference_history["epochs"][-1]  # stress is trained and validated
 
     state = state_path_for(tmp_path / "run" / "train" / "student.pt")
-    (tmp_path / "args.pkl").write_bytes(pickle.dumps((config, store, state)))
+    (tmp_path / "args.pkl").write_bytes(pickle.dumps((STUDENT, train, SEED, store, state)))
     killed = subprocess.run(
         [sys.executable, "-c", KILLED_RUN, str(tmp_path / "args.pkl")], capture_output=True, text=True, timeout=300
     )
@@ -117,7 +121,13 @@ def test_killed_training_resumes_to_the_uninterrupted_result(store, tmp_path, ca
     logged = []
     with caplog.at_level(logging.INFO, logger="resumed"):
         resumed, history, _ = fit(
-            config, store, state, logging.getLogger("resumed"), on_epoch=lambda epoch, metrics: logged.append(epoch)
+            STUDENT,
+            train,
+            SEED,
+            store,
+            state,
+            logging.getLogger("resumed"),
+            on_epoch=lambda epoch, metrics: logged.append(epoch),
         )
     assert "resuming from" in caplog.text and "after epoch 2" in caplog.text
     assert logged == [1, 2, 3, 4, 5]  # the saved epochs are replayed to the new tracker run
@@ -126,30 +136,32 @@ def test_killed_training_resumes_to_the_uninterrupted_result(store, tmp_path, ca
         assert torch.equal(a, b), name
 
     # A finished state returns at once with the same result.
-    again, history_again, _ = fit(config, store, state, logging.getLogger("resumed"))
+    again, history_again, _ = fit(STUDENT, train, SEED, store, state, logging.getLogger("resumed"))
     assert history_again == reference_history
     assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), reference.state_dict().values()))
 
 
 def test_state_of_another_config_or_store_is_not_resumed(store, tmp_path, caplog) -> None:
     state = tmp_path / "state.pt"
-    fit(config_for(tmp_path, epochs=1), store, state, logging.getLogger("first"))
+    fit(STUDENT, train_settings(epochs=1), SEED, store, state, logging.getLogger("first"))
     with caplog.at_level(logging.INFO, logger="second"):
-        _, history, _ = fit(config_for(tmp_path, epochs=2), store, state, logging.getLogger("second"))
+        _, history, _ = fit(STUDENT, train_settings(epochs=2), SEED, store, state, logging.getLogger("second"))
     assert "different config_hash: starting fresh" in caplog.text
     assert [row["epoch"] for row in history["epochs"]] == [1, 2]
 
     other = tmp_path / "other" / "labels.zarr"
-    write_emt_store(other, n_crystals=14, seed=1)
+    write_emt_store(other, n_crystals=N_CRYSTALS, seed=1)
     assert store_checksum(other) != store_checksum(store)
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="third"):
-        fit(config_for(tmp_path, epochs=2), other, state, logging.getLogger("third"))
+        fit(STUDENT, train_settings(epochs=2), SEED, other, state, logging.getLogger("third"))
     assert "different store_sha256: starting fresh" in caplog.text
 
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="fourth"):
-        _, history, _ = fit(config_for(tmp_path, epochs=2, resume=False), other, state, logging.getLogger("fourth"))
+        _, history, _ = fit(
+            STUDENT, train_settings(epochs=2, resume=False), SEED, other, state, logging.getLogger("fourth")
+        )
     assert "resuming" not in caplog.text and len(history["epochs"]) == 2
 
 
@@ -157,19 +169,21 @@ def test_training_in_two_processes_is_reproducible(store, tmp_path, monkeypatch)
     """Two data-parallel worker processes (gloo): every epoch reported here, the same weights in
     both workers (checked by train_in_processes) and twice the same result; the state is saved.
     Paths relative to the working directory, as in a Snakemake job."""
-    config = config_for(tmp_path, epochs=3, processes=2)
+    train = train_settings(epochs=3, processes=2)
     monkeypatch.chdir(tmp_path)
     results = []
     for run in ("first", "second"):
         logged = []
         model, history, info = fit(
-            config,
+            STUDENT,
+            train,
+            SEED,
             store,
             Path(run) / "state.pt",
             logging.getLogger(run),
             on_epoch=lambda epoch, metrics: logged.append(epoch),
         )
-        assert logged == [1, 2, 3] and info["n_train"] == 13
+        assert logged == [1, 2, 3] and info["n_train"] == N_TRAIN
         assert (tmp_path / run / "rank-1.log").exists()
         assert torch.load(tmp_path / run / "state.pt", weights_only=True)["state"]["epoch"] == 3
         results.append((model, history))
@@ -179,6 +193,12 @@ def test_training_in_two_processes_is_reproducible(store, tmp_path, monkeypatch)
 
 
 def test_failing_training_process_is_reported(tmp_path) -> None:
-    config = config_for(tmp_path, processes=2)
     with pytest.raises(RuntimeError, match="training process 0 exited"):
-        fit(config, tmp_path / "missing.zarr", tmp_path / "state.pt", logging.getLogger("failing"))
+        fit(
+            STUDENT,
+            train_settings(processes=2),
+            SEED,
+            tmp_path / "missing.zarr",
+            tmp_path / "state.pt",
+            logging.getLogger("failing"),
+        )

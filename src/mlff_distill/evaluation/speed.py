@@ -113,9 +113,8 @@ def compare_speed(
     ``with_stress``. Both compute the same properties: stress (periodic systems) only when both
     calculators implement it. The student is timed on every system first, then the teacher: so
     the student's peak memory is not hidden under the teacher's where the peak cannot be reset
-    (see `time_calls`), and its millisecond calls are not timed right after the teacher's (on 2
-    cores a compiled 64-atom student call measured 3.6-4.5 ms alone and 5.0-5.3 ms right after
-    calls of the JAX teacher in the same process)."""
+    (see `time_calls`), and its millisecond calls are not timed right after the teacher's, which
+    leave the caches and the CPU's frequency disturbed (README, "Measured")."""
     stress = all("stress" in calc.implemented_properties for calc in (teacher_calc, student_calc))
     students = [time_calls(student_calc, atoms, repeats, warmup, stress) for atoms in systems]
     rows = []

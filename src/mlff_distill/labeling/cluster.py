@@ -13,10 +13,9 @@ from typing import Iterator
 from distributed import Client, LocalCluster, WorkerPlugin
 
 # Each worker is a single-threaded process: keep XLA's Eigen off the other workers' cores
-# (distributed already sets OMP_NUM_THREADS=1). JAX still keeps a second thread busy (about 0.4 of
-# a core, dispatch and spin-waiting, measured with getrusage), so local workers are also pinned to
-# one core each (`CorePinning`): pinned, one ANI-1x worker labels as fast and leaves the other
-# cores to the other workers.
+# (distributed already sets OMP_NUM_THREADS=1). JAX still keeps a second thread busy (dispatch and
+# spin-waiting), so local workers are also pinned to one core each (`CorePinning`): pinned, one
+# ANI-1x worker labels as fast and leaves the other cores to the other workers.
 WORKER_ENV = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}
 
 

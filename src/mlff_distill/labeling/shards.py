@@ -62,8 +62,7 @@ def label_shard(
     ``largest``: the largest molecules of the whole labeling job (see
     `teachers.fennol_ensemble.largest_molecules`), given to a teacher's ``reserve_capacity``
     (where it has one, as FeNNol ensembles do) before the first batch, so that its padded shapes,
-    and JAX's compilations, are settled once per worker (measured on 2 cores, the 5,460
-    structures of the earlier default config: 24 s of labeling against 52 s without).
+    and JAX's compilations, are settled once per worker (README, "Measured").
 
     Runs in a Dask worker; the teacher is loaded once per process. If the teacher raises on the
     whole batch or returns non-finite energies/forces, the structures are labeled one at a time;

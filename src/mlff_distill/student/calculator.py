@@ -31,8 +31,8 @@ def keep_freed_memory(threshold_bytes: int = KEEP_FREED_MEMORY_BYTES) -> bool:
     """Make glibc's malloc reuse freed memory for blocks up to ``threshold_bytes`` (bytes).
 
     By default glibc returns blocks above 32 MB (and heap tops above 64 MB) to the kernel on
-    ``free``, so every large tensor of every call is mapped afresh and page-faulted in: measured
-    on 2 CPU cores, the student's calls at 512-2048 atoms took about 1.5-2x as long that way. With
+    ``free``, so every large tensor of every call is mapped afresh and page-faulted in, which
+    slows the student's calls on large systems markedly. With
     this, the memory of one call is kept by the process and reused by the next: its resident
     memory stays at the peak of the largest call. Process-wide; returns False (and changes
     nothing) where the C library is not glibc.
@@ -58,17 +58,16 @@ class StudentCalculator(Calculator):
         model: a `StudentPotential` or the path of a checkpoint written by `save_student`.
         device: torch device to run on.
         threads: torch intra-op threads during a call (the process's setting is restored after
-            it); ``None`` chooses: compiled, one thread at every size (measured on 2 cores: the
-            compiled kernels were 1.3-1.5x slower on two threads at 64-2048 atoms, and a change of
-            thread count recompiles); eager, one thread below ``AUTO_THREADS_MIN_ATOMS`` atoms,
-            else ``torch.get_num_threads()`` as it was when the calculator was made.
+            it); ``None`` chooses: compiled, one thread at every size (the compiled kernels were
+            slower on more threads here, and a change of thread count recompiles); eager, one thread
+            below ``AUTO_THREADS_MIN_ATOMS`` atoms, else ``torch.get_num_threads()`` as it was when
+            the calculator was made.
         keep_memory: call `keep_freed_memory` (process-wide, glibc only) so that large tensors
             are not page-faulted in afresh on every call.
         compiled: run the model's energy and edge-vector gradient through ``torch.compile``
             (Inductor, dynamic shapes, one graph with the gradient through ``torch.func.grad``):
-            on 2 CPU cores about 2-3x faster per call than eager, after a first call that compiles
-            (20-60 s; less when Inductor's on-disk cache already holds the kernels). Needs a C++
-            compiler on the CPU.
+            faster per call than eager on a CPU, after a first call that compiles (quicker when
+            Inductor's on-disk cache already holds the kernels). Needs a C++ compiler on the CPU.
         tuned_kernels: the tune stage's ``inference_path.json``: what it chose is applied. On a CUDA
             device a ``"triton"`` choice runs the fused edge-message kernels with the configs tuned
             for this GPU; a ``"torch_compile"`` choice sets ``compiled``. The path taken is the

@@ -3,9 +3,8 @@
 `weighted_loss` takes the gradient of the learned energy with respect to the edge vectors with
 ``torch.func.grad`` (not ``torch.autograd.grad(create_graph=True)``, which ``torch.compile``
 cannot trace), so the compiled graph holds the forward pass, the force and stress computation and
-the loss; AOTAutograd then differentiates it for the weights' gradients. Measured on 2 CPU cores
-(`benchmarks/train_step_speed.py`: default student, batches of 32 ANI-1x molecules, one thread):
-5.85 ms per training step compiled against 14.5 ms eager. `BatchLoss` prepares the tensors of a
+the loss; AOTAutograd then differentiates it for the weights' gradients (compiled against eager
+step times: `benchmarks/train_step_speed.py`). `BatchLoss` prepares the tensors of a
 batch (neighbour list, reference energies) outside the graph and calls the compiled or the eager
 function.
 
@@ -13,8 +12,7 @@ With the teacher's Hessian signal (``hessian_weight``), the student's Hessian-ve
 the stored direction is the gradient, with respect to the edge vectors, of the energy's
 derivative along the direction's change of the edge vectors (reverse over reverse, no Hessian
 formed). Forward over reverse (``torch.func.jvp``) gives the same numbers eager, but Inductor's
-backward of it fails in torch 2.13 ("ZeroTensors are immutable"); the compiled reverse-over-reverse
-loss took 2.1 ms a step against 1.6 ms without the Hessian term (4 molecules, 16 features, 1 thread).
+backward of it fails in torch 2.13 ("ZeroTensors are immutable").
 
 Units: energies in eV, forces in eV/Angstrom, stress in eV/Angstrom^3 (ASE's sign convention),
 Hessian-vector products in eV/Angstrom^2.

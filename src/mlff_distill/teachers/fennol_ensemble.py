@@ -108,12 +108,11 @@ class FennolEnsembleTeacher:
 
         FeNNol pads atoms, neighbour pairs, angles and the atoms of each species to capacities
         that grow (pairs by 5 %) whenever a batch needs more, and each new capacity is a new shape
-        that JAX compiles afresh (about 1.6 s on 2 cores, against 11 ms to evaluate 32 small
-        molecules). Preprocessing the ``batch_size`` molecules with the most atoms, and those with
+        that JAX compiles afresh, which costs far more than evaluating a batch. Preprocessing the
+        ``batch_size`` molecules with the most atoms, and those with
         the most atoms of each species, sets the capacities at once. `compute` calls this on its
         own structures when they make more than one batch (not per MD step); the label stage calls
-        it with the largest molecules of all its shards (measured on 2 cores, the earlier
-        default's 5,460 structures: 24 s to label, 52 s without).
+        it with the largest molecules of all its shards.
         """
         for batch in largest_molecules(structures, self.batch_size):
             for stack in self._stacks:
