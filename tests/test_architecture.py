@@ -69,8 +69,10 @@ def layer(module: str) -> tuple[str, float]:
 
 def graph() -> dict[str, set[str]]:
     known = set(modules())
-    return {name: {imported for imported, _, _ in imports_of(path, known) if imported in known}
-            for name, path in modules().items()}
+    return {
+        name: {imported for imported, _, _ in imports_of(path, known) if imported in known}
+        for name, path in modules().items()
+    }
 
 
 def test_no_import_cycles():
@@ -83,7 +85,7 @@ def test_no_import_cycles():
         stack.append(node)
         for nxt in sorted(edges[node]):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
+                cycle = stack[stack.index(nxt) :] + [nxt]
                 pytest.fail("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)

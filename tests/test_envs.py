@@ -46,15 +46,17 @@ def fake_python(tmp_path: Path) -> dict:
 
 
 def test_post_deploy_installs_the_repository_it_runs_in(tmp_path):
-    completed = subprocess.run(["bash", str(POST_DEPLOY)], cwd=ROOT, env=fake_python(tmp_path),
-                               capture_output=True, text=True)
+    completed = subprocess.run(
+        ["bash", str(POST_DEPLOY)], cwd=ROOT, env=fake_python(tmp_path), capture_output=True, text=True
+    )
     assert completed.returncode == 0, completed.stderr
     args = (tmp_path / "args").read_text().split()
     assert args[:3] == ["-m", "pip", "install"] and "--editable" in args and args[-1] == str(ROOT)
 
 
 def test_post_deploy_refuses_another_folder(tmp_path):
-    completed = subprocess.run(["bash", str(POST_DEPLOY)], cwd=tmp_path, env=fake_python(tmp_path),
-                               capture_output=True, text=True)
+    completed = subprocess.run(
+        ["bash", str(POST_DEPLOY)], cwd=tmp_path, env=fake_python(tmp_path), capture_output=True, text=True
+    )
     assert completed.returncode != 0 and "not the mlff-distill repository" in completed.stderr
     assert not (tmp_path / "args").exists()

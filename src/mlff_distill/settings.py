@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
+import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,11 @@ def build(cls: type[T], section: Mapping[str, Any], key: str) -> T:
 def section_settings(cls: type[T], section: str, overrides: Optional[Mapping[str, Any]] = None) -> T:
     """The settings of config section ``section`` with the schema's defaults under ``overrides``."""
     return build(cls, complete_config({section: dict(overrides or {})})[section], section)
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    """SHA-256 of a config (or part of one) as canonical JSON (first 16 hex digits)."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)

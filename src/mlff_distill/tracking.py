@@ -9,7 +9,6 @@ when SQLite reports a lock, so concurrent Snakemake jobs neither fail nor corrup
 
 from __future__ import annotations
 
-import hashlib
 import json
 import subprocess
 import time
@@ -22,7 +21,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from mlff_distill.settings import MLflowSettings
+from mlff_distill.settings import MLflowSettings, config_hash
 
 PACKAGES = (
     "mlff-distill",
@@ -63,11 +62,6 @@ def tracking_uri(configured: str | None, results_dir: Path) -> str:
     if configured:
         return configured
     return f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
-
-
-def config_hash(config: dict) -> str:
-    """SHA-256 of the config as canonical JSON (first 16 hex digits)."""
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def package_versions() -> dict[str, str]:

@@ -57,16 +57,21 @@ def labeled(ani1x_teacher_settings, tmp_path_factory):
     return root, summary, reports
 
 
-def relabel(root: Path, teacher: TeacherSettings) -> dict:
+def relabel(root: Path, teacher: TeacherSettings, n_workers: int = 2) -> dict:
     return label_structures(
         rattled_molecules(),
         teacher,
         root / "shards",
         root / "labels.zarr",
-        n_workers=2,
+        n_workers=n_workers,
         shard_size=4,
         attrs={"teacher": "fennol-pmc/ani1x"},
     )
+
+
+def smaller_batches(teacher: TeacherSettings) -> TeacherSettings:
+    """Changed teacher settings (same labels): the in-process runs below share one teacher of these."""
+    return dataclasses.replace(teacher, batch_size=8)
 
 
 def test_plan_shards():
@@ -115,31 +120,32 @@ def test_rerun_reuses_every_shard(labeled, ani1x_teacher_settings):
     np.testing.assert_array_equal(read_labels(root / "labels.zarr").energy_eV, before)
 
 
-def test_missing_marker_relabels_only_that_shard(labeled, ani1x_teacher_settings):
+def test_changed_teacher_config_relabels_every_shard_in_process(labeled, ani1x_teacher_settings):
     root, _, _ = labeled
+    before = read_labels(root / "labels.zarr").energy_eV
+    summary = relabel(root, smaller_batches(ani1x_teacher_settings), n_workers=0)
+    assert (summary["shards_labeled"], summary["shards_reused"]) == (3, 0)
+    np.testing.assert_allclose(read_labels(root / "labels.zarr").energy_eV, before, rtol=1e-6)
+
+
+def test_missing_marker_relabels_only_that_shard(labeled, ani1x_teacher_settings):
+    """In this process, with the teacher of the test above (loaded once: no second Dask cluster)."""
+    root, _, _ = labeled
+    teacher = smaller_batches(ani1x_teacher_settings)
+    relabel(root, teacher, n_workers=0)  # all reused after the test above; alone, labels all with ``teacher``
     before = read_labels(root / "labels.zarr").energy_eV
     shard = root / "shards" / "shard-00000004-00000008.zarr"
     marker_path(shard).unlink()
-    summary = relabel(root, ani1x_teacher_settings)
+    summary = relabel(root, teacher, n_workers=0)
     assert (summary["shards_labeled"], summary["shards_reused"]) == (1, 2)
     assert [s["shard"] for s in summary["shards"]] == [shard.name]
     np.testing.assert_allclose(read_labels(root / "labels.zarr").energy_eV, before, rtol=1e-6)
 
 
-def test_changed_teacher_config_relabels_every_shard_in_process(labeled, ani1x_teacher_settings):
-    root, _, _ = labeled
-    before = read_labels(root / "labels.zarr").energy_eV
-    changed = dataclasses.replace(ani1x_teacher_settings, batch_size=8)
-    summary = label_structures(
-        rattled_molecules(), changed, root / "shards", root / "labels.zarr", n_workers=0, shard_size=4, attrs={}
-    )
-    assert (summary["shards_labeled"], summary["shards_reused"]) == (3, 0)
-    np.testing.assert_allclose(read_labels(root / "labels.zarr").energy_eV, before, rtol=1e-6)
-
-
 def ase_teacher_settings(factory: str, **kwargs) -> TeacherSettings:
     """An ASE calculator as the teacher: ``factory`` called with ``kwargs``."""
-    return section_settings(TeacherSettings, "teacher", {"kind": "ase", "name": "emt", "factory": factory, "kwargs": kwargs})
+    section = {"kind": "ase", "name": "emt", "factory": factory, "kwargs": kwargs}
+    return section_settings(TeacherSettings, "teacher", section)
 
 
 def poisoned_molecules() -> list:

@@ -10,7 +10,6 @@ from ase.io import write
 
 from mlff_distill.sampling.sampler import sample_structures
 from mlff_distill.sampling.seeds import read_seed_files, seed_crystals
-from mlff_distill.settings import SampleSettings, section_settings
 from mlff_distill.sampling.strategies import (
     cell_heights_A,
     ensemble_spread,
@@ -27,6 +26,7 @@ from mlff_distill.sampling.strategies import (
     vibrational_modes,
     with_vacancies,
 )
+from mlff_distill.settings import SampleSettings, section_settings
 
 
 def seeded(name: str) -> Atoms:

@@ -1,14 +1,13 @@
-"""The precompile stage's batch, record and logging (the cache reuse itself: test_pipeline)."""
+"""Ahead-of-use compilation: the batch the training loss is compiled on, and failed attempts (the
+precompile stage's record: tests/stages/test_precompile_stage.py; the cache reuse itself:
+tests/workflow/test_pipeline.py)."""
 
-import json
 import logging
 
 import numpy as np
 from ase.build import bulk, molecule
 
-from conftest import full_config
-from mlff_distill.logs import stage_logger
-from mlff_distill.precompile import attempt, run, unlabeled_batch
+from mlff_distill.student.compilation import attempt, species_of, unlabeled_batch
 
 
 def test_batch_of_molecules_has_no_stress_labels():
@@ -28,23 +27,7 @@ def test_batch_with_crystals_has_stress_labels_for_them_only():
     assert (batch.stress_eV_per_A3[periodic] == 0).all()
     assert np.isnan(batch.stress_eV_per_A3[~periodic]).all()
     assert batch.has_hessian and batch.hessian_direction.shape == batch.positions_A.shape
-
-
-def test_nothing_to_compile_is_recorded(tmp_path):
-    config = full_config({"train": {"compile": False}})
-    record_file = tmp_path / "precompile" / "compiled.json"
-    run(config, record_file, tmp_path / "cache", tmp_path / "precompile.log", threads=1)
-    assert json.loads(record_file.read_text()) == {"training_loss": {"skipped": "train.compile is false"}}
-    assert not (tmp_path / "cache").exists()
-
-
-def test_stage_log_holds_the_messages_of_the_modules_it_calls(tmp_path):
-    log_file = tmp_path / "train.log"
-    stage_logger("train", log_file).info("from the stage")
-    logging.getLogger("mlff_distill.student.loss").info("from the loss module")
-    text = log_file.read_text()
-    assert "mlff_distill.train INFO from the stage" in text
-    assert "mlff_distill.student.loss INFO from the loss module" in text
+    assert species_of(seeds) == [1, 8, 14]
 
 
 def test_a_failed_attempt_is_recorded_and_warned_about(caplog):

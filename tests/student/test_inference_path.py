@@ -2,28 +2,35 @@
 
 import json
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from mlff_distill.inference_path import (
+from mlff_distill.reference.edge_message import edge_message_torch
+from mlff_distill.sampling.boxes import cpu_timing_structures
+from mlff_distill.student.inference_path import (
     _mismatch,
     choose_cpu_path,
     layer_inputs,
-    load_tuned_kernels,
+    sample_graphs,
     time_callable,
-    tuned_configs_from_record,
+    tune,
 )
-from mlff_distill.student.edge_message import edge_message_torch
 from mlff_distill.student.model import StudentPotential
-from mlff_distill.tune import sample_graphs, tune
+from mlff_distill.student.tuned_kernels import load_tuned_kernels, tuned_configs_from_record
 
 
 def small_student() -> StudentPotential:
     torch.manual_seed(0)
     return StudentPotential(species=(1, 6, 8), cutoff_A=3.0, n_features=8, n_radial=4).eval()
+
+
+def one_layer_student() -> StudentPotential:
+    """The student of test_model.py's compiled-calculator test (one interaction layer: quick to
+    compile); in one test session the second compilation of its periodic graph is a cache hit."""
+    torch.manual_seed(1)
+    return StudentPotential(species=(1, 6, 8, 14), n_features=8, n_interactions=1).eval()
 
 
 def structures() -> list:
@@ -59,9 +66,9 @@ def test_choose_cpu_path_eager_only() -> None:
     assert "skipped" in record["paths"]["torch_compile"]
 
 
-@pytest.mark.skipif(os.environ.get("MLFF_DISTILL_SLOW_TESTS") != "1", reason="set MLFF_DISTILL_SLOW_TESTS=1")
+@pytest.mark.slow  # compiles for molecules and for periodic systems (tens of seconds with a cold cache)
 def test_choose_cpu_path_with_torch_compile() -> None:
-    record = choose_cpu_path(small_student(), structures(), try_compile=True, repeats=3)
+    record = choose_cpu_path(one_layer_student(), structures(), try_compile=True, repeats=3)
     compiled = record["paths"]["torch_compile"]
     assert "error" not in compiled, compiled
     assert_timings(compiled, 3)
@@ -160,7 +167,9 @@ def test_load_tuned_kernels_without_cuda(tmp_path) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU record")
 def test_tune_record_without_cuda() -> None:
     model = StudentPotential(species=(1, 8), cutoff_A=3.0, n_features=6, n_radial=4, n_interactions=2)
-    record = tune(model.eval(), water_labels(3), try_compile=False, repeats=2, graph_atoms=[64])
+    data = water_labels(3)
+    cpu_structures = cpu_timing_structures(data, [64], model.cutoff_A)
+    record = tune(model.eval(), data, try_compile=False, repeats=2, graph_atoms=[64], cpu_structures=cpu_structures)
     assert record["cuda_available"] is False and record["chosen_path"] == "eager"
     assert "no CUDA GPU" in record["triton"] and len(record["n_atoms"]) == 4
     assert record["n_atoms"][:3] == [3, 3, 3] and abs(record["n_atoms"][3] - 64) <= 3

@@ -23,7 +23,7 @@ from mlff_distill.student import (
     neighbour_list,
     save_student,
 )
-from mlff_distill.student.calculator import AUTO_THREADS_MIN_ATOMS, keep_freed_memory
+from mlff_distill.student.calculator import AUTO_THREADS_MIN_ATOMS
 from mlff_distill.student.neighbours import ALL_PAIRS_MAX_CANDIDATES, pairs_of_one_structure
 
 SPECIES = [1, 6, 8, 14]
@@ -318,7 +318,11 @@ def test_compiled_calculator_equals_eager() -> None:
     """``compiled=True`` (torch.compile, dynamic shapes) gives the eager numbers in float32, also
     after the number of atoms and edges changes (no recompilation is needed for that)."""
     torch.manual_seed(1)
-    model = StudentPotential(species=SPECIES, n_features=16, reference_energies_eV={1: -13.6, 8: -2041.0})
+    # One interaction layer: half the graph to compile (the student of test_inference_path.py's
+    # compiled test, so that their periodic graphs are compiled once per session).
+    model = StudentPotential(
+        species=SPECIES, n_features=8, n_interactions=1, reference_energies_eV={1: -13.6, 8: -2041.0}
+    )
     eager, compiled = StudentCalculator(model), StudentCalculator(model, compiled=True)
     assert (eager.inference_path, compiled.inference_path) == ("eager", "torch_compile")
     assert compiled.threads_for(AUTO_THREADS_MIN_ATOMS) == 1  # one thread at every size: no recompiles

@@ -165,6 +165,7 @@ def test_state_of_another_config_or_store_is_not_resumed(store, tmp_path, caplog
     assert "resuming" not in caplog.text and len(history["epochs"]) == 2
 
 
+@pytest.mark.slow  # four fresh interpreters, each importing torch and loading the compiled loss from the cache
 def test_training_in_two_processes_is_reproducible(store, tmp_path, monkeypatch) -> None:
     """Two data-parallel worker processes (gloo): every epoch reported here, the same weights in
     both workers (checked by train_in_processes) and twice the same result; the state is saved.
@@ -193,7 +194,7 @@ def test_training_in_two_processes_is_reproducible(store, tmp_path, monkeypatch)
 
 
 def test_failing_training_process_is_reported(tmp_path) -> None:
-    with pytest.raises(RuntimeError, match="training process 0 exited"):
+    with pytest.raises(RuntimeError, match=r"training process [01] exited with 1"):  # whichever fails first
         fit(
             STUDENT,
             train_settings(processes=2),

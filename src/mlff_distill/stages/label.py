@@ -10,9 +10,9 @@ from ase.io import read
 
 from mlff_distill.labeling.shards import LabelingFailedError, label_structures
 from mlff_distill.logs import stage_logger
-from mlff_distill.settings import LabelSettings, TeacherSettings, build
+from mlff_distill.settings import LabelSettings, TeacherSettings, build, config_hash
 from mlff_distill.teachers import check_structures_for, load_teacher
-from mlff_distill.tracking import config_hash, package_versions, stage_run
+from mlff_distill.tracking import package_versions, stage_run
 
 
 def run(

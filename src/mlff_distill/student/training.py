@@ -32,13 +32,12 @@ from typing import Any, Callable, Optional
 import torch
 import torch.distributed as dist
 
-from mlff_distill.settings import StudentSettings, TrainSettings
+from mlff_distill.settings import StudentSettings, TrainSettings, config_hash
 from mlff_distill.store import store_checksum, store_species
 from mlff_distill.student.dataset import StructureBlocks
 from mlff_distill.student.fitting import fit_reference_energies, stress_rms, train_student
 from mlff_distill.student.model import StudentPotential
 from mlff_distill.student.parallel import COLLECTIVE_TIMEOUT, world
-from mlff_distill.tracking import config_hash
 
 
 def state_path_for(checkpoint: Path) -> Path:
@@ -247,9 +246,12 @@ def run_worker(job_file: str, rank: int) -> None:
             job["seed"],
             Path(job["store"]),
             Path(job["state_path"]),
-            logging.getLogger("mlff_distill.training"),
+            logging.getLogger(__name__),
             on_epoch if rank == 0 else None,
         )
         torch.save({"model": model.state_dict(), "history": history, "info": info}, job["results"].format(rank=rank))
+    except Exception:
+        logging.getLogger(__name__).exception("training process %d failed", rank)  # its log's tail is reported
+        raise
     finally:
         dist.destroy_process_group()
