@@ -23,9 +23,9 @@ from snakemake.settings.types import ConfigSettings, DAGSettings, OutputSettings
 from tqdm import tqdm
 
 from mlff_distill.evaluation.accuracy import accuracy
-from mlff_distill.evaluation.md_validation import blow_up_reason, langevin_frames
 from mlff_distill.evaluation.references import file_labels, teacher_labels
 from mlff_distill.evaluation.speed import compare_speed
+from mlff_distill.sampling.dynamics import blow_up_reason, langevin_frames
 from mlff_distill.settings import TeacherSettings, build, complete_config
 from mlff_distill.student import StudentCalculator, load_student, predict
 from mlff_distill.teachers import TeacherCalculator, check_structures_for, load_teacher

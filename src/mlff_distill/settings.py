@@ -92,6 +92,71 @@ class TeacherSettings:
 
 
 @dataclass(frozen=True)
+class TargetMDSettings:
+    trajectories: int
+    relax_steps: int
+    equilibration_steps: int
+    frames_per_trajectory: int
+    steps_between_frames: int
+    timestep_fs: float
+    friction_per_fs: float
+
+
+@dataclass(frozen=True)
+class TargetRattleSettings:
+    structures_per_frame: int
+    sigma_A: list  # [low, high], Angstrom
+    max_strain: float
+
+
+@dataclass(frozen=True)
+class ClusterSettings:
+    per_frame: int
+    sizes: list  # molecules per cluster
+
+
+@dataclass(frozen=True)
+class TargetTestSettings:
+    trajectories: int
+    frames_per_trajectory: int
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """The ``target:`` section: the systems (dicts: name, temperatures_K and one of molecule, box with
+    density_g_per_cm3, file) and how training and test data are made from them."""
+
+    systems: list
+    min_distance_A: float
+    md: TargetMDSettings
+    rattle: TargetRattleSettings
+    clusters: ClusterSettings
+    test: TargetTestSettings
+
+
+@dataclass(frozen=True)
+class RoundTrainSettings:
+    epochs: int
+    max_minutes: Optional[float]
+
+
+@dataclass(frozen=True)
+class OnPolicySettings:
+    """The ``on_policy:`` section: the student's MD in each round and the rounds' training."""
+
+    starts: int
+    steps: int
+    frame_every: int
+    timestep_fs: float
+    friction_per_fs: float
+    replicate: int
+    max_force_eV_per_A: float
+    min_distance_A: float
+    frames_before_blowup: int
+    train: RoundTrainSettings
+
+
+@dataclass(frozen=True)
 class RattleSettings:
     structures_per_seed: int
     sigma_A: list  # [low, high], Angstrom
@@ -229,6 +294,8 @@ class MDValidationSettings:
     rdf_r_max_A: float
     rdf_bins: int
     teacher_budget_s: float
+    nvt_ps: float
+    all_temperatures: bool
 
 
 @dataclass(frozen=True)
@@ -245,6 +312,8 @@ class EvaluateSettings:
 SECTIONS: dict[str, type] = {
     "mlflow": MLflowSettings,
     "teacher": TeacherSettings,
+    "target": TargetSettings,
+    "on_policy": OnPolicySettings,
     "sample": SampleSettings,
     "label": LabelSettings,
     "student": StudentSettings,

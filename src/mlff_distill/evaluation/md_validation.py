@@ -9,44 +9,17 @@ thermostat; `radial_distribution` turns frames into g(r) and `rdf_difference` co
 from __future__ import annotations
 
 import time
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
-from ase.calculators.singlepoint import SinglePointCalculator
-from ase.constraints import FixCom
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.md.verlet import VelocityVerlet
 from ase.neighborlist import neighbor_list
 
+from mlff_distill.sampling.dynamics import blow_up_reason, check_steps, langevin_frames, thermalized
 from mlff_distill.settings import MDValidationSettings
 from mlff_distill.teachers import Teacher, TeacherCalculator
-
-# A run "blows up" when any of these is crossed.
-MAX_FORCE_eV_PER_A = 100.0
-MAX_STEP_DISPLACEMENT_A = 0.5  # per atom, in one MD step
-MAX_ENERGY_CHANGE_eV_PER_ATOM = 1.0  # total energy against the first frame
-
-
-def _start(atoms: Atoms, calculator: Calculator, temperature_K: float, seed: int) -> Atoms:
-    """A copy of ``atoms`` with ``calculator`` and Maxwell-Boltzmann velocities, no net momentum
-    (nor, for molecules, angular momentum)."""
-    if temperature_K < 0:
-        raise ValueError(f"temperature_K: must be >= 0, got {temperature_K}")
-    atoms = atoms.copy()
-    atoms.calc = calculator
-    thermalize_momenta(atoms, temperature_K, rng=np.random.default_rng(seed))
-    Stationary(atoms)
-    if not atoms.pbc.any():
-        ZeroRotation(atoms)
-    return atoms
-
-
-def _check_steps(timestep_fs: float, steps: int) -> None:
-    if timestep_fs <= 0 or steps < 1:
-        raise ValueError(f"timestep_fs must be > 0 and steps >= 1, got {timestep_fs} and {steps}")
 
 
 def nve_run(
@@ -60,8 +33,8 @@ def nve_run(
     than `MAX_STEP_DISPLACEMENT_A` in one step, or a total energy more than
     `MAX_ENERGY_CHANGE_eV_PER_ATOM` per atom away from the start.
     """
-    _check_steps(timestep_fs, steps)
-    atoms = _start(atoms, calculator, temperature_K, seed)
+    check_steps(timestep_fs, steps)
+    atoms = thermalized(atoms, calculator, temperature_K, seed)
     dynamics = VelocityVerlet(atoms, timestep=timestep_fs * units.fs)
     energies = [atoms.get_total_energy()]
     reason = blow_up_reason(atoms, energies[0], energies[0], atoms.positions)
@@ -79,25 +52,6 @@ def nve_run(
     }
 
 
-def blow_up_reason(
-    atoms: Atoms, energy_eV: float, start_energy_eV: float, previous_positions_A: np.ndarray
-) -> str | None:
-    """Why this MD step counts as a blow-up, or None."""
-    forces = atoms.get_forces()
-    if not np.isfinite(energy_eV) or not np.isfinite(forces).all():
-        return "non-finite energy or forces"
-    largest_force = float(np.linalg.norm(forces, axis=1).max())
-    if largest_force > MAX_FORCE_eV_PER_A:
-        return f"force of {largest_force:.1f} eV/A"
-    largest_step = float(np.linalg.norm(atoms.positions - previous_positions_A, axis=1).max())
-    if largest_step > MAX_STEP_DISPLACEMENT_A:
-        return f"an atom moved {largest_step:.2f} A in one step"
-    change = abs(energy_eV - start_energy_eV) / len(atoms)
-    if change > MAX_ENERGY_CHANGE_eV_PER_ATOM:
-        return f"total energy changed by {change:.2f} eV/atom"
-    return None
-
-
 def energy_drift_eV_per_atom_per_ps(times_ps: np.ndarray, energies_eV: np.ndarray, n_atoms: int) -> float:
     """Least-squares slope of total energy against time, per atom (eV/atom/ps)."""
     times_ps, energies_eV = np.asarray(times_ps, float), np.asarray(energies_eV, float)
@@ -110,40 +64,6 @@ def energy_drift_eV_per_atom_per_ps(times_ps: np.ndarray, energies_eV: np.ndarra
         raise ValueError(f"n_atoms: must be >= 1, got {n_atoms}")
     slope_eV_per_ps = np.polyfit(times_ps, energies_eV, 1)[0]
     return float(slope_eV_per_ps / n_atoms)
-
-
-def langevin_frames(
-    calculator: Calculator,
-    atoms: Atoms,
-    temperature_K: float,
-    timestep_fs: float,
-    steps: int,
-    sample_every: int,
-    seed: int,
-    friction_per_fs: float = 0.01,
-) -> Iterator[Atoms]:
-    """Langevin NVT at ``temperature_K``, velocities drawn with ``seed``: yields a copy of the
-    structure every ``sample_every`` steps (positions in Angstrom; its energy (eV) and forces
-    (eV/Angstrom) as a single-point calculator; no constraint), the start excluded."""
-    _check_steps(timestep_fs, steps)
-    if sample_every < 1:
-        raise ValueError(f"sample_every: must be >= 1, got {sample_every}")
-    atoms = _start(atoms, calculator, temperature_K, seed)
-    atoms.set_constraint(FixCom())  # the thermostat's noise would otherwise move the whole system
-    dynamics = Langevin(
-        atoms,
-        timestep=timestep_fs * units.fs,
-        temperature_K=temperature_K,
-        friction=friction_per_fs / units.fs,
-        fixcm=False,
-        rng=np.random.default_rng(seed + 1),
-    )
-    for _ in range(steps // sample_every):
-        dynamics.run(sample_every)
-        frame = atoms.copy()
-        frame.set_constraint()
-        frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
-        yield frame
 
 
 def nvt_run(
