@@ -21,6 +21,7 @@ validate(config, "workflow/schemas/config.schema.yaml")
 include: "workflow/rules/common.smk"
 include: "workflow/rules/sample.smk"
 include: "workflow/rules/label.smk"
+include: "workflow/rules/explore.smk"
 include: "workflow/rules/precompile.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/tune.smk"

@@ -18,6 +18,7 @@ from mlff_distill.store import (
     combine_shards,
     marker_path,
     max_atom_force_eV_per_A,
+    read_index_columns,
     read_labels,
     read_marker,
     read_shard,
@@ -109,6 +110,20 @@ def test_read_one_split(two_shards, tmp_path):
             np.testing.assert_array_equal(getattr(part, name), getattr(expected, name))
     with pytest.raises(ValueError, match="validation"):
         read_labels(store, "validation")
+
+
+def test_index_columns_of_a_shard_and_of_the_store(two_shards, tmp_path):
+    paths, arrays, _ = two_shards
+    combine_shards(paths, tmp_path / "labels.zarr", {})
+    columns = read_index_columns(paths[1])
+    assert {name: values.tolist() for name, values in columns.items()} == {
+        "sample_index": [3, 4],
+        "group": [3, 3],
+        "split": [SPLIT_CODES["test"], SPLIT_CODES["val"]],
+    }
+    store = read_index_columns(tmp_path / "labels.zarr")
+    assert store["sample_index"].tolist() == list(range(5)) and store["group"].tolist() == [0, 0, 1, 3, 3]
+    assert store["split"].tolist() == [0, 1, 0, 2, 1]
 
 
 def test_complete_shard_reads_back(two_shards):

@@ -3,6 +3,7 @@
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from mlff_distill.settings import MLflowSettings, section_settings
@@ -58,3 +59,39 @@ def test_parent_and_concurrent_children(tmp_path):
         assert run.data.tags["mlflow.parentRunId"] == pipeline.run_id
         assert run.info.run_name == name and run.info.status == "FINISHED"
         assert len(client.get_metric_history(run_id, "loss")) == 20
+
+
+def test_stages_of_a_round_nest_under_one_round_run(tmp_path):
+    """Two stages of round 1 share one "round 1" run (found again by its tag), round 2 has its own,
+    a stage without a round hangs under the pipeline run; the round run ends as its last stage did."""
+    (tmp_path / "results").mkdir()
+    config = config_for(tmp_path)
+    settings = section_settings(MLflowSettings, "mlflow", config["mlflow"])
+    pipeline = start_pipeline_run(config["run_name"], tmp_path / "results", settings, config)
+    pipeline_file = tmp_path / "pipeline.json"
+    pipeline.save(pipeline_file)
+    client = MlflowClient(tracking_uri=pipeline.tracking_uri)
+
+    ids = {}
+    for stage, round_index in (("sample", None), ("explore", 1), ("label", 1), ("label", 2)):
+        with stage_run(pipeline_file, stage, {"x": 1}, round_index=round_index) as run:
+            run.log_metrics({"n_frames": 3})
+            ids[stage, round_index] = run.run_id
+    with pytest.raises(RuntimeError, match="boom"):
+        with stage_run(pipeline_file, "train", round_index=2):
+            raise RuntimeError("boom")
+
+    def parent_of(run_id):
+        return client.get_run(run_id).data.tags["mlflow.parentRunId"]
+
+    round_1, round_2 = parent_of(ids["explore", 1]), parent_of(ids["label", 2])
+    assert parent_of(ids["label", 1]) == round_1 != round_2
+    assert parent_of(ids["sample", None]) == pipeline.run_id
+    for round_id, index, status in ((round_1, 1, "FINISHED"), (round_2, 2, "FAILED")):
+        run = client.get_run(round_id)
+        assert run.info.run_name == f"round {index}" and run.data.tags["round"] == str(index)
+        assert parent_of(round_id) == pipeline.run_id and run.info.status == status
+    assert client.get_run(ids["label", 1]).data.tags["round"] == "1"
+    assert "round" not in client.get_run(ids["sample", None]).data.tags
+    children = client.search_runs([pipeline.experiment_id], f"tags.mlflow.parentRunId = '{pipeline.run_id}'")
+    assert sorted(r.info.run_name for r in children) == ["round 1", "round 2", "sample"]

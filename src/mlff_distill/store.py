@@ -311,6 +311,13 @@ def read_structure_table(store_path: Path) -> dict[str, np.ndarray | int]:
     }
 
 
+def read_index_columns(path: Path) -> dict[str, np.ndarray]:
+    """The ``sample_index``, ``group`` and ``split`` arrays ``[N]`` of a store or a shard, without
+    the rest of it."""
+    group = zarr.open_group(store=str(path), mode="r", zarr_format=3)
+    return {name: group[ARRAYS[name].path][...] for name in ("sample_index", "group", "split")}
+
+
 def store_species(store_path: Path) -> list[int]:
     """Sorted atomic numbers present in the store, read one chunk of atoms at a time."""
     numbers = zarr.open_group(store=str(store_path), mode="r", zarr_format=3)["atoms/numbers"]

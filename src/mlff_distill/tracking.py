@@ -3,7 +3,8 @@
 The parent run is created once per Snakemake invocation, by the workflow's ``onstart`` handler
 before any job starts; its ids are written to a JSON file that every job reads (`PipelineRun`),
 and the ``onsuccess``/``onerror`` handlers end it. Children attach with ``parent_run_id``,
-which works across processes. Metrics are logged in batches and every call to the store is retried
+which works across processes. The stages of an on-policy round nest one level deeper, under a
+run "round <k>" (`round_run`). Metrics are logged in batches and every call to the store is retried
 when SQLite reports a lock, so concurrent Snakemake jobs neither fail nor corrupt the store.
 """
 
@@ -39,6 +40,9 @@ PACKAGES = (
     "numpy",
 )
 T = TypeVar("T")
+# Tags: the on-policy round of a stage's run and of its "round <k>" run; the latter also carries ROUND_RUN_TAG.
+ROUND_TAG = "round"
+ROUND_RUN_TAG = "round_run"
 
 
 @dataclass(frozen=True)
@@ -179,23 +183,49 @@ def _create_child(pipeline: PipelineRun, parent_id: str, name: str) -> StageRun:
     return StageRun(pipeline, run.info.run_id)
 
 
+def round_run(pipeline: PipelineRun, round_index: int) -> StageRun:
+    """The run "round <k>" under the pipeline run, set RUNNING: found among the pipeline run's
+    children by its tags, or created by the first stage of the round that asks (the stages of a
+    round run one after another, so two never create it at once)."""
+    client = MlflowClient(tracking_uri=pipeline.tracking_uri)
+    query = f"tags.mlflow.parentRunId = '{pipeline.run_id}' and tags.{ROUND_RUN_TAG} = '{int(round_index)}'"
+    found = retry_locked(lambda: client.search_runs([pipeline.experiment_id], filter_string=query, max_results=1))
+    if found:
+        run = StageRun(pipeline, found[0].info.run_id)
+        retry_locked(lambda: client.update_run(run.run_id, status="RUNNING"))
+        return run
+    run = _create_child(pipeline, pipeline.run_id, f"round {int(round_index)}")
+    run.set_tags({ROUND_TAG: int(round_index), ROUND_RUN_TAG: int(round_index)})
+    return run
+
+
 @contextmanager
 def stage_run(
-    pipeline_file: Path, stage: str, params: dict | None = None, log_file: Path | None = None
+    pipeline_file: Path,
+    stage: str,
+    params: dict | None = None,
+    log_file: Path | None = None,
+    round_index: int | None = None,
 ) -> Iterator[StageRun]:
-    """A child run for ``stage``; it ends FAILED if the body raises, and carries the log file."""
+    """A child run for ``stage``; it ends FAILED if the body raises, and carries the log file.
+
+    With ``round_index`` it nests under the run "round <k>" (`round_run`) and is tagged ``round``;
+    that run then ends with the stage's status (a later stage of the round sets it running again).
+    """
     pipeline = PipelineRun.load(pipeline_file)
-    run = _create_child(pipeline, pipeline.run_id, stage)
-    run.set_tags({"stage": stage, "git_commit": git_commit()})
+    parent = None if round_index is None else round_run(pipeline, round_index)
+    run = _create_child(pipeline, pipeline.run_id if parent is None else parent.run_id, stage)
+    tags = {"stage": stage, "git_commit": git_commit()}
+    run.set_tags(tags if round_index is None else {**tags, ROUND_TAG: int(round_index)})
     if params:
         run.log_params(params)
+    status = "FAILED"
     try:
         yield run
-    except BaseException:
+        status = "FINISHED"
+    finally:
         if log_file and Path(log_file).exists():
             run.log_artifact(log_file, "logs")
-        run.end("FAILED")
-        raise
-    if log_file and Path(log_file).exists():
-        run.log_artifact(log_file, "logs")
-    run.end("FINISHED")
+        run.end(status)
+        if parent is not None:
+            parent.end(status)

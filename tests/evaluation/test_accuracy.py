@@ -1,10 +1,10 @@
-"""The student's accuracy against its teacher by hand, and the flat MLflow metrics of a run's results."""
+"""The student's accuracy against its teacher by hand and per target, and the flat MLflow metrics of a run's results."""
 
 import numpy as np
 import pytest
 
 from mlff_distill.data import LabeledArrays
-from mlff_distill.evaluation.accuracy import accuracy, mlflow_metrics
+from mlff_distill.evaluation.accuracy import accuracy, accuracy_by_target, mlflow_metrics
 
 
 def two_structures() -> LabeledArrays:
@@ -45,6 +45,11 @@ def test_mlflow_metrics_are_flat_numbers_with_gate_verdicts():
             "per_species": {"H": {"n_atoms": 3}},
             "md_validation": {"rdf": {"r_A": [1.0, 2.0], "integrated_abs_difference": 0.1}},
             "speed": [{"n_atoms": 64, "teacher_ms": 1.0}],
+            "accuracy_by_target": [
+                {"target": "water", "temperature_K": 300.0, "n_structures": 2, "force_rel_rmse": 0.1},
+                {"target": None, "temperature_K": None, "n_structures": 1},
+            ],
+            "target_nvt": [{"target": "water", "temperature_K": 350.0, "time_ps": 5.0, "blew_up": False, "r_A": [1.0]}],
             "strict": True,
             "gates": [{"metric": "force_rel_rmse", "passed": False}, {"metric": "stress_rel_error", "passed": None}],
         }
@@ -53,5 +58,74 @@ def test_mlflow_metrics_are_flat_numbers_with_gate_verdicts():
         "force_rel_rmse": 0.2,
         "per_species.H.n_atoms": 3.0,
         "md_validation.rdf.integrated_abs_difference": 0.1,
+        "accuracy_by_target.water.300K.n_structures": 2.0,
+        "accuracy_by_target.water.300K.force_rel_rmse": 0.1,
+        "accuracy_by_target.none.none.n_structures": 1.0,
+        "target_nvt.water.350K.time_ps": 5.0,
         "gate.force_rel_rmse": 0.0,
     }
+
+
+def five_structures() -> tuple[LabeledArrays, dict, list[dict]]:
+    """Three periodic structures (with stress) and two molecules, predictions a little off, and
+    the sampled structures' info of each: two targets at two temperatures, and a seed's rattle."""
+    rng = np.random.default_rng(3)
+    n_atoms = np.array([2, 3, 2, 4, 3])
+    periodic = np.array([True, True, True, False, False])
+    stress = rng.normal(size=(5, 3, 3)) * 0.01
+    stress[~periodic] = np.nan
+    reference = LabeledArrays(
+        numbers=rng.choice([1, 8], n_atoms.sum()),
+        positions_A=rng.uniform(0, 3, (n_atoms.sum(), 3)),
+        forces_eV_per_A=rng.normal(size=(n_atoms.sum(), 3)),
+        energy_eV=rng.normal(size=5),
+        atoms_ptr=np.concatenate([[0], np.cumsum(n_atoms)]),
+        cell_A=np.where(periodic[:, None, None], np.eye(3) * 3.0, 0.0),
+        pbc=np.repeat(periodic[:, None], 3, axis=1),
+        stress_eV_per_A3=stress,
+    )
+    predictions = {
+        "energy_eV": reference.energy_eV + rng.normal(scale=0.1, size=5),
+        "forces_eV_per_A": reference.forces_eV_per_A + rng.normal(scale=0.1, size=reference.forces_eV_per_A.shape),
+        "stress_eV_per_A3": stress + rng.normal(scale=0.001, size=stress.shape),
+    }
+    infos = [
+        {"target": "water", "temperature_K": 350.0, "strategy": "test-md"},
+        {"target": "water", "temperature_K": 300.0, "strategy": "test-md"},
+        {"target": "water", "temperature_K": 350.0, "strategy": "test-md"},
+        {"strategy": "rattle", "seed": "CH4"},
+        {"target": "ethanol", "temperature_K": 300.0, "strategy": "test-md"},
+    ]
+    return reference, predictions, infos
+
+
+def test_accuracy_by_target_equals_the_whole_set_metrics_on_each_group():
+    reference, predictions, infos = five_structures()
+    rows = accuracy_by_target(reference, predictions, infos)
+    assert [(row["target"], row["temperature_K"], row["n_structures"]) for row in rows] == [
+        ("ethanol", 300.0, 1),
+        ("water", 300.0, 1),
+        ("water", 350.0, 2),
+        (None, None, 1),
+    ]
+    for row, indices in zip(rows, ([4], [1], [0, 2], [3])):
+        subset = reference.subset(indices)
+        atoms = np.concatenate([np.arange(reference.atoms_ptr[i], reference.atoms_ptr[i + 1]) for i in indices])
+        alone = accuracy(
+            subset,
+            {
+                "energy_eV": predictions["energy_eV"][indices],
+                "forces_eV_per_A": predictions["forces_eV_per_A"][atoms],
+                "stress_eV_per_A3": predictions["stress_eV_per_A3"][indices],
+            },
+        )
+        for key in ("force_rel_rmse", "force_mae_eV_per_A", "energy_mae_per_atom_eV", "force_cosine"):
+            assert row[key] == pytest.approx(alone[key])
+        assert ("stress_rel_error" in row) == bool(subset.pbc.all())  # periodic, with stress labels
+        if "stress_rel_error" in row:
+            assert row["stress_rel_error"] == pytest.approx(alone["stress_rel_error"])
+    # one group holding everything is the whole set
+    (whole,) = accuracy_by_target(reference, predictions, [{}] * 5)
+    assert whole["force_rel_rmse"] == pytest.approx(accuracy(reference, predictions)["force_rel_rmse"])
+    with pytest.raises(ValueError, match="infos"):
+        accuracy_by_target(reference, predictions, infos[:4])

@@ -1,18 +1,23 @@
-"""MD validation: the drift estimate, g(r) of known cases, and NVE with EMT conserving energy."""
+"""MD validation: the drift estimate, g(r) of known cases, NVE with EMT conserving energy, the
+Bussi NVT's conserved quantity and blow-ups, and the student's NVT on targets against teacher frames."""
 
 import numpy as np
 import pytest
 from ase import Atoms
-from ase.build import bulk
+from ase.build import bulk, molecule
+from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlff_distill.evaluation.md_validation import (
+    bussi_run,
+    comparison_rdf,
     energy_drift_eV_per_atom_per_ps,
     nve_run,
     nvt_run,
     radial_distribution,
     rdf_difference,
+    target_nvt_rows,
 )
 
 
@@ -179,3 +184,122 @@ def test_md_validation_skips_a_teacher_over_its_budget(single_thread):
     assert teacher_rows and all(row["reason"].startswith("not run") for row in teacher_rows)
     assert [row["start"] for row in result["drift"] if row["model"] == "student"] == ["H2O", "CH4"]
     assert result["rdf"] is None and "budget" in result["rdf_not_run"]
+
+
+class HugeForcesAfter(EMT):
+    """EMT whose forces become huge from its ``calls``-th call on: a model that blows up."""
+
+    def __init__(self, calls: int):
+        super().__init__()
+        self.calls, self.done = calls, 0
+
+    def calculate(self, *args, **kwargs):
+        super().calculate(*args, **kwargs)
+        self.done += 1
+        if self.done >= self.calls:
+            self.results["forces"] = self.results["forces"] * 1e6
+
+
+class FreeParticles(Calculator):
+    """No interaction at all: zero energy and forces, whatever the distances."""
+
+    implemented_properties = ["energy", "forces"]
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.results = {"energy": 0.0, "forces": np.zeros((len(self.atoms), 3))}
+
+
+def test_bussi_run_keeps_its_conserved_quantity_with_emt_copper():
+    crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    run = bussi_run(EMT(), crystal, temperature_K=300, timestep_fs=2.0, steps=300, sample_every=50, seed=0)
+    assert not run["blew_up"] and run["reason"] is None
+    assert len(run["times_ps"]) == len(run["conserved_eV"]) == 301 and run["time_ps"] == pytest.approx(0.6)
+    assert len(run["frames"]) == 6 and all(isinstance(frame.calc, SinglePointCalculator) for frame in run["frames"])
+    drift = energy_drift_eV_per_atom_per_ps(run["times_ps"], run["conserved_eV"], len(crystal))
+    assert abs(drift) < 1e-4 and np.ptp(run["conserved_eV"]) / len(crystal) < 2e-4
+    # the thermostat does work: potential plus kinetic energy alone is far from constant
+    total = [frame.get_potential_energy() + frame.get_kinetic_energy() for frame in run["frames"]]
+    assert np.ptp(total) > 20 * np.ptp(run["conserved_eV"])
+    assert 100 < run["mean_temperature_K"] < 400
+
+
+def test_bussi_run_stops_at_the_first_huge_force():
+    crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    run = bussi_run(HugeForcesAfter(calls=25), crystal, 300, timestep_fs=2.0, steps=200, sample_every=5, seed=0)
+    assert run["blew_up"] and run["reason"].startswith("force of")
+    assert len(run["conserved_eV"]) < 30 and run["time_ps"] < 0.06
+    assert len(run["frames"]) <= (len(run["conserved_eV"]) - 1) // 5
+
+
+def test_bussi_run_stops_when_two_atoms_come_too_close():
+    pair = Atoms("Ar2", positions=[[0, 0, 0], [0.5, 0, 0]], cell=[8.0] * 3, pbc=True)
+    stopped = bussi_run(FreeParticles(), pair, 300, timestep_fs=1.0, steps=10, sample_every=1, seed=0)
+    assert stopped["blew_up"] and stopped["reason"] == "two atoms 0.50 A apart" and stopped["time_ps"] == 0.0
+    allowed = bussi_run(FreeParticles(), pair, 300, 1.0, 10, 1, seed=0, min_distance_A=0.1)
+    assert not allowed["blew_up"] and len(allowed["frames"]) == 10
+
+
+def _dimer_gas(rng, n_dimers: int, side_A: float, bond_A: float = 1.0) -> Atoms:
+    """Dimers at random places and orientations, uncorrelated with each other."""
+    centres = rng.uniform(0, side_A, (n_dimers, 1, 3))
+    axes = rng.normal(size=(n_dimers, 1, 3))
+    axes *= 0.5 * bond_A / np.linalg.norm(axes, axis=-1, keepdims=True)
+    positions = np.concatenate([centres - axes, centres + axes], axis=1).reshape(-1, 3)
+    gas = Atoms(f"N{2 * n_dimers}", positions=positions, cell=[side_A] * 3, pbc=True)
+    gas.arrays["molecule_index"] = np.repeat(np.arange(n_dimers), 2)
+    return gas
+
+
+def test_comparison_rdf_counts_pairs_between_molecules_normalised_per_pair():
+    rng = np.random.default_rng(0)
+    frames = [_dimer_gas(rng, 400, 20.0) for _ in range(3)]
+    r, g, kind = comparison_rdf(frames, r_max_A=5.0)
+    assert kind == "g(r), between molecules" and r[-1] <= 5.0
+    # molecules placed independently: g = 1 between molecules at every distance, the bond left out
+    assert np.abs(g[r > 1.0] - 1.0).max() < 0.1
+    assert np.sum(r**2 * g) / np.sum(r**2) == pytest.approx(1.0, abs=0.01)  # all pairs within 5 A
+    for frame in frames:
+        del frame.arrays["molecule_index"]
+    r, g_all, kind = comparison_rdf(frames, r_max_A=5.0)
+    assert kind == "g(r), all pairs" and r[np.argmax(g_all)] == pytest.approx(1.0, abs=0.03)
+    # the smoothing keeps the pairs: the bond's peak holds one neighbour per atom
+    density = 2 * 400 / 20.0**3
+    bond = np.abs(r - 1.0) < 0.45
+    assert np.sum(4 * np.pi * density * r[bond] ** 2 * (g_all[bond] - g[bond])) * (r[1] - r[0]) == pytest.approx(
+        1.0, rel=0.03
+    )
+    r, g_molecule, kind = comparison_rdf([molecule("CH4")], r_max_A=3.0)
+    assert kind.startswith("pair-distance density") and np.sum(g_molecule) * (r[1] - r[0]) == pytest.approx(1.0)
+
+
+def _cu_frames(a_A: float, temperature_K: float, seeds: tuple[int, ...]) -> list[Atoms]:
+    frames = []
+    for seed in seeds:
+        crystal = bulk("Cu", "fcc", a=a_A, cubic=True).repeat(2)
+        for frame in nvt_run(EMT(), crystal, temperature_K, 2.0, 200, 20, seed):
+            frame.info["group"] = f"trajectory {seed}"
+            frames.append(frame)
+    return frames[::2][2:] + frames[1::2][2:]  # some equilibration
+
+
+def test_target_nvt_rows_compare_the_students_g_of_r_with_the_teachers(single_thread):
+    crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    settings = _md_settings(nvt_ps=0.4, timestep_fs=2.0, sample_every=10, rdf_r_max_A=4.5)
+    same, expanded = _cu_frames(3.6, 300.0, (1, 2)), _cu_frames(3.75, 300.0, (3,))
+    starts = [("cu", 300.0, crystal), ("cu-expanded", 300.0, crystal), ("cu-unseen", 300.0, crystal)]
+    rows = target_nvt_rows(EMT(), starts, {("cu", 300.0): same, ("cu-expanded", 300.0): expanded}, settings, seed=0)
+    assert [(row["target"], row["temperature_K"]) for row in rows] == [(t, 300.0) for t, _, _ in starts]
+    for row in rows:
+        assert row["n_atoms"] == 32 and not row["blew_up"] and row["time_ps"] == pytest.approx(0.4)
+        assert abs(row["conserved_drift_eV_per_atom_per_ps"]) < 1e-3
+        assert row["n_student_frames"] == 16  # 20 frames, the first fifth left out
+    good, wrong, unseen = rows
+    assert good["n_teacher_frames"] == len(same) and good["rdf_kind"] == "g(r), all pairs"
+    assert len(good["r_A"]) == len(good["g_teacher"]) == len(good["g_student"])
+    assert good["rdf_integrated_abs_difference"] == pytest.approx(
+        rdf_difference(np.array(good["r_A"]), np.array(good["g_teacher"]), np.array(good["g_student"]))
+    )
+    assert good["rdf_integrated_abs_difference"] < 0.3 and good["rdf_teacher_halves_difference"] < 0.3
+    assert wrong["rdf_integrated_abs_difference"] > 5 * good["rdf_integrated_abs_difference"]
+    assert unseen["rdf_integrated_abs_difference"] is None and unseen["rdf_not_run"] == "no teacher MD frames"

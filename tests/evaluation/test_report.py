@@ -129,3 +129,84 @@ def test_missing_inputs_say_not_run(tmp_path):
     # parity, histograms, speed at sizes, MD, teacher, provenance, per species, per kind
     assert page.count("not run") == 9
     assert "no gates configured" in page and "untrained" not in page
+
+
+def test_targets_fill_their_tables_and_figures_and_a_speedup_needs_its_accuracy(tmp_path):
+    reference, predictions = periodic_pair()
+    metrics = accuracy(reference, predictions)
+    r = np.linspace(0.0, 5.0, 251)
+    curve = np.exp(-((r - 2.8) ** 2) / 0.05) + (r > 2.5)
+    metrics.update(
+        teacher="ani1x",
+        student="StudentPotential",
+        n_test=2,
+        accuracy_by_target=[
+            {
+                "target": "water",
+                "temperature_K": 300.0,
+                "n_structures": 2,
+                "force_rel_rmse": 0.0252,
+                "force_mae_eV_per_A": 0.05,
+                "energy_mae_per_atom_eV": 0.0011,
+            },
+        ],
+        speed=[
+            {
+                "target": "water",
+                "system": "water",
+                "n_atoms": 96,
+                "teacher_ms": 30.0,
+                "student_ms": 2.0,
+                "speedup": 15.0,
+                "force_rel_rmse": 0.0261,
+                "energy_mae_per_atom_eV": 0.001,
+            },
+            {
+                "target": "water",
+                "system": "water",
+                "n_atoms": 768,
+                "teacher_ms": 250.0,
+                "student_ms": 15.0,
+                "speedup": 16.67,
+            },
+        ],
+        target_nvt=[
+            {
+                "target": "water",
+                "temperature_K": 350.0,
+                "n_atoms": 96,
+                "time_ps": 5.0,
+                "blew_up": False,
+                "reason": None,
+                "conserved_drift_eV_per_atom_per_ps": 2e-5,
+                "mean_temperature_K": 349.0,
+                "n_student_frames": 800,
+                "n_teacher_frames": 40,
+                "rdf_kind": "g(r), between molecules",
+                "rdf_integrated_abs_difference": 0.0431,
+                "rdf_teacher_halves_difference": 0.0777,
+                "rdf_not_run": None,
+                "r_A": r.tolist(),
+                "g_teacher": curve.tolist(),
+                "g_student": (1.02 * curve).tolist(),
+            },
+        ],
+    )
+    figures = plots.write_figures(tmp_path, reference, predictions, metrics)
+    assert set(figures) == {"parity", "errors", "speed", "rdf_target_water"}
+    page = build_report(tmp_path / "report.html", metrics, {"run_name": "targets"}, None, None, figures).read_text()
+    assert "relative RMS force error (%)" in page and ">2.52<" in page  # per target, in %
+    assert ">15<" in page and ">2.61<" in page  # a speed-up beside the error on that system
+    assert "16.67" not in page and "accuracy not measured</td>" in page  # none without it
+    assert ">0.0431<" in page and ">0.0777<" in page and "g(r), between molecules" in page
+    assert page.count("data:image/png;base64,") == 4 and "no targets" not in page
+    assert "0.02, 0.04" not in page and "[0.0" not in page  # the curves are in the figure, not the table
+
+
+def test_a_run_without_targets_says_so(tmp_path):
+    reference, predictions = periodic_pair()
+    metrics = accuracy(reference, predictions)
+    metrics.update(md_validation={"drift": [{"model": "student", "blew_up": False}], "rdf": None})
+    page = build_report(tmp_path / "report.html", metrics, {"run_name": "plain"}, None, None, {}).read_text()
+    assert page.count("no targets in this run") == 2  # accuracy per target, the NVT on targets
+    assert "NVE energy drift" in page

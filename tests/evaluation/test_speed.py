@@ -1,11 +1,15 @@
-"""The timing of ASE calculators (latency, throughput, memory), teacher against student, and the benchmark script."""
+"""The timing of ASE calculators (latency, throughput, memory), teacher against student with the student's
+accuracy on each timed system, and the benchmark script."""
 
 import functools
 
+import numpy as np
 import pytest
 from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
+from ase.units import GPa
 
+from mlff_distill.data import LabeledArrays
 from mlff_distill.evaluation import speed
 from mlff_distill.evaluation.speed import compare_speed, time_calls
 from mlff_distill.sampling.boxes import build_timing_systems
@@ -152,3 +156,50 @@ def test_speed_rows_for_the_evaluate_stage_use_the_runs_seeds(single_thread, qui
     assert [row["n_atoms"] for row in rows] == [32, 108]
     assert {row["system"] for row in rows} == {"Cu-fcc"}
     assert all(row["teacher_ms"] > 0 and row["student_ms"] > 0 for row in rows)
+
+
+def test_speed_rows_carry_the_students_accuracy_on_the_same_system(single_thread, quick_timing):
+    from ase.calculators.emt import EMT
+
+    from mlff_distill.evaluation.metrics import energy_force_errors
+    from mlff_distill.evaluation.speed import speed_rows_for
+    from mlff_distill.settings import EvaluateSettings, section_settings
+
+    small = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    small.rattle(0.05, seed=1)
+    small.info["target"] = "copper"
+    large = small.repeat((2, 1, 1))
+    large.info = {"system": "copper x2", "target": "copper"}
+    plain = bulk("Cu", "fcc", a=3.7, cubic=True).repeat(2)  # no target
+    student = StudentPotential(species=(29,), cutoff_A=4.0, n_features=8)
+    settings = section_settings(EvaluateSettings, "evaluate", {"timing_repeats": 1, "speed": {"warmup": 0}})
+    teacher = AseCalculatorTeacher("ase.calculators.emt:EMT", species=(29,))
+    rows = speed_rows_for([small, large, plain], settings, teacher, StudentCalculator(student))
+    assert [row.get("target") for row in rows] == ["copper", "copper", None] and "target" not in rows[2]
+    assert rows[1]["system"] == "copper x2" and [row["n_atoms"] for row in rows] == [32, 64, 32]
+    for atoms, row in zip([small, large, plain], rows):
+        direct_student, direct_teacher = StudentCalculator(student), EMT()
+        direct_student.calculate(atoms.copy(), ["energy", "forces", "stress"])
+        direct_teacher.calculate(atoms.copy(), ["energy", "forces", "stress"])
+        reference = LabeledArrays(
+            numbers=atoms.numbers,
+            positions_A=atoms.positions,
+            forces_eV_per_A=direct_teacher.results["forces"],
+            energy_eV=np.array([direct_teacher.results["energy"]]),
+            atoms_ptr=np.array([0, len(atoms)]),
+            cell_A=atoms.cell.array[None],
+            pbc=atoms.pbc[None],
+        )
+        direct = energy_force_errors(
+            reference, np.array([direct_student.results["energy"]]), direct_student.results["forces"]
+        )
+        for key in ("force_rel_rmse", "force_mae_eV_per_A", "energy_mae_per_atom_eV"):
+            assert row[key] == pytest.approx(direct[key], rel=1e-6)
+        teacher_GPa = direct_teacher.results["stress"] / GPa
+        error_GPa = direct_student.results["stress"] / GPa - teacher_GPa
+        # stress over the 9 components of the full tensor: the off-diagonal Voigt ones count twice
+        weights = np.array([1, 1, 1, 2, 2, 2])
+        expected = np.sqrt(np.sum(weights * error_GPa**2) / np.sum(weights * teacher_GPa**2))
+        assert row["stress_rel_error"] == pytest.approx(expected, rel=1e-6)
+    # a rattled copper box and its double: the same error per atom, within rounding
+    assert rows[0]["force_rel_rmse"] == pytest.approx(rows[1]["force_rel_rmse"], rel=1e-4)

@@ -21,7 +21,7 @@ def test_summary_names_teacher_student_error_speedup_and_gates(tmp_path):
         "teacher_s_per_structure": 0.01,
         "student_s_per_structure": 0.00081,
         "inference_path": "eager",
-        "speed": [{"n_atoms": 64, "speedup": 14.04}, {"n_atoms": 511, "speedup": 30.0}],
+        "speed": [{"n_atoms": 64, "speedup": 14.04, "force_rel_rmse": 0.021}, {"n_atoms": 511, "speedup": 30.0}],
         "gates": [{"metric": "force_rel_rmse", "threshold": 0.03, "bound": "max", "value": 0.0512, "passed": False}],
     }
     (tmp_path / "evaluate").mkdir()
@@ -34,16 +34,86 @@ def test_summary_names_teacher_student_error_speedup_and_gates(tmp_path):
         "5.12 %",
         "12.3x",
         str(tmp_path),
-        "14.0x / 30.0x at 64 / 511 atoms",
+        "14.0x (2.1 %) / accuracy not measured at 64 / 511 atoms",
         "FAILED: force_rel_rmse 0.0512 > 0.03",
     ):
         assert expected in text
     assert "teacher symmetry" not in text
+    assert "30.0x" not in text  # a speed-up without the student's accuracy on that system is not shown
     # a teacher that breaks rotational symmetry is named, with the floor it sets
     metrics["teacher_rotation"] = {"force_rel_change": 1.04, "invariant_student_floor": 0.52, "n_structures": 10}
     path.write_text(json.dumps(metrics))
     assert "forces change by 104.0 % when structures are rotated" in summary_text(path)
     assert "below about 52.0 %" in summary_text(path)
+
+
+def test_summary_has_a_line_per_target_for_accuracy_speed_and_nvt(tmp_path):
+    metrics = {
+        "teacher": "ani1x",
+        "student": "StudentPotential",
+        "n_test": 30,
+        "force_rel_rmse": 0.03,
+        "energy_mae_per_atom_eV": 0.001,
+        "speedup": 10.0,
+        "teacher_s_per_structure": 0.01,
+        "student_s_per_structure": 0.001,
+        "inference_path": "eager",
+        "accuracy_by_target": [
+            {
+                "target": "water",
+                "temperature_K": 300.0,
+                "n_structures": 10,
+                "force_rel_rmse": 0.0251,
+                "energy_mae_per_atom_eV": 0.0012,
+            },
+            {
+                "target": None,
+                "temperature_K": None,
+                "n_structures": 20,
+                "force_rel_rmse": 0.04,
+                "energy_mae_per_atom_eV": 0.002,
+            },
+        ],
+        "speed": [
+            {"target": "water", "n_atoms": 96, "speedup": 12.0, "force_rel_rmse": 0.026},
+            {"target": "water", "n_atoms": 768, "speedup": 25.0},
+            {"target": "si", "n_atoms": 64, "speedup": 8.0, "force_rel_rmse": 0.05},
+        ],
+        "target_nvt": [
+            {
+                "target": "water",
+                "temperature_K": 350.0,
+                "time_ps": 5.0,
+                "blew_up": False,
+                "reason": None,
+                "conserved_drift_eV_per_atom_per_ps": 2e-5,
+                "rdf_integrated_abs_difference": 0.041,
+                "rdf_teacher_halves_difference": 0.03,
+            },
+            {
+                "target": "si",
+                "temperature_K": 900.0,
+                "time_ps": 1.25,
+                "blew_up": True,
+                "reason": "force of 120.0 eV/A",
+                "conserved_drift_eV_per_atom_per_ps": 0.1,
+                "rdf_integrated_abs_difference": None,
+                "rdf_teacher_halves_difference": None,
+            },
+        ],
+    }
+    path = tmp_path / "metrics.json"
+    path.write_text(json.dumps(metrics))
+    text = summary_text(path)
+    for expected in (
+        "  water 300 K:           force error 2.51 %, energy MAE 1.20 meV/atom (10 test structures)",
+        "  speed-up, water:       12.0x (2.6 %) / accuracy not measured at 96 / 768 atoms",
+        "  speed-up, si:          8.0x (5.0 %) at 64 atoms",
+        "  NVT water 350 K:       5 ps, drift 2.0e-05 eV/atom/ps, g(r) difference 0.041 (teacher's halves 0.030)",
+        "  NVT si 900 K:          blew up at 1.25 ps (force of 120.0 eV/A), drift 1.0e-01 eV/atom/ps",
+    ):
+        assert expected in text
+    assert "25.0x" not in text and "None" not in text
 
 
 def test_acceptance_fails_only_when_strict(tmp_path):

@@ -1,5 +1,6 @@
 """Labeling in shards with the real ANI-1x teacher on a 2-worker Dask cluster, and resuming;
-structures a real (EMT-based, tests/failing_calculator.py) teacher fails on. The choice of
+structures a real (EMT-based, tests/failing_calculator.py) teacher fails on; on-policy rounds that
+label only their new structures and combine the earlier rounds' shards. The choice of
 scheduler is tested in test_cluster.py.
 
 ``ani1x_teacher_settings`` and ``ani1x_teacher`` come from conftest.py (skipped without the files).
@@ -21,9 +22,9 @@ import pytest
 from ase.build import molecule
 from ase.calculators.emt import EMT
 
-from mlff_distill.labeling.shards import LabelingFailedError, label_structures, plan_shards
+from mlff_distill.labeling.shards import LabelingFailedError, label_structures, plan_shards, shards_in
 from mlff_distill.settings import TeacherSettings, section_settings
-from mlff_distill.store import FAILURES_FILE, marker_path, read_labels, read_marker, store_attrs
+from mlff_distill.store import FAILURES_FILE, marker_path, read_index_columns, read_labels, read_marker, store_attrs
 
 MOLECULES = ["CH4", "H2O", "NH3", "C2H6", "C2H4", "HCN", "CH3OH", "H2CO", "CH3CN", "HCOOH", "N2H4", "H3CNH2"]
 
@@ -299,3 +300,64 @@ def test_periodic_structures_get_stress_molecules_nan(tmp_path):
     np.testing.assert_allclose(labels.stress_eV_per_A3[0], expected.get_stress(voigt=False), atol=1e-12)
     assert expected.get_stress()[0] < 0  # compressed: ASE's sign
     assert np.isnan(labels.stress_eV_per_A3[1]).all()
+
+
+def label_round(root: Path, structures: list, teacher: TeacherSettings, previous=(), shard_size: int = 4) -> dict:
+    """One round's labeling into ``root``/shards and ``root``/labels.zarr, in this process."""
+    return label_structures(
+        structures,
+        teacher,
+        root / "shards",
+        root / "labels.zarr",
+        n_workers=0,
+        shard_size=shard_size,
+        attrs={},
+        previous_shards=previous,
+    )
+
+
+def test_a_round_labels_only_its_new_structures_and_its_store_holds_all_rounds(tmp_path):
+    """Round 0 labels samples 0-7; round 1 labels only 8-11 (two shards) and combines round 0's
+    shards as they are; a killed round 1 resumes without relabeling anything of round 0."""
+    teacher = ase_teacher_settings("ase.calculators.emt:EMT")
+    structures = rattled_molecules()
+    label_round(tmp_path / "r0", structures[:8], teacher)
+    previous = shards_in(tmp_path / "r0" / "shards")
+    assert [p.name for p in previous] == ["shard-00000000-00000004.zarr", "shard-00000004-00000008.zarr"]
+    untouched = {p: (marker_path(p).stat().st_mtime_ns, read_marker(p)) for p in previous}
+
+    summary = label_round(tmp_path / "r1", structures[8:], teacher, previous, shard_size=2)
+    assert (summary["shards_labeled"], summary["shards_reused"]) == (2, 0)
+    assert sum(s["n_structures"] for s in summary["shards"]) == 4  # the teacher saw only the new ones
+    assert (summary["n_structures"], summary["n_previous"], summary["n_store"]) == (4, 8, 12)
+    labels = read_labels(tmp_path / "r1" / "labels.zarr")
+    assert labels.n_structures == 12
+    assert read_index_columns(tmp_path / "r1" / "labels.zarr")["sample_index"].tolist() == list(range(12))
+    for index, atoms in enumerate(structures):
+        atoms.calc = EMT()
+        np.testing.assert_allclose(labels.energy_eV[index], atoms.get_potential_energy(), rtol=1e-12)
+    assert read_labels(tmp_path / "r0" / "labels.zarr").n_structures == 8  # round 0's store as it was
+
+    # Killed round 1: one of its shards lost its marker; the rerun labels that shard only.
+    marker_path(tmp_path / "r1" / "shards" / "shard-00000002-00000004.zarr").unlink()
+    resumed = label_round(tmp_path / "r1", structures[8:], teacher, previous, shard_size=2)
+    assert (resumed["shards_labeled"], resumed["shards_reused"]) == (1, 1)
+    assert [s["shard"] for s in resumed["shards"]] == ["shard-00000002-00000004.zarr"]
+    np.testing.assert_array_equal(read_labels(tmp_path / "r1" / "labels.zarr").energy_eV, labels.energy_eV)
+    assert {p: (marker_path(p).stat().st_mtime_ns, read_marker(p)) for p in previous} == untouched
+
+
+def test_a_structure_labeled_twice_or_shards_of_another_teacher_are_refused(tmp_path):
+    teacher = ase_teacher_settings("ase.calculators.emt:EMT")
+    structures = rattled_molecules()
+    label_round(tmp_path / "r0", structures[:4], teacher)
+    previous = shards_in(tmp_path / "r0" / "shards")
+    with pytest.raises(ValueError, match=r"sample_index 3 occurs twice \(previous shard .* and new structure 1\)"):
+        label_round(tmp_path / "r1", [structures[8], structures[3]], teacher, previous)
+    assert not (tmp_path / "r1" / "shards").exists()  # refused before labeling anything
+    with pytest.raises(ValueError, match="sample_index 9 occurs twice"):
+        label_round(tmp_path / "r1", [structures[9], structures[9]], teacher, previous)
+    with pytest.raises(ValueError, match="other teacher settings"):
+        label_round(tmp_path / "r1", structures[8:], dataclasses.replace(teacher, batch_size=3), previous)
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        shards_in(tmp_path / "r1" / "shards")

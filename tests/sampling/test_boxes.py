@@ -1,10 +1,18 @@
-"""Periodic timing systems built from seeds: packed boxes of molecules, repeated crystals."""
+"""Periodic systems: boxes packed at a mass density, scaled compositions, repeated cells, timing systems."""
 
 import numpy as np
 import pytest
+from ase import units
 from ase.build import bulk, fcc111, molecule
+from ase.neighborlist import neighbor_list
 
-from mlff_distill.sampling.boxes import build_timing_systems
+from mlff_distill.sampling.boxes import (
+    build_timing_systems,
+    pack_box,
+    replicated,
+    scaled_counts,
+    vdw_volume_lower_bound_A3,
+)
 from mlff_distill.sampling.strategies import cell_heights_A
 
 
@@ -50,3 +58,72 @@ def test_unusable_seeds_and_sizes_are_named():
         build_timing_systems([molecule("H2O")], [6], 5.0, 0)
     with pytest.raises(ValueError, match="seeds"):
         build_timing_systems([], [64], 5.0, 0)
+
+
+# ------------------------------------------------------------------------------- pack_box and co.
+
+
+def density_g_per_cm3(atoms):
+    return atoms.get_masses().sum() * units._amu * 1e3 / (atoms.get_volume() * 1e-24)
+
+
+def close_pairs(atoms, distance_A):
+    """(i, j, shift) of every pair closer than ``distance_A``, periodic images included."""
+    first, second, shifts = neighbor_list("ijS", atoms, distance_A)
+    return list(zip(first, second, map(tuple, shifts)))
+
+
+def test_pack_box_keeps_density_distance_and_whole_molecules_in_order():
+    water, methanol = molecule("H2O"), molecule("CH3OH")
+    box = pack_box([(water, 12), (methanol, 4)], 0.95, np.random.default_rng(0), 1.6)
+    assert box.pbc.all() and np.allclose(box.cell, np.eye(3) * box.cell[0, 0])
+    assert density_g_per_cm3(box) == pytest.approx(0.95, rel=0.01)
+    index = box.arrays["molecule_index"]
+    assert index.tolist() == np.repeat(np.arange(16), [3] * 12 + [6] * 4).tolist()
+    for m in range(16):
+        copy = box[index == m]
+        template = water if m < 12 else methanol
+        assert copy.numbers.tolist() == template.numbers.tolist()
+        # whole: the same shape without any periodic image
+        assert np.allclose(copy.get_all_distances(), template.get_all_distances(), atol=1e-8)
+    # within the cutoff: only bonds inside a molecule, never an image nor another molecule
+    for i, j, shift in close_pairs(box, 1.6):
+        assert index[i] == index[j] and shift == (0, 0, 0)
+    again = pack_box([(water, 12), (methanol, 4)], 0.95, np.random.default_rng(0), 1.6)
+    assert np.array_equal(again.positions, box.positions)
+    other = pack_box([(water, 12), (methanol, 4)], 0.95, np.random.default_rng(1), 1.6)
+    assert not np.allclose(other.positions, box.positions)
+
+
+def test_pack_box_names_the_density_it_cannot_reach():
+    water = molecule("H2O")
+    with pytest.raises(ValueError, match=r"density_g_per_cm3=3.0: the molecules' van der Waals volume.*lower the"):
+        pack_box([(water, 32)], 3.0, np.random.default_rng(0), 1.0)
+    with pytest.raises(ValueError, match=r"density_g_per_cm3=1.0: could not place molecule .*lower the density"):
+        pack_box([(water, 32)], 1.0, np.random.default_rng(0), 2.4)
+    assert vdw_volume_lower_bound_A3(water) == pytest.approx(18.1, abs=0.2)  # the union is about 19 A^3
+
+
+def test_scaled_counts_keep_the_ratio_and_one_of_each():
+    sizes = {"H2O": 3, "CH3OH": 6}
+    assert scaled_counts({"H2O": 24, "CH3OH": 6}, sizes, 64) == {"H2O": 14, "CH3OH": 4}
+    big = scaled_counts({"H2O": 24, "CH3OH": 6}, sizes, 2048)
+    assert big["H2O"] / big["CH3OH"] == pytest.approx(4.0, rel=0.02)
+    assert abs(3 * big["H2O"] + 6 * big["CH3OH"] - 2048) <= 6
+    assert scaled_counts({"H2O": 100, "CH3OH": 1}, sizes, 30) == {"H2O": 10, "CH3OH": 1}
+    with pytest.raises(ValueError, match="no size"):
+        scaled_counts({"H2O": 1, "NH3": 1}, sizes, 30)
+
+
+def test_replicated_repeats_near_cubic_and_numbers_molecules_per_copy():
+    copper = bulk("Cu", "fcc", a=3.6, cubic=True)  # pretend: two Cu2 "molecules"
+    copper.arrays["molecule_index"] = np.array([0, 0, 1, 1])
+    for size, repeats in [(32, "2 2 2"), (500, "5 5 5"), (1, "1 1 1")]:
+        system = replicated(copper, size)
+        assert len(system) == 4 * int(np.prod([int(r) for r in repeats.split()]))
+        assert system.info["repeats"] == repeats
+    system = replicated(copper, 32)
+    assert system.arrays["molecule_index"].tolist() == np.repeat(np.arange(16), 2).tolist()
+    assert np.allclose(system.positions[4:6] - system.positions[0:2], system.positions[5] - system.positions[1])
+    with pytest.raises(ValueError, match="not periodic"):
+        replicated(molecule("H2O"), 32)

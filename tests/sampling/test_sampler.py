@@ -1,11 +1,14 @@
-"""Sampling: seeds, rattling, teacher MD, filtering and group-wise splits."""
+"""Sampling: seeds, rattling, teacher MD, targets, filtering and group-wise splits."""
 
+import collections
 import logging
 
 import numpy as np
 import pytest
-from ase.io import read
+from ase import Atoms
+from ase.io import read, write
 
+from mlff_distill.sampling import condensed, sampler
 from mlff_distill.sampling.sampler import (
     assign_splits,
     min_distance_A,
@@ -15,8 +18,11 @@ from mlff_distill.sampling.sampler import (
     write_structures,
 )
 from mlff_distill.sampling.seeds import seed_molecules
-from mlff_distill.settings import SampleSettings, section_settings
+from mlff_distill.sampling.targets import targets_from
+from mlff_distill.settings import SampleSettings, TargetSettings, section_settings
 from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
+
+LOGGER = logging.getLogger("test")
 
 
 def test_unknown_molecule_is_named():
@@ -114,3 +120,128 @@ def test_test_files_are_the_test_split(tmp_path):
     assert all(a.info["strategy"] == "test-file" for a in tests)
     assert len(structures) == 7 and [a.info["sample_index"] for a in structures] == list(range(7))
     assert len({a.info["group"] for a in structures}) == 7
+
+
+# ------------------------------------------------------------------------------------- targets
+
+
+def cu2_target_settings(tmp_path, **overrides):
+    """Target settings for a box of 8 Cu2 'molecules' (EMT is cheap), tiny MD, and its targets."""
+    dimer = tmp_path / "cu2.xyz"
+    write(dimer, Atoms("Cu2", positions=[[0, 0, 0], [2.3, 0, 0]]))
+    system = {"name": "cu", "box": {str(dimer): 8}, "density_g_per_cm3": 4.0, "temperatures_K": [300]}
+    system.update(overrides.pop("system", {}))
+    settings = section_settings(
+        TargetSettings,
+        "target",
+        {
+            "systems": [system],
+            "min_distance_A": 2.2,
+            "md": {
+                "trajectories": 2,
+                "relax_steps": 2,
+                "equilibration_steps": 2,
+                "frames_per_trajectory": 3,
+                "steps_between_frames": 2,
+            },
+            "rattle": {"structures_per_frame": 1},
+            "clusters": {"per_frame": 1, "sizes": [2]},
+            "test": {"trajectories": 1, "frames_per_trajectory": 2},
+            **overrides,
+        },
+    )
+    return settings, targets_from(settings.systems)
+
+
+def legacy_settings():
+    return section_settings(
+        SampleSettings,
+        "sample",
+        {
+            "molecules": ["H2O"],
+            "rattle": {"structures_per_seed": 4},
+            "md": {"frames_per_trajectory": 0},
+            "normal_modes": {"structures_per_seed": 0},
+            "val_fraction": 0.3,
+            "test_fraction": 0.3,
+        },
+    )
+
+
+def test_targets_give_training_groups_and_the_test_split(tmp_path, monkeypatch):
+    starts = {"md": [], "test-md": []}
+    original = condensed.target_start
+
+    def recorded(target, rng, min_distance_A):
+        atoms = original(target, rng, min_distance_A)
+        starts["test-md" if rng is test_rng[0] else "md"].append(atoms.positions.copy())
+        return atoms
+
+    test_rng = [None]
+    original_trajectories = condensed.target_trajectories
+
+    def trajectories(target, settings, teacher, rng, logger, test):
+        if test:
+            test_rng[0] = rng
+        return original_trajectories(target, settings, teacher, rng, logger, test)
+
+    monkeypatch.setattr(condensed, "target_start", recorded)
+    monkeypatch.setattr(sampler, "target_trajectories", trajectories)
+    emt = AseCalculatorTeacher("ase.calculators.emt:EMT")
+    target_settings, targets = cu2_target_settings(tmp_path)
+    structures = sample_structures(legacy_settings(), 0, emt, False, LOGGER, targets, target_settings)
+
+    by_strategy = collections.Counter(a.info["strategy"] for a in structures)
+    assert by_strategy == {"rattle": 4, "md": 6, "rattle-strain": 6, "cluster": 6, "test-md": 2}
+    assert [a.info["sample_index"] for a in structures] == list(range(24))
+    tests = [a for a in structures if a.info["split"] == "test"]
+    assert {a.info["strategy"] for a in tests} == {"test-md"} and len(tests) == 2  # test_fraction is ignored
+    splits_of_group = collections.defaultdict(set)
+    strategies_of_group = collections.defaultdict(set)
+    for atoms in structures:
+        splits_of_group[atoms.info["group"]].add(atoms.info["split"])
+        strategies_of_group[atoms.info["group"]].add(atoms.info["strategy"])
+    assert all(len(splits) == 1 for splits in splits_of_group.values())
+    # a trajectory's rattled copies and clusters share its group (and so its split)
+    assert sum(s == {"cluster", "md", "rattle-strain"} for s in strategies_of_group.values()) == 2
+    assert len(starts["md"]) == 2 and len(starts["test-md"]) == 1
+    assert not any(np.allclose(test, train) for test in starts["test-md"] for train in starts["md"])
+    write_structures(structures, tmp_path / "s.extxyz")
+    back = read(tmp_path / "s.extxyz", ":")
+    assert sum("molecule_index" in atoms.arrays for atoms in back) == 6 + 6 + 6 + 2  # all but the water rattles
+    for atoms, written in zip(back, structures):
+        assert atoms.info["strategy"] == written.info["strategy"]
+        assert atoms.info.get("target") == written.info.get("target")
+        if "molecule_index" in written.arrays:
+            assert atoms.arrays["molecule_index"].tolist() == written.arrays["molecule_index"].tolist()
+
+    # more test trajectories leave the training data as it was
+    more_tests, _ = cu2_target_settings(tmp_path, test={"trajectories": 2, "frames_per_trajectory": 2})
+    again = sample_structures(legacy_settings(), 0, emt, False, LOGGER, targets, more_tests)
+    assert sum(a.info["split"] == "test" for a in again) == 4
+    trained = [a for a in structures if a.info["split"] != "test"]
+    trained_again = [a for a in again if a.info["split"] != "test"]
+    assert len(trained) == len(trained_again) == 22
+    for first, second in zip(trained, trained_again):
+        assert np.array_equal(first.positions, second.positions) and first.info["split"] == second.info["split"]
+
+
+def test_targets_are_checked_before_any_teacher_md(tmp_path, monkeypatch):
+    def no_md(*args, **kwargs):
+        raise AssertionError("teacher MD ran before the targets were checked")
+
+    monkeypatch.setattr(sampler, "teacher_md", no_md)
+    monkeypatch.setattr(condensed, "teacher_md", no_md)
+    settings = legacy_settings()
+    target_settings, targets = cu2_target_settings(tmp_path)
+    oxygen_hydrogen = AseCalculatorTeacher("ase.calculators.emt:EMT", species=[1, 8])
+    with pytest.raises(ValueError, match=r"target cu: .*holds Cu, which .* does not cover"):
+        sample_structures(settings, 0, oxygen_hydrogen, False, LOGGER, targets, target_settings)
+    emt = AseCalculatorTeacher("ase.calculators.emt:EMT")
+    with pytest.raises(ValueError, match=r"target cu: .*molecules only"):
+        sample_structures(settings, 0, emt, True, LOGGER, targets, target_settings)
+    dense_settings, dense = cu2_target_settings(tmp_path, system={"density_g_per_cm3": 12.0})
+    with pytest.raises(ValueError, match=r"target cu: density_g_per_cm3=12.0"):
+        sample_structures(settings, 0, emt, False, LOGGER, dense, dense_settings)
+    with pytest.raises(ValueError, match="target_settings"):
+        sample_structures(settings, 0, emt, False, LOGGER, targets)

@@ -1,5 +1,5 @@
 """Training from a label store: killed after some epochs and resumed it ends with the uninterrupted
-run's weights; in two processes it is reproducible."""
+run's weights; in two processes it is reproducible; warm-started from a previous student's weights."""
 
 import logging
 import subprocess
@@ -15,7 +15,8 @@ from ase.calculators.emt import EMT
 from mlff_distill.data import concatenate_structures
 from mlff_distill.settings import StudentSettings, TrainSettings, section_settings
 from mlff_distill.store import ARRAYS, combine_shards, store_checksum, write_shard
-from mlff_distill.student.training import fit, state_path_for
+from mlff_distill.student.model import StudentPotential
+from mlff_distill.student.training import fit, state_path_for, training_fingerprint, weights_sha256
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -202,4 +203,63 @@ def test_failing_training_process_is_reported(tmp_path) -> None:
             tmp_path / "missing.zarr",
             tmp_path / "state.pt",
             logging.getLogger("failing"),
+        )
+
+
+def test_warm_start_begins_at_the_initial_weights_validation_error(store, tmp_path, caplog) -> None:
+    """A fit from a trained student's weights, at a negligible learning rate, validates as that
+    student did, not as a fresh model; its resume state is not taken by a fresh fit."""
+    training = train_settings(epochs=10, learning_rate=2e-2, ema_decay=0.0, compile=False)
+    trained, history, _ = fit(STUDENT, training, SEED, store, tmp_path / "a.pt", logging.getLogger("a"))
+    trained_error = history["epochs"][history["best_epoch"] - 1]["val_force_rmse_eV_per_A"]
+    still = train_settings(epochs=1, learning_rate=1e-12, warmup_epochs=0, compile=False)
+    weights = {name: value.clone() for name, value in trained.state_dict().items()}
+    _, warm, info = fit(STUDENT, still, SEED + 1, store, tmp_path / "b.pt", logging.getLogger("b"), None, weights)
+    with caplog.at_level(logging.INFO, logger="c"):
+        _, fresh, _ = fit(STUDENT, still, SEED + 1, store, tmp_path / "b.pt", logging.getLogger("c"))
+    assert "different initial_weights_sha256: starting fresh" in caplog.text
+
+    warm_error = warm["epochs"][0]["val_force_rmse_eV_per_A"]
+    fresh_error = fresh["epochs"][0]["val_force_rmse_eV_per_A"]
+    assert warm_error == pytest.approx(trained_error, rel=1e-4)
+    assert fresh_error > 1.1 * trained_error  # about 2.2 against 1.9 eV/A
+    assert info["reference_energies_eV"] == pytest.approx(
+        dict(zip(trained.species, trained.reference_energies_eV.tolist()))
+    )
+
+    plain = training_fingerprint(STUDENT, still, SEED, store)
+    warm_fingerprint = training_fingerprint(STUDENT, still, SEED, store, weights)
+    weights["readout.0.weight"] = weights["readout.0.weight"] + 1e-6
+    assert "initial_weights_sha256" not in plain and info["initial_weights_sha256"] != weights_sha256(weights)
+    assert (
+        warm_fingerprint["initial_weights_sha256"]
+        != training_fingerprint(STUDENT, still, SEED, store, weights)["initial_weights_sha256"]
+    )
+
+
+@pytest.mark.slow  # two fresh interpreters
+def test_warm_start_in_two_processes(store, tmp_path) -> None:
+    """The workers load the initial weights from a file: they validate as the given student did."""
+    training = train_settings(epochs=3, learning_rate=2e-2, ema_decay=0.0, compile=False)
+    trained, history, _ = fit(STUDENT, training, SEED, store, tmp_path / "a.pt", logging.getLogger("a"))
+    trained_error = history["epochs"][history["best_epoch"] - 1]["val_force_rmse_eV_per_A"]
+    still = train_settings(epochs=1, learning_rate=1e-12, warmup_epochs=0, compile=False, processes=2)
+    _, warm, info = fit(
+        STUDENT, still, SEED, store, tmp_path / "b.pt", logging.getLogger("b"), None, trained.state_dict()
+    )
+    assert warm["epochs"][0]["val_force_rmse_eV_per_A"] == pytest.approx(trained_error, rel=1e-4)
+    assert info["initial_weights_sha256"] == weights_sha256(trained.state_dict())
+
+
+def test_initial_weights_of_another_size_are_refused(store, tmp_path) -> None:
+    other = StudentPotential(species=[1, 6, 8, 13, 29], cutoff_A=4.0, n_features=16, n_interactions=1)
+    with pytest.raises(ValueError, match=r"not those of a student like this one .* other shapes \['embedding.weight"):
+        fit(
+            STUDENT,
+            train_settings(epochs=1, compile=False),
+            SEED,
+            store,
+            tmp_path / "state.pt",
+            logging.getLogger("other"),
+            initial_weights=other.state_dict(),
         )

@@ -19,6 +19,7 @@ from mlff_distill.student import load_student
 
 ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("sample", "label", "train", "tune", "evaluate")
+ROUNDS = 1  # the tiny config's on-policy rounds
 METRIC_KEYS = (
     "teacher",
     "student",
@@ -57,16 +58,19 @@ def tiny_run(tmp_path_factory):
 def test_every_stage_wrote_outputs_logs_and_benchmarks(tiny_run):
     results, output = tiny_run
     run_dir = results / "tiny"
-    for stage in STAGES:
+    for stage in ("sample", "precompile", "tune", "evaluate"):
         assert (run_dir / "logs" / f"{stage}.log").stat().st_size > 0
         assert (run_dir / "benchmarks" / f"{stage}.tsv").is_file()
+    for round_index, stage in [(0, "label"), (0, "train"), (1, "explore"), (1, "label"), (1, "train")]:
+        assert (run_dir / "logs" / f"round{round_index}" / f"{stage}.log").stat().st_size > 0
+        assert (run_dir / "benchmarks" / f"round{round_index}" / f"{stage}.tsv").is_file()
     assert "mlff-distill finished" in output and "speed-up" in output
 
 
 def test_structures_and_store_agree(tiny_run):
     results, _ = tiny_run
     structures = read(results / "tiny" / "sample" / "structures.extxyz", ":")
-    store_path = results / "tiny" / "label" / "labels.zarr"
+    store_path = results / "tiny" / "round0" / "label" / "labels.zarr"
     group = zarr.open_group(store_path, mode="r")
     assert group.metadata.zarr_format == 3
     labels = read_labels(store_path)
@@ -81,7 +85,7 @@ def test_structures_and_store_agree(tiny_run):
 
 def test_checkpoint_tune_record_and_metrics(tiny_run):
     results, _ = tiny_run
-    model, metadata = load_student(results / "tiny" / "train" / "student.pt")
+    model, metadata = load_student(results / "tiny" / f"round{ROUNDS}" / "train" / "student.pt")
     assert "ani1x" in metadata["teacher"]["name"]
     record = json.loads((results / "tiny" / "tune" / "inference_path.json").read_text())
     assert record["cuda_available"] is False and record["chosen_path"] in ("eager", "torch_compile")
@@ -103,22 +107,36 @@ def test_mlflow_has_parent_and_stage_runs(tiny_run):
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent_id = parents[0].info.run_id
-    stages = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
-    assert set(STAGES) <= set(stages)
-    assert all(stages[s].info.status == "FINISHED" for s in STAGES)
-    shard_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == stages["label"].info.run_id]
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent_id}
+    assert {"sample", "tune", "evaluate", "round 0", "round 1"} <= set(children)
+    rounds = {
+        k: {
+            r.info.run_name: r
+            for r in runs
+            if r.data.tags.get("mlflow.parentRunId") == children[f"round {k}"].info.run_id
+        }
+        for k in (0, 1)
+    }
+    assert set(rounds[0]) == {"label", "train"} and set(rounds[1]) == {"explore", "label", "train"}
+    stages = [children["sample"], children["tune"], children["evaluate"], *rounds[0].values(), *rounds[1].values()]
+    assert all(run.info.status == "FINISHED" for run in stages)
+    shard_runs = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == rounds[0]["label"].info.run_id]
     assert len(shard_runs) >= 2
-    assert "val_force_mae_eV_per_A" in stages["train"].data.metrics
-    assert stages["evaluate"].data.metrics["force_rel_rmse"] > 0
+    assert "val_force_mae_eV_per_A" in rounds[1]["train"].data.metrics
+    assert "n_blowups" in rounds[1]["explore"].data.metrics
+    assert children["evaluate"].data.metrics["force_rel_rmse"] > 0
 
 
 def test_training_took_its_compiled_loss_from_the_precompile_cache(tiny_run):
     results, _ = tiny_run
     run_dir = results / "tiny"
     record = json.loads((run_dir / "precompile" / "compiled.json").read_text())["training_loss"]
-    assert record["compiled"] and record["species"] == [1, 6, 7, 8] and not record["periodic"]
+    assert record["compiled"] and record["species"] == [1, 6, 7, 8] and record["periodic"]  # the water box
     assert (run_dir / "logs" / "precompile.log").stat().st_size > 0
-    train_logs = [run_dir / "logs" / "train.log", *sorted((run_dir / "train" / "resume").glob("rank-*.log"))]
+    train_logs = [
+        run_dir / "logs" / "round0" / "train.log",
+        *sorted((run_dir / "round0" / "train" / "resume").glob("rank-*.log")),
+    ]
     compiled = [
         line for log in train_logs for line in log.read_text().splitlines() if "compiled the training loss" in line
     ]
@@ -129,11 +147,16 @@ def test_training_took_its_compiled_loss_from_the_precompile_cache(tiny_run):
 
 # ---------------------------------------------------------------- config as input: what a change reruns
 
-ALL_JOBS = {"sample", "precompile", "label", "train", "tune", "evaluate", "acceptance"}
+# Jobs by rule and round (the tiny config has one on-policy round).
+ROUND0 = {"label0", "train0"}
+ROUND1 = {"explore1", "label1", "train1"}
+FINAL = {"tune", "evaluate", "acceptance"}
+ALL_JOBS = {"sample", "precompile"} | ROUND0 | ROUND1 | FINAL
 
 
 def planned(results: Path, edit: str, extra: tuple[str, ...] = ()) -> set[str]:
-    """The rules a dry run plans after ``edit`` (YAML laid over the tiny config) on a finished run."""
+    """The jobs (rule name, and round number where it has one) a dry run plans after ``edit`` (YAML
+    laid over the tiny config) on a finished run."""
     edit_file = results.parent / "edit.yaml"
     edit_file.write_text(edit)
     command = [
@@ -141,8 +164,6 @@ def planned(results: Path, edit: str, extra: tuple[str, ...] = ()) -> set[str]:
         "-m",
         "snakemake",
         "-n",
-        "--quiet",
-        "rules",
         "--configfile",
         str(ROOT / "tests" / "data" / "tiny_config.yaml"),
         str(edit_file),
@@ -151,23 +172,33 @@ def planned(results: Path, edit: str, extra: tuple[str, ...] = ()) -> set[str]:
         *extra,
     ]
     completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    table = re.search(r"job\s+count\n[-\s]+\n(.*?)\n\s*total", completed.stdout + completed.stderr, re.S)
-    if table is None:
-        assert "Nothing to be done" in completed.stdout + completed.stderr, completed.stdout + completed.stderr
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-3000:]
+    if "Nothing to be done" in output:
         return set()
-    return {line.split()[0] for line in table.group(1).splitlines()} - {"all"}
+    jobs = set()
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
+        name = re.match(r"(?:local)?rule (\w+):", block)
+        if name and name.group(1) != "all":
+            round_index = re.search(r"wildcards: round=(\d+)", block)
+            jobs.add(name.group(1) + (round_index.group(1) if round_index else ""))
+    assert jobs, output[-3000:]
+    return jobs
 
 
 @pytest.mark.parametrize(
     ("edit", "reruns"),
     [
         ("{}", set()),
-        ("train: {epochs: 10}", {"train", "tune", "evaluate", "acceptance"}),
-        ("student: {n_features: 32}", {"precompile", "train", "tune", "evaluate", "acceptance"}),
-        ("teacher: {batch_size: 16}", {"sample", "label", "train", "tune", "evaluate", "acceptance"}),
-        ("label: {shard_size: 16}", {"label", "train", "tune", "evaluate", "acceptance"}),
+        ("train: {epochs: 10}", {"train0"} | ROUND1 | FINAL),
+        ("student: {n_features: 32}", {"precompile"} | ROUND0 | ROUND1 | FINAL),
+        ("teacher: {batch_size: 16}", {"sample"} | ROUND0 | ROUND1 | FINAL),
+        ("label: {shard_size: 16}", ROUND0 | ROUND1 | FINAL),
         ("sample: {rattle: {structures_per_seed: 7}}", ALL_JOBS),
+        ("target: {md: {frames_per_trajectory: 3}}", {"sample", "precompile"} | ROUND0 | ROUND1 | FINAL),
+        ("on_policy: {steps: 30}", ROUND1 | FINAL),
+        ("on_policy: {train: {epochs: 3}}", {"train1"} | FINAL),
+        ("rounds: 2", {"explore2", "label2", "train2"} | FINAL),
         ("tune: {repeats: 3}", {"tune", "evaluate", "acceptance"}),
         ("evaluate: {timing_repeats: 2}", {"evaluate", "acceptance"}),
         ("mlflow: {experiment: elsewhere}", set()),
@@ -186,8 +217,9 @@ def test_the_seed_on_the_command_line_reruns_all_that_draws_random_numbers(tiny_
 def test_editing_epochs_retrains_and_reevaluates_without_relabeling(tiny_run):
     results, _ = tiny_run
     run_dir = results / "tiny"
-    store_files = {p: p.stat().st_mtime_ns for p in (run_dir / "label" / "labels.zarr").rglob("*") if p.is_file()}
-    checkpoint_time = (run_dir / "train" / "student.pt").stat().st_mtime_ns
+    round0 = run_dir / "round0"
+    store_files = {p: p.stat().st_mtime_ns for p in (round0 / "label" / "labels.zarr").rglob("*") if p.is_file()}
+    checkpoint_time = (round0 / "train" / "student.pt").stat().st_mtime_ns
     edit = results.parent / "epochs.yaml"
     edit.write_text("train: {epochs: 3}\n")
     command = [
@@ -205,9 +237,9 @@ def test_editing_epochs_retrains_and_reevaluates_without_relabeling(tiny_run):
     env = {**os.environ, "MLFF_DISTILL_CACHE": str(results.parent / "cache")}
     completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
     assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-5000:]
-    history = json.loads((run_dir / "train" / "history.json").read_text())
+    history = json.loads((round0 / "train" / "history.json").read_text())
     assert len(history["epochs"]) == 3
-    assert (run_dir / "train" / "student.pt").stat().st_mtime_ns > checkpoint_time
+    assert (round0 / "train" / "student.pt").stat().st_mtime_ns > checkpoint_time
     assert json.loads((run_dir / "evaluate" / "metrics.json").read_text())["n_test"] > 0
     assert {p: p.stat().st_mtime_ns for p in store_files} == store_files  # not relabeled
     assert planned(results, "train: {epochs: 3}") == set()
@@ -261,7 +293,7 @@ def test_evaluate_subcommand_against_the_teacher_and_the_files_labels(tiny_run, 
     os.environ["MLFF_DISTILL_CACHE"] = str(results.parent / "cache")
     completed = mlff_distill(
         "evaluate",
-        str(run_dir / "train" / "student.pt"),
+        str(run_dir / f"round{ROUNDS}" / "train" / "student.pt"),
         "--structures",
         str(structures),
         "--teacher-config",
@@ -283,7 +315,7 @@ def test_evaluate_subcommand_against_the_teacher_and_the_files_labels(tiny_run, 
     write(labeled, reference)
     completed = mlff_distill(
         "evaluate",
-        str(run_dir / "train" / "student.pt"),
+        str(run_dir / f"round{ROUNDS}" / "train" / "student.pt"),
         "--structures",
         str(labeled),
         "--json",
@@ -292,7 +324,9 @@ def test_evaluate_subcommand_against_the_teacher_and_the_files_labels(tiny_run, 
     assert completed.returncode == 0, completed.stderr[-3000:]
     from_file = json.loads((tmp_path / "f.json").read_text())
     assert from_file["force_rel_rmse"] == pytest.approx(metrics["force_rel_rmse"], rel=1e-4)
-    unlabeled = mlff_distill("evaluate", str(run_dir / "train" / "student.pt"), "--structures", str(structures))
+    unlabeled = mlff_distill(
+        "evaluate", str(run_dir / f"round{ROUNDS}" / "train" / "student.pt"), "--structures", str(structures)
+    )
     assert unlabeled.returncode != 0 and "structure 0" in unlabeled.stderr and "--teacher-config" in unlabeled.stderr
 
 
@@ -321,7 +355,7 @@ def test_md_subcommand_writes_an_extxyz_trajectory(tiny_run, tmp_path):
     out = tmp_path / "md.extxyz"
     completed = mlff_distill(
         "md",
-        str(results / "tiny" / "train" / "student.pt"),
+        str(results / "tiny" / f"round{ROUNDS}" / "train" / "student.pt"),
         "--structure",
         str(start),
         "--temperature",
@@ -340,7 +374,7 @@ def test_md_subcommand_writes_an_extxyz_trajectory(tiny_run, tmp_path):
     assert "student MD" in completed.stderr  # the progress bar
     bad = mlff_distill(
         "md",
-        str(results / "tiny" / "train" / "student.pt"),
+        str(results / "tiny" / f"round{ROUNDS}" / "train" / "student.pt"),
         "--structure",
         str(start),
         "--temperature",
@@ -351,3 +385,22 @@ def test_md_subcommand_writes_an_extxyz_trajectory(tiny_run, tmp_path):
         str(out),
     )
     assert bad.returncode != 0 and "--temperature" in bad.stderr
+
+
+def test_rounds_append_labels_without_relabeling_and_keep_the_test_split(tiny_run):
+    results, _ = tiny_run
+    run_dir = results / "tiny"
+    sampled = read(run_dir / "sample" / "structures.extxyz", ":")
+    explored = read(run_dir / "round1" / "explore" / "structures.extxyz", ":")
+    assert explored and all(a.info["strategy"] == "on-policy" and a.info["round"] == 1 for a in explored)
+    assert all(a.info["split"] in ("train", "val") for a in explored)
+    final = zarr.open_group(run_dir / "round1" / "label" / "labels.zarr", mode="r")
+    indices = final["structures/sample_index"][...]
+    assert len(indices) == len(set(indices.tolist())) == len(sampled) + len(explored)  # none labeled twice
+    groups_by_split = {}
+    for group, split in zip(final["structures/group"][...], final["structures/split"][...]):
+        groups_by_split.setdefault(int(split), set()).add(int(group))
+    splits = list(groups_by_split.values())
+    assert all(not (a & b) for i, a in enumerate(splits) for b in splits[i + 1 :])  # no group in two splits
+    test_first = read_labels(run_dir / "round0" / "label" / "labels.zarr", "test").n_structures
+    assert read_labels(run_dir / "round1" / "label" / "labels.zarr", "test").n_structures == test_first

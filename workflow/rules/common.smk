@@ -15,9 +15,64 @@ COMPILE_CACHE = str(RUN_DIR / "precompile" / "inductor_cache")
 TRAIN_LOSS_KEYS = ("compile", "batch_size", "energy_weight", "force_weight", "stress_weight", "hessian_weight")
 
 
+# On-policy rounds: round 0 labels the sampled structures and trains the first student; round k >= 1
+# labels the frames of the round k-1 student's MD and trains on all labels so far.
+ROUNDS = config["rounds"]
+
+
+wildcard_constraints:
+    round=r"\d+",
+
+
 def stage_path(stage, name):
     """results/<run_name>/<stage>/<name>"""
     return str(RUN_DIR / stage / name)
+
+
+def round_path(stage, name, round="{round}"):
+    """results/<run_name>/round<k>/<stage>/<name> (k: a number, or the {round} wildcard)"""
+    return str(RUN_DIR / f"round{round}" / stage / name)
+
+
+def round_log_path(stage):
+    return str(RUN_DIR / "logs" / "round{round}" / f"{stage}.log")
+
+
+def round_benchmark_path(stage):
+    return str(RUN_DIR / "benchmarks" / "round{round}" / f"{stage}.tsv")
+
+
+def target_files():
+    """The structure files the targets name (G2 molecule names have no file suffix), so that a
+    changed file reruns the sample stage."""
+    files = []
+    for system in config["target"]["systems"]:
+        names = [system.get("file"), system.get("molecule"), *system.get("box", {})]
+        files += [name for name in names if name and Path(name).suffix]
+    return files
+
+
+def round_structures(wildcards):
+    """The structures round k labels: the sampled ones in round 0, the explored ones later."""
+    k = int(wildcards.round)
+    return stage_path("sample", "structures.extxyz") if k == 0 else round_path("explore", "structures.extxyz", k)
+
+
+def previous_round(name, stage):
+    """An input function: the previous round's file (none in round 0)."""
+
+    def previous(wildcards):
+        k = int(wildcards.round)
+        return [round_path(stage, name, k - 1)] if k > 0 else []
+
+    return previous
+
+
+def round_train_settings(wildcards):
+    """train: as configured in round 0; with on_policy.train's epochs and time cap after it."""
+    if int(wildcards.round) == 0:
+        return config["train"]
+    return {**config["train"], **config["on_policy"]["train"]}
 
 
 def log_path(stage):

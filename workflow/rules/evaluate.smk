@@ -5,9 +5,9 @@ localrules:
 rule evaluate:
     """Student against teacher on the test split: accuracy, speed, figures, report, MLflow model."""
     input:
-        store=stage_path("label", "labels.zarr"),
+        store=round_path("label", "labels.zarr", ROUNDS),
         structures=stage_path("sample", "structures.extxyz"),
-        checkpoint=stage_path("train", "student.pt"),
+        checkpoint=round_path("train", "student.pt", ROUNDS),
         inference_path=stage_path("tune", "inference_path.json"),
     output:
         metrics=stage_path("evaluate", "metrics.json"),
@@ -25,6 +25,7 @@ rule evaluate:
         seed=config["seed"],
         teacher=config["teacher"],
         sample=config["sample"],
+        target=config["target"],
         evaluate=config["evaluate"],
         compile_cache_dir=COMPILE_CACHE,
         pipeline_file=PIPELINE_RUN,

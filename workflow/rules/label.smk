@@ -1,23 +1,27 @@
 rule label:
-    """The teacher labels the structures in shards (Dask), combined into one Zarr v3 store."""
+    """The teacher labels the round's new structures in shards (Dask); the round's Zarr v3 store
+    combines them with the shards of the earlier rounds (never relabeled)."""
     input:
-        structures=stage_path("sample", "structures.extxyz"),
+        structures=round_structures,
+        previous_store=previous_round("labels.zarr", "label"),
     output:
-        store=directory(stage_path("label", "labels.zarr")),
+        store=directory(round_path("label", "labels.zarr")),
     log:
         # failures.json (structures the teacher failed on) is a log, not an output, so that it
         # survives when the job fails for too many failures.
-        main=log_path("label"),
-        failures=stage_path("label", "failures.json"),
+        main=round_log_path("label"),
+        failures=round_path("label", "failures.json"),
     benchmark:
-        benchmark_path("label")
+        round_benchmark_path("label")
     conda:
         CONDA_ENV
     threads: workflow.cores
     params:
         teacher=config["teacher"],
         label=config["label"],
-        shards_dir=stage_path("label", "shards"),
+        round_index=lambda wildcards: int(wildcards.round),
+        shards_dir=round_path("label", "shards"),
+        previous_shards_dirs=lambda wildcards: [round_path("label", "shards", k) for k in range(int(wildcards.round))],
         pipeline_file=PIPELINE_RUN,
     script:
         "../scripts/label.py"

@@ -4,6 +4,7 @@ rule precompile:
     input:
         seed_files=config["sample"]["seed_files"],
         test_files=config["sample"]["test_files"],
+        target_files=target_files(),
     output:
         record=stage_path("precompile", "compiled.json"),
     log:
@@ -15,6 +16,7 @@ rule precompile:
     threads: 1
     params:
         sample=config["sample"],
+        target=config["target"],
         student=config["student"],
         train_loss={key: config["train"][key] for key in TRAIN_LOSS_KEYS},
         try_compile=config["tune"]["try_compile"],

@@ -3,6 +3,7 @@ rule sample:
     input:
         seed_files=config["sample"]["seed_files"],
         test_files=config["sample"]["test_files"],
+        target_files=target_files(),
     output:
         structures=stage_path("sample", "structures.extxyz"),
     log:
@@ -14,6 +15,7 @@ rule sample:
     params:
         seed=config["seed"],
         sample=config["sample"],
+        target=config["target"],
         teacher=config["teacher"],
         pipeline_file=PIPELINE_RUN,
     script:

@@ -1,25 +1,28 @@
 rule train:
-    """Fit the student to the teacher's energies, forces and stresses; save a checkpoint and its
-    TorchScript export. The resumable state goes to train/resume/state.pt, not an output, so it
-    survives Snakemake's removal of an interrupted job's outputs."""
+    """Fit the round's student to the teacher's energies, forces and stresses (after round 0, from the
+    previous round's weights); save a checkpoint and its TorchScript export. The resumable state goes
+    to train/resume/state.pt, not an output, so it survives Snakemake's removal of an interrupted
+    job's outputs."""
     input:
-        store=stage_path("label", "labels.zarr"),
+        store=round_path("label", "labels.zarr"),
         precompiled=stage_path("precompile", "compiled.json"),
+        initial_checkpoint=previous_round("student.pt", "train"),
     output:
-        checkpoint=stage_path("train", "student.pt"),
-        torchscript=stage_path("train", "student.torchscript.pt"),
-        history=stage_path("train", "history.json"),
+        checkpoint=round_path("train", "student.pt"),
+        torchscript=round_path("train", "student.torchscript.pt"),
+        history=round_path("train", "history.json"),
     log:
-        log_path("train"),
+        round_log_path("train"),
     benchmark:
-        benchmark_path("train")
+        round_benchmark_path("train")
     conda:
         CONDA_ENV
     threads: train_threads()
     params:
         seed=config["seed"],
         student=config["student"],
-        train=config["train"],
+        train=round_train_settings,
+        round_index=lambda wildcards: int(wildcards.round),
         compile_cache_dir=COMPILE_CACHE,
         pipeline_file=PIPELINE_RUN,
     script:

@@ -1,8 +1,8 @@
 rule tune:
     """On a CUDA GPU autotune the fused Triton kernels at tune.graph_atoms; without one, record and choose the CPU path."""
     input:
-        store=stage_path("label", "labels.zarr"),
-        checkpoint=stage_path("train", "student.pt"),
+        store=round_path("label", "labels.zarr", ROUNDS),
+        checkpoint=round_path("train", "student.pt", ROUNDS),
     output:
         record=stage_path("tune", "inference_path.json"),
     log:

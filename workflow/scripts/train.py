@@ -4,6 +4,7 @@ run(
     **dict(snakemake.params.items()),
     store=snakemake.input.store,
     precompiled=snakemake.input.precompiled,
+    initial_checkpoint=(snakemake.input.initial_checkpoint or [None])[0],
     checkpoint=snakemake.output.checkpoint,
     torchscript=snakemake.output.torchscript,
     history_file=snakemake.output.history,

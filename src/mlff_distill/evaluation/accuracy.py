@@ -46,6 +46,52 @@ def accuracy(
     return result
 
 
+def accuracy_by_target(
+    test: LabeledArrays, predictions: dict[str, np.ndarray], infos: Sequence[dict]
+) -> list[dict[str, Any]]:
+    """The student's errors on the test structures of each target and temperature.
+
+    ``infos[i]``: the sampled structure's ``info`` of test structure ``i`` (its ``target`` and
+    ``temperature_K``; structures without a ``target`` count as target None, without a
+    temperature as temperature None). One row per (target, temperature_K), targets by name then
+    None, temperatures ascending then None: ``target``, ``temperature_K``, ``n_structures`` and
+    the `energy_force_errors` of those structures (``force_rel_rmse``, ``force_mae_eV_per_A``,
+    ``energy_mae_per_atom_eV``, ...), with the `stress_errors` (GPa) where they have stress labels
+    and predictions.
+    """
+    if len(infos) != test.n_structures:
+        raise ValueError(f"infos: {len(infos)} entries for {test.n_structures} test structures")
+    groups: dict[tuple, list[int]] = collections.defaultdict(list)
+    for index, info in enumerate(infos):
+        temperature = info.get("temperature_K")
+        groups[(info.get("target"), None if temperature is None else float(temperature))].append(index)
+    ordered = sorted(groups, key=lambda key: (key[0] is None, key[0] or "", key[1] is None, key[1] or 0.0))
+    rows = []
+    for target, temperature_K in ordered:
+        indices = groups[(target, temperature_K)]
+        reference = test.subset(indices)
+        stress = predictions.get("stress_eV_per_A3")
+        rows.append(
+            {
+                "target": target,
+                "temperature_K": temperature_K,
+                "n_structures": len(indices),
+                **energy_force_errors(
+                    reference,
+                    np.asarray(predictions["energy_eV"])[indices],
+                    np.asarray(predictions["forces_eV_per_A"])[_atom_indices(test, indices)],
+                ),
+                **stress_errors(reference.stress_eV_per_A3, None if stress is None else np.asarray(stress)[indices]),
+            }
+        )
+    return rows
+
+
+def _atom_indices(labels: LabeledArrays, indices: Sequence[int]) -> np.ndarray:
+    """The rows of the per-atom arrays that belong to the structures at ``indices``."""
+    return np.concatenate([np.arange(labels.atoms_ptr[i], labels.atoms_ptr[i + 1]) for i in indices])
+
+
 def seconds_per_structure(compute: Callable[[Atoms], object], structures: Sequence[Atoms], repeats: int) -> float:
     """Median over ``repeats`` of the mean time of one call per structure (after a warm-up)."""
     for atoms in structures:
@@ -127,8 +173,17 @@ def time_test_structures(teacher: Any, calculator: Any, structures: Sequence[Ato
 
 def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The numbers of ``metrics`` under flat names (``per_species.H.force_mae_eV_per_A``,
-    ``md_validation.rdf.<scalar>``), and ``gate.<metric>`` 1/0 for each evaluated gate."""
-    flat = flatten({k: v for k, v in metrics.items() if k not in ("gates", "speed")})
+    ``md_validation.rdf.<scalar>``), the per-target rows under ``<key>.<target>.<T>K.<column>``
+    (``accuracy_by_target.water.300K.force_rel_rmse``, ``target_nvt.water.350K.time_ps``; rows
+    without a target or temperature under ``none``), and ``gate.<metric>`` 1/0 for each
+    evaluated gate."""
+    rows_keys = ("accuracy_by_target", "target_nvt")
+    flat = flatten({k: v for k, v in metrics.items() if k not in ("gates", "speed", *rows_keys)})
+    for key in rows_keys:
+        for row in metrics.get(key) or []:
+            temperature = "none" if row.get("temperature_K") is None else f"{row['temperature_K']:g}K"
+            prefix = f"{key}.{row.get('target') or 'none'}.{temperature}."
+            flat.update({prefix + k: v for k, v in row.items() if k not in ("target", "temperature_K")})
     numbers = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     numbers.update(
         {f"gate.{g['metric']}": float(g["passed"]) for g in metrics.get("gates", []) if g["passed"] is not None}

@@ -4,18 +4,24 @@
 `energy_drift_eV_per_atom_per_ps` fits their slope. `nvt_run` samples frames with ASE's Langevin
 thermostat; `radial_distribution` turns frames into g(r) and `rdf_difference` compares two.
 `md_validation` is the evaluate stage's step: all of the above for a teacher and a student.
+`bussi_run` is a long NVT (Bussi thermostat) that tracks its conserved quantity and stops at a
+blow-up; `target_nvt_rows` runs it with the student on each target and compares its g(r)
+(`comparison_rdf`, between molecules) with the teacher's MD frames of that target.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.md.bussi import Bussi
 from ase.md.verlet import VelocityVerlet
 from ase.neighborlist import neighbor_list
+from vesin import NeighborList
 
 from mlff_distill.sampling.dynamics import blow_up_reason, check_steps, langevin_frames, thermalized
 from mlff_distill.settings import MDValidationSettings
@@ -82,6 +88,92 @@ def nvt_run(
     )
 
 
+MIN_DISTANCE_A = 0.6  # two atoms closer than this: the run has blown up (a collapse)
+BUSSI_TAUT_FS = 100.0  # the Bussi thermostat's time constant
+
+
+def closest_distance_A(atoms: Atoms) -> float:
+    """The smallest distance between two atoms of ``atoms`` (minimum image where periodic), or inf
+    when no two are within 2 Angstrom (vesin's cell list: its cells are slow to build for a
+    shorter cutoff)."""
+    (distances,) = NeighborList(cutoff=2.0, full_list=False).compute(atoms.positions, atoms.cell.array, atoms.pbc, "d")
+    return float(np.min(distances)) if len(distances) else float("inf")
+
+
+def bussi_run(
+    calculator: Calculator,
+    atoms: Atoms,
+    temperature_K: float,
+    timestep_fs: float,
+    steps: int,
+    sample_every: int,
+    seed: int,
+    min_distance_A: float = MIN_DISTANCE_A,
+    taut_fs: float = BUSSI_TAUT_FS,
+) -> dict:
+    """NVT with ASE's Bussi thermostat (stochastic velocity rescaling, time constant ``taut_fs``)
+    from ``thermalized(atoms, ...)`` (velocities drawn with ``seed``, the thermostat's noise with
+    ``seed + 1``).
+
+    The thermostat aims at the degrees of freedom the run really has: 3N - 3 (no net momentum)
+    in a periodic cell, 3N - 6 for a molecule (nor angular momentum; 1 for a diatomic), which
+    Bussi's rescaling keeps. Its conserved quantity is the potential plus kinetic energy minus
+    the energy the thermostat put in (``transferred_energy``): a good integrator keeps it flat.
+
+    The run stops at the first step that `blow_up_reason` names (non-finite or huge forces, an
+    atom jumping, the conserved quantity moving by more than its limit per atom) or that brings
+    two atoms closer than ``min_distance_A``. Returns ``times_ps`` and ``conserved_eV`` (every
+    step done, the start included), ``frames`` (a copy every ``sample_every`` steps, the start
+    excluded, with its energy and forces as a single-point calculator), ``blew_up``, ``reason``
+    (None when it ran to the end), ``time_ps`` (reached) and ``mean_temperature_K`` (of the
+    kinetic energy over the steps done, for those degrees of freedom).
+    """
+    check_steps(timestep_fs, steps)
+    if sample_every < 1:
+        raise ValueError(f"sample_every: must be >= 1, got {sample_every}")
+    if temperature_K <= 0 or len(atoms) < 2:
+        raise ValueError(f"bussi_run: needs temperature_K > 0 and two atoms or more, got {temperature_K}, {len(atoms)}")
+    atoms = thermalized(atoms, calculator, temperature_K, seed)
+    dynamics = Bussi(
+        atoms, timestep_fs * units.fs, temperature_K, taut_fs * units.fs, rng=np.random.default_rng(seed + 1)
+    )
+    n = len(atoms)
+    dynamics.ndof = 3 * n - 3 if atoms.pbc.any() else (3 * n - 6 if n > 2 else 1)
+    dynamics.target_kinetic_energy = 0.5 * temperature_K * units.kB * dynamics.ndof
+
+    def conserved_eV() -> float:
+        return atoms.get_potential_energy() + atoms.get_kinetic_energy() - dynamics.transferred_energy
+
+    energies, kinetic = [conserved_eV()], [atoms.get_kinetic_energy()]
+    frames: list[Atoms] = []
+    reason = blow_up_reason(atoms, energies[0], energies[0], atoms.positions) or _too_close(atoms, min_distance_A)
+    while reason is None and len(energies) <= steps:
+        previous = atoms.positions.copy()
+        dynamics.run(1)
+        energies.append(conserved_eV())
+        kinetic.append(atoms.get_kinetic_energy())
+        reason = blow_up_reason(atoms, energies[-1], energies[0], previous) or _too_close(atoms, min_distance_A)
+        if reason is None and (len(energies) - 1) % sample_every == 0:
+            frame = atoms.copy()
+            frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
+            frames.append(frame)
+    times_ps = np.arange(len(energies)) * timestep_fs * 1e-3
+    return {
+        "times_ps": times_ps,
+        "conserved_eV": np.array(energies),
+        "frames": frames,
+        "blew_up": reason is not None,
+        "reason": reason,
+        "time_ps": float(times_ps[-1]),
+        "mean_temperature_K": float(2 * np.mean(kinetic) / (dynamics.ndof * units.kB)),
+    }
+
+
+def _too_close(atoms: Atoms, min_distance_A: float) -> str | None:
+    closest = closest_distance_A(atoms)
+    return f"two atoms {closest:.2f} A apart" if closest < min_distance_A else None
+
+
 def radial_distribution(
     frames: Sequence[Atoms], r_max_A: float, n_bins: int, pairs: tuple[int, int] | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -143,6 +235,188 @@ def rdf_difference(r: np.ndarray, g_a: np.ndarray, g_b: np.ndarray) -> float:
     if not r.shape == g_a.shape == g_b.shape or r.ndim != 1:
         raise ValueError(f"r, g_a and g_b: need equal 1-D shapes, got {r.shape}, {g_a.shape}, {g_b.shape}")
     return float(np.trapezoid(np.abs(g_a - g_b), r))
+
+
+RDF_SPACING_A = 0.02  # grid of the comparison's g(r)
+RDF_SMOOTHING_A = 0.1  # its Gaussian smoothing (standard deviation)
+EQUILIBRATION_FRACTION = 0.2  # the first part of the student's NVT, left out of its g(r)
+
+
+def comparison_rdf(
+    frames: Sequence[Atoms], r_max_A: float, smoothing_A: float = RDF_SMOOTHING_A
+) -> tuple[np.ndarray, np.ndarray, str]:
+    """The g(r) by which the student's MD of a target is compared with the teacher's: grid ``r``
+    (Angstrom, every `RDF_SPACING_A` up to ``r_max_A``), ``g`` averaged over ``frames``, and what
+    it is (``kind``).
+
+    Chosen to measure the structure of the liquid rather than noise:
+
+    - Between molecules: where the frames carry ``arrays["molecule_index"]`` with two molecules or
+      more, only pairs of atoms in different molecules count. The bonds inside a molecule make
+      peaks tens of times higher than the liquid's (O-H at 0.96 A in water), whose jitter would
+      dominate an integrated difference and says nothing about the liquid.
+    - All species together, normalised per pair: the counts over the ideal-gas count of the
+      pairs counted (``n_pairs * shell volume / cell volume``), so g -> 1 at long range whatever
+      the molecules' size; per-species g(r) would split the few pairs of a ~100-atom box further.
+    - Smoothed: pair distances histogrammed every `RDF_SPACING_A` (0.02 A) then convolved with a
+      Gaussian of ``smoothing_A`` (0.1 A by default: narrower than the intermolecular peaks of a
+      liquid). Both models get the same smoothing, so a peak that moves or changes still shows,
+      while the noise of the integrated absolute difference falls as 1/sqrt(width).
+
+    What remains is sampling: the g(r) of a ~100-atom box fluctuates over picoseconds, so the
+    difference between two samples of one liquid depends on how long and how equilibrated they
+    are more than on these choices (README, "Measured"); `target_nvt_rows` reports the teacher's
+    own split-half difference beside each comparison for that reason.
+
+    Without ``molecule_index`` (a crystal, an interface read from a file) all pairs count. A
+    non-periodic frame gives the pair-distance density per pair (1/Angstrom), as
+    `radial_distribution` does for molecules.
+    """
+    if not frames:
+        raise ValueError("frames: empty")
+    if r_max_A <= 0 or smoothing_A < 0:
+        raise ValueError(f"r_max_A must be > 0 and smoothing_A >= 0, got {r_max_A} and {smoothing_A}")
+    periodic = {bool(frame.pbc.all()) for frame in frames}
+    if len(periodic) > 1 or any(frame.pbc.any() and not frame.pbc.all() for frame in frames):
+        raise ValueError("frames: all must be periodic in x, y and z, or all without periodicity")
+    periodic_frames = periodic.pop()
+    reach_A = 4.0 * smoothing_A  # the kernel's half width: histogram beyond r_max_A so the edge is not cut
+    edges = np.arange(0.0, r_max_A + reach_A + RDF_SPACING_A, RDF_SPACING_A)
+    r = 0.5 * (edges[1:] + edges[:-1])
+    shells_A3 = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+    g = np.zeros(len(r))
+    between_molecules = False
+    for frame in frames:
+        distances, n_pairs, between = _pair_distances(frame, float(edges[-1]))
+        between_molecules |= between
+        counts = np.histogram(distances, bins=edges)[0]
+        if periodic_frames:
+            g += counts / (n_pairs * shells_A3 / frame.get_volume())
+        else:
+            g += counts / (n_pairs * RDF_SPACING_A)
+    g /= len(frames)
+    if smoothing_A > 0:
+        offsets = np.arange(-round(reach_A / RDF_SPACING_A), round(reach_A / RDF_SPACING_A) + 1) * RDF_SPACING_A
+        kernel = np.exp(-0.5 * (offsets / smoothing_A) ** 2)
+        g = np.convolve(g, kernel / kernel.sum(), mode="same")
+    keep = r <= r_max_A
+    kind = "g(r)" if periodic_frames else "pair-distance density per pair (1/A)"
+    return r[keep], g[keep], f"{kind}, {'between molecules' if between_molecules else 'all pairs'}"
+
+
+def _pair_distances(frame: Atoms, r_max_A: float) -> tuple[np.ndarray, int, bool]:
+    """Distances (all images within ``r_max_A``, each ordered pair) of the pairs `comparison_rdf`
+    counts, the number of such pairs in the frame, and whether they are between molecules only."""
+    first, second, distances = NeighborList(cutoff=r_max_A, full_list=True).compute(
+        frame.positions, frame.cell.array, frame.pbc, "ijd"
+    )
+    n = len(frame)
+    molecules = frame.arrays.get("molecule_index")
+    if molecules is None or len(np.unique(molecules)) < 2:
+        return distances, n * (n - 1), False
+    molecules = np.asarray(molecules)
+    _, sizes = np.unique(molecules, return_counts=True)
+    return distances[molecules[first] != molecules[second]], n * n - int(np.sum(sizes**2)), True
+
+
+def target_nvt_rows(
+    calculator: Calculator,
+    starts: Sequence[tuple[str, float, Atoms]],
+    teacher_frames: Mapping[tuple[str, float], Sequence[Atoms]],
+    settings: MDValidationSettings,
+    seed: int,
+) -> list[dict]:
+    """The student's long NVT on each target: one `bussi_run` of ``settings.nvt_ps`` per
+    ``(target, temperature_K, start)`` of ``starts`` (``settings.timestep_fs``, a frame every
+    ``settings.sample_every`` steps, seeds ``seed``, ``seed + 1``, ... in the order of
+    ``starts``), its g(r) compared with the teacher's MD frames of that target and temperature
+    (``teacher_frames[(target, temperature_K)]``) by `comparison_rdf` up to
+    ``settings.rdf_r_max_A``.
+
+    A row per start: ``target``, ``temperature_K``, ``n_atoms``, ``time_ps`` (reached),
+    ``blew_up``, ``reason``, ``conserved_drift_eV_per_atom_per_ps`` (`energy_drift_eV_per_atom_per_ps`
+    of the thermostat's conserved quantity; None before a second step), ``mean_temperature_K``,
+    ``n_student_frames`` and ``n_teacher_frames`` (those in the g(r)), ``rdf_kind``,
+    ``rdf_integrated_abs_difference`` (`rdf_difference` of student and teacher),
+    ``rdf_teacher_halves_difference`` (the same between two halves of the teacher's frames, split
+    by their ``info["group"]`` (trajectory) where there are two or more, else first half against
+    second: a noise floor, and a lower bound of it: two halves of frames that are not yet
+    equilibrated agree with each other better than with an equilibrated run) and the curves ``r_A``,
+    ``g_teacher``, ``g_student`` (lists) for a figure. The student's g(r) leaves out the first
+    `EQUILIBRATION_FRACTION` of its frames (equilibration), and uses all of them when that
+    would leave none. The g(r) values are None where there are no teacher frames or no student
+    frame (a blow-up before the first); ``rdf_not_run`` says why (else None).
+    """
+    rows = []
+    steps = max(round(settings.nvt_ps * 1000.0 / settings.timestep_fs), 1)
+    for offset, (target, temperature_K, atoms) in enumerate(starts):
+        run = bussi_run(
+            calculator, atoms, temperature_K, settings.timestep_fs, steps, settings.sample_every, seed + offset
+        )
+        times_ps, conserved = run["times_ps"], run["conserved_eV"]
+        student = run["frames"][int(EQUILIBRATION_FRACTION * len(run["frames"])) :] or run["frames"]
+        teacher = list(teacher_frames.get((target, float(temperature_K)), []))
+        row = {
+            "target": target,
+            "temperature_K": float(temperature_K),
+            "n_atoms": len(atoms),
+            "time_ps": run["time_ps"],
+            "blew_up": run["blew_up"],
+            "reason": run["reason"],
+            "conserved_drift_eV_per_atom_per_ps": (
+                energy_drift_eV_per_atom_per_ps(times_ps, conserved, len(atoms)) if len(conserved) > 1 else None
+            ),
+            "mean_temperature_K": run["mean_temperature_K"],
+            "n_student_frames": len(student),
+            "n_teacher_frames": len(teacher),
+            **_rdf_comparison(student, teacher, settings.rdf_r_max_A),
+        }
+        rows.append(row)
+    return rows
+
+
+def _rdf_comparison(student: Sequence[Atoms], teacher: Sequence[Atoms], r_max_A: float) -> dict:
+    """The g(r) columns of a `target_nvt_rows` row."""
+    missing = "no teacher MD frames" if not teacher else "no student frames" if not student else None
+    if missing:
+        return {
+            "rdf_kind": None,
+            "rdf_integrated_abs_difference": None,
+            "rdf_teacher_halves_difference": None,
+            "rdf_not_run": missing,
+            "r_A": None,
+            "g_teacher": None,
+            "g_student": None,
+        }
+    r, g_teacher, kind = comparison_rdf(teacher, r_max_A)
+    _, g_student, _ = comparison_rdf(student, r_max_A)
+    first, second = _halves(teacher)
+    halves = (
+        rdf_difference(r, comparison_rdf(first, r_max_A)[1], comparison_rdf(second, r_max_A)[1])
+        if first and second
+        else None
+    )
+    return {
+        "rdf_kind": kind,
+        "rdf_integrated_abs_difference": rdf_difference(r, g_teacher, g_student),
+        "rdf_teacher_halves_difference": halves,
+        "rdf_not_run": None,
+        "r_A": r.tolist(),
+        "g_teacher": g_teacher.tolist(),
+        "g_student": g_student.tolist(),
+    }
+
+
+def _halves(frames: Sequence[Atoms]) -> tuple[list[Atoms], list[Atoms]]:
+    """Two halves of ``frames``: alternate trajectories (``info["group"]``) where there are two or
+    more, else the first half of the frames and the second."""
+    groups = list(dict.fromkeys(frame.info.get("group") for frame in frames))
+    if len(groups) >= 2:
+        first = set(groups[0::2])
+        chosen = [frame.info.get("group") in first for frame in frames]
+        return [f for f, c in zip(frames, chosen) if c], [f for f, c in zip(frames, chosen) if not c]
+    middle = len(frames) // 2
+    return list(frames[:middle]), list(frames[middle:])
 
 
 def md_validation(

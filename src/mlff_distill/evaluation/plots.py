@@ -1,5 +1,7 @@
 """Figures as PNG files (matplotlib, Agg backend): parity, error histograms, speed against system
-size, radial distribution functions (the evaluate stage), and the learning curve (the train stage).
+size (with the student's error on each system), radial distribution functions (and one figure per
+target: teacher MD against the student's NVT) of the evaluate stage, and the learning curve (the
+train stage).
 
 A *quantity* is ``(label, teacher_values, student_values)`` with the unit in the label, e.g.
 ``("energy per atom (eV/atom)", teacher, student)``.
@@ -80,20 +82,55 @@ def error_histograms(items: Sequence[Quantity], path: Path) -> Path:
     return _save(figure, path)
 
 
-def speed_plot(rows: Sequence[Mapping[str, float]], path: Path) -> Path:
-    """Milliseconds per call against atom count, log-log, for teacher and student.
+def speed_plot(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Milliseconds per call against atom count, log-log, for teacher and student, a colour per
+    target (rows without one together); each student point is labelled with the student's
+    relative RMS force error on that system.
 
-    ``rows``: ``{"n_atoms", "teacher_ms", "student_ms"}`` each; a missing or None time is skipped.
+    ``rows``: ``{"n_atoms", "teacher_ms", "student_ms"}`` each, with ``target`` and
+    ``force_rel_rmse`` where known; a missing or None time is skipped. A student point without a
+    measured accuracy is drawn hollow and labelled "accuracy not measured": its time is no
+    speed-up to claim.
     """
     rows = sorted(rows, key=lambda row: row["n_atoms"])
-    figure, axis = plt.subplots(figsize=(5.5, 4))
-    for key, name, marker in (("teacher_ms", "teacher", "o"), ("student_ms", "student", "s")):
-        points = [(row["n_atoms"], row[key]) for row in rows if row.get(key) is not None]
-        if points:
-            axis.plot(*zip(*points), marker=marker, label=name)
-    axis.set(xscale="log", yscale="log", xlabel="atoms", ylabel="time per call (ms)")
+    groups: dict[Any, list] = {}
+    for row in rows:
+        groups.setdefault(row.get("target"), []).append(row)
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    for colour, (target, group) in zip(plt.rcParams["axes.prop_cycle"].by_key()["color"] * 10, groups.items()):
+        name = "" if target is None else f"{target}, "
+        teacher = [(row["n_atoms"], row["teacher_ms"]) for row in group if row.get("teacher_ms") is not None]
+        if teacher:
+            axis.plot(*zip(*teacher), marker="o", color=colour, label=f"{name}teacher")
+        student = [row for row in group if row.get("student_ms") is not None]
+        if student:
+            axis.plot(
+                [row["n_atoms"] for row in student],
+                [row["student_ms"] for row in student],
+                "--",
+                color=colour,
+                label=f"{name}student",
+            )
+        for row in student:
+            measured = row.get("force_rel_rmse") is not None
+            axis.plot(row["n_atoms"], row["student_ms"], "s", color=colour, fillstyle="full" if measured else "none")
+            axis.annotate(
+                f"{100 * row['force_rel_rmse']:.1f} %" if measured else "accuracy not measured",
+                (row["n_atoms"], row["student_ms"]),
+                textcoords="offset points",
+                xytext=(4, -10),
+                fontsize=7,
+                color=colour,
+            )
+    axis.set(
+        xscale="log",
+        yscale="log",
+        xlabel="atoms",
+        ylabel="time per call (ms)",
+        title="student points: relative RMS force error there",
+    )
     axis.grid(True, which="both", alpha=0.3)
-    axis.legend()
+    axis.legend(fontsize=8)
     return _save(figure, path)
 
 
@@ -107,6 +144,40 @@ def rdf_plot(r_A: np.ndarray, g_teacher: np.ndarray, g_student: np.ndarray, path
     bottom.plot(r_A, np.asarray(g_student) - np.asarray(g_teacher), color="k", lw=0.8)
     bottom.axhline(0.0, color="grey", lw=0.5)
     bottom.set(xlabel="r (Å)", ylabel="student - teacher")
+    return _save(figure, path)
+
+
+def target_rdf_plot(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """One target's g(r), teacher MD against the student's NVT, a panel per temperature with the
+    integrated absolute difference and the teacher's own noise floor in its title. ``rows``: that
+    target's `target_nvt_rows` rows with curves (``r_A``, ``g_teacher``, ``g_student``)."""
+    rows = [row for row in rows if row.get("r_A")]
+    if not rows:
+        raise ValueError("target_rdf_plot: no row with g(r) curves")
+    figure, axes = plt.subplots(
+        2,
+        len(rows),
+        figsize=(5 * len(rows), 5),
+        sharex=True,
+        squeeze=False,
+        gridspec_kw={"height_ratios": [3, 1]},
+    )
+    for column, row in enumerate(rows):
+        top, bottom = axes[0, column], axes[1, column]
+        r, teacher, student = (np.asarray(row[key]) for key in ("r_A", "g_teacher", "g_student"))
+        top.plot(r, teacher, label=f"teacher MD ({row.get('n_teacher_frames')} frames)")
+        top.plot(r, student, "--", label=f"student NVT ({row.get('n_student_frames')} frames)")
+        floor = row.get("rdf_teacher_halves_difference")
+        top.set(
+            ylabel=str(row.get("rdf_kind") or "g(r)"),
+            title=f"{row['target']} {row['temperature_K']:g} K: ∫|Δg| dr = {row['rdf_integrated_abs_difference']:.3f}"
+            + (f" (teacher's halves {floor:.3f})" if floor is not None else ""),
+        )
+        top.title.set_fontsize(9)
+        top.legend(fontsize=8)
+        bottom.plot(r, student - teacher, color="k", lw=0.8)
+        bottom.axhline(0.0, color="grey", lw=0.5)
+        bottom.set(xlabel="r (Å)", ylabel="student - teacher")
     return _save(figure, path)
 
 
@@ -128,6 +199,12 @@ def write_figures(
         figures["rdf"] = rdf_plot(
             np.asarray(rdf["r_A"]), np.asarray(rdf["g_teacher"]), np.asarray(rdf["g_student"]), out_dir / "rdf.png"
         )
+    by_target: dict[str, list] = {}
+    for row in metrics.get("target_nvt") or []:
+        if row.get("r_A"):
+            by_target.setdefault(row["target"], []).append(row)
+    for target, rows in by_target.items():
+        figures[f"rdf_target_{target}"] = target_rdf_plot(rows, out_dir / f"rdf_target_{target}.png")
     return figures
 
 

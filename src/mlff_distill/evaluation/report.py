@@ -1,8 +1,10 @@
 """The run's report: one self-contained HTML page (figures embedded as base64 PNG).
 
-Sections: summary and gates, accuracy (overall, per species, ensemble yardstick), accuracy figures,
-speed, MD validation, teacher, data provenance, config. A section whose inputs are missing says
-"not run" instead of disappearing. Everything comes from the evaluate stage's ``metrics.json``
+Sections: summary and gates, accuracy (overall, per target and temperature, per species, ensemble
+yardstick), accuracy figures, speed (with the student's accuracy on each timed system), MD validation
+(with the student's NVT on each target), teacher, data provenance, config. A section whose inputs
+are missing says "not run" instead of disappearing; the target parts say "no targets" in a run
+without targets. Everything comes from the evaluate stage's ``metrics.json``
 content plus the config, the teacher's identity, the provenance and the figure files.
 """
 
@@ -17,6 +19,8 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from mlff_distill.evaluation.summary import NOT_MEASURED, has_accuracy
+
 # (metrics key, label, unit shown, factor from the key's unit to the unit shown)
 ACCURACY_ROWS = (
     ("energy_mae_per_atom_eV", "energy MAE per atom", "meV/atom", 1000.0),
@@ -30,6 +34,49 @@ ACCURACY_ROWS = (
     ("stress_rel_error", "relative RMS stress error", "%", 100.0),
 )
 NOT_RUN = '<p class="notrun">not run</p>'
+NO_TARGETS = '<p class="na">no targets in this run</p>'
+# (row key, column shown, factor) of the per-target accuracy table
+TARGET_ACCURACY_COLUMNS = (
+    ("target", "target", 1.0),
+    ("temperature_K", "T (K)", 1.0),
+    ("n_structures", "test structures", 1.0),
+    ("force_rel_rmse", "relative RMS force error (%)", 100.0),
+    ("force_mae_eV_per_A", "force MAE (meV/Å)", 1000.0),
+    ("energy_mae_per_atom_eV", "energy MAE (meV/atom)", 1000.0),
+    ("stress_rel_error", "relative RMS stress error (%)", 100.0),
+)
+SPEED_COLUMNS = (
+    ("target", "target", 1.0),
+    ("system", "system", 1.0),
+    ("n_atoms", "atoms", 1.0),
+    ("teacher_ms", "teacher (ms)", 1.0),
+    ("student_ms", "student (ms)", 1.0),
+    ("speedup", "speed-up", 1.0),
+    ("force_rel_rmse", "relative RMS force error on it (%)", 100.0),
+    ("energy_mae_per_atom_eV", "energy MAE on it (meV/atom)", 1000.0),
+    ("stress_rel_error", "relative RMS stress error on it (%)", 100.0),
+    ("teacher_atom_steps_per_s", "teacher atom-steps/s", 1.0),
+    ("student_atom_steps_per_s", "student atom-steps/s", 1.0),
+    ("teacher_peak_MB", "teacher peak (MB)", 1.0),
+    ("student_peak_MB", "student peak (MB)", 1.0),
+    ("with_stress", "with stress", 1.0),
+)
+TARGET_NVT_COLUMNS = (
+    ("target", "target", 1.0),
+    ("temperature_K", "T (K)", 1.0),
+    ("n_atoms", "atoms", 1.0),
+    ("time_ps", "time reached (ps)", 1.0),
+    ("blew_up", "blew up", 1.0),
+    ("reason", "why", 1.0),
+    ("conserved_drift_eV_per_atom_per_ps", "drift of the conserved energy (eV/atom/ps)", 1.0),
+    ("mean_temperature_K", "mean T (K)", 1.0),
+    ("rdf_integrated_abs_difference", "∫|g_student - g_teacher| dr (Å)", 1.0),
+    ("rdf_teacher_halves_difference", "the same, teacher's halves (noise floor)", 1.0),
+    ("n_student_frames", "student frames", 1.0),
+    ("n_teacher_frames", "teacher frames", 1.0),
+    ("rdf_kind", "g(r)", 1.0),
+    ("rdf_not_run", "g(r) not compared", 1.0),
+)
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
 h1 { border-bottom: 2px solid #444; } h2 { border-bottom: 1px solid #bbb; margin-top: 2em; }
@@ -69,6 +116,17 @@ def table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = Non
     columns = list(columns or rows[0].keys())
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
     body = "".join("<tr>" + "".join(_cell(row.get(c)) for c in columns) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def labelled_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[tuple[str, str, float]]) -> str:
+    """An HTML table of ``rows`` with the ``(key, heading, factor)`` columns that any row has,
+    values times their factor."""
+    present = [column for column in columns if any(column[0] in row for row in rows)]
+    head = "".join(f"<th>{html.escape(heading)}</th>" for _, heading, _ in present)
+    body = "".join(
+        "<tr>" + "".join(_cell(row.get(key), factor) for key, _, factor in present) + "</tr>" for row in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -145,6 +203,8 @@ def _accuracy(metrics: Mapping[str, Any]) -> str:
             "student, such as this one, cannot get below about half of that against this "
             f"teacher: {100 * rotation['invariant_student_floor']:.3g} %.</p>"
         )
+    targets = metrics.get("accuracy_by_target")
+    per_target = labelled_table(targets, TARGET_ACCURACY_COLUMNS) if targets else NO_TARGETS
     species = metrics.get("per_species")
     per_species = table([{"element": z, **v} for z, v in species.items()]) if species else NOT_RUN
     kinds = metrics.get("per_kind")
@@ -159,7 +219,8 @@ def _accuracy(metrics: Mapping[str, Any]) -> str:
         else NOT_RUN
     )
     return (
-        f"{overall}{note}<h3>Forces per element</h3>{per_species}"
+        f"{overall}{note}<h3>Per target and temperature</h3>{per_target}"
+        f"<h3>Forces per element</h3>{per_species}"
         f"<h3>Forces per kind of structure</h3>{per_kind}"
         f"<h3>Test structures with the largest force errors</h3>{worst_part}"
     )
@@ -184,26 +245,53 @@ def _speed(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
         )
     parts.append("<h3>Systems of several sizes</h3>")
     rows = metrics.get("speed")
-    parts.append(table(rows) + _image(figures.get("speed"), "time per call against atoms") if rows else NOT_RUN)
+    if rows:
+        shown = [row if has_accuracy(row) else {**row, "speedup": NOT_MEASURED} for row in rows]
+        parts.append(
+            "<p>Each row's speed-up comes with the student's error against the teacher on that same "
+            f"system (its last timed call); a row without it shows &ldquo;{NOT_MEASURED}&rdquo;.</p>"
+            + labelled_table(shown, SPEED_COLUMNS)
+            + _image(figures.get("speed"), "time per call against atoms")
+        )
+    else:
+        parts.append(NOT_RUN)
     return "".join(parts)
 
 
 def _md(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
     md = metrics.get("md_validation")
-    if not md:
+    rows = metrics.get("target_nvt")
+    if not md and not rows:
         return NOT_RUN
-    parts = [
-        "<h3>NVE energy drift</h3>",
-        table(md["drift"]) if md.get("drift") else NOT_RUN,
-        "<h3>NVT radial distribution function</h3>",
-    ]
-    rdf = md.get("rdf")
-    if rdf:
-        scalars = {k: v for k, v in rdf.items() if not isinstance(v, (list, tuple))}
-        parts.append(table([scalars]) if scalars else "")
-        parts.append(_image(figures.get("rdf"), "radial distribution functions"))
+    parts = []
+    if md:
+        parts += [
+            "<h3>NVE energy drift</h3>",
+            table(md["drift"]) if md.get("drift") else NOT_RUN,
+            "<h3>NVT radial distribution function</h3>",
+        ]
+        rdf = md.get("rdf")
+        if rdf:
+            scalars = {k: v for k, v in rdf.items() if not isinstance(v, (list, tuple))}
+            parts.append(table([scalars]) if scalars else "")
+            parts.append(_image(figures.get("rdf"), "radial distribution functions"))
+        else:
+            parts.append(NOT_RUN)
+    parts.append("<h3>The student's NVT on each target</h3>")
+    if rows:
+        parts.append(
+            "<p>Bussi thermostat; the drift is that of its conserved quantity (potential plus "
+            "kinetic energy minus the energy the thermostat put in). The g(r) counts pairs of atoms "
+            "in different molecules where the structures say which molecule each atom is in, "
+            "smoothed by a 0.1 Å Gaussian; the teacher's halves (two halves of its own MD frames "
+            "against each other) give the noise floor of that difference.</p>"
+            + labelled_table(rows, TARGET_NVT_COLUMNS)
+        )
+        for key in sorted(k for k in figures if k.startswith("rdf_target_")):
+            parts.append(f"<h4>{html.escape(key.removeprefix('rdf_target_'))}</h4>")
+            parts.append(_image(figures[key], f"g(r) of {key.removeprefix('rdf_target_')}"))
     else:
-        parts.append(NOT_RUN)
+        parts.append(NO_TARGETS)
     return "".join(parts)
 
 
@@ -260,7 +348,9 @@ def build_report(
     ``metrics``: the content of metrics.json (its optional ``gates``, ``per_species``,
     ``ensemble_spread``, ``speed`` rows and ``md_validation`` fill their sections);
     ``teacher``: `TeacherIdentity.as_dict()`; ``provenance``: flat facts plus dicts of counts;
-    ``figures``: PNG paths under the keys ``parity``, ``errors``, ``speed``, ``rdf``.
+    ``figures``: PNG paths under the keys ``parity``, ``errors``, ``speed``, ``rdf`` and
+    ``rdf_target_<target>``. The target parts come from ``accuracy_by_target`` (rows of
+    `accuracy_by_target`) and ``target_nvt`` (rows of `target_nvt_rows`).
     """
     run_name = str(config.get("run_name", ""))
     config_yaml = yaml.safe_dump(dict(config), sort_keys=False, default_flow_style=None, width=100)

@@ -3,8 +3,9 @@
 `mlff_distill.sampling.boxes.build_timing_systems` makes periodic systems of about the requested
 numbers of atoms, `time_calls` times one ASE calculator on one system (median latency in ms per energy + forces
 (+ stress for periodic cells) call, neighbour list included; throughput in atom-steps per second;
-peak memory in MB), and `compare_speed` gives one row per system for a teacher and a student.
-`speed_rows` is the evaluate stage's step: all of the above from a run's config.
+peak memory in MB), and `compare_speed` gives one row per system for a teacher and a student, with the student's error
+against the teacher on that system. `speed_rows` is the evaluate stage's step on systems built from
+the run's seeds, `speed_rows_for` on systems given (the targets at several sizes).
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import statistics
 import time
 from typing import Sequence
 
+import numpy as np
 import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, all_changes
+from ase.stress import voigt_6_to_full_3x3_stress
 
+from mlff_distill.data import LabeledArrays
+from mlff_distill.evaluation.metrics import energy_force_errors, stress_errors
 from mlff_distill.sampling.boxes import build_timing_systems
 from mlff_distill.settings import EvaluateSettings
 from mlff_distill.teachers import Teacher, TeacherCalculator
@@ -107,22 +112,33 @@ def _peak_rss_kB() -> int:
 def compare_speed(
     teacher_calc: Calculator, student_calc: Calculator, systems: Sequence[Atoms], repeats: int, warmup: int = 2
 ) -> list[dict]:
-    """One row per system: ``system`` (its ``info["system"]``, else its formula), ``n_atoms``,
-    ``teacher_ms``/``student_ms`` (median ms per call),
-    ``speedup`` (teacher_ms / student_ms), ``*_atom_steps_per_s``, ``*_peak_MB`` and
-    ``with_stress``. Both compute the same properties: stress (periodic systems) only when both
+    """One row per system: ``system`` (its ``info["system"]``, else its formula), ``target`` (its
+    ``info["target"]``, where it has one), ``n_atoms``, ``teacher_ms``/``student_ms`` (median ms
+    per call), ``speedup`` (teacher_ms / student_ms), ``*_atom_steps_per_s``, ``*_peak_MB``,
+    ``with_stress``, and the student's accuracy on that same system against the teacher:
+    ``force_rel_rmse``, ``force_mae_eV_per_A``, ``energy_mae_per_atom_eV`` (and
+    ``stress_rel_error`` when timed with stress), from the results of each one's last timed call
+    (no extra call: a teacher call on thousands of atoms takes seconds). A speed-up means
+    something only beside that accuracy.
+
+    Both compute the same properties: stress (periodic systems) only when both
     calculators implement it. The student is timed on every system first, then the teacher: so
     the student's peak memory is not hidden under the teacher's where the peak cannot be reset
     (see `time_calls`), and its millisecond calls are not timed right after the teacher's, which
     leave the caches and the CPU's frequency disturbed (README, "Measured")."""
     stress = all("stress" in calc.implemented_properties for calc in (teacher_calc, student_calc))
-    students = [time_calls(student_calc, atoms, repeats, warmup, stress) for atoms in systems]
+    students, student_results = [], []
+    for atoms in systems:
+        students.append(time_calls(student_calc, atoms, repeats, warmup, stress))
+        student_results.append(dict(student_calc.results))
     rows = []
-    for atoms, student in zip(systems, students):
+    for atoms, student, student_result in zip(systems, students, student_results):
         teacher = time_calls(teacher_calc, atoms, repeats, warmup, stress)
+        target = {"target": atoms.info["target"]} if "target" in atoms.info else {}
         rows.append(
             {
                 "system": atoms.info.get("system", atoms.get_chemical_formula()),
+                **target,
                 "n_atoms": len(atoms),
                 "teacher_ms": teacher["median_ms"],
                 "student_ms": student["median_ms"],
@@ -132,9 +148,38 @@ def compare_speed(
                 "teacher_peak_MB": teacher["peak_MB"],
                 "student_peak_MB": student["peak_MB"],
                 "with_stress": teacher["with_stress"],
+                **student_accuracy(atoms, dict(teacher_calc.results), student_result),
             }
         )
     return rows
+
+
+def student_accuracy(atoms: Atoms, teacher_results: dict, student_results: dict) -> dict[str, float]:
+    """``force_rel_rmse``, ``force_mae_eV_per_A`` (eV/Angstrom), ``energy_mae_per_atom_eV`` and,
+    when both have a stress, ``stress_rel_error``: the student's ASE ``results`` on ``atoms``
+    against the teacher's (`energy_force_errors`, `stress_errors`)."""
+    reference = LabeledArrays(
+        numbers=atoms.numbers,
+        positions_A=atoms.positions,
+        forces_eV_per_A=np.asarray(teacher_results["forces"], dtype=np.float64),
+        energy_eV=np.array([teacher_results["energy"]], dtype=np.float64),
+        atoms_ptr=np.array([0, len(atoms)]),
+        cell_A=atoms.cell.array[None],
+        pbc=atoms.pbc[None],
+        stress_eV_per_A3=(
+            voigt_6_to_full_3x3_stress(np.asarray(teacher_results["stress"]))[None]
+            if "stress" in teacher_results
+            else None
+        ),
+    )
+    errors = energy_force_errors(reference, np.array([student_results["energy"]]), student_results["forces"])
+    found = {key: errors[key] for key in ("force_rel_rmse", "force_mae_eV_per_A", "energy_mae_per_atom_eV")}
+    if "stress" in teacher_results and "stress" in student_results:
+        predicted = voigt_6_to_full_3x3_stress(np.asarray(student_results["stress"]))[None]
+        stress = stress_errors(reference.stress_eV_per_A3, predicted)
+        if "stress_rel_error" in stress:
+            found["stress_rel_error"] = stress["stress_rel_error"]
+    return found
 
 
 def speed_rows(
@@ -149,6 +194,14 @@ def speed_rows(
     when the config names none), ``timing_repeats`` calls each. ``student_calculator`` is a
     `StudentCalculator` (its ``inference_path`` is recorded by the caller)."""
     systems = build_timing_systems(seeds, settings.speed.sizes, float(student_calculator.model.cutoff_A), random_seed)
+    return speed_rows_for(systems, settings, teacher, student_calculator)
+
+
+def speed_rows_for(
+    systems: Sequence[Atoms], settings: EvaluateSettings, teacher: Teacher, student_calculator: Calculator
+) -> list[dict]:
+    """`compare_speed` rows for ``systems`` as given (the targets at several sizes, each with its
+    ``info["target"]``), ``timing_repeats`` calls and ``speed.warmup`` warm-up calls each."""
     return compare_speed(
         TeacherCalculator(teacher), student_calculator, systems, settings.timing_repeats, settings.speed.warmup
     )

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from mlff_distill.evaluation.metrics import failed_gates
 
+NOT_MEASURED = "accuracy not measured"  # shown in place of a speed-up without the accuracy beside it
+
 
 class GatesFailedError(RuntimeError):
     """Raised by `check_acceptance` in strict mode when an acceptance gate fails."""
@@ -29,17 +31,16 @@ def summary_text(metrics_file: Path) -> str:
             f"  worst {len(worst['structures'])} structures:   {100 * worst['share_of_squared_error']:.0f} % of "
             f"the squared force error; the others {100 * worst['force_rel_rmse_of_the_others']:.2f} %"
         )
+    lines.append(f"  energy MAE:            {1000 * metrics['energy_mae_per_atom_eV']:.2f} meV/atom")
+    lines += _target_accuracy_lines(metrics.get("accuracy_by_target") or [])
     lines += [
-        f"  energy MAE:            {1000 * metrics['energy_mae_per_atom_eV']:.2f} meV/atom",
         f"  speed-up, test set:    {metrics['speedup']:.1f}x "
         f"({1000 * metrics['teacher_s_per_structure']:.2f} ms -> "
         f"{1000 * metrics['student_s_per_structure']:.2f} ms, one structure per call, "
         f"{metrics['inference_path']})",
     ]
-    if metrics.get("speed"):
-        speedups = " / ".join(f"{row['speedup']:.1f}x" for row in metrics["speed"])
-        sizes = " / ".join(str(row["n_atoms"]) for row in metrics["speed"])
-        lines.append(f"  speed-up by size:      {speedups} at {sizes} atoms (energy, forces, stress)")
+    lines += speed_lines(metrics.get("speed") or [])
+    lines += _target_nvt_lines(metrics.get("target_nvt") or [])
     rotation = metrics.get("teacher_rotation")
     if rotation and rotation["invariant_student_floor"] > 0.1 * metrics["force_rel_rmse"]:
         lines.append(
@@ -55,6 +56,65 @@ def summary_text(metrics_file: Path) -> str:
         lines.append(f"  report:                {report.resolve()}")
     lines.append(f"  results:               {Path(metrics_file).resolve().parent.parent}")
     return "\n".join(lines)
+
+
+def has_accuracy(row: dict) -> bool:
+    """Whether a speed row carries the student's measured accuracy on its system: a speed-up
+    without it is not shown as one."""
+    return row.get("force_rel_rmse") is not None
+
+
+def speed_lines(rows: list[dict]) -> list[str]:
+    """A line per target (or one for systems without a target): the speed-up at each size beside
+    the relative RMS force error on that system; "accuracy not measured" in place of the speed-up
+    of a row without that error."""
+    groups: dict = {}
+    for row in rows:
+        groups.setdefault(row.get("target"), []).append(row)
+    lines = []
+    for target, group in groups.items():
+        cells = " / ".join(
+            f"{row['speedup']:.1f}x ({100 * row['force_rel_rmse']:.1f} %)" if has_accuracy(row) else NOT_MEASURED
+            for row in group
+        )
+        sizes = " / ".join(str(row["n_atoms"]) for row in group)
+        name = f"speed-up, {target}:" if target is not None else "speed-up by size:"
+        lines.append(f"  {name:<22} {cells} at {sizes} atoms (force error in brackets)")
+    return lines
+
+
+def _temperature(row: dict) -> str:
+    return f" {row['temperature_K']:g} K" if row.get("temperature_K") is not None else ""
+
+
+def _target_accuracy_lines(rows: list[dict]) -> list[str]:
+    lines = []
+    for row in rows:
+        if row.get("target") is None:
+            continue
+        name = f"{row['target']}{_temperature(row)}:"
+        lines.append(
+            f"  {name:<22} force error {100 * row['force_rel_rmse']:.2f} %, energy MAE "
+            f"{1000 * row['energy_mae_per_atom_eV']:.2f} meV/atom ({row['n_structures']} test structures)"
+        )
+    return lines
+
+
+def _target_nvt_lines(rows: list[dict]) -> list[str]:
+    lines = []
+    for row in rows:
+        name = f"NVT {row['target']}{_temperature(row)}:"
+        state = f"blew up at {row['time_ps']:.2f} ps ({row['reason']})" if row["blew_up"] else f"{row['time_ps']:g} ps"
+        drift = row.get("conserved_drift_eV_per_atom_per_ps")
+        parts = [state] + ([f"drift {drift:.1e} eV/atom/ps"] if drift is not None else [])
+        if row.get("rdf_integrated_abs_difference") is not None:
+            floor = row.get("rdf_teacher_halves_difference")
+            parts.append(
+                f"g(r) difference {row['rdf_integrated_abs_difference']:.3f}"
+                + (f" (teacher's halves {floor:.3f})" if floor is not None else "")
+            )
+        lines.append(f"  {name:<22} " + ", ".join(parts))
+    return lines
 
 
 def check_acceptance(metrics_file: Path, strict: bool, verdict_file: Path, log_file: Path) -> None:

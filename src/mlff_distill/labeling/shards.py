@@ -3,7 +3,9 @@
 Each shard is labeled by one worker process and written as its own small Zarr group with a marker
 (`mlff_distill.store.write_shard`); one writer then combines the shards into the label store.
 Shards that are complete and hold the same input structures are reused, so a rerun after a kill
-labels only what is missing. Units: positions Angstrom, energies eV, forces eV/Angstrom.
+labels only what is missing. An on-policy round labels only its new structures into its own shards
+and combines them with the complete shards of the earlier rounds (``previous_shards``), which are
+never relabeled. Units: positions Angstrom, energies eV, forces eV/Angstrom.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from mlff_distill.store import (
     FAILURES_FILE,
     SPLIT_CODES,
     combine_shards,
+    marker_path,
+    read_index_columns,
     read_marker,
     read_shard,
     write_json_atomic,
@@ -38,6 +42,8 @@ from mlff_distill.teachers.hessian import hessian_directions, hessian_vector_pro
 
 REQUIRED_INFO = ("split", "group", "sample_index")
 TEACHER_CONFIG_FILE = "teacher_config.json"
+# Written into a shards directory once its shards are combined: their names, in store order.
+SHARDS_MANIFEST = "shards.json"
 
 
 def plan_shards(n_structures: int, shard_size: int) -> list[range]:
@@ -120,6 +126,7 @@ def label_structures(
     scheduler: dict | None = None,
     max_force_eV_per_A: float | None = None,
     hessian_step_A: float | None = None,
+    previous_shards: Sequence[Path] = (),
 ) -> dict:
     """Label ``structures`` in shards under ``shards_dir`` and combine them into ``store_path``.
 
@@ -141,8 +148,18 @@ def label_structures(
     are stored but excluded from every split (`mlff_distill.store.combine_shards`); their sample
     indices are the summary's ``excluded``.
 
+    ``previous_shards``: complete shards of earlier rounds (see `shards_in`), labeled with the same
+    teacher settings; they go into the store as they are, before this call's own shards, and are
+    never relabeled. A ``sample_index`` that occurs twice among the new structures, the previous
+    shards' structures and their failures (a structure labeled twice) raises ``ValueError`` before
+    anything is labeled. ``failures.json`` then lists the previous shards' failures too; the
+    failed fraction is that of ``structures`` alone. Once combined, the names of this call's
+    shards go to ``<shards_dir>/shards.json`` (`SHARDS_MANIFEST`).
+
     Returns a summary with per-shard stats; times in s, ``structures_per_second`` over the
-    labeling phase including the cluster's start.
+    labeling phase including the cluster's start. ``n_structures``, ``n_stored`` and the failures
+    count the new structures; ``n_previous`` the structures stored from ``previous_shards`` and
+    ``n_store`` all structures of the store.
     """
     start = time.perf_counter()
     _check_info(structures)
@@ -151,8 +168,13 @@ def label_structures(
     scheduler = checked_scheduler(scheduler)
     teacher_config = dataclasses.asdict(teacher)
     shards_dir = Path(shards_dir).resolve()
+    labeled_with = {**teacher_config, "hessian_step_A": hessian_step_A}
+    previous = [Path(path).resolve() for path in previous_shards]
+    previous_failures = _check_previous_shards(previous, labeled_with, shards_dir)
+    _check_unique_samples(structures, previous, previous_failures)
     shards_dir.mkdir(parents=True, exist_ok=True)
-    _invalidate_if_teacher_changed(shards_dir, {**teacher_config, "hessian_step_A": hessian_step_A})
+    (shards_dir / SHARDS_MANIFEST).unlink(missing_ok=True)
+    _invalidate_if_teacher_changed(shards_dir, labeled_with)
     ranges = plan_shards(len(structures), shard_size)
     paths = [shards_dir / f"shard-{r.start:08d}-{r.stop:08d}.zarr" for r in ranges]
     shards = [[structures[i] for i in r] for r in ranges]
@@ -162,16 +184,21 @@ def label_structures(
     label_seconds = time.perf_counter() - label_start
 
     combine_start = time.perf_counter()
-    excluded = combine_shards(paths, store_path, attrs, max_force_eV_per_A)
+    excluded = combine_shards(previous + paths, store_path, attrs, max_force_eV_per_A)
     combine_seconds = time.perf_counter() - combine_start
+    write_json_atomic(shards_dir / SHARDS_MANIFEST, {"shards": [path.name for path in paths]})
     failures = [failure for path in paths for failure in read_marker(path).get("failures", [])]
     failures_file = Path(store_path).resolve().parent / FAILURES_FILE
-    write_json_atomic(failures_file, failures)
+    write_json_atomic(failures_file, previous_failures + failures)
     n_labeled = sum(s["n_structures"] + s["n_failed"] for s in stats)
+    n_previous = sum(read_marker(path)["n_structures"] for path in previous)
     summary = {
         "n_structures": len(structures),
         "n_atoms": sum(len(a) for a in structures),
         "n_stored": len(structures) - len(failures),
+        "n_previous_shards": len(previous),
+        "n_previous": n_previous,
+        "n_store": n_previous + len(structures) - len(failures),
         "n_failed": len(failures),
         "n_excluded": len(excluded),
         "excluded": excluded,
@@ -196,6 +223,52 @@ def label_structures(
             summary,
         )
     return summary
+
+
+def shards_in(shards_dir: Path) -> list[Path]:
+    """The shards that `label_structures` combined from ``shards_dir``, in store order (from its
+    `SHARDS_MANIFEST`, so that stale shards of an earlier plan are left out); raises
+    ``FileNotFoundError`` if that labeling did not finish."""
+    manifest = Path(shards_dir) / SHARDS_MANIFEST
+    if not manifest.is_file():
+        raise FileNotFoundError(f"{manifest} not found: the labeling of {shards_dir} did not finish")
+    return [Path(shards_dir) / name for name in json.loads(manifest.read_text())["shards"]]
+
+
+def _check_previous_shards(previous: Sequence[Path], labeled_with: dict, shards_dir: Path) -> list[dict]:
+    """Raise unless every previous shard is complete (has its marker), lies outside ``shards_dir``
+    and was labeled with ``labeled_with`` (where its directory records it); their failures."""
+    wanted = _canonical_json(labeled_with)
+    failures: list[dict] = []
+    for path in previous:
+        if path.parent == shards_dir:
+            raise ValueError(f"previous shard {path} lies in this labeling's own shards directory {shards_dir}")
+        if not marker_path(path).is_file() or not path.is_dir():
+            raise ValueError(f"previous shard {path} is not complete (no data or no marker): relabel its round")
+        recorded = path.parent / TEACHER_CONFIG_FILE
+        if recorded.is_file() and recorded.read_text() != wanted:
+            raise ValueError(
+                f"previous shard {path} was labeled with other teacher settings ({recorded}) than these: "
+                "relabel its round"
+            )
+        failures += read_marker(path).get("failures", [])
+    return failures
+
+
+def _check_unique_samples(structures: Sequence[Atoms], previous: Sequence[Path], previous_failures: list[dict]) -> None:
+    """Raise naming a ``sample_index`` that occurs twice among ``structures``, the structures of
+    the ``previous`` shards and their failures."""
+    seen: dict[int, str] = {}
+    sources = [(int(f["sample_index"]), "a failure recorded in a previous shard") for f in previous_failures]
+    for path in previous:
+        sources += [(int(index), f"previous shard {path.name}") for index in read_index_columns(path)["sample_index"]]
+    sources += [(int(atoms.info["sample_index"]), f"new structure {n}") for n, atoms in enumerate(structures)]
+    for index, source in sources:
+        if index in seen:
+            raise ValueError(
+                f"sample_index {index} occurs twice ({seen[index]} and {source}): it would be labeled twice"
+            )
+        seen[index] = source
 
 
 # How many of the job's largest molecules, by atoms and by atoms of each species, go to each

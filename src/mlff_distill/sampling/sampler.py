@@ -1,11 +1,14 @@
-"""The training set's design: structures for the teacher to label, made from the seeds.
+"""The training set's design: structures for the teacher to label, made from the seeds and the targets.
 
 Two strategies are always available: rattling (Gaussian displacements, sigma in Angstrom) and short
 Langevin MD driven by the teacher at several temperatures (K); the others of
-`mlff_distill.sampling.strategies` run when their settings ask for structures. Every structure
-records in ``atoms.info`` where it came from (``seed``, ``strategy``, ``temperature_K``), its
-``group`` (one MD trajectory, or one rattled structure) and its ``split``; splits are drawn by
-group, so frames of one trajectory never straddle train, validation and test.
+`mlff_distill.sampling.strategies` run when their settings ask for structures. With targets (the
+systems the user will simulate, `mlff_distill.sampling.targets`), their teacher MD and the structures
+derived from it (`mlff_distill.sampling.condensed`) join the training data, and their test trajectories,
+from starts of their own, are the test split. Every structure records in ``atoms.info`` where it came
+from (``seed``, ``strategy``, ``temperature_K``, ``target``), its ``group`` (one MD trajectory with the
+structures derived from it, or one rattled structure) and its ``split``; splits are drawn by group, so
+frames of one trajectory never straddle train, validation and test.
 """
 
 from __future__ import annotations
@@ -15,16 +18,17 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 from ase.io import write
-from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from tqdm import tqdm
 
 from mlff_distill.sampling import strategies
+from mlff_distill.sampling.condensed import derived_structures, target_trajectories
 from mlff_distill.sampling.seeds import read_seed_files, seed_structures
-from mlff_distill.settings import MDSettings, SampleSettings
-from mlff_distill.teachers import Teacher, TeacherCalculator, check_structures_for
+from mlff_distill.sampling.strategies import teacher_md
+from mlff_distill.sampling.targets import Target, target_start
+from mlff_distill.settings import SampleSettings, TargetSettings
+from mlff_distill.teachers import Teacher, check_structures_for
 
 SPLITS = ("train", "val", "test")
 
@@ -39,36 +43,6 @@ def rattled(seed: Atoms, count: int, sigma_range_A: Sequence[float], rng: np.ran
         atoms.info = {"seed": seed.info["seed"], "strategy": "rattle", "sigma_A": sigma}
         structures.append(atoms)
     return structures
-
-
-def teacher_md(
-    seed: Atoms, teacher: Teacher, temperature_K: float, md: MDSettings, rng: np.random.Generator
-) -> list[Atoms]:
-    """Frames of a Langevin trajectory driven by the teacher, taken after equilibration."""
-    atoms = seed.copy()
-    atoms.calc = TeacherCalculator(teacher)
-    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
-    Stationary(atoms)
-    if not atoms.pbc.any():  # rotation is a rigid mode of molecules only
-        ZeroRotation(atoms)
-    dynamics = Langevin(
-        atoms,
-        timestep=md.timestep_fs * units.fs,
-        temperature_K=temperature_K,
-        friction=md.friction_per_fs / units.fs,
-        fixcm=False,
-        rng=rng,
-    )
-    dynamics.run(md.equilibration_steps)
-    frames = []
-    for _ in range(md.frames_per_trajectory):
-        dynamics.run(md.steps_between_frames)
-        frame = Atoms(
-            numbers=atoms.numbers, positions=atoms.positions.copy(), cell=atoms.cell.copy(), pbc=atoms.pbc.copy()
-        )
-        frame.info = {"seed": seed.info["seed"], "strategy": "md", "temperature_K": temperature_K}
-        frames.append(frame)
-    return frames
 
 
 def min_distance_A(atoms: Atoms) -> float:
@@ -174,17 +148,77 @@ def teacher_filters(
     return structures
 
 
+def check_targets(
+    targets: Sequence[Target], teacher: Teacher, molecule_only: bool, min_distance_A: float, rng: np.random.Generator
+) -> None:
+    """Build one start of each target (packing errors come here) and check it against the teacher
+    (species, periodicity, cell size for its cutoff, overlaps); a ValueError names the target."""
+    for target in targets:
+        start = target_start(target, rng, min_distance_A)
+        try:
+            check_structures_for(teacher, [start], molecule_only)
+        except ValueError as error:
+            raise ValueError(f"target {target.name}: {error}") from error
+
+
+def target_groups(
+    targets: Sequence[Target],
+    settings: TargetSettings,
+    teacher: Teacher,
+    random_seed: int,
+    logger: logging.Logger,
+) -> tuple[list[list[Atoms]], list[list[Atoms]]]:
+    """The targets' training groups (each a teacher MD trajectory followed by the structures derived
+    from it) and test groups (test trajectories). Training draws from ``default_rng([random_seed, 2])``,
+    the test from ``default_rng([random_seed, 1])``: test starts are packed apart from the training
+    ones, and the test trajectories do not change the training data."""
+    train_rng = np.random.default_rng([random_seed, 2])
+    test_rng = np.random.default_rng([random_seed, 1])
+    training: list[list[Atoms]] = []
+    for target in targets:
+        trajectories = target_trajectories(target, settings, teacher, train_rng, logger, test=False)
+        derived = [derived_structures(frames, settings, train_rng) for frames in trajectories]
+        training += [frames + more for frames, more in zip(trajectories, derived)]
+        logger.info(
+            "target %s: %d training trajectories, %d frames, %d derived structures",
+            target.name,
+            len(trajectories),
+            sum(map(len, trajectories)),
+            sum(map(len, derived)),
+        )
+    test: list[list[Atoms]] = []
+    for target in targets:
+        test += target_trajectories(target, settings, teacher, test_rng, logger, test=True)
+    return training, test
+
+
 def sample_structures(
-    settings: SampleSettings, random_seed: int, teacher: Teacher, molecule_only: bool, logger: logging.Logger
+    settings: SampleSettings,
+    random_seed: int,
+    teacher: Teacher,
+    molecule_only: bool,
+    logger: logging.Logger,
+    targets: Sequence[Target] = (),
+    target_settings: TargetSettings | None = None,
 ) -> list[Atoms]:
     """All structures of the sample stage, filtered, grouped and split; ``random_seed`` seeds every
-    random choice; ``molecule_only`` (the teacher's setting) refuses periodic seeds.
+    random choice; ``molecule_only`` (the teacher's setting) refuses periodic seeds and targets.
 
-    With ``test_files``, their frames are the test split, as given, and no sampled structure is.
+    Without targets, ``test_fraction`` of the groups is the test split. With ``targets`` (and
+    ``target_settings``), one start of each is built and checked against the teacher before any
+    teacher MD; their training groups (`target_groups`) join the seeds' structures in train and
+    validation, and their test trajectories are the test split. With ``test_files``, their frames
+    are test structures too, as given, and no sampled training structure is.
     """
+    if targets and target_settings is None:
+        raise ValueError("sample_structures: targets need target_settings (the target: section)")
     rng = np.random.default_rng(random_seed)
     seeds = seed_structures(settings)
     check_structures_for(teacher, seeds, molecule_only)
+    if targets:
+        check_targets(
+            targets, teacher, molecule_only, target_settings.min_distance_A, np.random.default_rng([random_seed, 3])
+        )
     trajectories: list[list[Atoms]] = []
     for seed in seeds:
         trajectories += [
@@ -196,8 +230,33 @@ def sample_structures(
             trajectories.append(teacher_md(seed, teacher, temperature, settings.md, rng))
             logger.info("MD %s at %g K: %d frames", seed.info["seed"], temperature, len(trajectories[-1]))
     trajectories += extra_strategies(seeds, settings, teacher, rng, logger)
+    test_groups: list[list[Atoms]] = []
+    if targets:
+        training, test_groups = target_groups(targets, target_settings, teacher, random_seed, logger)
+        trajectories += training
+    structures = teacher_filters(_numbered(trajectories, 0, settings, logger), settings, teacher, logger)
+    groups = [atoms.info["group"] for atoms in structures]
+    test_files = read_seed_files(settings.test_files)
+    test_fraction = 0.0 if test_files or targets else settings.test_fraction
+    splits = assign_splits(groups, settings.val_fraction, test_fraction, rng)
+    tests = _numbered(test_groups, len(trajectories), settings, logger)
+    for group, atoms in enumerate(test_files, start=len(trajectories) + len(test_groups)):
+        atoms.info.update(strategy="test-file", group=group)
+    tests += test_files
+    structures, splits = structures + tests, splits + ["test"] * len(tests)
+    for index, (atoms, split) in enumerate(zip(structures, splits)):
+        atoms.info["split"] = split
+        atoms.info["sample_index"] = index
+    return structures
+
+
+def _numbered(
+    trajectories: Sequence[Sequence[Atoms]], first_group: int, settings: SampleSettings, logger: logging.Logger
+) -> list[Atoms]:
+    """The structures of ``trajectories``, each with ``info["group"]`` (``first_group`` + its
+    trajectory's position); those with atoms closer than ``settings.min_distance_A`` are dropped."""
     structures = []
-    for group, trajectory in enumerate(trajectories):
+    for group, trajectory in enumerate(trajectories, start=first_group):
         for atoms in trajectory:
             if min_distance_A(atoms) < settings.min_distance_A:
                 logger.warning(
@@ -209,17 +268,6 @@ def sample_structures(
                 continue
             atoms.info["group"] = group
             structures.append(atoms)
-    structures = teacher_filters(structures, settings, teacher, logger)
-    groups = [atoms.info["group"] for atoms in structures]
-    test_files = read_seed_files(settings.test_files)
-    test_fraction = 0.0 if test_files else settings.test_fraction
-    splits = assign_splits(groups, settings.val_fraction, test_fraction, rng)
-    for group, atoms in enumerate(test_files, start=len(trajectories)):
-        atoms.info.update(strategy="test-file", group=group)
-    structures, splits = structures + test_files, splits + ["test"] * len(test_files)
-    for index, (atoms, split) in enumerate(zip(structures, splits)):
-        atoms.info["split"] = split
-        atoms.info["sample_index"] = index
     return structures
 
 

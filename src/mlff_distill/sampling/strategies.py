@@ -1,10 +1,10 @@
 """More ways to make structures for the teacher to label, and filters to prune them.
 
 Seeds can come from structure files (any format ASE reads) and periodic seeds can be replicated to a
-minimum cell size. Strategies: rattling with a random cell strain (periodic seeds), rattle-and-relax
-family trees guided by the teacher (in the spirit of augment-atoms), and classical harmonic
-sampling along the teacher's normal modes. Filters: selection by ensemble disagreement, a maximum
-teacher force, and near-duplicate removal.
+minimum cell size. Strategies: Langevin MD driven by the teacher (`teacher_md`), rattling with a
+random cell strain (periodic seeds), rattle-and-relax family trees guided by the teacher (in the
+spirit of augment-atoms), and classical harmonic sampling along the teacher's normal modes.
+Filters: selection by ensemble disagreement, a maximum teacher force, and near-duplicate removal.
 
 Units: lengths in Angstrom (``_A``), energies in eV (``_eV``), forces in eV/Angstrom, temperatures
 in K (``_K``), masses in amu; Hessians in eV/Angstrom^2, mass-weighted ones in eV/(Angstrom^2 amu).
@@ -18,8 +18,11 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms, units
+from ase.md.langevin import Langevin
+from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.optimize import FIRE
 
+from mlff_distill.settings import MDSettings, TargetMDSettings
 from mlff_distill.teachers import Teacher, TeacherCalculator
 
 # Mass-weighted Hessian eigenvalues below this (eV/(Angstrom^2 amu); 1.0 is about 521 cm^-1, so
@@ -143,6 +146,52 @@ def teacher_relax(atoms: Atoms, teacher: Teacher, steps: int, max_step_A: float 
     energy = float(atoms.get_potential_energy())
     atoms.calc = None
     return energy
+
+
+def teacher_md(
+    seed: Atoms,
+    teacher: Teacher,
+    temperature_K: float,
+    md: MDSettings | TargetMDSettings,
+    rng: np.random.Generator,
+    strategy: str = "md",
+) -> list[Atoms]:
+    """``md.frames_per_trajectory`` frames of a Langevin trajectory at ``temperature_K`` driven by the
+    teacher from ``seed`` (Maxwell-Boltzmann velocities, no net momentum): ``md.equilibration_steps``
+    steps, then a frame every ``md.steps_between_frames`` steps of ``md.timestep_fs`` (fs), friction
+    ``md.friction_per_fs`` (1/fs). ``md`` is either settings section (both have these fields).
+
+    Frames keep the cell, periodicity and ``arrays["molecule_index"]`` (if any); ``info``: ``seed``
+    and, if the seed has one, ``target`` (from the seed's info), ``strategy``, ``temperature_K``.
+    """
+    atoms = seed.copy()
+    atoms.calc = TeacherCalculator(teacher)
+    thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
+    Stationary(atoms)
+    if not atoms.pbc.any():  # rotation is a rigid mode of molecules only
+        with np.errstate(invalid="ignore", divide="ignore"):  # a linear molecule's zero moment (ASE masks it)
+            ZeroRotation(atoms)
+    dynamics = Langevin(
+        atoms,
+        timestep=md.timestep_fs * units.fs,
+        temperature_K=temperature_K,
+        friction=md.friction_per_fs / units.fs,
+        fixcm=False,
+        rng=rng,
+    )
+    dynamics.run(md.equilibration_steps)
+    provenance = {"seed": seed.info["seed"], **({"target": seed.info["target"]} if "target" in seed.info else {})}
+    frames = []
+    for _ in range(md.frames_per_trajectory):
+        dynamics.run(md.steps_between_frames)
+        frame = Atoms(
+            numbers=atoms.numbers, positions=atoms.positions.copy(), cell=atoms.cell.copy(), pbc=atoms.pbc.copy()
+        )
+        if "molecule_index" in seed.arrays:
+            frame.arrays["molecule_index"] = np.array(seed.arrays["molecule_index"], dtype=int)
+        frame.info = {**provenance, "strategy": strategy, "temperature_K": float(temperature_K)}
+        frames.append(frame)
+    return frames
 
 
 def rattle_relax(

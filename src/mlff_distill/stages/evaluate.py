@@ -22,21 +22,24 @@ from ase.io import read
 
 from mlff_distill.evaluation.accuracy import (
     accuracy,
+    accuracy_by_target,
     mlflow_metrics,
     provenance,
     split_column,
     structure_kinds,
     time_test_structures,
 )
-from mlff_distill.evaluation.md_validation import md_validation
+from mlff_distill.evaluation.md_validation import md_validation, target_nvt_rows
 from mlff_distill.evaluation.metrics import check_gates, failed_gates, per_kind_force_errors, worst_force_errors
 from mlff_distill.evaluation.plots import write_figures
 from mlff_distill.evaluation.report import build_report
-from mlff_distill.evaluation.speed import speed_rows
+from mlff_distill.evaluation.speed import speed_rows, speed_rows_for
+from mlff_distill.evaluation.targets import nvt_starts, teacher_md_frames, timing_systems
 from mlff_distill.evaluation.teacher_symmetry import rotation_force_change
 from mlff_distill.logs import stage_logger
 from mlff_distill.sampling.seeds import seed_structures
-from mlff_distill.settings import EvaluateSettings, SampleSettings, TeacherSettings, build
+from mlff_distill.sampling.targets import targets_from
+from mlff_distill.settings import EvaluateSettings, SampleSettings, TargetSettings, TeacherSettings, build
 from mlff_distill.store import read_labels, store_attrs
 from mlff_distill.student import StudentCalculator, load_student, predict
 from mlff_distill.student.compilation import use_compile_cache
@@ -63,6 +66,7 @@ def run(
     seed: int,
     teacher: dict,
     sample: dict,
+    target: dict,
     evaluate: dict,
     store: Path,
     checkpoint: Path,
@@ -130,11 +134,36 @@ def run(
                 for i, index in enumerate(sample_indices)
             ],
         )
-        # MD validation runs before the speed step: FeNNol teachers keep the padded size of the
-        # largest system they have seen, so after the 2048-atom timing a molecule's MD step is slow.
+        targets = targets_from(build(TargetSettings, target, "target").systems)
+        if targets:
+            metrics["accuracy_by_target"] = accuracy_by_target(
+                test, predictions, [sampled[int(index)].info for index in sample_indices]
+            )
+        # MD runs before the speed step: FeNNol teachers keep the padded size of the largest system
+        # they have seen, so after the 2048-atom timing a molecule's MD step is slow.
         seeds = seed_structures(build(SampleSettings, sample, "sample")) or sampled
-        metrics["md_validation"] = md_validation(settings.md, seeds, seed, teacher_model, student_calculator, sampled)
-        metrics["speed"] = speed_rows(settings, seeds, seed, teacher_model, student_calculator)
+        if targets:
+            metrics["target_nvt"] = target_nvt_rows(
+                student_calculator,
+                nvt_starts(targets, sampled, settings.md.all_temperatures),
+                teacher_md_frames(sampled),
+                settings.md,
+                seed,
+            )
+            metrics["md_validation"] = None
+            metrics["speed"] = speed_rows_for(
+                timing_systems(
+                    targets, build(TargetSettings, target, "target"), settings.speed.sizes, teacher_model, seed, logger
+                ),
+                settings,
+                teacher_model,
+                student_calculator,
+            )
+        else:
+            metrics["md_validation"] = md_validation(
+                settings.md, seeds, seed, teacher_model, student_calculator, sampled
+            )
+            metrics["speed"] = speed_rows(settings, seeds, seed, teacher_model, student_calculator)
         metrics["gates"] = check_gates(metrics, settings.gates)
         metrics["gates_passed"] = not failed_gates(metrics["gates"]) if metrics["gates"] else None
         metrics["strict"] = settings.strict
@@ -147,6 +176,7 @@ def run(
             "seed": seed,
             "teacher": teacher,
             "sample": sample,
+            "target": target,
             "label": store_attrs(store).get("label_settings"),
             **student_metadata.get("settings", {}),
             "evaluate": evaluate,

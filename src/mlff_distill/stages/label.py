@@ -1,14 +1,16 @@
 """The label stage: the teacher labels the sampled structures in shards on Dask
 (`mlff_distill.labeling`), combined into one Zarr v3 store; throughput and one MLflow child run per
-shard are logged."""
+shard are logged. In an on-policy round it labels only the round's new structures and combines them
+with the shards of the earlier rounds."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional, Sequence
 
 from ase.io import read
 
-from mlff_distill.labeling.shards import LabelingFailedError, label_structures
+from mlff_distill.labeling.shards import LabelingFailedError, label_structures, shards_in
 from mlff_distill.logs import stage_logger
 from mlff_distill.settings import LabelSettings, TeacherSettings, build, config_hash
 from mlff_distill.teachers import check_structures_for, load_teacher
@@ -25,15 +27,24 @@ def run(
     pipeline_file: Path,
     log_file: Path,
     threads: int,
+    previous_shards_dirs: Sequence[Path] = (),
+    round_index: Optional[int] = None,
 ) -> None:
-    """The Snakemake job: label, combine, log throughput and one MLflow child run per shard."""
+    """The Snakemake job: label, combine, log throughput and one MLflow child run per shard.
+
+    ``previous_shards_dirs``: the shards directories of the earlier rounds, in order; their shards
+    (`mlff_distill.labeling.shards.shards_in`) go into ``store`` before this round's, as they are.
+    ``round_index``: the on-policy round (the MLflow run nests under "round <k>"); None outside rounds.
+    """
     settings, teacher_settings = build(LabelSettings, label, "label"), build(TeacherSettings, teacher, "teacher")
     logger = stage_logger("label", log_file)
-    structures = read(structures_file, ":")
+    structures = read(structures_file, ":") if Path(structures_file).stat().st_size else []
+    previous_shards = [shard for directory in previous_shards_dirs for shard in shards_in(Path(directory))]
     model = load_teacher(teacher_settings)
     check_structures_for(model, structures, teacher_settings.molecule_only)
     n_workers = settings.workers or threads
-    with stage_run(pipeline_file, "label", {**label, "n_workers": n_workers}, log_file) as tracker:
+    params = {**label, "n_workers": n_workers, "previous_shards_dirs": [str(d) for d in previous_shards_dirs]}
+    with stage_run(pipeline_file, "label", params, log_file, round_index=round_index) as tracker:
         tracker.set_tags({"teacher": model.identity.label, "teacher_trained": model.identity.trained})
         tracker.log_params({"teacher": model.identity.as_dict()})
 
@@ -61,6 +72,8 @@ def run(
             "label_settings": label,
             "package_versions": package_versions(),
             "structures_file": str(Path(structures_file).resolve()),
+            "previous_shards_dirs": [str(Path(d).resolve()) for d in previous_shards_dirs],
+            "round": round_index,
         }
         try:
             summary = label_structures(
@@ -76,6 +89,7 @@ def run(
                 scheduler=settings.scheduler,
                 max_force_eV_per_A=settings.max_force_eV_per_A,
                 hessian_step_A=settings.hessian_step_A,
+                previous_shards=previous_shards,
             )
         except LabelingFailedError as error:
             tracker.log_metrics(
@@ -104,7 +118,8 @@ def run(
             shard_run.end()
         tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
         logger.info(
-            "labeled %d structures (%d failed, %d shards new, %d reused, scheduler %s) in %.1f s into %s",
+            "labeled %d structures (%d failed, %d shards new, %d reused, scheduler %s) in %.1f s into %s, "
+            "with %d structures of %d earlier shards: %d in all",
             summary["n_structures"],
             summary["n_failed"],
             summary["shards_labeled"],
@@ -112,4 +127,7 @@ def run(
             summary["scheduler"],
             summary["seconds"],
             store,
+            summary["n_previous"],
+            summary["n_previous_shards"],
+            summary["n_store"],
         )

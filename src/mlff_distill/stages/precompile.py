@@ -8,12 +8,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from mlff_distill.logs import stage_logger
 from mlff_distill.sampling.boxes import build_timing_systems
 from mlff_distill.sampling.seeds import read_seed_files, seed_structures
-from mlff_distill.settings import SampleSettings, StudentSettings, build
+from mlff_distill.sampling.targets import target_start, targets_from
+from mlff_distill.settings import SampleSettings, StudentSettings, TargetSettings, build
 from mlff_distill.student.compilation import (
     attempt,
     compile_inference,
@@ -26,6 +28,7 @@ from mlff_distill.student.compilation import (
 def run(
     *,
     sample: dict,
+    target: dict,
     student: dict,
     train_loss: dict,
     try_compile: bool,
@@ -45,15 +48,20 @@ def run(
         record: dict[str, Any] = {"training_loss": {"skipped": "train.compile is false"}}
     else:
         cache = use_compile_cache(cache_dir, logger)
-        settings = build(SampleSettings, sample, "sample")
-        seeds = seed_structures(settings) + read_seed_files(settings.test_files)
+        settings, targets = build(SampleSettings, sample, "sample"), build(TargetSettings, target, "target")
+        rng = np.random.default_rng(0)
+        starts = [target_start(t, rng, targets.min_distance_A) for t in targets_from(targets.systems)]
+        seeds = seed_structures(settings) + read_seed_files(settings.test_files) + starts
+        if not seeds:
+            raise ValueError("nothing to compile on: no sample.molecules, crystals, seed_files or target systems")
         weights = {k: v for k, v in train_loss.items() if k != "compile"}
         record = {
             "cache_dir": cache,
             "training_loss": attempt(lambda: compile_training_loss(size, seeds, **weights), "training loss", logger),
         }
         if try_compile and not torch.cuda.is_available():
-            systems = [seeds[0], *build_timing_systems(seeds[:1], [64], size["cutoff_A"], seed=0)]
+            periodic = [atoms for atoms in seeds if atoms.pbc.all()]
+            systems = [seeds[0], *(periodic[:1] or build_timing_systems(seeds[:1], [64], size["cutoff_A"], seed=0))]
             record["inference"] = attempt(
                 lambda: compile_inference(size, species_of(seeds), systems), "inference path", logger
             )

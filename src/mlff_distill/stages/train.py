@@ -3,7 +3,8 @@ each epoch to MLflow and write the checkpoint, its TorchScript export, the histo
 learning-curve plot.
 
 The resumable state goes to ``<train dir>/resume/state.pt``: not a Snakemake output, so it
-survives the deletion of an interrupted job's outputs.
+survives the deletion of an interrupted job's outputs. An on-policy round starts from the previous
+round's student (``initial_checkpoint``).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import torch
 from mlff_distill.evaluation.plots import learning_curve_plot
 from mlff_distill.logs import stage_logger
 from mlff_distill.settings import StudentSettings, TrainSettings, build
-from mlff_distill.store import store_attrs
-from mlff_distill.student.checkpoint import save_student
+from mlff_distill.store import store_attrs, store_species
+from mlff_distill.student.checkpoint import load_student, save_student
 from mlff_distill.student.compilation import use_compile_cache
 from mlff_distill.student.export import export_torchscript
 from mlff_distill.student.training import fit, state_path_for
@@ -41,14 +42,25 @@ def run(
     threads: int,
     precompiled: Optional[Path] = None,
     compile_cache_dir: Optional[Path] = None,
+    initial_checkpoint: Optional[Path] = None,
+    round_index: Optional[int] = None,
 ) -> None:
     """The Snakemake job. ``precompiled``: the precompile stage's record; ``compile_cache_dir``:
-    the TorchInductor cache it filled (`mlff_distill.student.compilation`)."""
+    the TorchInductor cache it filled (`mlff_distill.student.compilation`). ``initial_checkpoint``:
+    a student (the previous round's) to start from, of the same species as the store and the sizes
+    of ``student``. ``round_index``: the on-policy round (the MLflow run nests under "round <k>")."""
     student_settings, train_settings = build(StudentSettings, student, "student"), build(TrainSettings, train, "train")
     logger = stage_logger("train", log_file)
     torch.set_num_threads(threads)
     use_compile_cache(compile_cache_dir, logger)
-    with stage_run(pipeline_file, "train", {"seed": seed, "student": student, "train": train}, log_file) as tracker:
+    initial_weights = None
+    if initial_checkpoint is not None:
+        initial_weights = initial_student_weights(Path(initial_checkpoint), student_settings, Path(store))
+        logger.info("starting from the weights of %s", initial_checkpoint)
+    params = {"seed": seed, "student": student, "train": train}
+    if initial_checkpoint is not None:
+        params["initial_checkpoint"] = str(initial_checkpoint)
+    with stage_run(pipeline_file, "train", params, log_file, round_index=round_index) as tracker:
         start = time.perf_counter()
 
         def on_epoch(epoch: int, metrics: dict) -> None:
@@ -56,7 +68,14 @@ def run(
             logger.info("epoch %d %s", epoch, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
         model, history, info = fit(
-            student_settings, train_settings, seed, Path(store), state_path_for(checkpoint), logger, on_epoch
+            student_settings,
+            train_settings,
+            seed,
+            Path(store),
+            state_path_for(checkpoint),
+            logger,
+            on_epoch,
+            initial_weights=initial_weights,
         )
         model = model.cpu()  # checkpoints and the TorchScript file load on any machine
         n_parameters = sum(p.numel() for p in model.parameters())
@@ -71,6 +90,8 @@ def run(
             "n_train": info["n_train"],
             "n_val": info["n_val"],
             "best_val": best,
+            "initial_checkpoint": None if initial_checkpoint is None else str(Path(initial_checkpoint).resolve()),
+            "round": round_index,
         }
         save_student(checkpoint, model, metadata=metadata)
         export_torchscript(model, torchscript, metadata)
@@ -87,3 +108,21 @@ def run(
             n_parameters,
             time.perf_counter() - start,
         )
+
+
+def initial_student_weights(checkpoint: Path, student: StudentSettings, store: Path) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of the student at ``checkpoint``; raises ``ValueError`` unless it knows
+    the species of ``store`` and has the sizes of ``student``."""
+    model, _ = load_student(checkpoint)
+    species = store_species(store)
+    if model.species != species:
+        raise ValueError(
+            f"{checkpoint}: a student of species {model.species} cannot start a training on {store}, "
+            f"whose species are {species}"
+        )
+    sizes = {k: v for k, v in model.hyperparameters.items() if k in dataclasses.asdict(student)}
+    if sizes != dataclasses.asdict(student):
+        raise ValueError(
+            f"{checkpoint}: a student of sizes {sizes} cannot start a training of sizes {dataclasses.asdict(student)}"
+        )
+    return model.state_dict()

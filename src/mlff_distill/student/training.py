@@ -5,8 +5,9 @@ one or several local processes.
 ``train.in_memory_max_GB``), fits per-species reference energies (eV) and trains with
 `mlff_distill.student.fitting.train_student`. Resuming: after every epoch the full training state
 goes to ``state_path`` (written atomically); a later call continues from it if it was made with the
-same seed, student and training settings and the same label store (SHA-256 of its files);
-otherwise training starts afresh and the log says why.
+same seed, student and training settings and the same label store (SHA-256 of its files), and
+from the same initial weights (a warm start, as in the on-policy rounds); otherwise training starts
+afresh and the log says why.
 
 With ``train.processes`` above 1 (and no GPU), `train_in_processes` starts that many worker
 processes (fresh interpreters calling `run_worker`, not forks of the caller, so that they work from
@@ -19,6 +20,7 @@ rank writes its final weights, and the parent checks that they agree.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -45,14 +47,56 @@ def state_path_for(checkpoint: Path) -> Path:
     return Path(checkpoint).parent / "resume" / "state.pt"
 
 
-def training_fingerprint(student: StudentSettings, train: TrainSettings, seed: int, store: Path) -> dict[str, str]:
+def training_fingerprint(
+    student: StudentSettings,
+    train: TrainSettings,
+    seed: int,
+    store: Path,
+    initial_weights: Optional[dict[str, torch.Tensor]] = None,
+) -> dict[str, str]:
     """What a saved state must match to be resumed: the hash of the seed, student and training
-    settings (without ``train.resume``) and the SHA-256 of the label store's files."""
+    settings (without ``train.resume``), the SHA-256 of the label store's files and, for a warm
+    start, the SHA-256 of the initial weights (`weights_sha256`)."""
     training = {k: v for k, v in dataclasses.asdict(train).items() if k != "resume"}
-    return {
+    fingerprint = {
         "config_hash": config_hash({"seed": seed, "student": dataclasses.asdict(student), "train": training}),
         "store_sha256": store_checksum(Path(store)),
     }
+    if initial_weights is not None:
+        fingerprint["initial_weights_sha256"] = weights_sha256(initial_weights)
+    return fingerprint
+
+
+def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over the names, dtypes, shapes and bytes of a ``state_dict``'s tensors, by name."""
+    digest = hashlib.sha256()
+    for name in sorted(state_dict):
+        tensor = state_dict[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def load_initial_weights(model: StudentPotential, initial_weights: dict[str, torch.Tensor]) -> None:
+    """Load a previous student's ``state_dict`` into ``model`` (weights, reference energies and
+    energy scale); raises ``ValueError`` saying what differs when it is not a student of the same
+    number of species and sizes."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(initial_weights))
+    unexpected = sorted(set(initial_weights) - set(own))
+    shapes = [
+        f"{name} {tuple(initial_weights[name].shape)} (here {tuple(own[name].shape)})"
+        for name in sorted(set(own) & set(initial_weights))
+        if initial_weights[name].shape != own[name].shape
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"the initial weights are not those of a student like this one (species {model.species}, "
+            f"{model.n_features} features, {model.n_radial} radial functions, {model.n_interactions} "
+            f"interactions): missing {missing[:5]}, unexpected {unexpected[:5]}, other shapes {shapes[:5]}"
+        )
+    with torch.no_grad():
+        model.load_state_dict(initial_weights)
 
 
 def load_resume_state(path: Path, fingerprint: dict[str, str], logger: logging.Logger) -> Optional[dict]:
@@ -65,7 +109,8 @@ def load_resume_state(path: Path, fingerprint: dict[str, str], logger: logging.L
     except Exception as error:  # a torn or foreign file: any load error means "start fresh"
         logger.warning("training state %s unreadable (%s): starting fresh", path, error)
         return None
-    changed = [key for key, value in fingerprint.items() if saved.get("fingerprint", {}).get(key) != value]
+    recorded = saved.get("fingerprint", {})
+    changed = [key for key in sorted(set(fingerprint) | set(recorded)) if recorded.get(key) != fingerprint.get(key)]
     if changed:
         logger.info("training state %s was made with a different %s: starting fresh", path, " and ".join(changed))
         return None
@@ -89,9 +134,14 @@ def fit(
     state_path: Path,
     logger: logging.Logger,
     on_epoch: Optional[Callable[[int, dict], None]] = None,
+    initial_weights: Optional[dict[str, torch.Tensor]] = None,
 ) -> tuple[StudentPotential, dict, dict[str, Any]]:
     """Train a student of size ``student`` on ``store`` as ``train`` says (``seed`` seeds the
     weights and batches), saving and resuming state at ``state_path``.
+
+    ``initial_weights``: a previous student's ``state_dict`` (same species and sizes, else
+    ``ValueError``) to start from instead of random weights; its reference energies are kept, not
+    fitted afresh. Its hash is part of the resume fingerprint.
 
     Returns the model (best weights), the history of `train_student` and facts about the data
     (species, reference energies in eV, structure counts, RMS training stress in eV/Angstrom^3,
@@ -99,7 +149,9 @@ def fit(
     worker processes (`train_in_processes`), each of which calls this function.
     """
     if train.processes > 1 and world()[1] == 1 and not torch.cuda.is_available():
-        weights, history, info = train_in_processes(student, train, seed, store, state_path, logger, on_epoch)
+        weights, history, info = train_in_processes(
+            student, train, seed, store, state_path, logger, on_epoch, initial_weights
+        )
         model = StudentPotential(
             species=info["species"], reference_energies_eV=info["reference_energies_eV"], **dataclasses.asdict(student)
         )
@@ -120,9 +172,13 @@ def fit(
     )
     torch.manual_seed(seed)
     model = StudentPotential(species=species, reference_energies_eV=references, **dataclasses.asdict(student))
+    if initial_weights is not None:
+        load_initial_weights(model, initial_weights)
+        references = dict(zip(model.species, model.reference_energies_eV.tolist()))
+        logger.info("starting from the initial weights; their reference energies (eV) %s", references)
     model = model.to("cuda" if torch.cuda.is_available() else "cpu")  # a GPU when the job has one
 
-    fingerprint = training_fingerprint(student, train, seed, store)
+    fingerprint = training_fingerprint(student, train, seed, store, initial_weights)
     resume_from = load_resume_state(state_path, fingerprint, logger) if train.resume else None
     if resume_from is not None and on_epoch is not None:
         for metrics in resume_from["history"]["epochs"]:
@@ -150,10 +206,12 @@ def train_in_processes(
     state_path: Path,
     logger: logging.Logger,
     on_epoch: Optional[Callable[[int, dict], None]] = None,
+    initial_weights: Optional[dict[str, torch.Tensor]] = None,
 ) -> tuple[dict, dict, dict[str, Any]]:
-    """Run `fit` in ``train.processes`` workers; returns the trained weights
-    (``state_dict``), the history and the data facts of `fit`. ``on_epoch(epoch, metrics)`` is
-    called here as rank 0 reports epochs. Worker logs go to ``<state_path dir>/rank-<r>.log``.
+    """Run `fit` in ``train.processes`` workers (from ``initial_weights`` if given: a file they
+    load); returns the trained weights (``state_dict``), the history and the data facts of `fit`.
+    ``on_epoch(epoch, metrics)`` is called here as rank 0 reports epochs. Worker logs go to
+    ``<state_path dir>/rank-<r>.log``.
     Raises ``RuntimeError`` with the end of its log if a worker fails (the others are stopped)."""
     state_path = Path(state_path).resolve()  # the rendezvous is a file:// URL: absolute paths only
     state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -173,7 +231,10 @@ def train_in_processes(
             "epochs_file": str(scratch / "epochs.jsonl"),
             "results": str(scratch / "result-{rank}.pt"),
             "log": str(state_path.parent / "rank-{rank}.log"),
+            "initial_weights": None if initial_weights is None else str(scratch / "initial_weights.pt"),
         }
+        if initial_weights is not None:
+            torch.save({name: value.detach().cpu() for name, value in initial_weights.items()}, job["initial_weights"])
         (scratch / "job.json").write_text(json.dumps(job))
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         command = f"from {__name__} import run_worker; run_worker({str(scratch / 'job.json')!r}, {{rank}})"
@@ -248,6 +309,7 @@ def run_worker(job_file: str, rank: int) -> None:
             Path(job["state_path"]),
             logging.getLogger(__name__),
             on_epoch if rank == 0 else None,
+            None if job["initial_weights"] is None else torch.load(job["initial_weights"], weights_only=True),
         )
         torch.save({"model": model.state_dict(), "history": history, "info": info}, job["results"].format(rank=rank))
     except Exception:

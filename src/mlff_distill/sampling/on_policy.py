@@ -1,0 +1,227 @@
+"""The student's own MD in an on-policy round: where it goes is where the teacher labels next.
+
+`explore` runs Langevin NVT with the student (any ASE calculator) from each target's start at each
+of its temperatures and keeps a frame every ``frame_every`` steps. A run that blows up (non-finite
+values, a force above ``max_force_eV_per_A``, two atoms closer than ``min_distance_A``, or a check
+of `mlff_distill.sampling.dynamics.blow_up_reason`) is stopped, and a few frames from just before
+the blow-up are kept: there the student went wrong, so there the teacher's labels help most.
+Units: Angstrom, eV, eV/Angstrom, fs, ps, K.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Sequence
+
+import numpy as np
+from ase import Atoms
+from ase.calculators.calculator import Calculator
+from ase.neighborlist import neighbor_list
+from tqdm import tqdm
+
+from mlff_distill.sampling.dynamics import blow_up_reason, langevin_frames
+from mlff_distill.settings import OnPolicySettings
+
+STRATEGY = "on-policy"
+
+
+def replicated(atoms: Atoms, times: int) -> Atoms:
+    """A periodic structure repeated ``times`` times along each cell vector (a molecule as it is);
+    ``arrays["molecule_index"]``, where present, stays unique per molecule."""
+    if times < 1:
+        raise ValueError(f"replicate: must be >= 1, got {times}")
+    if times == 1 or not atoms.pbc.any():
+        return atoms.copy()
+    repeated = atoms.repeat(times)
+    if "molecule_index" in atoms.arrays:
+        per_copy = int(atoms.arrays["molecule_index"].max()) + 1 if len(atoms) else 0
+        copy_of_atom = np.repeat(np.arange(times**3), len(atoms))
+        repeated.arrays["molecule_index"] = repeated.arrays["molecule_index"] + copy_of_atom * per_copy
+    return repeated
+
+
+def blow_up(
+    frame: Atoms,
+    energy_eV: float,
+    start_energy_eV: float,
+    previous_positions_A: np.ndarray,
+    max_force_eV_per_A: float,
+    min_distance_A: float,
+) -> str | None:
+    """Why this step of the student's MD counts as a blow-up, or None: `blow_up_reason`'s checks,
+    then a force above ``max_force_eV_per_A`` or two atoms closer than ``min_distance_A``
+    (minimum image)."""
+    reason = blow_up_reason(frame, energy_eV, start_energy_eV, previous_positions_A)
+    if reason is not None:
+        return reason
+    largest_force = float(np.linalg.norm(frame.get_forces(), axis=1).max()) if len(frame) else 0.0
+    if largest_force > max_force_eV_per_A:
+        return f"force of {largest_force:.1f} eV/A"
+    distances = neighbor_list("d", frame, min_distance_A) if len(frame) > 1 else np.zeros(0)
+    if len(distances):
+        return f"atoms {float(distances.min()):.2f} A apart"
+    return None
+
+
+def blowup_spacing(settings: OnPolicySettings) -> int:
+    """Steps between the frames kept before a blow-up: ``frames_before_blowup`` of them within
+    one ``frame_every`` interval (at least 1)."""
+    return max(1, settings.frame_every // max(1, settings.frames_before_blowup))
+
+
+def explore(
+    calculator: Calculator,
+    starts: Sequence[tuple[str, float, Atoms]],
+    settings: OnPolicySettings,
+    random_seed: int,
+    round_index: int,
+    first_sample_index: int,
+    first_group: int,
+    val_fraction: float,
+) -> tuple[list[Atoms], dict]:
+    """The student's MD from each start, ``settings.starts`` runs each; the structures to label.
+
+    ``starts``: (target name, temperature in K, structure) each; a periodic structure is repeated
+    ``settings.replicate`` times along each cell vector. Each run is Langevin NVT at that
+    temperature (`sampling.dynamics.langevin_frames`; ``timestep_fs``, ``friction_per_fs``) for
+    ``settings.steps`` steps, with velocities and noise seeded from ``random_seed``,
+    ``round_index`` and the run's number; a frame is kept every ``frame_every`` steps. After
+    every step the run is checked for a blow-up (`blow_up`); on one it stops, and up to
+    ``frames_before_blowup`` frames from the steps just before it (the last good step, then every
+    `blowup_spacing` steps back, leaving out steps kept anyway) are kept too, marked
+    ``info["before_blowup"] = True``.
+
+    Each run is one group (``first_group`` + its number); ``round(val_fraction * runs)`` groups,
+    drawn at random, are validation data, the rest training data (never test). Structures come run
+    by run, in time order, numbered by ``info["sample_index"]`` from ``first_sample_index``; they
+    carry no calculator, and ``info`` holds ``seed`` and ``target`` (the target's name),
+    ``temperature_K``, ``strategy`` ("on-policy"), ``round``, ``group``, ``split``,
+    ``sample_index``, ``before_blowup`` and ``md_step``; ``arrays["molecule_index"]`` is kept.
+
+    Returns the structures and stats: ``n_runs``, ``n_steps`` (steps run), ``n_frames`` (kept, all),
+    ``n_frames_before_blowup``, ``n_blowups`` and ``blowups`` (one dict per blow-up: ``target``,
+    ``temperature_K``, ``run``, ``step``, ``time_ps``, ``reason``).
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction: must be within [0, 1), got {val_fraction}")
+    runs = [(name, float(temperature), atoms) for name, temperature, atoms in starts for _ in range(settings.starts)]
+    rng = np.random.default_rng([random_seed, round_index])
+    val_runs = set(rng.choice(len(runs), size=round(val_fraction * len(runs)), replace=False).tolist())
+    structures: list[Atoms] = []
+    blowups: list[dict] = []
+    n_steps = n_before = 0
+    description = f"round {round_index} student MD"
+    with tqdm(total=len(runs) * settings.steps, unit="step", desc=description, mininterval=2.0) as progress:
+        for run, (name, temperature_K, start) in enumerate(runs):
+            seed = int(np.random.SeedSequence([random_seed, round_index, run]).generate_state(1)[0])
+            frames, stop = _one_run(
+                calculator, replicated(start, settings.replicate), temperature_K, settings, seed, progress
+            )
+            n_steps += settings.steps if stop is None else stop["step"]
+            if stop is not None:
+                blowups.append(
+                    {
+                        "target": name,
+                        "temperature_K": temperature_K,
+                        "run": run,
+                        "step": stop["step"],
+                        "time_ps": stop["step"] * settings.timestep_fs * 1e-3,
+                        "reason": stop["reason"],
+                    }
+                )
+                progress.set_postfix(blowups=len(blowups))
+            for step, atoms, before_blowup in frames:
+                atoms.info = {
+                    "seed": name,
+                    "target": name,
+                    "temperature_K": temperature_K,
+                    "strategy": STRATEGY,
+                    "round": round_index,
+                    "group": first_group + run,
+                    "split": "val" if run in val_runs else "train",
+                    "sample_index": first_sample_index + len(structures),
+                    "before_blowup": before_blowup,
+                    "md_step": step,
+                }
+                n_before += before_blowup
+                structures.append(atoms)
+    stats = {
+        "n_runs": len(runs),
+        "n_steps": n_steps,
+        "n_frames": len(structures),
+        "n_frames_before_blowup": n_before,
+        "n_blowups": len(blowups),
+        "blowups": blowups,
+    }
+    return structures, stats
+
+
+def _one_run(
+    calculator: Calculator,
+    start: Atoms,
+    temperature_K: float,
+    settings: OnPolicySettings,
+    seed: int,
+    progress: tqdm,
+) -> tuple[list[tuple[int, Atoms, bool]], dict | None]:
+    """One run of `explore`: its kept frames as (step, bare structure, before blow-up), in time
+    order, and ``{"step", "reason"}`` of its blow-up (None if it ran to the end). Each step
+    advances ``progress``; a blow-up, by the steps left."""
+    spacing = blowup_spacing(settings)
+    # The recent steps, enough for frames_before_blowup picks every `spacing` steps back with the
+    # regularly kept steps among them skipped.
+    recent: deque[tuple[int, Atoms]] = deque(maxlen=(settings.frames_before_blowup + 2) * spacing + 1)
+    kept: list[tuple[int, Atoms, bool]] = []
+    previous_positions, start_energy = start.positions.copy(), None
+    steps = langevin_frames(
+        calculator, start, temperature_K, settings.timestep_fs, settings.steps, 1, seed, settings.friction_per_fs
+    )
+    try:
+        for step, frame in enumerate(steps, start=1):
+            energy = frame.get_potential_energy()
+            start_energy = energy if start_energy is None else start_energy
+            reason = blow_up(
+                frame,
+                energy,
+                start_energy,
+                previous_positions,
+                settings.max_force_eV_per_A,
+                settings.min_distance_A,
+            )
+            progress.update(1 if reason is None else settings.steps - step + 1)
+            if reason is not None:
+                before = _before_blowup(recent, step, spacing, settings)
+                return sorted(kept + before, key=lambda item: item[0]), {"step": step, "reason": reason}
+            previous_positions = frame.positions
+            bare = _bare(frame)
+            if step % settings.frame_every == 0:
+                kept.append((step, bare, False))
+            if settings.frames_before_blowup:
+                recent.append((step, bare))
+    finally:
+        steps.close()
+    return kept, None
+
+
+def _before_blowup(
+    recent: deque[tuple[int, Atoms]], blowup_step: int, spacing: int, settings: OnPolicySettings
+) -> list[tuple[int, Atoms, bool]]:
+    """Up to ``frames_before_blowup`` of the ``recent`` steps: the one before the blow-up, then
+    every ``spacing`` steps back, those kept every ``frame_every`` steps left out."""
+    by_step = dict(recent)
+    chosen: list[tuple[int, Atoms, bool]] = []
+    step = blowup_step - 1
+    while step in by_step and len(chosen) < settings.frames_before_blowup:
+        if step % settings.frame_every:
+            chosen.append((step, by_step[step], True))
+        step -= spacing
+    return chosen
+
+
+def _bare(frame: Atoms) -> Atoms:
+    """Numbers, positions, cell and pbc of ``frame`` (and its molecule indices): no calculator,
+    velocities or constraints."""
+    atoms = Atoms(numbers=frame.numbers, positions=frame.positions.copy(), cell=frame.cell.copy(), pbc=frame.pbc.copy())
+    if "molecule_index" in frame.arrays:
+        atoms.arrays["molecule_index"] = frame.arrays["molecule_index"].copy()
+    return atoms

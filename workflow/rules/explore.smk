@@ -1,0 +1,23 @@
+rule explore:
+    """On-policy round k >= 1: the round k-1 student's MD on the targets; its frames, and those just
+    before any blow-up, go to the teacher (mlff_distill.sampling.on_policy)."""
+    input:
+        checkpoint=previous_round("student.pt", "train"),
+        store=previous_round("labels.zarr", "label"),
+    output:
+        structures=round_path("explore", "structures.extxyz"),
+    log:
+        round_log_path("explore"),
+    benchmark:
+        round_benchmark_path("explore")
+    conda:
+        CONDA_ENV
+    params:
+        round_index=lambda wildcards: int(wildcards.round),
+        seed=config["seed"],
+        target=config["target"],
+        on_policy=config["on_policy"],
+        sample=config["sample"],
+        pipeline_file=PIPELINE_RUN,
+    script:
+        "../scripts/explore.py"
