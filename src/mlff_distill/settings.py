@@ -118,7 +118,9 @@ class ClusterSettings:
 @dataclass(frozen=True)
 class TargetTestSettings:
     trajectories: int
+    equilibration_steps: int
     frames_per_trajectory: int
+    steps_between_frames: int
 
 
 @dataclass(frozen=True)

@@ -168,6 +168,16 @@ def legacy_settings():
     )
 
 
+def with_targets(settings, teacher, targets, target_settings, molecule_only=False):
+    """What the sample stage does with targets: check each (before any MD), its groups, then gather."""
+    sampler.check_targets(targets, teacher, molecule_only, target_settings.min_distance_A, np.random.default_rng(3))
+    training, test = [], []
+    for target in targets:
+        more_training, more_test = sampler.target_groups(target, target_settings, teacher, 0, LOGGER)
+        training, test = training + more_training, test + more_test
+    return sample_structures(settings, 0, teacher, molecule_only, LOGGER, training, test)
+
+
 def test_targets_give_training_groups_and_the_test_split(tmp_path, monkeypatch):
     starts = {"md": [], "test-md": []}
     original = condensed.target_start
@@ -189,7 +199,7 @@ def test_targets_give_training_groups_and_the_test_split(tmp_path, monkeypatch):
     monkeypatch.setattr(sampler, "target_trajectories", trajectories)
     emt = AseCalculatorTeacher("ase.calculators.emt:EMT")
     target_settings, targets = cu2_target_settings(tmp_path)
-    structures = sample_structures(legacy_settings(), 0, emt, False, LOGGER, targets, target_settings)
+    structures = with_targets(legacy_settings(), emt, targets, target_settings)
 
     by_strategy = collections.Counter(a.info["strategy"] for a in structures)
     assert by_strategy == {"rattle": 4, "md": 6, "rattle-strain": 6, "cluster": 6, "test-md": 2}
@@ -217,7 +227,7 @@ def test_targets_give_training_groups_and_the_test_split(tmp_path, monkeypatch):
 
     # more test trajectories leave the training data as it was
     more_tests, _ = cu2_target_settings(tmp_path, test={"trajectories": 2, "frames_per_trajectory": 2})
-    again = sample_structures(legacy_settings(), 0, emt, False, LOGGER, targets, more_tests)
+    again = with_targets(legacy_settings(), emt, targets, more_tests)
     assert sum(a.info["split"] == "test" for a in again) == 4
     trained = [a for a in structures if a.info["split"] != "test"]
     trained_again = [a for a in again if a.info["split"] != "test"]
@@ -236,12 +246,10 @@ def test_targets_are_checked_before_any_teacher_md(tmp_path, monkeypatch):
     target_settings, targets = cu2_target_settings(tmp_path)
     oxygen_hydrogen = AseCalculatorTeacher("ase.calculators.emt:EMT", species=[1, 8])
     with pytest.raises(ValueError, match=r"target cu: .*holds Cu, which .* does not cover"):
-        sample_structures(settings, 0, oxygen_hydrogen, False, LOGGER, targets, target_settings)
+        with_targets(settings, oxygen_hydrogen, targets, target_settings)
     emt = AseCalculatorTeacher("ase.calculators.emt:EMT")
     with pytest.raises(ValueError, match=r"target cu: .*molecules only"):
-        sample_structures(settings, 0, emt, True, LOGGER, targets, target_settings)
+        with_targets(settings, emt, targets, target_settings, molecule_only=True)
     dense_settings, dense = cu2_target_settings(tmp_path, system={"density_g_per_cm3": 12.0})
     with pytest.raises(ValueError, match=r"target cu: density_g_per_cm3=12.0"):
-        sample_structures(settings, 0, emt, False, LOGGER, dense, dense_settings)
-    with pytest.raises(ValueError, match="target_settings"):
-        sample_structures(settings, 0, emt, False, LOGGER, targets)
+        with_targets(settings, emt, dense, dense_settings)

@@ -151,7 +151,7 @@ def test_training_took_its_compiled_loss_from_the_precompile_cache(tiny_run):
 ROUND0 = {"label0", "train0"}
 ROUND1 = {"explore1", "label1", "train1"}
 FINAL = {"tune", "evaluate", "acceptance"}
-ALL_JOBS = {"sample", "precompile"} | ROUND0 | ROUND1 | FINAL
+ALL_JOBS = {"sample_target", "sample", "precompile"} | ROUND0 | ROUND1 | FINAL
 
 
 def planned(results: Path, edit: str, extra: tuple[str, ...] = ()) -> set[str]:
@@ -191,11 +191,11 @@ def planned(results: Path, edit: str, extra: tuple[str, ...] = ()) -> set[str]:
     [
         ("{}", set()),
         ("train: {epochs: 10}", {"train0"} | ROUND1 | FINAL),
-        ("student: {n_features: 32}", {"precompile"} | ROUND0 | ROUND1 | FINAL),
-        ("teacher: {batch_size: 16}", {"sample"} | ROUND0 | ROUND1 | FINAL),
+        ("student: {n_features: 32}", {"precompile", "train0"} | ROUND1 | FINAL),
+        ("teacher: {batch_size: 16}", {"sample_target", "sample"} | ROUND0 | ROUND1 | FINAL),
         ("label: {shard_size: 16}", ROUND0 | ROUND1 | FINAL),
-        ("sample: {rattle: {structures_per_seed: 7}}", ALL_JOBS),
-        ("target: {md: {frames_per_trajectory: 3}}", {"sample", "precompile"} | ROUND0 | ROUND1 | FINAL),
+        ("sample: {rattle: {structures_per_seed: 7}}", ALL_JOBS - {"sample_target"}),
+        ("target: {md: {frames_per_trajectory: 3}}", ALL_JOBS),
         ("on_policy: {steps: 30}", ROUND1 | FINAL),
         ("on_policy: {train: {epochs: 3}}", {"train1"} | FINAL),
         ("rounds: 2", {"explore2", "label2", "train2"} | FINAL),

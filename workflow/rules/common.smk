@@ -18,10 +18,13 @@ TRAIN_LOSS_KEYS = ("compile", "batch_size", "energy_weight", "force_weight", "st
 # On-policy rounds: round 0 labels the sampled structures and trains the first student; round k >= 1
 # labels the frames of the round k-1 student's MD and trains on all labels so far.
 ROUNDS = config["rounds"]
+# The targets' names: one sample_target job each.
+TARGET_NAMES = [system["name"] for system in config["target"]["systems"]]
 
 
 wildcard_constraints:
     round=r"\d+",
+    target=r"[A-Za-z0-9_.-]+",
 
 
 def stage_path(stage, name):

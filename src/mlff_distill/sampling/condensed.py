@@ -100,7 +100,14 @@ def target_trajectories(
     frames = settings.test.frames_per_trajectory if test else settings.md.frames_per_trajectory
     if not runs or not frames:
         return []
-    md = dataclasses.replace(settings.md, frames_per_trajectory=frames)
+    md = settings.md
+    if test:  # test runs equilibrate longer and spread their frames over the run
+        md = dataclasses.replace(
+            md,
+            equilibration_steps=settings.test.equilibration_steps,
+            frames_per_trajectory=frames,
+            steps_between_frames=settings.test.steps_between_frames,
+        )
     strategy = "test-md" if test else "md"
     jobs = [(float(t), run) for t in target.temperatures_K for run in range(runs)]
     trajectories = []

@@ -162,34 +162,27 @@ def check_targets(
 
 
 def target_groups(
-    targets: Sequence[Target],
-    settings: TargetSettings,
-    teacher: Teacher,
-    random_seed: int,
-    logger: logging.Logger,
+    target: Target, settings: TargetSettings, teacher: Teacher, random_seed: int, logger: logging.Logger
 ) -> tuple[list[list[Atoms]], list[list[Atoms]]]:
-    """The targets' training groups (each a teacher MD trajectory followed by the structures derived
-    from it) and test groups (test trajectories). Training draws from ``default_rng([random_seed, 2])``,
-    the test from ``default_rng([random_seed, 1])``: test starts are packed apart from the training
-    ones, and the test trajectories do not change the training data."""
-    train_rng = np.random.default_rng([random_seed, 2])
-    test_rng = np.random.default_rng([random_seed, 1])
-    training: list[list[Atoms]] = []
-    for target in targets:
-        trajectories = target_trajectories(target, settings, teacher, train_rng, logger, test=False)
-        derived = [derived_structures(frames, settings, train_rng) for frames in trajectories]
-        training += [frames + more for frames, more in zip(trajectories, derived)]
-        logger.info(
-            "target %s: %d training trajectories, %d frames, %d derived structures",
-            target.name,
-            len(trajectories),
-            sum(map(len, trajectories)),
-            sum(map(len, derived)),
-        )
-    test: list[list[Atoms]] = []
-    for target in targets:
-        test += target_trajectories(target, settings, teacher, test_rng, logger, test=True)
-    return training, test
+    """The target's training groups (each a teacher MD trajectory followed by the structures derived
+    from it) and test groups (test trajectories). Training draws from
+    ``default_rng([random_seed, 2, <name>])``, the test from ``default_rng([random_seed, 1, <name>])``
+    (the name's bytes): test starts are packed apart from the training ones, each target's data do
+    not depend on the other targets, and the test trajectories do not change the training data."""
+    name = list(target.name.encode())
+    train_rng = np.random.default_rng([random_seed, 2, *name])
+    test_rng = np.random.default_rng([random_seed, 1, *name])
+    trajectories = target_trajectories(target, settings, teacher, train_rng, logger, test=False)
+    derived = [derived_structures(frames, settings, train_rng) for frames in trajectories]
+    training = [frames + more for frames, more in zip(trajectories, derived)]
+    logger.info(
+        "target %s: %d training trajectories, %d frames, %d derived structures",
+        target.name,
+        len(trajectories),
+        sum(map(len, trajectories)),
+        sum(map(len, derived)),
+    )
+    return training, target_trajectories(target, settings, teacher, test_rng, logger, test=True)
 
 
 def sample_structures(
@@ -198,27 +191,22 @@ def sample_structures(
     teacher: Teacher,
     molecule_only: bool,
     logger: logging.Logger,
-    targets: Sequence[Target] = (),
-    target_settings: TargetSettings | None = None,
+    target_training: Sequence[Sequence[Atoms]] = (),
+    target_test: Sequence[Sequence[Atoms]] = (),
 ) -> list[Atoms]:
     """All structures of the sample stage, filtered, grouped and split; ``random_seed`` seeds every
-    random choice; ``molecule_only`` (the teacher's setting) refuses periodic seeds and targets.
+    random choice; ``molecule_only`` (the teacher's setting) refuses periodic seeds.
 
-    Without targets, ``test_fraction`` of the groups is the test split. With ``targets`` (and
-    ``target_settings``), one start of each is built and checked against the teacher before any
-    teacher MD; their training groups (`target_groups`) join the seeds' structures in train and
-    validation, and their test trajectories are the test split. With ``test_files``, their frames
-    are test structures too, as given, and no sampled training structure is.
+    Without targets, ``test_fraction`` of the groups is the test split. With the targets' groups
+    (`target_groups`: ``target_training``, ``target_test``), their training groups join the seeds'
+    structures in train and validation, and their test trajectories are the test split. With
+    ``test_files``, their frames are test structures too, as given, and no sampled training
+    structure is.
     """
-    if targets and target_settings is None:
-        raise ValueError("sample_structures: targets need target_settings (the target: section)")
+    targets = bool(target_training or target_test)
     rng = np.random.default_rng(random_seed)
     seeds = seed_structures(settings)
     check_structures_for(teacher, seeds, molecule_only)
-    if targets:
-        check_targets(
-            targets, teacher, molecule_only, target_settings.min_distance_A, np.random.default_rng([random_seed, 3])
-        )
     trajectories: list[list[Atoms]] = []
     for seed in seeds:
         trajectories += [
@@ -230,10 +218,8 @@ def sample_structures(
             trajectories.append(teacher_md(seed, teacher, temperature, settings.md, rng))
             logger.info("MD %s at %g K: %d frames", seed.info["seed"], temperature, len(trajectories[-1]))
     trajectories += extra_strategies(seeds, settings, teacher, rng, logger)
-    test_groups: list[list[Atoms]] = []
-    if targets:
-        training, test_groups = target_groups(targets, target_settings, teacher, random_seed, logger)
-        trajectories += training
+    test_groups = [list(group) for group in target_test]
+    trajectories += [list(group) for group in target_training]
     structures = teacher_filters(_numbered(trajectories, 0, settings, logger), settings, teacher, logger)
     groups = [atoms.info["group"] for atoms in structures]
     test_files = read_seed_files(settings.test_files)
