@@ -76,7 +76,7 @@ def test_settings_from_the_default_config_and_bad_sections_named():
     for section, cls in SECTIONS.items():
         assert dataclasses.is_dataclass(build(cls, config[section], section))
     sample = build(SampleSettings, config["sample"], "sample")
-    assert sample.md.temperatures_K == [300, 600, 1000] and sample.rattle.sigma_A == [0.01, 0.05]
+    assert sample.md.temperatures_K == [300, 600] and sample.rattle.sigma_A == [0.01, 0.05]
     with pytest.raises(ValueError, match=r"sample\.md: unknown keys \['temperature'\]"):
         build(SampleSettings, {**config["sample"], "md": {**config["sample"]["md"], "temperature": 3}}, "sample")
     assert section_settings(TrainSettings, "train", {"epochs": 3}).epochs == 3
@@ -119,7 +119,7 @@ def shipped_config(name: str) -> dict:
 
 
 def test_shipped_configs_are_valid_and_the_orb_config_stays_small():
-    for name in ("orb.yaml", "full.yaml"):
+    for name in ("orb.yaml", "full.yaml", "molecules.yaml"):
         assert config_errors(shipped_config(name), SCHEMA) == [], name
     orb = shipped_config("orb.yaml")["sample"]
     # Orb labels ~0.3 structures/s on 2 CPU cores: no teacher MD or normal modes (from the

@@ -139,6 +139,8 @@ class TargetSettings:
 @dataclass(frozen=True)
 class RoundTrainSettings:
     epochs: int
+    learning_rate: float
+    warmup_epochs: int
     max_minutes: Optional[float]
 
 

@@ -143,6 +143,7 @@ def test_training_took_its_compiled_loss_from_the_precompile_cache(tiny_run):
     assert compiled, "no training process logged its compilation"
     for line in compiled:
         assert "autograd_cache_hit 1" in line and "fxgraph_cache_miss 0" in line, line
+        assert str((run_dir / "precompile" / "inductor_cache").resolve()) in line, line  # the run's own cache
 
 
 # ---------------------------------------------------------------- config as input: what a change reruns

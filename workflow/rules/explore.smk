@@ -18,6 +18,7 @@ rule explore:
         target=config["target"],
         on_policy=config["on_policy"],
         sample=config["sample"],
+        compile_cache_dir=COMPILE_CACHE,
         pipeline_file=PIPELINE_RUN,
     script:
         "../scripts/explore.py"

@@ -58,7 +58,9 @@ def timing_systems(
 ) -> list[Atoms]:
     """Each periodic target at each of ``sizes`` (atoms, about): a system of the smallest size
     equilibrated by the teacher at the target's lowest temperature (`equilibrated_system`), repeated
-    to the larger sizes (`replicated`). Molecule targets are not timed here (not periodic)."""
+    to the larger sizes (`replicated`). Molecule targets are not timed here (not periodic). The
+    systems come smallest first, all targets together: FeNNol teachers keep the padded size of the
+    largest system they have seen, so a small system timed after a large one would be slowed."""
     rng = np.random.default_rng([seed, 4])
     systems = []
     for target in targets:
@@ -71,4 +73,4 @@ def timing_systems(
             system.info.update(system=target.name, target=target.name)
             systems.append(system)
         logger.info("target %s timed at %s atoms", target.name, [len(s) for s in systems[-len(sizes) :]])
-    return systems
+    return sorted(systems, key=len)

@@ -23,6 +23,7 @@ from mlff_distill.settings import OnPolicySettings, SampleSettings, TargetSettin
 from mlff_distill.store import FAILURES_FILE, read_index_columns, write_json_atomic
 from mlff_distill.student.calculator import StudentCalculator
 from mlff_distill.student.checkpoint import load_student
+from mlff_distill.student.compilation import use_compile_cache
 from mlff_distill.tracking import stage_run
 
 
@@ -40,19 +41,22 @@ def run(
     log_file: Path,
     threads: int = 1,
     stats_file: Optional[Path] = None,
+    compile_cache_dir: Optional[Path] = None,
 ) -> None:
     """The Snakemake job: the student at ``checkpoint`` (the previous round's) runs Langevin MD
     from a fresh start of every target at each of its temperatures; the frames go to
     ``structures_file`` (extxyz, written atomically), numbered after the largest sample index and
     group of ``store`` (the previous round's label store, its failures included); splits use
     ``sample.val_fraction``. The stats (`explore`'s, blow-ups listed) go to ``stats_file``
-    (default: ``explore_stats.json`` beside the structures)."""
+    (default: ``explore_stats.json`` beside the structures). On a CPU the student runs compiled
+    (`torch.compile`, from the run's TorchInductor cache ``compile_cache_dir``), its fastest path there."""
     target_settings = build(TargetSettings, target, "target")
     settings = build(OnPolicySettings, on_policy, "on_policy")
     val_fraction = build(SampleSettings, sample, "sample").val_fraction
     stats_file = Path(stats_file) if stats_file is not None else Path(structures_file).with_name("explore_stats.json")
     logger = stage_logger("explore", log_file)
     torch.set_num_threads(threads)
+    use_compile_cache(compile_cache_dir, logger)
     model, _ = load_student(checkpoint)
     starts = target_starts(target_settings, seed, round_index)
     _check_species(model.species, starts, checkpoint)
@@ -73,7 +77,7 @@ def run(
             first_group,
         )
         structures, stats = explore(
-            StudentCalculator(model, threads=threads),
+            StudentCalculator(model, threads=threads, compiled=not torch.cuda.is_available()),
             starts,
             settings,
             seed,

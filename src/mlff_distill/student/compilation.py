@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from mlff_distill import USER_INDUCTOR_CACHE_DIR
 from mlff_distill.data import LabeledArrays, concatenate_structures
 from mlff_distill.student.calculator import StudentCalculator
 from mlff_distill.student.inference_path import calculator_results
@@ -40,12 +41,13 @@ STRESS_SCALE_eV_PER_A3 = 0.01
 
 
 def use_compile_cache(directory: Path | None, logger: logging.Logger | None = None) -> str | None:
-    """Point TorchInductor's cache at ``directory`` (absolute) unless ``TORCHINDUCTOR_CACHE_DIR``
-    is already set (nothing to do for None); returns the directory in use and logs it. Call before
-    the first compilation; worker processes started afterwards inherit it."""
+    """Point TorchInductor's cache at ``directory`` (absolute) unless the user set
+    ``TORCHINDUCTOR_CACHE_DIR`` (nothing to do for None); returns the directory in use and logs it.
+    Call before the first compilation; worker processes started afterwards inherit it."""
     if directory is None:
         return None
-    cache = os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(Path(directory).resolve()))
+    cache = USER_INDUCTOR_CACHE_DIR or str(Path(directory).resolve())
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
     if logger is not None:
         logger.info("TorchInductor cache: %s", cache)
     return cache
