@@ -60,6 +60,7 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
             "results_dir": str(tmp_path / "results"),
             "teacher": {"kind": "ase", "name": "emt", "factory": "ase.calculators.emt:EMT", "species": [29]},
             "sample": {"molecules": [], "crystals": [{"formula": "Cu", "structure": "fcc", "a_A": 3.6, "cubic": True}]},
+            "target": {"systems": []},  # the seeds' path; targets: tests/evaluation/ and the pipeline test
             "evaluate": {
                 "timing_structures": 2,
                 "timing_repeats": 1,
@@ -98,6 +99,7 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
         seed=config["seed"],
         teacher=config["teacher"],
         sample=config["sample"],
+        target=config["target"],
         evaluate=config["evaluate"],
         store=store,
         checkpoint=checkpoint,

@@ -14,6 +14,7 @@ def test_nothing_to_compile_is_recorded(tmp_path):
     record_file = tmp_path / "precompile" / "compiled.json"
     run(
         sample=config["sample"],
+        target=config["target"],
         student=config["student"],
         train_loss={key: config["train"][key] for key in train_loss_keys},
         try_compile=config["tune"]["try_compile"],
