@@ -145,8 +145,9 @@ class RoundTrainSettings:
 
 
 @dataclass(frozen=True)
-class OnPolicySettings:
-    """The ``on_policy:`` section: the student's MD in each round and the rounds' training."""
+class ExploreSettings:
+    """The ``on_policy:`` section less its ``train:``: the student's MD in each round (all the
+    explore stage reads)."""
 
     starts: int
     steps: int
@@ -157,6 +158,12 @@ class OnPolicySettings:
     max_force_eV_per_A: float
     min_distance_A: float
     frames_before_blowup: int
+
+
+@dataclass(frozen=True)
+class OnPolicySettings(ExploreSettings):
+    """The ``on_policy:`` section: the student's MD in each round and the rounds' training."""
+
     train: RoundTrainSettings
 
 

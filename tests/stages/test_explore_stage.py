@@ -62,13 +62,13 @@ def stage_inputs(tmp_path_factory):
     settings = section_settings(MLflowSettings, "mlflow", {"experiment": "test"})
     pipeline = start_pipeline_run("t", tmp_path / "results", settings, {"seed": 0})
     pipeline.save(tmp_path / "pipeline.json")
-    on_policy = {"starts": 2, "steps": 40, "frame_every": 20, "timestep_fs": 0.25, "min_distance_A": 0.3}
+    on_policy = {"starts": 2, "steps": 40, "frame_every": 20, "timestep_fs": 0.25, "min_distance_A": 0.5}
     config = complete_config({"target": {"systems": SYSTEMS}, "on_policy": on_policy, "sample": {}})
     common = {
         "round_index": 1,
         "seed": 5,
         "target": config["target"],
-        "on_policy": config["on_policy"],
+        "on_policy": {key: value for key, value in config["on_policy"].items() if key != "train"},
         "sample": config["sample"],
         "checkpoint": tmp_path / "student.pt",
         "store": tmp_path / "round0" / "labels.zarr",

@@ -6,8 +6,9 @@ import logging
 
 import numpy as np
 from ase.build import bulk, molecule
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-from mlff_distill.student.compilation import attempt, species_of, unlabeled_batch
+from mlff_distill.student.compilation import attempt, species_of, unlabeled_batch, use_compile_cache
 
 
 def test_batch_of_molecules_has_no_stress_labels():
@@ -40,3 +41,11 @@ def test_a_failed_attempt_is_recorded_and_warned_about(caplog):
         }
         assert attempt(lambda: {"seconds": 1.0}, "training loss", logging.getLogger("x")) == {"seconds": 1.0}
     assert "precompiling the inference path failed" in caplog.text
+
+
+def test_the_run_cache_replaces_pytorchs_default_but_not_the_users_choice(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # as any process that imported torch has
+    assert use_compile_cache(tmp_path / "run") == str(tmp_path / "run")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    assert use_compile_cache(tmp_path / "run") == str(tmp_path / "mine")
+    assert use_compile_cache(None) is None

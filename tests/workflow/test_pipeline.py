@@ -271,7 +271,7 @@ def test_run_subcommand_plans_the_same_dag(tmp_path):
     )
     assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     output = completed.stdout + completed.stderr
-    for rule in ALL_JOBS:
+    for rule in {job.rstrip("0123456789") for job in ALL_JOBS}:  # the summary lists rules, not rounds
         assert re.search(rf"\b{rule}\b", output), rule
     assert not (tmp_path / "results").exists()
 

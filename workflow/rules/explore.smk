@@ -16,7 +16,7 @@ rule explore:
         round_index=lambda wildcards: int(wildcards.round),
         seed=config["seed"],
         target=config["target"],
-        on_policy=config["on_policy"],
+        on_policy={key: value for key, value in config["on_policy"].items() if key != "train"},
         sample=config["sample"],
         compile_cache_dir=COMPILE_CACHE,
         pipeline_file=PIPELINE_RUN,

@@ -20,7 +20,7 @@ from ase.neighborlist import neighbor_list
 from tqdm import tqdm
 
 from mlff_distill.sampling.dynamics import blow_up_reason, langevin_frames
-from mlff_distill.settings import OnPolicySettings
+from mlff_distill.settings import ExploreSettings
 
 STRATEGY = "on-policy"
 
@@ -63,7 +63,7 @@ def blow_up(
     return None
 
 
-def blowup_spacing(settings: OnPolicySettings) -> int:
+def blowup_spacing(settings: ExploreSettings) -> int:
     """Steps between the frames kept before a blow-up: ``frames_before_blowup`` of them within
     one ``frame_every`` interval (at least 1)."""
     return max(1, settings.frame_every // max(1, settings.frames_before_blowup))
@@ -72,7 +72,7 @@ def blowup_spacing(settings: OnPolicySettings) -> int:
 def explore(
     calculator: Calculator,
     starts: Sequence[tuple[str, float, Atoms]],
-    settings: OnPolicySettings,
+    settings: ExploreSettings,
     random_seed: int,
     round_index: int,
     first_sample_index: int,
@@ -160,7 +160,7 @@ def _one_run(
     calculator: Calculator,
     start: Atoms,
     temperature_K: float,
-    settings: OnPolicySettings,
+    settings: ExploreSettings,
     seed: int,
     progress: tqdm,
 ) -> tuple[list[tuple[int, Atoms, bool]], dict | None]:
@@ -204,7 +204,7 @@ def _one_run(
 
 
 def _before_blowup(
-    recent: deque[tuple[int, Atoms]], blowup_step: int, spacing: int, settings: OnPolicySettings
+    recent: deque[tuple[int, Atoms]], blowup_step: int, spacing: int, settings: ExploreSettings
 ) -> list[tuple[int, Atoms, bool]]:
     """Up to ``frames_before_blowup`` of the ``recent`` steps: the one before the blow-up, then
     every ``spacing`` steps back, those kept every ``frame_every`` steps left out."""

@@ -19,7 +19,7 @@ from ase.io import write
 from mlff_distill.logs import stage_logger
 from mlff_distill.sampling.on_policy import explore
 from mlff_distill.sampling.targets import target_start, targets_from
-from mlff_distill.settings import OnPolicySettings, SampleSettings, TargetSettings, build
+from mlff_distill.settings import ExploreSettings, SampleSettings, TargetSettings, build
 from mlff_distill.store import FAILURES_FILE, read_index_columns, write_json_atomic
 from mlff_distill.student.calculator import StudentCalculator
 from mlff_distill.student.checkpoint import load_student
@@ -32,7 +32,7 @@ def run(
     round_index: int,
     seed: int,
     target: dict,
-    on_policy: dict,
+    on_policy: dict,  # the on_policy section less its train:
     sample: dict,
     checkpoint: Path,
     store: Path,
@@ -51,7 +51,7 @@ def run(
     (default: ``explore_stats.json`` beside the structures). On a CPU the student runs compiled
     (`torch.compile`, from the run's TorchInductor cache ``compile_cache_dir``), its fastest path there."""
     target_settings = build(TargetSettings, target, "target")
-    settings = build(OnPolicySettings, on_policy, "on_policy")
+    settings = build(ExploreSettings, on_policy, "on_policy")
     val_fraction = build(SampleSettings, sample, "sample").val_fraction
     stats_file = Path(stats_file) if stats_file is not None else Path(structures_file).with_name("explore_stats.json")
     logger = stage_logger("explore", log_file)

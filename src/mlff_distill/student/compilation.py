@@ -26,8 +26,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from ase import Atoms
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
-from mlff_distill import USER_INDUCTOR_CACHE_DIR
 from mlff_distill.data import LabeledArrays, concatenate_structures
 from mlff_distill.student.calculator import StudentCalculator
 from mlff_distill.student.inference_path import calculator_results
@@ -43,10 +43,14 @@ STRESS_SCALE_eV_PER_A3 = 0.01
 def use_compile_cache(directory: Path | None, logger: logging.Logger | None = None) -> str | None:
     """Point TorchInductor's cache at ``directory`` (absolute) unless the user set
     ``TORCHINDUCTOR_CACHE_DIR`` (nothing to do for None); returns the directory in use and logs it.
-    Call before the first compilation; worker processes started afterwards inherit it."""
+    Call before the first compilation; worker processes started afterwards inherit it. PyTorch
+    writes its own default into the environment once it looks the cache up (any process that
+    imported it, Snakemake's included), so that value does not count as the user's."""
     if directory is None:
         return None
-    cache = USER_INDUCTOR_CACHE_DIR or str(Path(directory).resolve())
+    configured = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    user_set = configured is not None and os.path.abspath(configured) != default_cache_dir()
+    cache = configured if user_set else str(Path(directory).resolve())
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = cache
     if logger is not None:
         logger.info("TorchInductor cache: %s", cache)
