@@ -1,5 +1,6 @@
-"""The conda environment for `snakemake --sdm conda`: the same pins as pyproject.toml, and the
-project installed from a path that resolves (by the post-deploy script Snakemake runs)."""
+"""The conda environment for `snakemake --sdm conda`: the same pins as pyproject.toml (with its
+`materials` extra), and the project installed from a path that resolves (by the post-deploy script
+Snakemake runs)."""
 
 import os
 import stat
@@ -15,10 +16,11 @@ POST_DEPLOY = ROOT / "envs" / "mlff-distill.post-deploy.sh"
 
 
 def test_env_pins_equal_pyproject_dependencies():
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    """The dependencies and the `materials` extra (the teachers any config may choose)."""
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     dependencies = yaml.safe_load(ENV_FILE.read_text())["dependencies"]
     pip = next(entry["pip"] for entry in dependencies if isinstance(entry, dict))
-    assert sorted(pip) == sorted(pyproject["project"]["dependencies"])
+    assert sorted(pip) == sorted(pyproject["dependencies"] + pyproject["optional-dependencies"]["materials"])
     assert "python=3.11" in dependencies
 
 

@@ -29,13 +29,21 @@ def water_box(edge_A: float) -> Atoms:
     return atoms
 
 
-def check(structures, molecule_only=False, handles_small_cells=True, handles_mixed_pbc=False, identity=IDENTITY):
+def check(
+    structures,
+    molecule_only=False,
+    handles_small_cells=True,
+    handles_mixed_pbc=False,
+    identity=IDENTITY,
+    periodic_only=False,
+):
     check_structures(
         structures,
         identity,
         molecule_only=molecule_only,
         handles_small_cells=handles_small_cells,
         handles_mixed_pbc=handles_mixed_pbc,
+        periodic_only=periodic_only,
     )
 
 
@@ -90,6 +98,19 @@ def test_overlap_across_the_periodic_boundary():
 def test_periodic_cell_given_to_a_molecule_only_teacher():
     with pytest.raises(ValueError, match=r"structure 1 \(H2O\): periodic .* molecules only"):
         check([molecule("H2O"), water_box(12.0)], molecule_only=True)
+
+
+def test_molecule_or_slab_given_to_a_periodic_only_teacher():
+    slab = water_box(12.0)
+    slab.pbc = [True, True, False]
+    for other in (molecule("H2O"), slab):
+        with pytest.raises(
+            ValueError,
+            match=r"structure 1 \(H2O\): not periodic in all three directions \(pbc=\[.*\]\) but the "
+            r"teacher needs a periodic cell",
+        ):
+            check([water_box(12.0), other], periodic_only=True, handles_mixed_pbc=True)
+    check([water_box(12.0)], periodic_only=True)
 
 
 def test_mixed_periodicity_unless_the_teacher_handles_it():

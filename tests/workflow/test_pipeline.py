@@ -399,8 +399,10 @@ def test_rounds_append_labels_without_relabeling_and_keep_the_test_split(tiny_ru
     indices = final["structures/sample_index"][...]
     assert len(indices) == len(set(indices.tolist())) == len(sampled) + len(explored)  # none labeled twice
     groups_by_split = {}
+    excluded = final.attrs["split_codes"]["excluded"]  # single frames over the force bound, not a split
     for group, split in zip(final["structures/group"][...], final["structures/split"][...]):
-        groups_by_split.setdefault(int(split), set()).add(int(group))
+        if split != excluded:
+            groups_by_split.setdefault(int(split), set()).add(int(group))
     splits = list(groups_by_split.values())
     assert all(not (a & b) for i, a in enumerate(splits) for b in splits[i + 1 :])  # no group in two splits
     test_first = read_labels(run_dir / "round0" / "label" / "labels.zarr", "test").n_structures

@@ -116,7 +116,7 @@ def weighted_loss(
     forces_target: torch.Tensor,
     energy_weight: float,
     force_weight: float,
-    stress_weight: float = 0.0,
+    stress_weight: float | torch.Tensor = 0.0,
     cell: Optional[torch.Tensor] = None,
     pbc: Optional[torch.Tensor] = None,
     stress_target: Optional[torch.Tensor] = None,
@@ -223,8 +223,9 @@ class BatchLoss:
     def __call__(self, model: StudentPotential, batch: LabeledArrays) -> torch.Tensor:
         with_stress = self.scaled_stress_weight > 0 and bool(stress_mask(batch).any())
         inputs = loss_inputs(model, batch, with_stress, "hessian_weight" in self.weights)
-        if with_stress:
-            inputs["stress_weight"] = self.scaled_stress_weight
+        if with_stress:  # a tensor, not a float that the compiled graph would be specialised on
+            target = inputs["stress_target"]
+            inputs["stress_weight"] = torch.tensor(self.scaled_stress_weight, dtype=target.dtype, device=target.device)
         try:
             if not self._first_call_done:
                 return self._first_call(model, inputs)

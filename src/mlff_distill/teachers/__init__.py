@@ -9,6 +9,11 @@
   ``source: files`` takes the ``.fnx`` files listed in ``files`` (one model or an ensemble).
 - ``kind: orb``: an Orb model by ``name``, with ``weights: pretrained`` (orb-models' loader and
   cache), a local ``checkpoint``, or ``weights: random`` (seeded; an "untrained teacher").
+- ``kind: sevennet``: SevenNet-0 (``name: 7net-0``), ``kind: chgnet``: CHGNet 0.3.0
+  (``name: 0.3.0``): trained materials models whose weights ship in their wheels (the optional
+  extra ``mlff-distill[materials]``), float32, on ``device``. Each offers one model, which a
+  ``name`` left at the schema's default (a FeNNol name) also means; the species each was trained
+  on come from its checkpoint. CHGNet labels only cells periodic in all three directions.
 - ``kind: ase``: any ASE calculator, ``factory: package.module:callable`` called with ``kwargs``.
 
 `check_structures_for` runs the checks of `mlff_distill.teachers.checks` with what the teacher
@@ -18,12 +23,14 @@ can handle, before any labeling starts.
 from __future__ import annotations
 
 import os
+from functools import cache
 from pathlib import Path
 from typing import Sequence
 
+import yaml
 from ase import Atoms
 
-from mlff_distill.settings import TeacherSettings
+from mlff_distill.settings import SCHEMA_FILE, TeacherSettings
 from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
 from mlff_distill.teachers.base import Teacher, TeacherCalculator, TeacherIdentity, TeacherOutput, default_cache_dir
 from mlff_distill.teachers.checks import check_structures
@@ -39,6 +46,8 @@ ORB_PRECISION = {
     "float32-highest": "float32-highest",
     "float64": "float64",
 }
+# The model of each kind that ships its weights in its wheel (kinds with one model each).
+MATERIALS_MODELS = {"sevennet": "7net-0", "chgnet": "0.3.0"}
 
 
 def models_dir(configured: str | None) -> Path | None:
@@ -81,7 +90,38 @@ def load_teacher(settings: TeacherSettings) -> Teacher:
             settings.cutoff_A,
             name=f"ase/{name}",
         )
-    raise ValueError(f"teacher.kind: {kind!r} is not one of fennol, orb, ase")
+    if kind in MATERIALS_MODELS:
+        return _load_materials(settings)
+    raise ValueError(f"teacher.kind: {kind!r} is not one of fennol, orb, sevennet, chgnet, ase")
+
+
+@cache
+def _default_name() -> str:
+    """The schema's default ``teacher.name`` (a FeNNol model name)."""
+    return yaml.safe_load(SCHEMA_FILE.read_text())["properties"]["teacher"]["properties"]["name"]["default"]
+
+
+def _load_materials(settings: TeacherSettings) -> Teacher:
+    """SevenNet-0 or CHGNet 0.3.0; ``name`` is the kind's model, or left at the schema's default."""
+    kind = settings.kind
+    name = MATERIALS_MODELS[kind] if settings.name == _default_name() else settings.name
+    if settings.precision != "float32":
+        raise ValueError(f"teacher.precision: {kind} runs 'float32' only, not {settings.precision!r}")
+    if kind == "sevennet":
+        # only when chosen: it imports torch, and sevenn (an optional heavy dependency) when built
+        from mlff_distill.teachers.sevennet import SevenNetTeacher, canonical_name
+
+        if canonical_name(name) != MATERIALS_MODELS[kind]:
+            raise ValueError(f"teacher.name: kind sevennet offers only 7net-0 (SevenNet-0), not {name!r}")
+        return SevenNetTeacher(name, device=settings.device, batch_size=settings.batch_size)
+    # only when chosen: it imports torch, and chgnet (an optional heavy dependency) when built
+    from mlff_distill.teachers.chgnet import CHGNetTeacher
+
+    if name != MATERIALS_MODELS[kind]:
+        raise ValueError(f"teacher.name: kind chgnet offers only 0.3.0 (CHGNet 0.3.0), not {name!r}")
+    if settings.molecule_only:
+        raise ValueError("teacher.molecule_only: CHGNet labels only periodic cells; it cannot be molecule_only")
+    return CHGNetTeacher(name, device=settings.device, batch_size=settings.batch_size)
 
 
 def _load_fennol(settings: TeacherSettings) -> Teacher:
@@ -113,6 +153,7 @@ def check_structures_for(teacher: Teacher, structures: Sequence[Atoms], molecule
         molecule_only,
         getattr(teacher, "handles_small_cells", False),
         getattr(teacher, "handles_mixed_pbc", False),
+        getattr(teacher, "periodic_only", False),
     )
 
 

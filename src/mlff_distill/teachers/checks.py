@@ -22,12 +22,14 @@ def check_structures(
     molecule_only: bool,
     handles_small_cells: bool,
     handles_mixed_pbc: bool = False,
+    periodic_only: bool = False,
 ) -> None:
     """Raise ValueError for the first structure the teacher ``identity`` cannot label.
 
     Checks, in order: finite positions and cell; species the teacher covers (skipped when
-    ``identity.species`` is empty: not declared); no periodic cell when ``molecule_only``; no mixed
-    periodicity unless ``handles_mixed_pbc``; periodic cell vectors that are not degenerate; cell
+    ``identity.species`` is empty: not declared); no periodic cell when ``molecule_only``; a cell
+    periodic in all three directions when ``periodic_only``; no mixed periodicity unless
+    ``handles_mixed_pbc``; periodic cell vectors that are not degenerate; cell
     heights of at least twice ``identity.cutoff_A`` in periodic directions unless
     ``handles_small_cells`` (skipped when the cutoff is 0: not declared); no two atoms (or
     periodic images) closer than ``MIN_DISTANCE_A``.
@@ -37,7 +39,7 @@ def check_structures(
         problem = (  # in order, stopping at the first: later checks rely on earlier ones
             _non_finite(atoms)
             or _uncovered_species(atoms, identity)
-            or _periodicity(atoms, molecule_only, handles_mixed_pbc)
+            or _periodicity(atoms, molecule_only, handles_mixed_pbc, periodic_only)
             or _small_cell(atoms, identity.cutoff_A, handles_small_cells)
             or _overlap(atoms)
         )
@@ -66,10 +68,12 @@ def _uncovered_species(atoms: Atoms, identity: TeacherIdentity) -> str | None:
     )
 
 
-def _periodicity(atoms: Atoms, molecule_only: bool, handles_mixed_pbc: bool) -> str | None:
+def _periodicity(atoms: Atoms, molecule_only: bool, handles_mixed_pbc: bool, periodic_only: bool) -> str | None:
     pbc = atoms.pbc
     if molecule_only and pbc.any():
         return f"periodic (pbc={pbc.tolist()}) but the teacher is for molecules only"
+    if periodic_only and not pbc.all():
+        return f"not periodic in all three directions (pbc={pbc.tolist()}) but the teacher needs a periodic cell"
     if pbc.any() and not pbc.all() and not handles_mixed_pbc:
         return f"mixed periodicity pbc={pbc.tolist()}: the teacher needs all three or none"
     periodic_vectors = atoms.cell.array[pbc]
