@@ -119,7 +119,7 @@ def shipped_config(name: str) -> dict:
 
 
 def test_shipped_configs_are_valid_and_the_orb_config_stays_small():
-    for name in ("orb.yaml", "full.yaml", "molecules.yaml"):
+    for name in ("orb.yaml", "full.yaml", "molecules.yaml", "materials.yaml"):
         assert config_errors(shipped_config(name), SCHEMA) == [], name
     orb = shipped_config("orb.yaml")["sample"]
     # Orb labels ~0.3 structures/s on 2 CPU cores: no teacher MD or normal modes (from the

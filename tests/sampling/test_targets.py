@@ -43,6 +43,40 @@ def test_systems_become_targets(files):
     assert si.kind == "structure" and len(si.structure) == 8 and si.structure.pbc.all()
 
 
+SILICON = {"formula": "Si", "structure": "diamond", "a_A": 5.43, "cubic": True, "repeat": [2, 2, 2], "vacancies": 0}
+
+
+def test_a_built_in_crystal_is_repeated_and_loses_its_vacancies():
+    perfect, vacant = targets_from(
+        [
+            {"name": "si", "crystal": SILICON, "temperatures_K": [300]},
+            {"name": "si-v2", "crystal": {**SILICON, "vacancies": 2}, "temperatures_K": [300, 1200]},
+        ]
+    )
+    assert perfect.kind == vacant.kind == "structure"
+    assert len(perfect.structure) == 64 and perfect.structure.pbc.all()
+    assert np.allclose(perfect.structure.cell.lengths(), 10.86)
+    assert len(vacant.structure) == 62 and np.allclose(vacant.structure.cell.array, perfect.structure.cell.array)
+    kept = {tuple(np.round(p, 6)) for p in vacant.structure.positions}
+    removed = [i for i, p in enumerate(perfect.structure.positions) if tuple(np.round(p, 6)) not in kept]
+    assert removed == [0, 32]  # spread over the cell
+    start = target_start(vacant, np.random.default_rng(0), 1.6)
+    assert len(start) == 62 and start.info == {"seed": "si-v2", "target": "si-v2"}
+    assert len(target_of_size(vacant, 500, np.random.default_rng(0), 1.6)) == 62 * 8
+
+
+@pytest.mark.parametrize(
+    ("crystal", "message"),
+    [
+        ({**SILICON, "vacancies": 64}, r"systems\[0\] \(x\): crystal: 64 vacancies in a cell of 64 atoms"),
+        ({**SILICON, "structure": "bcc", "formula": "SiO2"}, r"systems\[0\] \(x\): crystal .*ase.build.bulk failed"),
+    ],
+)
+def test_a_crystal_that_cannot_be_built_is_named(crystal, message):
+    with pytest.raises(ValueError, match=message):
+        targets_from([{"name": "x", "crystal": crystal, "temperatures_K": [300]}])
+
+
 @pytest.mark.parametrize(
     "systems, message",
     [

@@ -7,7 +7,7 @@ minimum cell height (Angstrom).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from ase import Atoms
 from ase.build import bulk, molecule
@@ -31,15 +31,21 @@ def seed_molecules(names: Sequence[str]) -> list[Atoms]:
     return seeds
 
 
+def bulk_crystal(spec: Mapping, where: str) -> Atoms:
+    """The bulk crystal of a ``{formula, structure, a_A, cubic}`` spec (`ase.build.bulk`; ``a_A``,
+    the lattice constant, in Angstrom); a failure raises ValueError naming ``where``."""
+    try:
+        return bulk(spec["formula"], spec["structure"], a=spec["a_A"], cubic=spec["cubic"])
+    except (ValueError, KeyError, RuntimeError) as error:
+        raise ValueError(f"{where} {dict(spec)}: ase.build.bulk failed: {error}") from error
+
+
 def seed_crystals(specs: Sequence[dict]) -> list[Atoms]:
-    """Bulk crystals from ``{formula, structure, a_A, cubic}`` specs (`ase.build.bulk`), with
+    """Bulk crystals from ``{formula, structure, a_A, cubic}`` specs (`bulk_crystal`), with
     ``info["seed"]`` such as ``"Si-diamond"``."""
     seeds = []
     for index, spec in enumerate(specs):
-        try:
-            atoms = bulk(spec["formula"], spec["structure"], a=spec["a_A"], cubic=spec["cubic"])
-        except (ValueError, KeyError, RuntimeError) as error:
-            raise ValueError(f"sample.crystals[{index}] {spec}: ase.build.bulk failed: {error}") from error
+        atoms = bulk_crystal(spec, f"sample.crystals[{index}]")
         atoms.info = {"seed": f"{spec['formula']}-{spec['structure']}"}
         seeds.append(atoms)
     return seeds

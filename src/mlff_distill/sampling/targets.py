@@ -1,8 +1,9 @@
 """Targets: the systems the user will simulate with the student (the ``target.systems`` of the config).
 
 A target is a molecule (an ASE G2 name or a file of one non-periodic structure), a box of molecules
-packed at a mass density (g/cm^3), or a periodic structure from a file (a crystal, an interface, a
-solvated molecule), with the temperatures (K) it must hold at. `targets_from` reads and checks the
+packed at a mass density (g/cm^3), a built-in crystal (`ase.build.bulk`, repeated, with vacancies if
+asked), or a periodic structure from a file (a crystal, an interface, a solvated molecule), with
+the temperatures (K) it must hold at. `targets_from` reads and checks the
 config's systems, `target_start` makes a fresh start structure of a target for teacher MD, and
 `target_of_size` a periodic system of a target of about a number of atoms, for timing.
 Start structures carry ``info = {"seed": name, "target": name}``; packed boxes also carry
@@ -23,16 +24,17 @@ from ase.collections import g2
 from ase.io import read
 
 from mlff_distill.sampling.boxes import pack_box, replicated, scaled_counts
+from mlff_distill.sampling.seeds import bulk_crystal
 
 KINDS = ("molecule", "box", "structure")
-_SYSTEM_KEYS = {"name", "temperatures_K", "molecule", "box", "density_g_per_cm3", "file"}
+_SYSTEM_KEYS = {"name", "temperatures_K", "molecule", "box", "density_g_per_cm3", "file", "crystal"}
 
 
 @dataclass(frozen=True)
 class Target:
     """One system to simulate. ``kind`` "molecule": ``molecules`` holds it (and ``counts`` 1 of it);
     "box": ``counts`` (molecule -> copies) of ``molecules`` at ``density_g_per_cm3``;
-    "structure": the periodic ``structure`` of a file."""
+    "structure": a periodic ``structure`` (of a file, or a built-in crystal)."""
 
     name: str
     kind: str  # one of KINDS
@@ -45,7 +47,8 @@ class Target:
 
 def targets_from(systems: Sequence[Mapping]) -> list[Target]:
     """The targets of ``target.systems`` (`TargetSettings.systems`: dicts with ``name``,
-    ``temperatures_K`` and exactly one of ``molecule``, ``box`` with ``density_g_per_cm3``, ``file``).
+    ``temperatures_K`` and exactly one of ``molecule``, ``box`` with ``density_g_per_cm3``, ``file``,
+    ``crystal``: ``{formula, structure, a_A, cubic, repeat, vacancies}``).
 
     Raises ValueError naming ``target.systems[i] (<name>)`` and the problem: a duplicate name, a
     missing or non-positive temperature or density, a molecule that is neither an ASE G2 name nor a
@@ -65,9 +68,9 @@ def targets_from(systems: Sequence[Mapping]) -> list[Target]:
         unknown = sorted(set(system) - _SYSTEM_KEYS)
         if unknown:
             raise ValueError(f"{where}: unknown keys {unknown} (known: {sorted(_SYSTEM_KEYS)})")
-        given = [key for key in ("molecule", "box", "file") if system.get(key) is not None]
+        given = [key for key in ("molecule", "box", "file", "crystal") if system.get(key) is not None]
         if len(given) != 1:
-            raise ValueError(f"{where}: give exactly one of molecule, box, file; got {given or 'none'}")
+            raise ValueError(f"{where}: give exactly one of molecule, box, file, crystal; got {given or 'none'}")
         temperatures = _temperatures_K(system.get("temperatures_K"), where)
         density = system.get("density_g_per_cm3")
         if given[0] != "box" and density is not None:
@@ -82,6 +85,9 @@ def targets_from(systems: Sequence[Mapping]) -> list[Target]:
             counts = _counts(system["box"], where)
             molecules = {spec: _molecule(spec, f"{where}: box molecule") for spec in counts}
             targets.append(Target(name, "box", temperatures, counts, molecules, float(density), None))
+        elif given[0] == "crystal":
+            structure = _crystal(system["crystal"], where)
+            targets.append(Target(name, "structure", temperatures, {}, {}, None, structure))
         else:
             structure = _periodic_structure(str(system["file"]), where)
             targets.append(Target(name, "structure", temperatures, {}, {}, None, structure))
@@ -196,3 +202,15 @@ def _periodic_structure(spec: str, where: str) -> Atoms:
     if "molecule_index" in atoms.arrays:
         structure.arrays["molecule_index"] = np.asarray(atoms.arrays["molecule_index"], dtype=int)
     return structure
+
+
+def _crystal(spec: Mapping, where: str) -> Atoms:
+    """The crystal of ``spec`` (`bulk_crystal`; all keys given, as in a completed config),
+    repeated ``repeat`` times along its cell vectors, less ``vacancies`` atoms spread evenly over
+    the cell (atoms 0, n/v, 2n/v, ... of n)."""
+    atoms = bulk_crystal(spec, f"{where}: crystal").repeat(tuple(spec["repeat"]))
+    vacancies = int(spec["vacancies"])
+    if not 0 <= vacancies < len(atoms):
+        raise ValueError(f"{where}: crystal: {vacancies} vacancies in a cell of {len(atoms)} atoms")
+    del atoms[[int(i) for i in np.linspace(0, len(atoms), vacancies, endpoint=False)]]
+    return Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=True)
