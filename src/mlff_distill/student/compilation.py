@@ -76,6 +76,14 @@ def unlabeled_batch(structures: Sequence[Atoms], batch_size: int, with_hessian: 
     )
 
 
+def molecule_of(atoms: Atoms) -> Atoms:
+    """``atoms`` without cell or periodicity."""
+    free = atoms.copy()
+    free.pbc = False
+    free.cell = None
+    return free
+
+
 def compile_training_loss(
     student: dict[str, Any],
     structures: Sequence[Atoms],
@@ -85,26 +93,30 @@ def compile_training_loss(
     stress_weight: float,
     hessian_weight: float,
 ) -> dict[str, Any]:
-    """One compiled training step of the student of size ``student`` (`StudentPotential`'s keyword
-    arguments) with the training loss's weights, on a batch of ``structures`` (the seeds); returns
-    what was compiled and how long it took (s)."""
+    """Compiled training steps of the student of size ``student`` (`StudentPotential`'s keyword
+    arguments) with the training loss's weights: one on a batch of the periodic ``structures`` (the
+    seeds; with stress labels) and one on a batch of the others (without; the periodic seeds cut
+    free where there are none, as the clusters cut from boxes are), as training meets both kinds of
+    batch; returns what was compiled and how long it took (s)."""
     species = species_of(structures)
     device = "cuda" if torch.cuda.is_available() else "cpu"  # as the train stage chooses
     model = StudentPotential(species=species, **student).to(device)
-    batch = unlabeled_batch(structures, batch_size, hessian_weight > 0)
+    periodic = [atoms for atoms in structures if atoms.pbc.all()]
+    others = [atoms for atoms in structures if not atoms.pbc.all()] or [molecule_of(atoms) for atoms in periodic]
+    batches = [unlabeled_batch(group, batch_size, hessian_weight > 0) for group in (periodic, others) if group]
     loss = BatchLoss(
         energy_weight, force_weight, stress_weight, STRESS_SCALE_eV_PER_A3, compile=True, hessian_weight=hessian_weight
     )
     start = time.perf_counter()
-    loss(model, batch).backward()
+    for batch in batches:
+        loss(model, batch).backward()
     return {
         "compiled": loss.compiled,
         "seconds": time.perf_counter() - start,
         "species": species,
-        "periodic": bool(batch.pbc.all(axis=1).any()),
+        "periodic": bool(periodic),
         "device": device,
-        "batch_structures": batch.n_structures,
-        "batch_atoms": int(batch.atoms_ptr[-1]),
+        "batches": [{"structures": batch.n_structures, "atoms": int(batch.atoms_ptr[-1])} for batch in batches],
     }
 
 

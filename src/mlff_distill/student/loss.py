@@ -173,11 +173,25 @@ def weighted_loss(
     return loss
 
 
+def loss_with_stress(model: StudentPotential, **inputs: torch.Tensor | float) -> torch.Tensor:
+    """`weighted_loss` of a batch with stress labels. Dynamo keeps compiled graphs per code object
+    and compiles the second kind of batch that one function meets as a recompilation, which misses
+    the on-disk cache that a first compilation filled; a function per kind makes every compilation
+    a first one, the same in the precompile job and in each training process."""
+    return weighted_loss(model, **inputs)
+
+
+def loss_without_stress(model: StudentPotential, **inputs: torch.Tensor | float) -> torch.Tensor:
+    """`weighted_loss` of a batch without stress labels (see `loss_with_stress`)."""
+    return weighted_loss(model, **inputs)
+
+
 class BatchLoss:
     """The weighted loss of a batch of `LabeledArrays`: `loss_inputs`, then `weighted_loss`,
-    compiled with ``torch.compile(dynamic=True)`` if ``compile`` (one compilation for all batch
-    sizes; about half a minute the first time). Where compiling fails (no C++ compiler, an
-    unsupported device) it says so in the log and goes on eager.
+    compiled with ``torch.compile(dynamic=True)`` if ``compile``, once for batches with stress labels
+    and once for batches without (each for all batch sizes; about half a minute the first time,
+    seconds from a warm cache). Where compiling fails (no C++ compiler, an unsupported device) it
+    says so in the log and goes on eager.
 
     ``stress_scale_eV_per_A3`` divides the stress errors; the stress term is used for batches with
     periodic stress labels when ``stress_weight`` and the scale are positive. The Hessian term is
@@ -199,24 +213,27 @@ class BatchLoss:
         self.scaled_stress_weight = (
             stress_weight / stress_scale_eV_per_A3**2 if stress_weight > 0 and stress_scale_eV_per_A3 > 0 else 0.0
         )
-        self._function: Callable[..., torch.Tensor] = (
-            torch.compile(weighted_loss, dynamic=True) if compile else weighted_loss
-        )
+        self._functions: dict[bool, Callable[..., torch.Tensor]] = {
+            True: torch.compile(loss_with_stress, dynamic=True) if compile else weighted_loss,
+            False: torch.compile(loss_without_stress, dynamic=True) if compile else weighted_loss,
+        }
         self.compiled = compile
-        self._first_call_done = not compile
+        self._compiled_kinds: set[bool] = set() if compile else {True, False}
 
-    def _first_call(self, model: StudentPotential, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The call that compiles: logs its time and TorchInductor's cache hits and misses (a
-        warm cache, see `mlff_distill.student.compilation`, takes seconds instead of about a minute)."""
+    def _first_call(self, model: StudentPotential, inputs: dict[str, torch.Tensor], with_stress: bool) -> torch.Tensor:
+        """The call that compiles a kind of batch: logs its time and TorchInductor's cache hits and
+        misses (a warm cache, see `mlff_distill.student.compilation`, takes seconds instead of about
+        half a minute)."""
+        before = {name: counters[group][name] for group, name in CACHE_COUNTERS}
         start = time.perf_counter()
-        loss = self._function(model, **inputs, **self.weights)
-        self._first_call_done = True
-        cache = {name: counters[group][name] for group, name in CACHE_COUNTERS}
+        loss = self._functions[with_stress](model, **inputs, **self.weights)
+        self._compiled_kinds.add(with_stress)
         logger.info(
-            "compiled the training loss in %.1f s (TorchInductor cache %s: %s)",
+            "compiled the training loss for batches %s stress labels in %.1f s (TorchInductor cache %s: %s)",
+            "with" if with_stress else "without",
             time.perf_counter() - start,
             os.environ.get("TORCHINDUCTOR_CACHE_DIR", "default directory"),
-            ", ".join(f"{name} {count}" for name, count in cache.items()),
+            ", ".join(f"{name} {counters[group][name] - before[name]}" for group, name in CACHE_COUNTERS),
         )
         return loss
 
@@ -227,9 +244,9 @@ class BatchLoss:
             target = inputs["stress_target"]
             inputs["stress_weight"] = torch.tensor(self.scaled_stress_weight, dtype=target.dtype, device=target.device)
         try:
-            if not self._first_call_done:
-                return self._first_call(model, inputs)
-            return self._function(model, **inputs, **self.weights)
+            if with_stress not in self._compiled_kinds:
+                return self._first_call(model, inputs, with_stress)
+            return self._functions[with_stress](model, **inputs, **self.weights)
         except Exception as error:  # compiler missing or failing: train eager instead
             if not self.compiled:
                 raise
@@ -238,5 +255,6 @@ class BatchLoss:
                 type(error).__name__,
                 str(error).splitlines()[0] if str(error) else "",
             )
-            self._function, self.compiled, self._first_call_done = weighted_loss, False, True
+            self._functions = {True: weighted_loss, False: weighted_loss}
+            self.compiled, self._compiled_kinds = False, {True, False}
             return weighted_loss(model, **inputs, **self.weights)
