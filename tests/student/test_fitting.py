@@ -12,7 +12,7 @@ from mlff_distill.data import LabeledArrays, concatenate_structures
 from mlff_distill.settings import TrainSettings, section_settings
 from mlff_distill.store import read_labels
 from mlff_distill.student import StudentPotential, fit_reference_energies, predict, train_student
-from mlff_distill.student.dataset import StructureBlocks, concatenate, shuffled_batches
+from mlff_distill.student.dataset import StructureBlocks, batches_in_epoch, concatenate, shuffled_batches
 from mlff_distill.student.fitting import capped_horizon, stress_rms, structure_tensors
 from mlff_distill.student.loss import BatchLoss
 from mlff_distill.student.model import energy_forces_stress
@@ -185,7 +185,8 @@ def test_block_reading_covers_the_split_once_per_epoch(emt_store) -> None:
     generator = torch.Generator().manual_seed(0)
     epochs = [list(shuffled_batches(blocks, 4, generator, buffer_blocks=2)) for _ in range(2)]
     for batches in epochs:
-        assert len(batches) == -(-whole.n_structures // 4) and all(b.n_structures == 4 for b in batches[:-1])
+        assert len(batches) == batches_in_epoch(whole.n_structures, 4) == whole.n_structures // 4
+        assert all(b.n_structures == 4 for b in batches[:-1]) and 4 <= batches[-1].n_structures < 8
         np.testing.assert_array_equal(np.sort(np.concatenate([b.energy_eV for b in batches])), np.sort(whole.energy_eV))
     assert not np.array_equal(epochs[0][0].energy_eV, epochs[1][0].energy_eV)  # reshuffled each epoch
 

@@ -209,7 +209,7 @@ def test_failing_training_process_is_reported(tmp_path) -> None:
 def test_warm_start_begins_at_the_initial_weights_validation_error(store, tmp_path, caplog) -> None:
     """A fit from a trained student's weights, at a negligible learning rate, validates as that
     student did, not as a fresh model; its resume state is not taken by a fresh fit."""
-    training = train_settings(epochs=10, learning_rate=2e-2, ema_decay=0.0, compile=False)
+    training = train_settings(epochs=15, learning_rate=2e-2, ema_decay=0.0, compile=False)
     trained, history, _ = fit(STUDENT, training, SEED, store, tmp_path / "a.pt", logging.getLogger("a"))
     trained_error = history["epochs"][history["best_epoch"] - 1]["val_force_rmse_eV_per_A"]
     still = train_settings(epochs=1, learning_rate=1e-12, warmup_epochs=0, compile=False)

@@ -13,6 +13,7 @@ import zarr
 from ase.build import molecule
 from ase.io import read, write
 from mlflow.tracking import MlflowClient
+from test_cli import mlff_distill
 
 from mlff_distill.store import read_labels, store_attrs
 from mlff_distill.student import load_student
@@ -247,39 +248,6 @@ def test_editing_epochs_retrains_and_reevaluates_without_relabeling(tiny_run):
 
 
 # ---------------------------------------------------------------- the mlff-distill command on the run's student
-
-
-def mlff_distill(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    command = [str(Path(sys.executable).with_name("mlff-distill")), *args]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-
-
-def test_every_subcommand_has_help():
-    for args in ((), ("run",), ("evaluate",), ("md",)):
-        completed = mlff_distill(*args, "--help")
-        assert completed.returncode == 0 and "usage: mlff-distill" in completed.stdout, completed.stderr
-
-
-def test_run_subcommand_plans_the_same_dag(tmp_path):
-    completed = mlff_distill(
-        "run",
-        "--dry-run",
-        "--configfile",
-        str(ROOT / "tests" / "data" / "tiny_config.yaml"),
-        "--configfile",
-        str(_results_override(tmp_path)),
-    )
-    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
-    output = completed.stdout + completed.stderr
-    for rule in {job.rstrip("0123456789") for job in ALL_JOBS}:  # the summary lists rules, not rounds
-        assert re.search(rf"\b{rule}\b", output), rule
-    assert not (tmp_path / "results").exists()
-
-
-def _results_override(tmp_path: Path) -> Path:
-    path = tmp_path / "results.yaml"
-    path.write_text(f"results_dir: {tmp_path / 'results'}\n")
-    return path
 
 
 def test_evaluate_subcommand_against_the_teacher_and_the_files_labels(tiny_run, tmp_path):

@@ -6,8 +6,9 @@ The compiled code depends on the student's sizes and species, on the kinds of st
 (molecules; periodic cells with stress labels), on the loss terms in use and on the device, not on
 the labels or the weights. So one step on a batch of the seed structures with zero labels compiles
 the graphs the train stage will run; that stage reuses them from the cache (its log gives the cache
-hits and misses of the first step). A batch whose sizes happen to coincide (say 3 structures, like
-the 3 coordinates: Dynamo gives equal sizes one symbol) compiles once more during training. The
+hits and misses of each kind's first step). Batches of 1 or 3 structures, which Dynamo would
+specialise on and compile again, do not occur unless ``train.batch_size`` is 1 or 3
+(`mlff_distill.student.dataset.shuffled_batches`). The
 inference path is compiled with dynamic shapes too (`mlff_distill.student.StudentCalculator`),
 once for molecules and once for periodic systems with stress.
 

@@ -135,6 +135,11 @@ class BlockSampler(torch.utils.data.Sampler):
         return iter(torch.randperm(self.n_blocks, generator=self.generator).tolist())
 
 
+def batches_in_epoch(n_structures: int, batch_size: int) -> int:
+    """How many batches `shuffled_batches` cuts ``n_structures`` into."""
+    return max(1, n_structures // batch_size) if n_structures else 0
+
+
 def shuffled_batches(
     dataset: StructureBlocks,
     batch_size: int,
@@ -142,7 +147,10 @@ def shuffled_batches(
     buffer_blocks: int,
     keep: Optional[Callable[[int], bool]] = None,
 ) -> Iterator[LabeledArrays]:
-    """One epoch of batches of ``batch_size`` structures (the last may be smaller).
+    """One epoch of `batches_in_epoch` batches of ``batch_size`` structures, the last one larger
+    where the structures do not divide evenly: a short last batch joins the one before it, because
+    the compiled loss specialises on a batch of 1 structure (where Inductor fails) or of 3 (the size
+    of a coordinate axis) and would compile again.
 
     With ``keep``, only the batches whose number ``i`` (from 0, in epoch order) has ``keep(i)`` are
     assembled and yielded; the others are drawn alike (the same random numbers) but skipped.
@@ -153,9 +161,25 @@ def shuffled_batches(
     """
     if batch_size < 1 or buffer_blocks < 1:
         raise ValueError(f"batch_size and buffer_blocks must be >= 1, got {batch_size}, {buffer_blocks}")
+    held: list[tuple[LabeledArrays, torch.Tensor]] = []  # the latest batch (and a short last one)
+    number = 0
+    for pool, indices in _cut_into_batches(dataset, batch_size, generator, buffer_blocks):
+        if held and len(indices) == batch_size:  # so the held batch is not the last
+            if keep is None or keep(number):
+                yield concatenate([part.subset(chosen.tolist()) for part, chosen in held])
+            held, number = [], number + 1
+        held.append((pool, indices))
+    if held and (keep is None or keep(number)):
+        yield concatenate([part.subset(chosen.tolist()) for part, chosen in held])
+
+
+def _cut_into_batches(
+    dataset: StructureBlocks, batch_size: int, generator: torch.Generator, buffer_blocks: int
+) -> Iterator[tuple[LabeledArrays, torch.Tensor]]:
+    """The pools of `shuffled_batches` and the indices of each batch in its pool; only the last
+    batch may be short."""
     order = list(BlockSampler(dataset, generator))
     leftover: list[LabeledArrays] = []
-    number = 0
     for first in range(0, len(order), buffer_blocks):
         pool = concatenate(leftover + [dataset[i] for i in order[first : first + buffer_blocks]])
         batches = torch.randperm(pool.n_structures, generator=generator).split(batch_size)
@@ -165,6 +189,4 @@ def shuffled_batches(
         else:
             leftover = []
         for indices in batches:
-            if keep is None or keep(number):
-                yield pool.subset(indices.tolist())
-            number += 1
+            yield pool, indices

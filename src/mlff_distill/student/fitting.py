@@ -18,7 +18,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mlff_distill.data import LabeledArrays
 from mlff_distill.settings import TrainSettings
-from mlff_distill.student.dataset import StructureBlocks, shuffled_batches
+from mlff_distill.student.dataset import StructureBlocks, batches_in_epoch, shuffled_batches
 from mlff_distill.student.loss import BatchLoss, stress_mask
 from mlff_distill.student.model import StudentPotential, energy_forces_stress
 from mlff_distill.student.parallel import agree_on_time, average_gradients, sum_over_processes, world
@@ -244,7 +244,7 @@ def train_student(
     # In a process group (`mlff_distill.student.parallel`) each process takes every size-th batch,
     # and the last batches that not every process would get are left out of the epoch.
     rank, size = world()
-    batches_per_epoch = math.ceil(train.n_structures / settings.batch_size)
+    batches_per_epoch = batches_in_epoch(train.n_structures, settings.batch_size)
     steps_per_epoch = batches_per_epoch if size == 1 else max(1, batches_per_epoch // size)
     keep = None if size == 1 else (lambda number: number % size == rank and number < steps_per_epoch * size)
     warmup_steps = settings.warmup_epochs * steps_per_epoch

@@ -1,0 +1,34 @@
+"""The `mlff-distill` command: help for every subcommand, and `run` planning the Snakemake DAG. The
+subcommands on a trained student are tested on the tiny run's student in `workflow/test_pipeline.py`."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RULES = ("sample_target", "sample", "precompile", "label", "train", "explore", "tune", "evaluate", "acceptance")
+
+
+def mlff_distill(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """The installed `mlff-distill` command run with ``args``."""
+    command = [str(Path(sys.executable).with_name("mlff-distill")), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+
+
+def test_every_subcommand_has_help():
+    for args in ((), ("run",), ("evaluate",), ("md",)):
+        completed = mlff_distill(*args, "--help")
+        assert completed.returncode == 0 and "usage: mlff-distill" in completed.stdout, completed.stderr
+
+
+def test_run_subcommand_plans_the_same_dag(tmp_path):
+    results = tmp_path / "results.yaml"
+    results.write_text(f"results_dir: {tmp_path / 'results'}\n")
+    tiny = ROOT / "tests" / "data" / "tiny_config.yaml"
+    completed = mlff_distill("run", "--dry-run", "--configfile", str(tiny), "--configfile", str(results))
+    assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    output = completed.stdout + completed.stderr
+    for rule in RULES:  # the summary lists rules, not rounds
+        assert re.search(rf"\b{rule}\b", output), rule
+    assert not (tmp_path / "results").exists()
