@@ -6,6 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from mlff_distill.cli import main
+
 ROOT = Path(__file__).resolve().parents[1]
 RULES = ("sample_target", "sample", "precompile", "label", "train", "explore", "tune", "evaluate", "acceptance")
 
@@ -16,10 +20,13 @@ def mlff_distill(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True)
 
 
-def test_every_subcommand_has_help():
-    for args in ((), ("run",), ("evaluate",), ("md",)):
-        completed = mlff_distill(*args, "--help")
-        assert completed.returncode == 0 and "usage: mlff-distill" in completed.stdout, completed.stderr
+def test_the_installed_command_and_every_subcommand_have_help(capsys):
+    completed = mlff_distill("--help")
+    assert completed.returncode == 0 and "usage: mlff-distill" in completed.stdout, completed.stderr
+    for command in ("run", "evaluate", "md"):
+        with pytest.raises(SystemExit) as stop:
+            main([command, "--help"])
+        assert stop.value.code == 0 and f"usage: mlff-distill {command}" in capsys.readouterr().out
 
 
 def test_run_subcommand_plans_the_same_dag(tmp_path):

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -159,7 +160,7 @@ ALL_JOBS = {"sample_target", "sample", "precompile"} | ROUND0 | ROUND1 | FINAL
 def planned(results: Path, edit: str, extra: tuple[str, ...] = ()) -> set[str]:
     """The jobs (rule name, and round number where it has one) a dry run plans after ``edit`` (YAML
     laid over the tiny config) on a finished run."""
-    edit_file = results.parent / "edit.yaml"
+    edit_file = results.parent / f"edit-{abs(hash((edit, extra)))}.yaml"
     edit_file.write_text(edit)
     command = [
         sys.executable,
@@ -188,32 +189,41 @@ def planned(results: Path, edit: str, extra: tuple[str, ...] = ()) -> set[str]:
     return jobs
 
 
-@pytest.mark.parametrize(
-    ("edit", "reruns"),
-    [
-        ("{}", set()),
-        ("train: {epochs: 10}", {"train0"} | ROUND1 | FINAL),
-        ("student: {n_features: 32}", {"precompile", "train0"} | ROUND1 | FINAL),
-        ("teacher: {batch_size: 16}", {"sample_target", "sample"} | ROUND0 | ROUND1 | FINAL),
-        ("label: {shard_size: 16}", ROUND0 | ROUND1 | FINAL),
-        ("sample: {rattle: {structures_per_seed: 7}}", ALL_JOBS - {"sample_target"}),
-        ("target: {md: {frames_per_trajectory: 3}}", ALL_JOBS),
-        ("on_policy: {steps: 30}", ROUND1 | FINAL),
-        ("on_policy: {train: {epochs: 3}}", {"train1"} | FINAL),
-        ("rounds: 2", {"explore2", "label2", "train2"} | FINAL),
-        ("tune: {repeats: 3}", {"tune", "evaluate", "acceptance"}),
-        ("evaluate: {timing_repeats: 2}", {"evaluate", "acceptance"}),
-        ("mlflow: {experiment: elsewhere}", set()),
-    ],
-)
-def test_a_config_edit_reruns_the_stages_that_read_it_and_those_downstream(tiny_run, edit, reruns):
-    results, _ = tiny_run
-    assert planned(results, edit) == reruns
+EDITS = [
+    ("{}", set()),
+    ("train: {epochs: 10}", {"train0"} | ROUND1 | FINAL),
+    ("student: {n_features: 32}", {"precompile", "train0"} | ROUND1 | FINAL),
+    ("teacher: {batch_size: 16}", {"sample_target", "sample"} | ROUND0 | ROUND1 | FINAL),
+    ("label: {shard_size: 16}", ROUND0 | ROUND1 | FINAL),
+    ("sample: {rattle: {structures_per_seed: 7}}", ALL_JOBS - {"sample_target"}),
+    ("target: {md: {frames_per_trajectory: 3}}", ALL_JOBS),
+    ("on_policy: {steps: 30}", ROUND1 | FINAL),
+    ("on_policy: {train: {epochs: 3}}", {"train1"} | FINAL),
+    ("rounds: 2", {"explore2", "label2", "train2"} | FINAL),
+    ("tune: {repeats: 3}", {"tune", "evaluate", "acceptance"}),
+    ("evaluate: {timing_repeats: 2}", {"evaluate", "acceptance"}),
+    ("mlflow: {experiment: elsewhere}", set()),
+]
+SEED_EDIT = ("{}", ("seed=5",))
 
 
-def test_the_seed_on_the_command_line_reruns_all_that_draws_random_numbers(tiny_run):
+@pytest.fixture(scope="module")
+def plans(tiny_run) -> dict:
+    """The dry runs of every edit in `EDITS` and of `SEED_EDIT`, two at a time (each is a process
+    that spends seconds building the DAG)."""
     results, _ = tiny_run
-    assert planned(results, "{}", ("seed=5",)) == ALL_JOBS - {"precompile"}
+    edits = [(edit, ()) for edit, _ in EDITS] + [SEED_EDIT]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return dict(zip(edits, pool.map(lambda edit: planned(results, *edit), edits)))
+
+
+@pytest.mark.parametrize(("edit", "reruns"), EDITS)
+def test_a_config_edit_reruns_the_stages_that_read_it_and_those_downstream(plans, edit, reruns):
+    assert plans[(edit, ())] == reruns
+
+
+def test_the_seed_on_the_command_line_reruns_all_that_draws_random_numbers(plans):
+    assert plans[SEED_EDIT] == ALL_JOBS - {"precompile"}
 
 
 def test_editing_epochs_retrains_and_reevaluates_without_relabeling(tiny_run):
