@@ -1,6 +1,6 @@
 rule sample_target:
     """One target's teacher MD (training and test trajectories) and the structures derived from it;
-    the targets run as parallel jobs."""
+    the targets run as parallel jobs, before the precompile job (which the train stage needs later)."""
     input:
         target_files=target_files(),
     output:
@@ -9,6 +9,7 @@ rule sample_target:
         str(RUN_DIR / "logs" / "sample-{target}.log"),
     benchmark:
         str(RUN_DIR / "benchmarks" / "sample-{target}.tsv")
+    priority: 1
     conda:
         CONDA_ENV
     params:
