@@ -22,21 +22,28 @@ install: $(STAMP)
 # The materials teachers (SevenNet-0, CHGNet), which the tests cover and `make run` does not need.
 install-materials: $(MATERIALS_STAMP)
 
-$(STAMP): pyproject.toml
+define new_venv
 	$(PYTHON3) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+endef
+
+$(STAMP): pyproject.toml
+	$(new_venv)
 	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-$(MATERIALS_STAMP): $(STAMP)
+# One pip run for the project and the extra (a second would resolve and build the project again).
+$(MATERIALS_STAMP): pyproject.toml
+	$(new_venv)
 	$(BIN)/python -m pip install --quiet -e '.[test,materials]'
-	touch $(MATERIALS_STAMP)
+	touch $(STAMP) $(MATERIALS_STAMP)
 
 run: install
 	$(BIN)/snakemake --cores $(CORES)
 
-# Lint first (seconds), then the tests in two processes, a test module per process at a time.
-test: lint install-materials
+# Install (with the materials extra), lint (seconds), then the tests in two processes, a test
+# module per process at a time.
+test: install-materials lint
 	$(BIN)/python -m pytest -n 2 --dist loadfile --durations=15
 
 lint: install

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import zarr
 from ase.build import molecule
+from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from mlflow.tracking import MlflowClient
 from test_cli import mlff_distill
@@ -263,8 +264,8 @@ def test_editing_epochs_retrains_and_reevaluates_without_relabeling(tiny_run):
 def test_evaluate_subcommand_against_the_teacher_and_the_files_labels(tiny_run, tmp_path):
     results, _ = tiny_run
     run_dir = results / "tiny"
-    frames = read(run_dir / "sample" / "structures.extxyz", ":")
-    test = [atoms for atoms in frames if atoms.info["split"] == "test"][:4]
+    labels = read_labels(run_dir / f"round{ROUNDS}" / "label" / "labels.zarr", "test")
+    test = [labels.atoms(index) for index in range(4)]
     structures = tmp_path / "mine.extxyz"
     write(structures, test)
     teacher_config = tmp_path / "teacher.yaml"
@@ -288,10 +289,9 @@ def test_evaluate_subcommand_against_the_teacher_and_the_files_labels(tiny_run, 
     metrics = json.loads((tmp_path / "m.json").read_text())
     assert metrics["n_structures"] == 4 and math.isfinite(metrics["force_rel_rmse"]) and metrics["force_rel_rmse"] > 0
     assert "speed-up" in completed.stdout and metrics["speed"][0]["speedup"] > 0
-    # the teacher's labels written into the file are a reference too, and give the same errors
+    # the teacher's labels (from the store) written into the file are a reference too, and give the same errors
     labeled = tmp_path / "labeled.extxyz"
-    reference = teacher_labels_of(test, results)
-    write(labeled, reference)
+    write(labeled, [with_labels(atoms, labels, index) for index, atoms in enumerate(test)])
     completed = mlff_distill(
         "evaluate",
         str(run_dir / f"round{ROUNDS}" / "train" / "student.pt"),
@@ -309,22 +309,13 @@ def test_evaluate_subcommand_against_the_teacher_and_the_files_labels(tiny_run, 
     assert unlabeled.returncode != 0 and "structure 0" in unlabeled.stderr and "--teacher-config" in unlabeled.stderr
 
 
-def teacher_labels_of(structures, results: Path):
-    """``structures`` with the default teacher's energies and forces attached."""
-    from ase.calculators.singlepoint import SinglePointCalculator
-
-    from mlff_distill.settings import TeacherSettings, section_settings
-    from mlff_distill.teachers import load_teacher
-
-    os.environ["MLFF_DISTILL_CACHE"] = str(results.parent / "cache")
-    teacher = load_teacher(section_settings(TeacherSettings, "teacher"))
-    labeled = []
-    for atoms in structures:
-        output = teacher.compute([atoms])
-        copy = atoms.copy()
-        copy.calc = SinglePointCalculator(copy, energy=float(output.energy_eV[0]), forces=output.forces_eV_per_A)
-        labeled.append(copy)
-    return labeled
+def with_labels(atoms, labels, index: int):
+    """``atoms`` with the energy and forces of structure ``index`` of ``labels`` attached."""
+    lo, hi = labels.atoms_ptr[index], labels.atoms_ptr[index + 1]
+    atoms.calc = SinglePointCalculator(
+        atoms, energy=float(labels.energy_eV[index]), forces=labels.forces_eV_per_A[lo:hi]
+    )
+    return atoms
 
 
 def test_md_subcommand_writes_an_extxyz_trajectory(tiny_run, tmp_path):
