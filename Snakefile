@@ -12,10 +12,12 @@ min_version("9.0")
 configfile: "config/config.yaml"
 
 
-problems = config_errors(config, "workflow/schemas/config.schema.yaml")
+# The schema found beside this file, so that `--directory` may point anywhere.
+SCHEMA = f"{workflow.basedir}/workflow/schemas/config.schema.yaml"
+problems = config_errors(config, SCHEMA)
 if problems:
     raise ValueError("invalid config:\n  " + "\n  ".join(problems))
-validate(config, "workflow/schemas/config.schema.yaml")
+validate(config, SCHEMA)
 
 
 include: "workflow/rules/common.smk"

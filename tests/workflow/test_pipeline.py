@@ -3,11 +3,7 @@
 import json
 import math
 import os
-import re
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import zarr
@@ -16,11 +12,11 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.io import read, write
 from mlflow.tracking import MlflowClient
 from test_cli import mlff_distill
+from tiny_pipeline import planned
 
 from mlff_distill.store import read_labels, store_attrs
 from mlff_distill.student import load_student
 
-ROOT = Path(__file__).resolve().parents[2]
 STAGES = ("sample", "label", "train", "tune", "evaluate")
 ROUNDS = 1  # the tiny config's on-policy rounds
 METRIC_KEYS = (
@@ -36,31 +32,8 @@ METRIC_KEYS = (
 )
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    """The tiny config on the default teacher, built from the torchani wheel into an empty cache."""
-    results = tmp_path_factory.mktemp("pipeline") / "results"
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        "2",
-        "--configfile",
-        str(ROOT / "tests" / "data" / "tiny_config.yaml"),
-        "--config",
-        f"results_dir={results}",
-    ]
-    env = {**os.environ, "MLFF_DISTILL_CACHE": str(results.parent / "cache")}
-    env.pop("MLFF_DISTILL_MODELS_DIR", None)
-    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-5000:]
-    return results, completed.stdout + completed.stderr
-
-
 def test_every_stage_wrote_outputs_logs_and_benchmarks(tiny_run):
-    results, output = tiny_run
-    run_dir = results / "tiny"
+    run_dir, output = tiny_run.run_dir, tiny_run.output
     for stage in ("sample", "precompile", "tune", "evaluate"):
         assert (run_dir / "logs" / f"{stage}.log").stat().st_size > 0
         assert (run_dir / "benchmarks" / f"{stage}.tsv").is_file()
@@ -71,9 +44,9 @@ def test_every_stage_wrote_outputs_logs_and_benchmarks(tiny_run):
 
 
 def test_structures_and_store_agree(tiny_run):
-    results, _ = tiny_run
-    structures = read(results / "tiny" / "sample" / "structures.extxyz", ":")
-    store_path = results / "tiny" / "round0" / "label" / "labels.zarr"
+    run_dir = tiny_run.run_dir
+    structures = read(run_dir / "sample" / "structures.extxyz", ":")
+    store_path = run_dir / "round0" / "label" / "labels.zarr"
     group = zarr.open_group(store_path, mode="r")
     assert group.metadata.zarr_format == 3
     labels = read_labels(store_path)
@@ -87,12 +60,12 @@ def test_structures_and_store_agree(tiny_run):
 
 
 def test_checkpoint_tune_record_and_metrics(tiny_run):
-    results, _ = tiny_run
-    model, metadata = load_student(results / "tiny" / f"round{ROUNDS}" / "train" / "student.pt")
+    run_dir = tiny_run.run_dir
+    model, metadata = load_student(run_dir / f"round{ROUNDS}" / "train" / "student.pt")
     assert "ani1x" in metadata["teacher"]["name"]
-    record = json.loads((results / "tiny" / "tune" / "inference_path.json").read_text())
+    record = json.loads((run_dir / "tune" / "inference_path.json").read_text())
     assert record["cuda_available"] is False and record["chosen_path"] in ("eager", "torch_compile")
-    metrics = json.loads((results / "tiny" / "evaluate" / "metrics.json").read_text())
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     for key in METRIC_KEYS:
         assert key in metrics
     assert metrics["n_test"] > 0
@@ -103,8 +76,7 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
 
 
 def test_mlflow_has_parent_and_stage_runs(tiny_run):
-    results, _ = tiny_run
-    client = MlflowClient(tracking_uri=f"sqlite:///{results / 'mlflow.db'}")
+    client = MlflowClient(tracking_uri=f"sqlite:///{tiny_run.results / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("mlff-distill")
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -131,8 +103,7 @@ def test_mlflow_has_parent_and_stage_runs(tiny_run):
 
 
 def test_training_took_its_compiled_loss_from_the_precompile_cache(tiny_run):
-    results, _ = tiny_run
-    run_dir = results / "tiny"
+    run_dir = tiny_run.run_dir
     record = json.loads((run_dir / "precompile" / "compiled.json").read_text())["training_loss"]
     assert record["compiled"] and record["species"] == [1, 6, 7, 8] and record["periodic"]  # the water box
     assert (run_dir / "logs" / "precompile.log").stat().st_size > 0
@@ -158,38 +129,6 @@ FINAL = {"tune", "evaluate", "acceptance"}
 ALL_JOBS = {"sample_target", "sample", "precompile"} | ROUND0 | ROUND1 | FINAL
 
 
-def planned(results: Path, edit: str, extra: tuple[str, ...] = ()) -> set[str]:
-    """The jobs (rule name, and round number where it has one) a dry run plans after ``edit`` (YAML
-    laid over the tiny config) on a finished run."""
-    edit_file = results.parent / f"edit-{abs(hash((edit, extra)))}.yaml"
-    edit_file.write_text(edit)
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "-n",
-        "--configfile",
-        str(ROOT / "tests" / "data" / "tiny_config.yaml"),
-        str(edit_file),
-        "--config",
-        f"results_dir={results}",
-        *extra,
-    ]
-    completed = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    output = completed.stdout + completed.stderr
-    assert completed.returncode == 0, output[-3000:]
-    if "Nothing to be done" in output:
-        return set()
-    jobs = set()
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", output):
-        name = re.match(r"(?:local)?rule (\w+):", block)
-        if name and name.group(1) != "all":
-            round_index = re.search(r"wildcards: round=(\d+)", block)
-            jobs.add(name.group(1) + (round_index.group(1) if round_index else ""))
-    assert jobs, output[-3000:]
-    return jobs
-
-
 EDITS = [
     ("{}", set()),
     ("train: {epochs: 10}", {"train0"} | ROUND1 | FINAL),
@@ -205,17 +144,16 @@ EDITS = [
     ("evaluate: {timing_repeats: 2}", {"evaluate", "acceptance"}),
     ("mlflow: {experiment: elsewhere}", set()),
 ]
-SEED_EDIT = ("{}", ("seed=5",))
+SEED_EDIT = ("{}", ("--config", "seed=5"))
 
 
 @pytest.fixture(scope="module")
 def plans(tiny_run) -> dict:
     """The dry runs of every edit in `EDITS` and of `SEED_EDIT`, two at a time (each is a process
     that spends seconds building the DAG)."""
-    results, _ = tiny_run
     edits = [(edit, ()) for edit, _ in EDITS] + [SEED_EDIT]
     with ThreadPoolExecutor(max_workers=2) as pool:
-        return dict(zip(edits, pool.map(lambda edit: planned(results, *edit), edits)))
+        return dict(zip(edits, pool.map(lambda edit: planned(tiny_run, *edit), edits)))
 
 
 @pytest.mark.parametrize(("edit", "reruns"), EDITS)
@@ -227,50 +165,18 @@ def test_the_seed_on_the_command_line_reruns_all_that_draws_random_numbers(plans
     assert plans[SEED_EDIT] == ALL_JOBS - {"precompile"}
 
 
-def test_editing_epochs_retrains_and_reevaluates_without_relabeling(tiny_run):
-    results, _ = tiny_run
-    run_dir = results / "tiny"
-    round0 = run_dir / "round0"
-    store_files = {p: p.stat().st_mtime_ns for p in (round0 / "label" / "labels.zarr").rglob("*") if p.is_file()}
-    checkpoint_time = (round0 / "train" / "student.pt").stat().st_mtime_ns
-    edit = results.parent / "epochs.yaml"
-    edit.write_text("train: {epochs: 3}\n")
-    command = [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--cores",
-        "2",
-        "--configfile",
-        str(ROOT / "tests" / "data" / "tiny_config.yaml"),
-        str(edit),
-        "--config",
-        f"results_dir={results}",
-    ]
-    env = {**os.environ, "MLFF_DISTILL_CACHE": str(results.parent / "cache")}
-    completed = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert completed.returncode == 0, completed.stdout[-5000:] + completed.stderr[-5000:]
-    history = json.loads((round0 / "train" / "history.json").read_text())
-    assert len(history["epochs"]) == 3
-    assert (round0 / "train" / "student.pt").stat().st_mtime_ns > checkpoint_time
-    assert json.loads((run_dir / "evaluate" / "metrics.json").read_text())["n_test"] > 0
-    assert {p: p.stat().st_mtime_ns for p in store_files} == store_files  # not relabeled
-    assert planned(results, "train: {epochs: 3}") == set()
-
-
 # ---------------------------------------------------------------- the mlff-distill command on the run's student
 
 
 def test_evaluate_subcommand_against_the_teacher_and_the_files_labels(tiny_run, tmp_path):
-    results, _ = tiny_run
-    run_dir = results / "tiny"
+    run_dir = tiny_run.run_dir
     labels = read_labels(run_dir / f"round{ROUNDS}" / "label" / "labels.zarr", "test")
     test = [labels.atoms(index) for index in range(4)]
     structures = tmp_path / "mine.extxyz"
     write(structures, test)
     teacher_config = tmp_path / "teacher.yaml"
     teacher_config.write_text("teacher: {kind: fennol, name: ani1x, source: torchani}\n")
-    os.environ["MLFF_DISTILL_CACHE"] = str(results.parent / "cache")
+    os.environ["MLFF_DISTILL_CACHE"] = str(tiny_run.cache)
     completed = mlff_distill(
         "evaluate",
         str(run_dir / f"round{ROUNDS}" / "train" / "student.pt"),
@@ -319,13 +225,13 @@ def with_labels(atoms, labels, index: int):
 
 
 def test_md_subcommand_writes_an_extxyz_trajectory(tiny_run, tmp_path):
-    results, _ = tiny_run
+    run_dir = tiny_run.run_dir
     start = tmp_path / "water.xyz"
     write(start, molecule("H2O"))
     out = tmp_path / "md.extxyz"
     completed = mlff_distill(
         "md",
-        str(results / "tiny" / f"round{ROUNDS}" / "train" / "student.pt"),
+        str(run_dir / f"round{ROUNDS}" / "train" / "student.pt"),
         "--structure",
         str(start),
         "--temperature",
@@ -344,7 +250,7 @@ def test_md_subcommand_writes_an_extxyz_trajectory(tiny_run, tmp_path):
     assert "student MD" in completed.stderr  # the progress bar
     bad = mlff_distill(
         "md",
-        str(results / "tiny" / f"round{ROUNDS}" / "train" / "student.pt"),
+        str(run_dir / f"round{ROUNDS}" / "train" / "student.pt"),
         "--structure",
         str(start),
         "--temperature",
@@ -358,8 +264,7 @@ def test_md_subcommand_writes_an_extxyz_trajectory(tiny_run, tmp_path):
 
 
 def test_rounds_append_labels_without_relabeling_and_keep_the_test_split(tiny_run):
-    results, _ = tiny_run
-    run_dir = results / "tiny"
+    run_dir = tiny_run.run_dir
     sampled = read(run_dir / "sample" / "structures.extxyz", ":")
     explored = read(run_dir / "round1" / "explore" / "structures.extxyz", ":")
     assert explored and all(a.info["strategy"] == "on-policy" and a.info["round"] == 1 for a in explored)
