@@ -22,9 +22,6 @@ install: $(STAMP)
 # The materials teachers (SevenNet-0, CHGNet), which the tests cover and `make run` does not need.
 install-materials: $(MATERIALS_STAMP)
 
-# --no-compile: Python compiles each module to bytecode when it is first imported, instead of pip
-# compiling every file of every package up front (half of the install time, mostly for modules never
-# imported).
 define new_venv
 	$(PYTHON3) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -32,13 +29,13 @@ endef
 
 $(STAMP): pyproject.toml
 	$(new_venv)
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
 # One pip run for the project and the extra (a second would resolve and build the project again).
 $(MATERIALS_STAMP): pyproject.toml
 	$(new_venv)
-	$(BIN)/python -m pip install --quiet --no-compile -e '.[test,materials]'
+	$(BIN)/python -m pip install --quiet -e '.[test,materials]'
 	touch $(STAMP) $(MATERIALS_STAMP)
 
 run: install
