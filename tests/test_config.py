@@ -109,18 +109,22 @@ def test_normal_mode_counts_must_match_temperatures():
     assert config_errors(config, SCHEMA) == []
 
 
-def shipped_config(name: str) -> dict:
-    """A config file laid over the default, as Snakemake's ``--configfile`` does."""
+def shipped_config(*names: str) -> dict:
+    """Config files laid over the default in turn, as Snakemake's ``--configfile`` does."""
     from snakemake.utils import update_config
 
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    update_config(config, yaml.safe_load((ROOT / "config" / name).read_text()))
+    for name in names:
+        update_config(config, yaml.safe_load((ROOT / "config" / name).read_text()))
     return complete_config(config)
 
 
 def test_shipped_configs_are_valid_and_the_orb_config_stays_small():
     for name in ("orb.yaml", "full.yaml", "molecules.yaml", "materials.yaml"):
         assert config_errors(shipped_config(name), SCHEMA) == [], name
+    chgnet = shipped_config("materials.yaml", "materials-chgnet.yaml")
+    assert config_errors(chgnet, SCHEMA) == [] and chgnet["teacher"]["kind"] == "chgnet"
+    assert chgnet["target"] == shipped_config("materials.yaml")["target"]  # the same silicon targets
     orb = shipped_config("orb.yaml")["sample"]
     # Orb labels ~0.3 structures/s on 2 CPU cores: no teacher MD or normal modes (from the
     # default underneath), only the crystals' rattles, strains and vacancies
