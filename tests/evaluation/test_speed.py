@@ -84,6 +84,22 @@ def test_compare_speed_rows_for_a_teacher_and_an_untrained_student(single_thread
         assert row["teacher_peak_MB"] >= 0 and row["student_peak_MB"] >= 0
 
 
+def test_compare_speed_times_an_ensemble_member_beside_the_teacher(single_thread, quick_timing):
+    copper = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    copper.rattle(0.05, seed=2)
+    teacher = TeacherCalculator(AseCalculatorTeacher("ase.calculators.emt:EMT", species=(29,)))
+    # a stand-in "member": EMT with other parameters, so that its errors are not zero
+    member = EMT()
+    member.parameters["asap_cutoff"] = True
+    student = StudentCalculator(StudentPotential(species=(29,), cutoff_A=4.0, n_features=8))
+    (row,) = compare_speed(teacher, student, [copper], repeats=1, warmup=0, member_calc=member)
+    assert row["student_speedup_over_member"] == pytest.approx(row["member_ms"] / row["student_ms"])
+    assert row["member_force_rel_rmse"] > 0 and row["member_energy_mae_per_atom_eV"] > 0
+    assert "member_stress_rel_error" in row
+    (plain,) = compare_speed(teacher, student, [copper], repeats=1, warmup=0)
+    assert not any(key.startswith("member") for key in plain)
+
+
 def test_benchmark_script_writes_the_table_and_logs_it(tmp_path, single_thread, quick_timing):
     import importlib.util
     import json

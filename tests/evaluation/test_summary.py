@@ -47,6 +47,49 @@ def test_summary_names_teacher_student_error_speedup_and_gates(tmp_path):
     assert "below about 52.0 %" in summary_text(path)
 
 
+def test_summary_and_report_compare_the_student_with_one_ensemble_member(tmp_path):
+    from mlff_distill.evaluation.report import build_report
+
+    metrics = {
+        "teacher": "ani1x",
+        "student": "StudentPotential",
+        "n_test": 7,
+        "force_rel_rmse": 0.05,
+        "energy_mae_per_atom_eV": 0.002,
+        "speedup": 12.0,
+        "teacher_s_per_structure": 0.01,
+        "student_s_per_structure": 0.001,
+        "inference_path": "eager",
+        "speed": [
+            {
+                "n_atoms": 64,
+                "teacher_ms": 30.0,
+                "student_ms": 2.0,
+                "speedup": 15.0,
+                "force_rel_rmse": 0.05,
+                "member_ms": 12.0,
+                "student_speedup_over_member": 6.0,
+                "member_force_rel_rmse": 0.07,
+            },
+        ],
+        "ensemble_member": {
+            "member": "ani1x member 1 of 8",
+            "force_rel_rmse": 0.071,
+            "energy_mae_per_atom_eV": 0.003,
+            "student_more_accurate": True,
+            "student_faster_at_every_size": True,
+        },
+    }
+    (tmp_path / "evaluate").mkdir()
+    path = tmp_path / "evaluate" / "metrics.json"
+    path.write_text(json.dumps(metrics))
+    line = next(line for line in summary_text(path).splitlines() if "ensemble member" in line)
+    assert "7.10 %" in line and "5.00 %" in line and "6.0x" in line and "more accurate and faster everywhere" in line
+    report = build_report(tmp_path / "report.html", metrics, {}, {"name": "ani1x"}, {}, {}).read_text()
+    assert "One member of the ensemble" in report and "ani1x member 1 of 8" in report
+    assert "one ensemble member (ms)" in report
+
+
 def test_summary_has_a_line_per_target_for_accuracy_speed_and_nvt(tmp_path):
     metrics = {
         "teacher": "ani1x",

@@ -99,6 +99,17 @@ def test_ensemble_mean_and_std_over_members(ani1x_teacher, reference):
     assert np.isnan(ani1x_teacher.compute(structures()).stress_eV_per_A3).all()  # not asked
 
 
+def test_a_member_is_a_teacher_of_its_own(ani1x_teacher, reference):
+    member = ani1x_teacher.member(3)
+    assert member.identity.members == 1 and member.identity.name.endswith("member 4 of 8")
+    assert member.identity.species == ani1x_teacher.identity.species and member.batch_size == ani1x_teacher.batch_size
+    out = member.compute(structures(), compute_stress=True)
+    np.testing.assert_allclose(out.energy_eV, reference["energy"][3], rtol=1e-6)
+    np.testing.assert_allclose(out.forces_eV_per_A, reference["forces"][3], atol=2e-3)
+    with pytest.raises(IndexError, match="8 members"):
+        ani1x_teacher.member(8)
+
+
 def test_small_cell_sums_all_periodic_images(ani1x_teacher):
     """A 6.2 A box (under twice the cutoff) and its 2x1x1 supercell agree per cell."""
     box = water_box()

@@ -73,6 +73,10 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
         assert math.isfinite(metrics[key]) and metrics[key] >= 0
     assert metrics["speedup"] == pytest.approx(metrics["teacher_s_per_structure"] / metrics["student_s_per_structure"])
     assert metrics["teacher_rotation"]["force_rel_change"] < 1e-4  # ANI-1x is invariant
+    member = metrics["ensemble_member"]  # the alternative the 8-member teacher offers: one member
+    assert member["member"].endswith("member 1 of 8") and 0 < member["force_rel_rmse"] < 1
+    assert isinstance(member["student_more_accurate"], bool)
+    assert all(row["member_ms"] > 0 and "member_force_rel_rmse" in row for row in metrics["speed"])
 
 
 def test_mlflow_has_parent_and_stage_runs(tiny_run):

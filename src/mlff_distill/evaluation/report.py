@@ -60,6 +60,10 @@ SPEED_COLUMNS = (
     ("teacher_peak_MB", "teacher peak (MB)", 1.0),
     ("student_peak_MB", "student peak (MB)", 1.0),
     ("with_stress", "with stress", 1.0),
+    ("member_ms", "one ensemble member (ms)", 1.0),
+    ("student_speedup_over_member", "student's speed-up over it", 1.0),
+    ("member_force_rel_rmse", "its relative RMS force error (%)", 100.0),
+    ("member_energy_mae_per_atom_eV", "its energy MAE (meV/atom)", 1000.0),
 )
 TARGET_NVT_COLUMNS = (
     ("target", "target", 1.0),
@@ -255,6 +259,26 @@ def _speed(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
         )
     else:
         parts.append(NOT_RUN)
+    member = metrics.get("ensemble_member")
+    if member:
+        parts.append(
+            "<h3>One member of the ensemble</h3><p>The alternative to a student that an ensemble "
+            "teacher offers: one of its members, against the ensemble's labels on the same test "
+            "structures (and on each timed system, in the columns above).</p>"
+            + table(
+                [
+                    {
+                        "member": member["member"],
+                        "its relative RMS force error (%)": 100 * member["force_rel_rmse"],
+                        "the student's (%)": 100 * metrics["force_rel_rmse"],
+                        "its energy MAE (meV/atom)": 1000 * member["energy_mae_per_atom_eV"],
+                        "the student's (meV/atom)": 1000 * metrics["energy_mae_per_atom_eV"],
+                        "student more accurate": member["student_more_accurate"],
+                        "student faster at every size": member["student_faster_at_every_size"],
+                    }
+                ]
+            )
+        )
     return "".join(parts)
 
 

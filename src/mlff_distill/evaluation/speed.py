@@ -110,7 +110,12 @@ def _peak_rss_kB() -> int:
 
 
 def compare_speed(
-    teacher_calc: Calculator, student_calc: Calculator, systems: Sequence[Atoms], repeats: int, warmup: int = 2
+    teacher_calc: Calculator,
+    student_calc: Calculator,
+    systems: Sequence[Atoms],
+    repeats: int,
+    warmup: int = 2,
+    member_calc: Calculator | None = None,
 ) -> list[dict]:
     """One row per system: ``system`` (its ``info["system"]``, else its formula), ``target`` (its
     ``info["target"]``, where it has one), ``n_atoms``, ``teacher_ms``/``student_ms`` (median ms
@@ -119,7 +124,10 @@ def compare_speed(
     ``force_rel_rmse``, ``force_mae_eV_per_A``, ``energy_mae_per_atom_eV`` (and
     ``stress_rel_error`` when timed with stress), from the results of each one's last timed call
     (no extra call: a teacher call on thousands of atoms takes seconds). A speed-up means
-    something only beside that accuracy.
+    something only beside that accuracy. With ``member_calc`` (one member of an ensemble teacher,
+    `mlff_distill.evaluation.ensemble_member`), it is timed after the teacher on each system:
+    ``member_ms``, ``student_speedup_over_member`` (member_ms / student_ms) and its own errors
+    against the teacher there (``member_force_rel_rmse``, ``member_energy_mae_per_atom_eV``, ...).
 
     Both compute the same properties: stress (periodic systems) only when both
     calculators implement it. The student is timed on every system first, then the teacher: so
@@ -134,6 +142,7 @@ def compare_speed(
     rows = []
     for atoms, student, student_result in zip(systems, students, student_results):
         teacher = time_calls(teacher_calc, atoms, repeats, warmup, stress)
+        teacher_results = dict(teacher_calc.results)
         target = {"target": atoms.info["target"]} if "target" in atoms.info else {}
         rows.append(
             {
@@ -148,9 +157,19 @@ def compare_speed(
                 "teacher_peak_MB": teacher["peak_MB"],
                 "student_peak_MB": student["peak_MB"],
                 "with_stress": teacher["with_stress"],
-                **student_accuracy(atoms, dict(teacher_calc.results), student_result),
+                **student_accuracy(atoms, teacher_results, student_result),
             }
         )
+        if member_calc is not None:
+            member = time_calls(member_calc, atoms, repeats, warmup, stress)
+            errors = student_accuracy(atoms, teacher_results, dict(member_calc.results))
+            rows[-1].update(
+                {
+                    "member_ms": member["median_ms"],
+                    "student_speedup_over_member": member["median_ms"] / student["median_ms"],
+                    **{f"member_{key}": value for key, value in errors.items()},
+                }
+            )
     return rows
 
 
@@ -188,20 +207,32 @@ def speed_rows(
     random_seed: int,
     teacher: Teacher,
     student_calculator: Calculator,
+    member: Teacher | None = None,
 ) -> list[dict]:
     """The evaluate stage's speed step: `compare_speed` rows for systems of
     ``evaluate.speed.sizes`` atoms built from ``seeds`` (the run's seeds, or its sampled structures
     when the config names none), ``timing_repeats`` calls each. ``student_calculator`` is a
-    `StudentCalculator` (its ``inference_path`` is recorded by the caller)."""
+    `StudentCalculator` (its ``inference_path`` is recorded by the caller); ``member``: one member
+    of an ensemble teacher, timed too."""
     systems = build_timing_systems(seeds, settings.speed.sizes, float(student_calculator.model.cutoff_A), random_seed)
-    return speed_rows_for(systems, settings, teacher, student_calculator)
+    return speed_rows_for(systems, settings, teacher, student_calculator, member)
 
 
 def speed_rows_for(
-    systems: Sequence[Atoms], settings: EvaluateSettings, teacher: Teacher, student_calculator: Calculator
+    systems: Sequence[Atoms],
+    settings: EvaluateSettings,
+    teacher: Teacher,
+    student_calculator: Calculator,
+    member: Teacher | None = None,
 ) -> list[dict]:
     """`compare_speed` rows for ``systems`` as given (the targets at several sizes, each with its
-    ``info["target"]``), ``timing_repeats`` calls and ``speed.warmup`` warm-up calls each."""
+    ``info["target"]``), ``timing_repeats`` calls and ``speed.warmup`` warm-up calls each;
+    ``member`` (one member of an ensemble teacher) timed beside the teacher where given."""
     return compare_speed(
-        TeacherCalculator(teacher), student_calculator, systems, settings.timing_repeats, settings.speed.warmup
+        TeacherCalculator(teacher),
+        student_calculator,
+        systems,
+        settings.timing_repeats,
+        settings.speed.warmup,
+        TeacherCalculator(member) if member is not None else None,
     )

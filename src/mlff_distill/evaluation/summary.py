@@ -40,6 +40,7 @@ def summary_text(metrics_file: Path) -> str:
         f"{metrics['inference_path']})",
     ]
     lines += speed_lines(metrics.get("speed") or [])
+    lines += member_lines(metrics.get("ensemble_member"), metrics)
     lines += _target_nvt_lines(metrics.get("target_nvt") or [])
     rotation = metrics.get("teacher_rotation")
     if rotation and rotation["invariant_student_floor"] > 0.1 * metrics["force_rel_rmse"]:
@@ -81,6 +82,23 @@ def speed_lines(rows: list[dict]) -> list[str]:
         name = f"speed-up, {target}:" if target is not None else "speed-up by size:"
         lines.append(f"  {name:<22} {cells} at {sizes} atoms (force error in brackets)")
     return lines
+
+
+def member_lines(member: dict | None, metrics: dict) -> list[str]:
+    """One line on the alternative to the student that an ensemble teacher offers, one of its
+    members: its force error on the test split beside the student's, and the student's speed-up
+    over it at each timed size."""
+    if not member:
+        return []
+    rows = [row for row in metrics.get("speed") or [] if row.get("member_ms") is not None]
+    speedups = " / ".join(f"{row['student_speedup_over_member']:.1f}x" for row in rows)
+    accurate = "more" if member["student_more_accurate"] else "less"
+    faster = {True: "faster everywhere", False: "not faster everywhere", None: "speed not compared"}
+    return [
+        f"  one ensemble member:   force error {100 * member['force_rel_rmse']:.2f} % (the student's "
+        f"{100 * metrics['force_rel_rmse']:.2f} %); student {speedups or '-'} faster at the timed sizes: "
+        f"the student is {accurate} accurate and {faster[member['student_faster_at_every_size']]}"
+    ]
 
 
 def _temperature(row: dict) -> str:

@@ -1,11 +1,12 @@
 """The evaluate stage: the student against its teacher on the held-out test split, and the report.
 
-Accuracy, speed on the test structures and at several sizes, teacher symmetry and MD validation
-(`mlff_distill.evaluation`), with acceptance gates from ``evaluate.gates``. Outputs in
-``<results>/<run>/evaluate/``: metrics.json, parity.png, errors.png, speed.png, rdf.png (when
-those steps ran), report.html; all logged to MLflow with the student as a model. The acceptance
-rule (`mlff_distill.evaluation.summary.check_acceptance`) fails afterwards when
-``evaluate.strict`` and a gate fails, so that these files are kept.
+Accuracy, speed on the test structures and at several sizes, teacher symmetry, MD validation and,
+for an ensemble teacher, one of its members as the alternative to beat (`mlff_distill.evaluation`),
+with acceptance gates from ``evaluate.gates``. Outputs in ``<results>/<run>/evaluate/``:
+metrics.json, parity.png, errors.png, speed.png, rdf.png (when those steps ran), report.html; all
+logged to MLflow with the student as a model. The acceptance rule
+(`mlff_distill.evaluation.summary.check_acceptance`) fails afterwards when ``evaluate.strict`` and
+a gate fails, so that these files are kept.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from mlff_distill.evaluation.accuracy import (
     structure_kinds,
     time_test_structures,
 )
+from mlff_distill.evaluation.ensemble_member import member_of, member_test_accuracy, member_verdict
 from mlff_distill.evaluation.md_validation import md_validation, target_nvt_rows
 from mlff_distill.evaluation.metrics import check_gates, failed_gates, per_kind_force_errors, worst_force_errors
 from mlff_distill.evaluation.plots import write_figures
@@ -97,6 +99,9 @@ def run(
         metrics = accuracy(test, predictions, energy_std_eV)
 
         teacher_model = load_teacher(build(TeacherSettings, teacher, "teacher"))
+        member = member_of(teacher_model)  # the alternative a user of an ensemble teacher has
+        if member is not None:
+            metrics["ensemble_member"] = member_test_accuracy(member, test, periodic)
         leading = [
             test.atoms(i)
             for i in range(min(test.n_structures, max(settings.timing_structures, settings.symmetry_structures)))
@@ -158,12 +163,17 @@ def run(
                 settings,
                 teacher_model,
                 student_calculator,
+                member,
             )
         else:
             metrics["md_validation"] = md_validation(
                 settings.md, seeds, seed, teacher_model, student_calculator, sampled
             )
-            metrics["speed"] = speed_rows(settings, seeds, seed, teacher_model, student_calculator)
+            metrics["speed"] = speed_rows(settings, seeds, seed, teacher_model, student_calculator, member)
+        if member is not None:
+            metrics["ensemble_member"].update(
+                member_verdict(metrics["force_rel_rmse"], metrics["speed"], metrics["ensemble_member"])
+            )
         metrics["gates"] = check_gates(metrics, settings.gates)
         metrics["gates_passed"] = not failed_gates(metrics["gates"]) if metrics["gates"] else None
         metrics["strict"] = settings.strict

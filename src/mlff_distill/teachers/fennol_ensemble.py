@@ -61,6 +61,7 @@ class FennolEnsembleTeacher:
         from fennol import FENNIX  # after JAX's precision is set
 
         self.model_files = [Path(p) for p in model_files]
+        self._options = {"batch_size": batch_size, "float64": float64, "species": species}
         if not self.model_files:
             raise ValueError("a FeNNol ensemble needs at least one .fnx file")
         members = [FENNIX.load(str(p), use_atom_padding=True) for p in self.model_files]
@@ -81,6 +82,14 @@ class FennolEnsembleTeacher:
             members=len(members),
             extra={"energy_unit_in_model": first.energy_unit, "float64": float64, "stacked": len(self._stacks) == 1},
         )
+
+    def member(self, index: int) -> FennolEnsembleTeacher:
+        """Member ``index`` (from 0) of this ensemble as a teacher of its own, with the same options:
+        what a user could run in place of the ensemble, at a fraction of its cost."""
+        if not 0 <= index < len(self.model_files):
+            raise IndexError(f"member {index}: this ensemble has {len(self.model_files)} members")
+        name = f"{self.identity.name} member {index + 1} of {len(self.model_files)}"
+        return FennolEnsembleTeacher([self.model_files[index]], name=name, **self._options)
 
     def compute(self, structures: Sequence[Atoms], compute_stress: bool = False) -> TeacherOutput:
         """Energies (eV), forces (eV/Angstrom) and, if ``compute_stress``, stress (eV/Angstrom^3,
