@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from mlff_distill.data import LabeledArrays
-from mlff_distill.evaluation.accuracy import accuracy, accuracy_by_target, mlflow_metrics
+from mlff_distill.evaluation.accuracy import accuracy, accuracy_by_target, errors_by_round, mlflow_metrics
 
 
 def two_structures() -> LabeledArrays:
@@ -50,6 +50,7 @@ def test_mlflow_metrics_are_flat_numbers_with_gate_verdicts():
                 {"target": None, "temperature_K": None, "n_structures": 1},
             ],
             "target_nvt": [{"target": "water", "temperature_K": 350.0, "time_ps": 5.0, "blew_up": False, "r_A": [1.0]}],
+            "rounds": [{"round": 0, "force_rel_rmse": 0.3}, {"round": 1, "force_rel_rmse": 0.2}],
             "strict": True,
             "gates": [{"metric": "force_rel_rmse", "passed": False}, {"metric": "stress_rel_error", "passed": None}],
         }
@@ -62,7 +63,21 @@ def test_mlflow_metrics_are_flat_numbers_with_gate_verdicts():
         "accuracy_by_target.water.300K.force_rel_rmse": 0.1,
         "accuracy_by_target.none.none.n_structures": 1.0,
         "target_nvt.water.350K.time_ps": 5.0,
+        "rounds.0.force_rel_rmse": 0.3,
+        "rounds.1.force_rel_rmse": 0.2,
         "gate.force_rel_rmse": 0.0,
+    }
+
+
+def test_errors_by_round_are_each_rounds_whole_set_errors():
+    reference = two_structures()
+    exact = {"energy_eV": reference.energy_eV, "forces_eV_per_A": reference.forces_eV_per_A}
+    off = {"energy_eV": np.array([-0.9, -2.4]), "forces_eV_per_A": reference.forces_eV_per_A + 0.3}
+    rows = errors_by_round(reference, [off, exact])
+    assert [row["round"] for row in rows] == [0, 1] and rows[1]["force_rel_rmse"] == 0.0
+    whole = accuracy(reference, off)
+    assert {k: rows[0][k] for k in ("force_rel_rmse", "energy_mae_per_atom_eV")} == {
+        k: whole[k] for k in ("force_rel_rmse", "energy_mae_per_atom_eV")
     }
 
 

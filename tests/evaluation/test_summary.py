@@ -47,7 +47,7 @@ def test_summary_names_teacher_student_error_speedup_and_gates(tmp_path):
     assert "below about 52.0 %" in summary_text(path)
 
 
-def test_summary_and_report_compare_the_student_with_one_ensemble_member(tmp_path):
+def test_summary_and_report_show_each_round_and_one_ensemble_member(tmp_path):
     from mlff_distill.evaluation.report import build_report
 
     metrics = {
@@ -83,11 +83,18 @@ def test_summary_and_report_compare_the_student_with_one_ensemble_member(tmp_pat
     (tmp_path / "evaluate").mkdir()
     path = tmp_path / "evaluate" / "metrics.json"
     path.write_text(json.dumps(metrics))
+    assert "test error by round" not in summary_text(path)  # one round: no line
+    metrics["rounds"] = [
+        {"round": 0, "force_rel_rmse": 0.135, "energy_mae_per_atom_eV": 0.00177},
+        {"round": 1, "force_rel_rmse": 0.05, "energy_mae_per_atom_eV": 0.002},
+    ]
+    path.write_text(json.dumps(metrics))
+    assert "test error by round:   0: 13.50 %, 1.77 meV/atom; 1: 5.00 %, 2.00 meV/atom" in summary_text(path)
     line = next(line for line in summary_text(path).splitlines() if "ensemble member" in line)
     assert "7.10 %" in line and "5.00 %" in line and "6.0x" in line and "more accurate and faster everywhere" in line
     report = build_report(tmp_path / "report.html", metrics, {}, {"name": "ani1x"}, {}, {}).read_text()
     assert "One member of the ensemble" in report and "ani1x member 1 of 8" in report
-    assert "one ensemble member (ms)" in report
+    assert "one ensemble member (ms)" in report and "Each round's student" in report
 
 
 def test_summary_has_a_line_per_target_for_accuracy_speed_and_nvt(tmp_path):

@@ -73,6 +73,9 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
         assert math.isfinite(metrics[key]) and metrics[key] >= 0
     assert metrics["speedup"] == pytest.approx(metrics["teacher_s_per_structure"] / metrics["student_s_per_structure"])
     assert metrics["teacher_rotation"]["force_rel_change"] < 1e-4  # ANI-1x is invariant
+    rounds = metrics["rounds"]  # round 0's student and the final one, on the same test split
+    assert [row["round"] for row in rounds] == [0, 1] and rounds[1]["force_rel_rmse"] == metrics["force_rel_rmse"]
+    assert rounds[0]["force_rel_rmse"] != rounds[1]["force_rel_rmse"]
     member = metrics["ensemble_member"]  # the alternative the 8-member teacher offers: one member
     assert member["member"].endswith("member 1 of 8") and 0 < member["force_rel_rmse"] < 1
     assert isinstance(member["student_more_accurate"], bool)

@@ -8,6 +8,7 @@ rule evaluate:
         store=round_path("label", "labels.zarr", ROUNDS),
         structures=stage_path("sample", "structures.extxyz"),
         checkpoint=round_path("train", "student.pt", ROUNDS),
+        earlier_checkpoints=[round_path("train", "student.pt", k) for k in range(ROUNDS)],
         inference_path=stage_path("tune", "inference_path.json"),
     output:
         metrics=stage_path("evaluate", "metrics.json"),

@@ -4,6 +4,7 @@ run(
     **dict(snakemake.params.items()),
     store=snakemake.input.store,
     checkpoint=snakemake.input.checkpoint,
+    earlier_checkpoints=list(snakemake.input.earlier_checkpoints),
     inference_path_file=snakemake.input.inference_path,
     structures_file=snakemake.input.structures,
     metrics_file=snakemake.output.metrics,

@@ -46,6 +46,20 @@ def accuracy(
     return result
 
 
+def errors_by_round(test: LabeledArrays, predictions_by_round: Sequence[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """The test errors of each round's student, round 0 first, so that what the on-policy rounds did
+    shows: ``round`` and the `energy_force_errors` (eV/atom, eV/Angstrom, ``force_rel_rmse``), with
+    the `stress_errors` where there are stress labels and predictions. ``predictions_by_round[k]``:
+    round k's student on ``test`` (as for `accuracy`)."""
+    rows = []
+    for index, predictions in enumerate(predictions_by_round):
+        row: dict[str, Any] = {"round": index}
+        row.update(energy_force_errors(test, predictions["energy_eV"], predictions["forces_eV_per_A"]))
+        row.update(stress_errors(test.stress_eV_per_A3, predictions.get("stress_eV_per_A3")))
+        rows.append(row)
+    return rows
+
+
 def accuracy_by_target(
     test: LabeledArrays, predictions: dict[str, np.ndarray], infos: Sequence[dict]
 ) -> list[dict[str, Any]]:
@@ -176,9 +190,11 @@ def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     ``md_validation.rdf.<scalar>``), the per-target rows under ``<key>.<target>.<T>K.<column>``
     (``accuracy_by_target.water.300K.force_rel_rmse``, ``target_nvt.water.350K.time_ps``; rows
     without a target or temperature under ``none``), and ``gate.<metric>`` 1/0 for each
-    evaluated gate."""
+    evaluated gate, and each round's test errors under ``rounds.<k>.<column>``."""
     rows_keys = ("accuracy_by_target", "target_nvt")
-    flat = flatten({k: v for k, v in metrics.items() if k not in ("gates", "speed", *rows_keys)})
+    flat = flatten({k: v for k, v in metrics.items() if k not in ("gates", "speed", "rounds", *rows_keys)})
+    for row in metrics.get("rounds") or []:
+        flat.update({f"rounds.{row['round']}.{k}": v for k, v in row.items() if k != "round"})
     for key in rows_keys:
         for row in metrics.get(key) or []:
             temperature = "none" if row.get("temperature_K") is None else f"{row['temperature_K']:g}K"

@@ -65,6 +65,13 @@ SPEED_COLUMNS = (
     ("member_force_rel_rmse", "its relative RMS force error (%)", 100.0),
     ("member_energy_mae_per_atom_eV", "its energy MAE (meV/atom)", 1000.0),
 )
+ROUND_COLUMNS = (
+    ("round", "round", 1.0),
+    ("force_rel_rmse", "relative RMS force error (%)", 100.0),
+    ("force_mae_eV_per_A", "force MAE (eV/Å)", 1.0),
+    ("energy_mae_per_atom_eV", "energy MAE (meV/atom)", 1000.0),
+    ("stress_rel_error", "relative RMS stress error (%)", 100.0),
+)
 TARGET_NVT_COLUMNS = (
     ("target", "target", 1.0),
     ("temperature_K", "T (K)", 1.0),
@@ -222,8 +229,16 @@ def _accuracy(metrics: Mapping[str, Any]) -> str:
         if worst
         else NOT_RUN
     )
+    rounds = metrics.get("rounds") or []
+    by_round = (
+        "<h3>Each round's student on the same test structures</h3>"
+        "<p>Round 0 is trained on the sampled structures; each later round adds the teacher's labels "
+        "of frames from the previous student's own MD.</p>" + labelled_table(rounds, ROUND_COLUMNS)
+        if len(rounds) > 1
+        else ""
+    )
     return (
-        f"{overall}{note}<h3>Per target and temperature</h3>{per_target}"
+        f"{overall}{note}{by_round}<h3>Per target and temperature</h3>{per_target}"
         f"<h3>Forces per element</h3>{per_species}"
         f"<h3>Forces per kind of structure</h3>{per_kind}"
         f"<h3>Test structures with the largest force errors</h3>{worst_part}"

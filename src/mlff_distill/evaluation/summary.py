@@ -33,6 +33,7 @@ def summary_text(metrics_file: Path) -> str:
         )
     lines.append(f"  energy MAE:            {1000 * metrics['energy_mae_per_atom_eV']:.2f} meV/atom")
     lines += _target_accuracy_lines(metrics.get("accuracy_by_target") or [])
+    lines += round_lines(metrics.get("rounds") or [])
     lines += [
         f"  speed-up, test set:    {metrics['speedup']:.1f}x "
         f"({1000 * metrics['teacher_s_per_structure']:.2f} ms -> "
@@ -82,6 +83,18 @@ def speed_lines(rows: list[dict]) -> list[str]:
         name = f"speed-up, {target}:" if target is not None else "speed-up by size:"
         lines.append(f"  {name:<22} {cells} at {sizes} atoms (force error in brackets)")
     return lines
+
+
+def round_lines(rows: list[dict]) -> list[str]:
+    """With on-policy rounds, one line: each round's student's force error and energy MAE on the
+    test split, round 0 first."""
+    if len(rows) < 2:
+        return []
+    cells = "; ".join(
+        f"{row['round']}: {100 * row['force_rel_rmse']:.2f} %, {1000 * row['energy_mae_per_atom_eV']:.2f} meV/atom"
+        for row in rows
+    )
+    return [f"  test error by round:   {cells}"]
 
 
 def member_lines(member: dict | None, metrics: dict) -> list[str]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import mlflow
 import mlflow.pytorch
@@ -24,6 +24,7 @@ from ase.io import read
 from mlff_distill.evaluation.accuracy import (
     accuracy,
     accuracy_by_target,
+    errors_by_round,
     mlflow_metrics,
     provenance,
     split_column,
@@ -77,10 +78,12 @@ def run(
     metrics_file: Path,
     pipeline_file: Path,
     log_file: Path,
+    earlier_checkpoints: Sequence[Path] = (),
     compile_cache_dir: Path | None = None,
 ) -> None:
-    """The Snakemake job. ``compile_cache_dir``:
-    TorchInductor's cache of the run (`mlff_distill.student.compilation`)."""
+    """The Snakemake job. ``checkpoint``: the final round's student; ``earlier_checkpoints``: those
+    of the rounds before it, round 0 first, tested too so that the rounds' effect shows;
+    ``compile_cache_dir``: TorchInductor's cache of the run (`mlff_distill.student.compilation`)."""
     settings = build(EvaluateSettings, evaluate, "evaluate")
     logger = stage_logger("evaluate", log_file)
     use_compile_cache(compile_cache_dir, logger)
@@ -97,6 +100,8 @@ def run(
         predictions = predict(model, test, compute_stress=periodic)
         energy_std_eV = split_column(store, "test", "energy_std_eV")
         metrics = accuracy(test, predictions, energy_std_eV)
+        earlier = [predict(load_student(path)[0], test, compute_stress=periodic) for path in earlier_checkpoints]
+        metrics["rounds"] = errors_by_round(test, [*earlier, predictions])
 
         teacher_model = load_teacher(build(TeacherSettings, teacher, "teacher"))
         member = member_of(teacher_model)  # the alternative a user of an ensemble teacher has
