@@ -39,25 +39,26 @@ def accuracy(
 
     ``predictions``: ``energy_eV``, ``forces_eV_per_A`` and optionally ``stress_eV_per_A3``.
     """
-    result: dict[str, Any] = energy_force_errors(reference, predictions["energy_eV"], predictions["forces_eV_per_A"])
-    result.update(stress_errors(reference.stress_eV_per_A3, predictions.get("stress_eV_per_A3")))
+    result: dict[str, Any] = prediction_errors(reference, predictions)
     result["per_species"] = per_species_force_errors(reference, predictions["forces_eV_per_A"])
     result["ensemble_spread"] = ensemble_spread(reference, energy_std_eV)
     return result
 
 
+def prediction_errors(reference: LabeledArrays, predictions: dict[str, np.ndarray]) -> dict[str, float]:
+    """`energy_force_errors` (eV/atom, eV/Angstrom, ``force_rel_rmse``) of ``predictions``
+    (``energy_eV``, ``forces_eV_per_A``, optionally ``stress_eV_per_A3``) against ``reference``,
+    with the `stress_errors` where both have a finite stress."""
+    errors = energy_force_errors(reference, predictions["energy_eV"], predictions["forces_eV_per_A"])
+    errors.update(stress_errors(reference.stress_eV_per_A3, predictions.get("stress_eV_per_A3")))
+    return errors
+
+
 def errors_by_round(test: LabeledArrays, predictions_by_round: Sequence[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
     """The test errors of each round's student, round 0 first, so that what the on-policy rounds did
-    shows: ``round`` and the `energy_force_errors` (eV/atom, eV/Angstrom, ``force_rel_rmse``), with
-    the `stress_errors` where there are stress labels and predictions. ``predictions_by_round[k]``:
-    round k's student on ``test`` (as for `accuracy`)."""
-    rows = []
-    for index, predictions in enumerate(predictions_by_round):
-        row: dict[str, Any] = {"round": index}
-        row.update(energy_force_errors(test, predictions["energy_eV"], predictions["forces_eV_per_A"]))
-        row.update(stress_errors(test.stress_eV_per_A3, predictions.get("stress_eV_per_A3")))
-        rows.append(row)
-    return rows
+    shows: ``round`` and the `prediction_errors`. ``predictions_by_round[k]``: round k's student on
+    ``test`` (as for `accuracy`)."""
+    return [{"round": k, **prediction_errors(test, predictions)} for k, predictions in enumerate(predictions_by_round)]
 
 
 def accuracy_by_target(
@@ -83,19 +84,18 @@ def accuracy_by_target(
     rows = []
     for target, temperature_K in ordered:
         indices = groups[(target, temperature_K)]
-        reference = test.subset(indices)
         stress = predictions.get("stress_eV_per_A3")
+        chosen = {
+            "energy_eV": np.asarray(predictions["energy_eV"])[indices],
+            "forces_eV_per_A": np.asarray(predictions["forces_eV_per_A"])[_atom_indices(test, indices)],
+            "stress_eV_per_A3": None if stress is None else np.asarray(stress)[indices],
+        }
         rows.append(
             {
                 "target": target,
                 "temperature_K": temperature_K,
                 "n_structures": len(indices),
-                **energy_force_errors(
-                    reference,
-                    np.asarray(predictions["energy_eV"])[indices],
-                    np.asarray(predictions["forces_eV_per_A"])[_atom_indices(test, indices)],
-                ),
-                **stress_errors(reference.stress_eV_per_A3, None if stress is None else np.asarray(stress)[indices]),
+                **prediction_errors(test.subset(indices), chosen),
             }
         )
     return rows

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from mlff_distill.data import LabeledArrays
-from mlff_distill.evaluation.metrics import energy_force_errors, stress_errors
+from mlff_distill.evaluation.accuracy import prediction_errors
 from mlff_distill.teachers import Teacher
 
 
@@ -29,12 +29,14 @@ def member_of(teacher: Teacher) -> Teacher | None:
 def member_test_accuracy(member: Teacher, test: LabeledArrays, compute_stress: bool) -> dict[str, Any]:
     """``member`` (its label) and its errors against the ensemble's labels ``test``: energy per
     atom (eV/atom), forces (eV/Angstrom, ``force_rel_rmse``) and, with ``compute_stress``, stress
-    (GPa and ``stress_rel_error``), as for the student (`energy_force_errors`, `stress_errors`)."""
+    (GPa and ``stress_rel_error``), as for the student (`prediction_errors`)."""
     output = member.compute([test.atoms(i) for i in range(test.n_structures)], compute_stress=compute_stress)
-    errors = energy_force_errors(test, output.energy_eV, output.forces_eV_per_A)
-    if compute_stress:
-        errors.update(stress_errors(test.stress_eV_per_A3, output.stress_eV_per_A3))
-    return {"member": member.identity.label, **errors}
+    predictions = {
+        "energy_eV": output.energy_eV,
+        "forces_eV_per_A": output.forces_eV_per_A,
+        "stress_eV_per_A3": output.stress_eV_per_A3,  # NaN where not computed: no stress errors then
+    }
+    return {"member": member.identity.label, **prediction_errors(test, predictions)}
 
 
 def member_verdict(student_force_rel_rmse: float, speed_rows: Sequence[dict], member: dict) -> dict[str, Any]:
