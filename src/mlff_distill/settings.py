@@ -158,6 +158,7 @@ class ExploreSettings:
     max_force_eV_per_A: float
     min_distance_A: float
     frames_before_blowup: int
+    start_from: str  # "teacher-md" or "fresh"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,8 @@
 """The explore stage's run(): a tiny student (its readout zeroed: no forces; with short steps no atoms
 come close enough to count as a blow-up) runs MD on a water molecule and a small water box; the
 frames are numbered after the previous store and its failures, and the stage's MLflow run nests
-under "round 1"."""
+under "round 1". And where the student's MD starts (`target_starts`): a teacher-MD training frame
+of the target and temperature, never a test frame; a fresh start without one, or when asked."""
 
 import json
 
@@ -10,12 +11,12 @@ import pytest
 import torch
 from ase.build import molecule
 from ase.calculators.emt import EMT
-from ase.io import read
+from ase.io import read, write
 from mlflow.tracking import MlflowClient
 
 from mlff_distill.data import concatenate_structures
-from mlff_distill.settings import MLflowSettings, complete_config, section_settings
-from mlff_distill.stages.explore import run
+from mlff_distill.settings import MLflowSettings, TargetSettings, complete_config, section_settings
+from mlff_distill.stages.explore import run, target_starts
 from mlff_distill.store import FAILURES_FILE, combine_shards, write_shard
 from mlff_distill.student import StudentPotential
 from mlff_distill.student.checkpoint import save_student
@@ -75,7 +76,10 @@ def stage_inputs(tmp_path_factory):
         "structures_file": tmp_path / "round1" / "explore" / "structures.extxyz",
         "pipeline_file": tmp_path / "pipeline.json",
         "log_file": tmp_path / "logs" / "explore.log",
+        "sampled_file": tmp_path / "sample" / "structures.extxyz",
     }
+    common["sampled_file"].parent.mkdir()
+    write(common["sampled_file"], [teacher_md_frame(x, "md") for x in (0, 1)], format="extxyz")
     return pipeline, common
 
 
@@ -96,7 +100,9 @@ def test_run_writes_numbered_frames_and_logs_to_the_round_run(stage_inputs, sing
     assert box.pbc.all() and sorted(set(box.arrays["molecule_index"])) == [0, 1, 2, 3]
     stats = json.loads((inputs["structures_file"].parent / "explore_stats.json").read_text())
     assert (stats["n_runs"], stats["n_frames"], stats["n_blowups"], stats["n_steps"]) == (6, 12, 0, 240)
-    assert "6 runs, 240 steps, 0 blow-ups; 12 frames" in inputs["log_file"].read_text()
+    log = inputs["log_file"].read_text()
+    assert "6 runs, 240 steps, 0 blow-ups; 12 frames" in log
+    assert "water at 300 K (teacher MD frame, sample 1), water at 400 K (fresh), wbox at 300 K (fresh)" in log
 
     client = MlflowClient(tracking_uri=pipeline.tracking_uri)
     (explore_run,) = client.search_runs([pipeline.experiment_id], "tags.stage = 'explore'")
@@ -114,3 +120,43 @@ def test_a_target_with_atoms_the_student_does_not_know_is_refused(stage_inputs):
     with pytest.raises(ValueError, match=r"target methane holds atomic numbers \[6\] that the student"):
         run(**inputs)
     assert not inputs["structures_file"].exists()
+
+
+def teacher_md_frame(x_A: float, strategy: str, temperature_K: float = 300.0):
+    """A water molecule shifted by ``x_A`` along x, as the sample stage tags a teacher-MD frame of
+    the target "water"."""
+    atoms = molecule("H2O")
+    atoms.positions[:, 0] += x_A
+    atoms.info = {"target": "water", "temperature_K": temperature_K, "strategy": strategy, "sample_index": int(x_A)}
+    return atoms
+
+
+def target_settings():
+    return section_settings(TargetSettings, "target", {"systems": SYSTEMS})
+
+
+def test_starts_are_late_training_frames_of_the_teachers_md_never_test_frames():
+    sampled = [teacher_md_frame(x, "md") for x in (0, 1, 2, 3)] + [teacher_md_frame(9, "test-md")]
+    sampled += [teacher_md_frame(20, "md", temperature_K=400.0)]
+    starts = target_starts(target_settings(), 5, 1, sampled, "teacher-md")
+
+    assert [(name, temperature) for name, temperature, _ in starts] == [
+        ("water", 300.0),
+        ("water", 400.0),
+        ("wbox", 300.0),
+    ]
+    (_, _, at_300), (_, _, at_400), (_, _, box) = starts
+    assert at_300.positions[0, 0] - molecule("H2O").positions[0, 0] in (2.0, 3.0)  # the trajectory's second half
+    assert at_300.info["start"].startswith("teacher MD frame, sample ")
+    assert at_400.positions[0, 0] - molecule("H2O").positions[0, 0] == 20.0
+    assert box.info["start"] == "fresh" and box.pbc.all() and len(box) == 12  # no teacher MD of the box
+    again = target_starts(target_settings(), 5, 1, sampled, "teacher-md")
+    assert np.array_equal(again[0][2].positions, at_300.positions)  # seeded by seed, round and target
+
+
+def test_fresh_starts_are_asked_for_or_taken_without_teacher_md():
+    sampled = [teacher_md_frame(x, "md") for x in (0, 1, 2, 3)]
+    fresh = target_starts(target_settings(), 5, 1, sampled, "fresh")
+    assert [atoms.info["start"] for _, _, atoms in fresh] == ["fresh"] * 3
+    only_tests = target_starts(target_settings(), 5, 1, [teacher_md_frame(9, "test-md")], "teacher-md")
+    assert [atoms.info["start"] for _, _, atoms in only_tests] == ["fresh"] * 3

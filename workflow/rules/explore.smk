@@ -4,6 +4,7 @@ rule explore:
     input:
         checkpoint=previous_round("student.pt", "train"),
         store=previous_round("labels.zarr", "label"),
+        sampled=stage_path("sample", "structures.extxyz"),
     output:
         structures=round_path("explore", "structures.extxyz"),
     log:

@@ -4,7 +4,6 @@ sizes, equilibrated by the teacher)."""
 
 from __future__ import annotations
 
-import collections
 import logging
 from typing import Sequence
 
@@ -12,21 +11,10 @@ import numpy as np
 from ase import Atoms
 
 from mlff_distill.sampling.boxes import replicated
-from mlff_distill.sampling.condensed import equilibrated_system
+from mlff_distill.sampling.condensed import equilibrated_system, teacher_md_frames
 from mlff_distill.sampling.targets import Target
 from mlff_distill.settings import TargetSettings
 from mlff_distill.teachers import Teacher
-
-TEACHER_MD = ("md", "test-md")
-
-
-def teacher_md_frames(sampled: Sequence[Atoms]) -> dict[tuple[str, float], list[Atoms]]:
-    """The teacher's MD frames of each (target, temperature_K) among the sampled structures."""
-    frames: dict[tuple[str, float], list[Atoms]] = collections.defaultdict(list)
-    for atoms in sampled:
-        if atoms.info.get("strategy") in TEACHER_MD and "target" in atoms.info:
-            frames[(atoms.info["target"], float(atoms.info["temperature_K"]))].append(atoms)
-    return dict(frames)
 
 
 def nvt_starts(

@@ -5,11 +5,13 @@ at each of its temperatures, and structures derived from its frames.
 after a short FIRE relaxation; `derived_structures` makes, from the frames of one trajectory,
 rattled copies with a strained cell (periodic frames) and molecular clusters (`molecular_clusters`:
 pairs and small clusters of whole molecules cut from frames that carry ``molecule_index``, as
-non-periodic structures). Units: Angstrom, K, fs.
+non-periodic structures); `teacher_md_frames` finds the teacher-MD frames of each target among
+sampled structures. Units: Angstrom, K, fs.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import logging
 from typing import Sequence
@@ -23,6 +25,17 @@ from mlff_distill.sampling.strategies import rattle_and_strain, teacher_md, teac
 from mlff_distill.sampling.targets import Target, target_of_size, target_start
 from mlff_distill.settings import TargetSettings
 from mlff_distill.teachers import Teacher
+
+TEACHER_MD = ("md", "test-md")  # the strategies of teacher-MD frames: training (and validation), test
+
+
+def teacher_md_frames(sampled: Sequence[Atoms]) -> dict[tuple[str, float], list[Atoms]]:
+    """The teacher's MD frames of each (target, temperature_K) among the sampled structures, in order."""
+    frames: dict[tuple[str, float], list[Atoms]] = collections.defaultdict(list)
+    for atoms in sampled:
+        if atoms.info.get("strategy") in TEACHER_MD and "target" in atoms.info:
+            frames[(atoms.info["target"], float(atoms.info["temperature_K"]))].append(atoms)
+    return dict(frames)
 
 
 def molecular_clusters(frame: Atoms, sizes: Sequence[int], per_frame: int, rng: np.random.Generator) -> list[Atoms]:

@@ -37,9 +37,10 @@ from mlff_distill.evaluation.metrics import check_gates, failed_gates, per_kind_
 from mlff_distill.evaluation.plots import write_figures
 from mlff_distill.evaluation.report import build_report
 from mlff_distill.evaluation.speed import speed_rows, speed_rows_for
-from mlff_distill.evaluation.targets import nvt_starts, teacher_md_frames, timing_systems
+from mlff_distill.evaluation.targets import nvt_starts, timing_systems
 from mlff_distill.evaluation.teacher_symmetry import rotation_force_change
 from mlff_distill.logs import stage_logger
+from mlff_distill.sampling.condensed import teacher_md_frames
 from mlff_distill.sampling.seeds import seed_structures
 from mlff_distill.sampling.targets import targets_from
 from mlff_distill.settings import EvaluateSettings, SampleSettings, TargetSettings, TeacherSettings, build

@@ -9,14 +9,15 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 import torch
 from ase import Atoms
-from ase.io import write
+from ase.io import read, write
 
 from mlff_distill.logs import stage_logger
+from mlff_distill.sampling.condensed import teacher_md_frames
 from mlff_distill.sampling.on_policy import explore
 from mlff_distill.sampling.targets import target_start, targets_from
 from mlff_distill.settings import ExploreSettings, SampleSettings, TargetSettings, build
@@ -39,12 +40,14 @@ def run(
     structures_file: Path,
     pipeline_file: Path,
     log_file: Path,
+    sampled_file: Optional[Path] = None,
     threads: int = 1,
     stats_file: Optional[Path] = None,
     compile_cache_dir: Optional[Path] = None,
 ) -> None:
     """The Snakemake job: the student at ``checkpoint`` (the previous round's) runs Langevin MD
-    from a fresh start of every target at each of its temperatures; the frames go to
+    from a start of every target at each of its temperatures (`target_starts`; ``sampled_file``:
+    the sample stage's structures, whose teacher-MD frames are the starts); the frames go to
     ``structures_file`` (extxyz, written atomically), numbered after the largest sample index and
     group of ``store`` (the previous round's label store, its failures included); splits use
     ``sample.val_fraction``. The stats (`explore`'s, blow-ups listed) go to ``stats_file``
@@ -58,7 +61,8 @@ def run(
     torch.set_num_threads(threads)
     use_compile_cache(compile_cache_dir, logger)
     model, _ = load_student(checkpoint)
-    starts = target_starts(target_settings, seed, round_index)
+    sampled = read(sampled_file, ":") if sampled_file is not None else []
+    starts = target_starts(target_settings, seed, round_index, sampled, settings.start_from)
     _check_species(model.species, starts, checkpoint)
     first_sample_index, first_group = next_indices(Path(store))
     params = {"round": round_index, "seed": seed, "on_policy": on_policy, "checkpoint": str(checkpoint)}
@@ -72,7 +76,9 @@ def run(
             settings.steps,
             checkpoint,
             len(starts),
-            ", ".join(f"{name} at {temperature_K:g} K" for name, temperature_K, _ in starts),
+            ", ".join(
+                f"{name} at {temperature_K:g} K ({atoms.info['start']})" for name, temperature_K, atoms in starts
+            ),
             first_sample_index,
             first_group,
         )
@@ -114,16 +120,32 @@ def run(
         )
 
 
-def target_starts(settings: TargetSettings, seed: int, round_index: int) -> list[tuple[str, float, Atoms]]:
-    """(target name, temperature in K, a fresh start of the target) for every target and each of
-    its temperatures; boxes are packed anew for each, seeded by ``seed``, the round and the target."""
+def target_starts(
+    settings: TargetSettings, seed: int, round_index: int, sampled: Sequence[Atoms], start_from: str
+) -> list[tuple[str, float, Atoms]]:
+    """(target name, temperature in K, start) for every target and each of its temperatures.
+
+    ``start_from`` "teacher-md": a frame drawn from the second half of the teacher's training (or
+    validation) MD of that target and temperature among ``sampled``, never a test frame: an
+    equilibrated start, as the user's own MD would have; without such frames, and for "fresh": a
+    fresh `target_start` (a box packed anew, whose contacts no teacher frame has). Draws are seeded
+    by ``seed``, the round and the target. ``info["start"]`` says where each start came from."""
+    by_state = teacher_md_frames([atoms for atoms in sampled if atoms.info.get("strategy") == "md"])
     starts = []
     for number, target in enumerate(targets_from(settings.systems)):
         rng = np.random.default_rng([seed, round_index, number])
-        starts += [
-            (target.name, float(temperature_K), target_start(target, rng, settings.min_distance_A))
-            for temperature_K in target.temperatures_K
-        ]
+        for temperature_K in map(float, target.temperatures_K):
+            frames = by_state.get((target.name, temperature_K), []) if start_from == "teacher-md" else []
+            if frames:
+                frame = frames[int(rng.integers(len(frames) // 2, len(frames)))]
+                atoms = Atoms(frame.numbers, frame.positions, cell=frame.cell, pbc=frame.pbc)
+                if "molecule_index" in frame.arrays:
+                    atoms.arrays["molecule_index"] = frame.arrays["molecule_index"].copy()
+                atoms.info = {"start": f"teacher MD frame, sample {frame.info.get('sample_index')}"}
+            else:
+                atoms = target_start(target, rng, settings.min_distance_A)
+                atoms.info = {"start": "fresh"}
+            starts.append((target.name, temperature_K, atoms))
     return starts
 
 
