@@ -159,6 +159,7 @@ class ExploreSettings:
     min_distance_A: float
     frames_before_blowup: int
     start_from: str  # "teacher-md" or "fresh"
+    contact_fraction: Optional[float]
 
 
 @dataclass(frozen=True)

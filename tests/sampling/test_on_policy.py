@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from ase.build import bulk
+from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 
-from mlff_distill.sampling.on_policy import blowup_spacing, explore, replicated
+from mlff_distill.sampling.on_policy import ContactBounds, blowup_spacing, closest_contacts_A, explore, replicated
 from mlff_distill.settings import OnPolicySettings, section_settings
 
 
@@ -121,3 +121,39 @@ def test_atoms_too_close_is_a_blow_up_at_the_first_step():
 def test_val_fraction_outside_its_range_is_refused():
     with pytest.raises(ValueError, match="val_fraction"):
         explore(EMT(), [("cu", 300.0, copper())], on_policy(), 0, 1, 0, 0, val_fraction=1.0)
+
+
+def water_pair(separation_A: float):
+    """Two water molecules, the second shifted by ``separation_A`` along x: O-O at that distance."""
+    first, second = molecule("H2O"), molecule("H2O")
+    second.positions[:, 0] += separation_A
+    return first + second
+
+
+def test_closest_contacts_are_the_shortest_distance_of_each_pair_of_elements():
+    closest = closest_contacts_A([water_pair(3.0), water_pair(2.6)], 4.0)
+    assert set(closest) == {(1, 1), (1, 8), (8, 8)}
+    assert closest[(8, 8)] == pytest.approx(2.6)
+    assert closest[(1, 8)] == pytest.approx(np.linalg.norm(molecule("H2O").get_distance(0, 1)))
+    assert (8, 8) not in closest_contacts_A([water_pair(5.0)], 4.0)
+
+
+def test_a_pair_much_closer_than_in_the_labels_is_a_blow_up_unless_the_start_was_as_close():
+    bounds = ContactBounds(closest_contacts_A([water_pair(2.6)], 4.0), 0.8)
+    assert bounds.violation(water_pair(2.2)) is None  # above 0.8 x 2.6 A
+    reason = bounds.violation(water_pair(1.9))
+    assert reason.startswith("O-O 1.90 A apart") and "(2.60 A)" in reason
+    from_close_start = bounds.for_start(water_pair(1.9))
+    assert from_close_start.violation(water_pair(1.9)) is None
+    assert from_close_start.violation(water_pair(1.4)).startswith("O-O 1.40 A apart")
+
+
+def test_a_run_that_brings_atoms_closer_than_the_labels_stops_there():
+    """Labels whose closest Cu-Cu pair is the start's (fraction 1): the first thermal step that brings
+    two neighbours closer is a blow-up, with frames kept from before it."""
+    contacts = ContactBounds(closest_contacts_A([copper()], 4.0), 1.0)
+    settings = on_policy(starts=1, replicate=1, frames_before_blowup=2)
+    structures, stats = explore(EMT(), [("cu", 300.0, copper())], settings, 0, 1, 0, 0, 0.0, contacts)
+    (blowup,) = stats["blowups"]
+    assert blowup["reason"].startswith("Cu-Cu ") and blowup["step"] < settings.steps
+    assert structures == [] or all(a.info["md_step"] < blowup["step"] for a in structures)

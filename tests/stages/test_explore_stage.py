@@ -1,8 +1,9 @@
-"""The explore stage's run(): a tiny student (its readout zeroed: no forces; with short steps no atoms
-come close enough to count as a blow-up) runs MD on a water molecule and a small water box; the
-frames are numbered after the previous store and its failures, and the stage's MLflow run nests
-under "round 1". And where the student's MD starts (`target_starts`): a teacher-MD training frame
-of the target and temperature, never a test frame; a fresh start without one, or when asked."""
+"""The explore stage's run(): a tiny student (its readout zeroed: no forces; with short steps and a
+low contact_fraction no atoms come close enough to count as a blow-up) runs MD on a water molecule
+and a small water box; the frames are numbered after the previous store and its failures, and the
+stage's MLflow run nests under "round 1". And where the student's MD starts (`target_starts`): a
+teacher-MD training frame of the target and temperature, never a test frame; a fresh start without
+one, or when asked."""
 
 import json
 
@@ -63,7 +64,14 @@ def stage_inputs(tmp_path_factory):
     settings = section_settings(MLflowSettings, "mlflow", {"experiment": "test"})
     pipeline = start_pipeline_run("t", tmp_path / "results", settings, {"seed": 0})
     pipeline.save(tmp_path / "pipeline.json")
-    on_policy = {"starts": 2, "steps": 40, "frame_every": 20, "timestep_fs": 0.25, "min_distance_A": 0.5}
+    on_policy = {
+        "starts": 2,
+        "steps": 40,
+        "frame_every": 20,
+        "timestep_fs": 0.25,
+        "min_distance_A": 0.5,
+        "contact_fraction": 0.5,
+    }
     config = complete_config({"target": {"systems": SYSTEMS}, "on_policy": on_policy, "sample": {}})
     common = {
         "round_index": 1,
@@ -102,6 +110,7 @@ def test_run_writes_numbered_frames_and_logs_to_the_round_run(stage_inputs, sing
     assert (stats["n_runs"], stats["n_frames"], stats["n_blowups"], stats["n_steps"]) == (6, 12, 0, 240)
     log = inputs["log_file"].read_text()
     assert "6 runs, 240 steps, 0 blow-ups; 12 frames" in log
+    assert "closest pairs in the teacher's training labels (A): H-H 1.5" in log
     assert "water at 300 K (teacher MD frame, sample 1), water at 400 K (fresh), wbox at 300 K (fresh)" in log
 
     client = MlflowClient(tracking_uri=pipeline.tracking_uri)

@@ -5,17 +5,21 @@ of its temperatures and keeps a frame every ``frame_every`` steps. A run that bl
 values, a force above ``max_force_eV_per_A``, two atoms closer than ``min_distance_A``, or a check
 of `mlff_distill.sampling.dynamics.blow_up_reason`) is stopped, and a few frames from just before
 the blow-up are kept: there the student went wrong, so there the teacher's labels help most.
-Units: Angstrom, eV, eV/Angstrom, fs, ps, K.
+`ContactBounds` adds a check relative to the data: two atoms much closer than any pair of their
+elements in the teacher's labels (a student that lacks repulsion there can pull molecules into each
+other without a large force or a non-finite value). Units: Angstrom, eV, eV/Angstrom, fs, ps, K.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Sequence
+from dataclasses import dataclass
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
+from ase.data import chemical_symbols
 from ase.neighborlist import neighbor_list
 from tqdm import tqdm
 
@@ -23,6 +27,7 @@ from mlff_distill.sampling.dynamics import blow_up_reason, langevin_frames
 from mlff_distill.settings import ExploreSettings
 
 STRATEGY = "on-policy"
+LABEL_CONTACT_CUTOFF_A = 4.0  # pairs of elements never this close in the labels are not checked
 
 
 def replicated(atoms: Atoms, times: int) -> Atoms:
@@ -38,6 +43,53 @@ def replicated(atoms: Atoms, times: int) -> Atoms:
         copy_of_atom = np.repeat(np.arange(times**3), len(atoms))
         repeated.arrays["molecule_index"] = repeated.arrays["molecule_index"] + copy_of_atom * per_copy
     return repeated
+
+
+def closest_contacts_A(structures: Iterable[Atoms], cutoff_A: float) -> dict[tuple[int, int], float]:
+    """The smallest distance (Angstrom, minimum image) between two atoms of each pair of elements
+    ``(Z1, Z2)``, ``Z1 <= Z2``, over ``structures``; pairs never closer than ``cutoff_A`` are left out."""
+    closest: dict[tuple[int, int], float] = {}
+    for atoms in structures:
+        if len(atoms) < 2:
+            continue
+        first, second, distances = neighbor_list("ijd", atoms, cutoff_A)
+        low, high = (
+            np.minimum(atoms.numbers[first], atoms.numbers[second]),
+            np.maximum(atoms.numbers[first], atoms.numbers[second]),
+        )
+        for pair in set(zip(low.tolist(), high.tolist())):
+            shortest = float(distances[(low == pair[0]) & (high == pair[1])].min())
+            closest[pair] = min(closest.get(pair, np.inf), shortest)
+    return closest
+
+
+@dataclass(frozen=True)
+class ContactBounds:
+    """Two atoms closer than ``fraction`` x the closest pair of their elements in the teacher's
+    labels (``closest_A``, from `closest_contacts_A`) count as a blow-up: the student is far outside
+    the data there. Pairs the labels never bring within their cutoff are not checked."""
+
+    closest_A: dict[tuple[int, int], float]
+    fraction: float
+
+    def for_start(self, start: Atoms) -> "ContactBounds":
+        """These bounds, lowered for each pair to the start's own closest distance where that is
+        closer (a packed box may start closer than any labeled frame)."""
+        own = closest_contacts_A([start], max(self.closest_A.values(), default=0.0))
+        return ContactBounds({pair: min(d, own.get(pair, d)) for pair, d in self.closest_A.items()}, self.fraction)
+
+    def violation(self, frame: Atoms) -> str | None:
+        """What is too close in ``frame``, or None."""
+        if not self.closest_A or len(frame) < 2:
+            return None
+        for (z1, z2), distance in closest_contacts_A([frame], self.fraction * max(self.closest_A.values())).items():
+            labeled = self.closest_A.get((z1, z2))
+            if labeled is not None and distance < self.fraction * labeled:
+                return (
+                    f"{chemical_symbols[z1]}-{chemical_symbols[z2]} {distance:.2f} A apart, closer than "
+                    f"{self.fraction:g} x the closest such pair in the teacher's labels ({labeled:.2f} A)"
+                )
+        return None
 
 
 def blow_up(
@@ -78,6 +130,7 @@ def explore(
     first_sample_index: int,
     first_group: int,
     val_fraction: float,
+    contacts: Optional[ContactBounds] = None,
 ) -> tuple[list[Atoms], dict]:
     """The student's MD from each start, ``settings.starts`` runs each; the structures to label.
 
@@ -86,7 +139,9 @@ def explore(
     temperature (`sampling.dynamics.langevin_frames`; ``timestep_fs``, ``friction_per_fs``) for
     ``settings.steps`` steps, with velocities and noise seeded from ``random_seed``,
     ``round_index`` and the run's number; a frame is kept every ``frame_every`` steps. After
-    every step the run is checked for a blow-up (`blow_up`); on one it stops, and up to
+    every step the run is checked for a blow-up (`blow_up`; and every `blowup_spacing` steps
+    ``contacts``, lowered to the start's own closest pairs, `ContactBounds.for_start`: a pair
+    pulled in takes tens of steps); on one it stops, and up to
     ``frames_before_blowup`` frames from the steps just before it (the last good step, then every
     `blowup_spacing` steps back, leaving out steps kept anyway) are kept too, marked
     ``info["before_blowup"] = True``.
@@ -114,9 +169,9 @@ def explore(
     with tqdm(total=len(runs) * settings.steps, unit="step", desc=description, mininterval=2.0) as progress:
         for run, (name, temperature_K, start) in enumerate(runs):
             seed = int(np.random.SeedSequence([random_seed, round_index, run]).generate_state(1)[0])
-            frames, stop = _one_run(
-                calculator, replicated(start, settings.replicate), temperature_K, settings, seed, progress
-            )
+            atoms = replicated(start, settings.replicate)
+            bounds = contacts.for_start(atoms) if contacts is not None else None
+            frames, stop = _one_run(calculator, atoms, temperature_K, settings, seed, progress, bounds)
             n_steps += settings.steps if stop is None else stop["step"]
             if stop is not None:
                 blowups.append(
@@ -163,6 +218,7 @@ def _one_run(
     settings: ExploreSettings,
     seed: int,
     progress: tqdm,
+    contacts: Optional[ContactBounds],
 ) -> tuple[list[tuple[int, Atoms, bool]], dict | None]:
     """One run of `explore`: its kept frames as (step, bare structure, before blow-up), in time
     order, and ``{"step", "reason"}`` of its blow-up (None if it ran to the end). Each step
@@ -188,6 +244,8 @@ def _one_run(
                 settings.max_force_eV_per_A,
                 settings.min_distance_A,
             )
+            if reason is None and contacts is not None and step % spacing == 0:
+                reason = contacts.violation(frame)
             progress.update(1 if reason is None else settings.steps - step + 1)
             if reason is not None:
                 before = _before_blowup(recent, step, spacing, settings)
