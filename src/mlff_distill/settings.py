@@ -309,6 +309,7 @@ class MDValidationSettings:
     teacher_budget_s: float
     nvt_ps: float
     all_temperatures: bool
+    contact_fraction: Optional[float]
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from mlff_distill.evaluation.md_validation import (
     rdf_difference,
     target_nvt_rows,
 )
+from mlff_distill.sampling.on_policy import ContactBounds, closest_contacts_A
 
 
 def test_drift_recovers_a_known_slope_under_noise():
@@ -238,6 +239,18 @@ def test_bussi_run_stops_when_two_atoms_come_too_close():
     assert stopped["blew_up"] and stopped["reason"] == "two atoms 0.50 A apart" and stopped["time_ps"] == 0.0
     allowed = bussi_run(FreeParticles(), pair, 300, 1.0, 10, 1, seed=0, min_distance_A=0.1)
     assert not allowed["blew_up"] and len(allowed["frames"]) == 10
+
+
+def test_bussi_run_stops_at_a_contact_closer_than_the_labels_allow():
+    """Copper labels with neighbours 2.55 A apart and fraction 1: a kept frame whose thermal motion
+    brings two neighbours closer is a blow-up; at fraction 0.8 the run goes on."""
+    crystal = bulk("Cu", "fcc", a=3.6, cubic=True)
+    labels = ContactBounds(closest_contacts_A([crystal], 4.0), 1.0)
+    stopped = bussi_run(EMT(), crystal, 300, 2.0, 100, 10, seed=0, contacts=labels)
+    assert stopped["blew_up"] and stopped["reason"].startswith("Cu-Cu 2.") and "(2.55 A)" in stopped["reason"]
+    assert len(stopped["frames"]) == round(stopped["time_ps"] / 0.002) // 10 - 1
+    loose = ContactBounds(labels.closest_A, 0.8)
+    assert not bussi_run(EMT(), crystal, 300, 2.0, 100, 10, seed=0, contacts=loose)["blew_up"]
 
 
 def _dimer_gas(rng, n_dimers: int, side_A: float, bond_A: float = 1.0) -> Atoms:

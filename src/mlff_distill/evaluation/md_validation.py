@@ -12,7 +12,7 @@ blow-up; `target_nvt_rows` runs it with the student on each target and compares 
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 from ase import Atoms, units
@@ -24,6 +24,7 @@ from ase.neighborlist import neighbor_list
 from vesin import NeighborList
 
 from mlff_distill.sampling.dynamics import blow_up_reason, check_steps, langevin_frames, thermalized
+from mlff_distill.sampling.on_policy import ContactBounds
 from mlff_distill.settings import MDValidationSettings
 from mlff_distill.teachers import Teacher, TeacherCalculator
 
@@ -110,6 +111,7 @@ def bussi_run(
     seed: int,
     min_distance_A: float = MIN_DISTANCE_A,
     taut_fs: float = BUSSI_TAUT_FS,
+    contacts: Optional[ContactBounds] = None,
 ) -> dict:
     """NVT with ASE's Bussi thermostat (stochastic velocity rescaling, time constant ``taut_fs``)
     from ``thermalized(atoms, ...)`` (velocities drawn with ``seed``, the thermostat's noise with
@@ -121,18 +123,20 @@ def bussi_run(
     the energy the thermostat put in (``transferred_energy``): a good integrator keeps it flat.
 
     The run stops at the first step that `blow_up_reason` names (non-finite or huge forces, an
-    atom jumping, the conserved quantity moving by more than its limit per atom) or that brings
-    two atoms closer than ``min_distance_A``. Returns ``times_ps`` and ``conserved_eV`` (every
-    step done, the start included), ``frames`` (a copy every ``sample_every`` steps, the start
-    excluded, with its energy and forces as a single-point calculator), ``blew_up``, ``reason``
-    (None when it ran to the end), ``time_ps`` (reached) and ``mean_temperature_K`` (of the
-    kinetic energy over the steps done, for those degrees of freedom).
+    atom jumping, the conserved quantity moving by more than its limit per atom), that brings
+    two atoms closer than ``min_distance_A``, or (checked on the kept frames) that violates
+    ``contacts`` (lowered to the start's own closest pairs, `ContactBounds.for_start`). Returns
+    ``times_ps`` and ``conserved_eV`` (every step done, the start included), ``frames`` (a copy
+    every ``sample_every`` steps, the start excluded, with its energy and forces as a single-point
+    calculator), ``blew_up``, ``reason`` (None when it ran to the end), ``time_ps`` (reached) and
+    ``mean_temperature_K`` (of the kinetic energy over the steps done, for those degrees of freedom).
     """
     check_steps(timestep_fs, steps)
     if sample_every < 1:
         raise ValueError(f"sample_every: must be >= 1, got {sample_every}")
     if temperature_K <= 0 or len(atoms) < 2:
         raise ValueError(f"bussi_run: needs temperature_K > 0 and two atoms or more, got {temperature_K}, {len(atoms)}")
+    contacts = contacts.for_start(atoms) if contacts is not None else None
     atoms = thermalized(atoms, calculator, temperature_K, seed)
     dynamics = Bussi(
         atoms, timestep_fs * units.fs, temperature_K, taut_fs * units.fs, rng=np.random.default_rng(seed + 1)
@@ -153,6 +157,8 @@ def bussi_run(
         energies.append(conserved_eV())
         kinetic.append(atoms.get_kinetic_energy())
         reason = blow_up_reason(atoms, energies[-1], energies[0], previous) or _too_close(atoms, min_distance_A)
+        if reason is None and (len(energies) - 1) % sample_every == 0:
+            reason = contacts.violation(atoms) if contacts is not None else None
         if reason is None and (len(energies) - 1) % sample_every == 0:
             frame = atoms.copy()
             frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
@@ -325,11 +331,13 @@ def target_nvt_rows(
     teacher_frames: Mapping[tuple[str, float], Sequence[Atoms]],
     settings: MDValidationSettings,
     seed: int,
+    contacts: Optional[ContactBounds] = None,
 ) -> list[dict]:
     """The student's long NVT on each target: one `bussi_run` of ``settings.nvt_ps`` per
     ``(target, temperature_K, start)`` of ``starts`` (``settings.timestep_fs``, a frame every
     ``settings.sample_every`` steps, seeds ``seed``, ``seed + 1``, ... in the order of
-    ``starts``), its g(r) compared with the teacher's MD frames of that target and temperature
+    ``starts``; a blow-up includes a violation of ``contacts``), its g(r) compared with the
+    teacher's MD frames of that target and temperature
     (``teacher_frames[(target, temperature_K)]``) by `comparison_rdf` up to
     ``settings.rdf_r_max_A``.
 
@@ -351,7 +359,14 @@ def target_nvt_rows(
     steps = max(round(settings.nvt_ps * 1000.0 / settings.timestep_fs), 1)
     for offset, (target, temperature_K, atoms) in enumerate(starts):
         run = bussi_run(
-            calculator, atoms, temperature_K, settings.timestep_fs, steps, settings.sample_every, seed + offset
+            calculator,
+            atoms,
+            temperature_K,
+            settings.timestep_fs,
+            steps,
+            settings.sample_every,
+            seed + offset,
+            contacts=contacts,
         )
         times_ps, conserved = run["times_ps"], run["conserved_eV"]
         student = run["frames"][int(EQUILIBRATION_FRACTION * len(run["frames"])) :] or run["frames"]

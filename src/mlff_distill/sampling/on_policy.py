@@ -22,7 +22,9 @@ from ase.calculators.calculator import Calculator
 from ase.data import chemical_symbols
 from ase.neighborlist import neighbor_list
 from tqdm import tqdm
+from vesin import NeighborList
 
+from mlff_distill.data import LabeledArrays
 from mlff_distill.sampling.dynamics import blow_up_reason, langevin_frames
 from mlff_distill.settings import ExploreSettings
 
@@ -52,7 +54,9 @@ def closest_contacts_A(structures: Iterable[Atoms], cutoff_A: float) -> dict[tup
     for atoms in structures:
         if len(atoms) < 2:
             continue
-        first, second, distances = neighbor_list("ijd", atoms, cutoff_A)
+        first, second, distances = NeighborList(cutoff=cutoff_A, full_list=False).compute(
+            atoms.positions, atoms.cell.array, atoms.pbc, "ijd"
+        )
         low, high = (
             np.minimum(atoms.numbers[first], atoms.numbers[second]),
             np.maximum(atoms.numbers[first], atoms.numbers[second]),
@@ -71,6 +75,17 @@ class ContactBounds:
 
     closest_A: dict[tuple[int, int], float]
     fraction: float
+
+    @classmethod
+    def from_labels(cls, labels: LabeledArrays, fraction: float) -> "ContactBounds":
+        """The bounds of the labeled structures ``labels`` (pairs within `LABEL_CONTACT_CUTOFF_A`)."""
+        return cls(closest_contacts_A(map(labels.atoms, range(labels.n_structures)), LABEL_CONTACT_CUTOFF_A), fraction)
+
+    def describe(self) -> str:
+        """The closest pairs, e.g. "H-H 1.29, O-O 2.39" (Angstrom)."""
+        return ", ".join(
+            f"{chemical_symbols[a]}-{chemical_symbols[b]} {d:.2f}" for (a, b), d in sorted(self.closest_A.items())
+        )
 
     def for_start(self, start: Atoms) -> "ContactBounds":
         """These bounds, lowered for each pair to the start's own closest distance where that is
@@ -139,9 +154,8 @@ def explore(
     temperature (`sampling.dynamics.langevin_frames`; ``timestep_fs``, ``friction_per_fs``) for
     ``settings.steps`` steps, with velocities and noise seeded from ``random_seed``,
     ``round_index`` and the run's number; a frame is kept every ``frame_every`` steps. After
-    every step the run is checked for a blow-up (`blow_up`; and every `blowup_spacing` steps
-    ``contacts``, lowered to the start's own closest pairs, `ContactBounds.for_start`: a pair
-    pulled in takes tens of steps); on one it stops, and up to
+    every step the run is checked for a blow-up (`blow_up`, and ``contacts`` lowered to the
+    start's own closest pairs, `ContactBounds.for_start`); on one it stops, and up to
     ``frames_before_blowup`` frames from the steps just before it (the last good step, then every
     `blowup_spacing` steps back, leaving out steps kept anyway) are kept too, marked
     ``info["before_blowup"] = True``.
@@ -244,7 +258,7 @@ def _one_run(
                 settings.max_force_eV_per_A,
                 settings.min_distance_A,
             )
-            if reason is None and contacts is not None and step % spacing == 0:
+            if reason is None and contacts is not None:
                 reason = contacts.violation(frame)
             progress.update(1 if reason is None else settings.steps - step + 1)
             if reason is not None:

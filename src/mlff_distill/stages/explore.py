@@ -14,12 +14,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 from ase import Atoms
-from ase.data import chemical_symbols
 from ase.io import read, write
 
 from mlff_distill.logs import stage_logger
 from mlff_distill.sampling.condensed import teacher_md_frames
-from mlff_distill.sampling.on_policy import LABEL_CONTACT_CUTOFF_A, ContactBounds, closest_contacts_A, explore
+from mlff_distill.sampling.on_policy import ContactBounds, explore
 from mlff_distill.sampling.targets import target_start, targets_from
 from mlff_distill.settings import ExploreSettings, SampleSettings, TargetSettings, build
 from mlff_distill.store import FAILURES_FILE, read_index_columns, read_labels, write_json_atomic
@@ -68,12 +67,10 @@ def run(
     first_sample_index, first_group = next_indices(Path(store))
     contacts = None
     if settings.contact_fraction is not None:
-        labels = read_labels(Path(store), "train")
-        closest = closest_contacts_A(map(labels.atoms, range(labels.n_structures)), LABEL_CONTACT_CUTOFF_A)
-        contacts = ContactBounds(closest, settings.contact_fraction)
+        contacts = ContactBounds.from_labels(read_labels(Path(store), "train"), settings.contact_fraction)
         logger.info(
             "closest pairs in the teacher's training labels (A): %s; a blow-up below %g x these",
-            ", ".join(f"{chemical_symbols[a]}-{chemical_symbols[b]} {d:.2f}" for (a, b), d in sorted(closest.items())),
+            contacts.describe(),
             settings.contact_fraction,
         )
     params = {"round": round_index, "seed": seed, "on_policy": on_policy, "checkpoint": str(checkpoint)}
