@@ -157,9 +157,10 @@ def bussi_run(
         energies.append(conserved_eV())
         kinetic.append(atoms.get_kinetic_energy())
         reason = blow_up_reason(atoms, energies[-1], energies[0], previous) or _too_close(atoms, min_distance_A)
-        if reason is None and (len(energies) - 1) % sample_every == 0:
-            reason = contacts.violation(atoms) if contacts is not None else None
-        if reason is None and (len(energies) - 1) % sample_every == 0:
+        kept = (len(energies) - 1) % sample_every == 0
+        if reason is None and kept and contacts is not None:
+            reason = contacts.violation(atoms)
+        if reason is None and kept:
             frame = atoms.copy()
             frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
             frames.append(frame)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 import numpy as np
@@ -24,9 +25,9 @@ from ase.neighborlist import neighbor_list
 from tqdm import tqdm
 from vesin import NeighborList
 
-from mlff_distill.data import LabeledArrays
 from mlff_distill.sampling.dynamics import blow_up_reason, langevin_frames
 from mlff_distill.settings import ExploreSettings
+from mlff_distill.store import read_labels
 
 STRATEGY = "on-policy"
 LABEL_CONTACT_CUTOFF_A = 4.0  # pairs of elements never this close in the labels are not checked
@@ -76,11 +77,6 @@ class ContactBounds:
     closest_A: dict[tuple[int, int], float]
     fraction: float
 
-    @classmethod
-    def from_labels(cls, labels: LabeledArrays, fraction: float) -> "ContactBounds":
-        """The bounds of the labeled structures ``labels`` (pairs within `LABEL_CONTACT_CUTOFF_A`)."""
-        return cls(closest_contacts_A(map(labels.atoms, range(labels.n_structures)), LABEL_CONTACT_CUTOFF_A), fraction)
-
     def describe(self) -> str:
         """The closest pairs, e.g. "H-H 1.29, O-O 2.39" (Angstrom)."""
         return ", ".join(
@@ -105,6 +101,17 @@ class ContactBounds:
                     f"{self.fraction:g} x the closest such pair in the teacher's labels ({labeled:.2f} A)"
                 )
         return None
+
+
+def label_contact_bounds(store: Path, fraction: Optional[float]) -> Optional[ContactBounds]:
+    """The `ContactBounds` of the training split of the label store ``store`` (pairs within
+    `LABEL_CONTACT_CUTOFF_A`) at ``fraction``; None when ``fraction`` is None (the check is off)."""
+    if fraction is None:
+        return None
+    labels = read_labels(store, "train")
+    return ContactBounds(
+        closest_contacts_A(map(labels.atoms, range(labels.n_structures)), LABEL_CONTACT_CUTOFF_A), fraction
+    )
 
 
 def blow_up(
@@ -265,7 +272,7 @@ def _one_run(
                 before = _before_blowup(recent, step, spacing, settings)
                 return sorted(kept + before, key=lambda item: item[0]), {"step": step, "reason": reason}
             previous_positions = frame.positions
-            bare = _bare(frame)
+            bare = bare_structure(frame)
             if step % settings.frame_every == 0:
                 kept.append((step, bare, False))
             if settings.frames_before_blowup:
@@ -290,7 +297,7 @@ def _before_blowup(
     return chosen
 
 
-def _bare(frame: Atoms) -> Atoms:
+def bare_structure(frame: Atoms) -> Atoms:
     """Numbers, positions, cell and pbc of ``frame`` (and its molecule indices): no calculator,
     velocities or constraints."""
     atoms = Atoms(numbers=frame.numbers, positions=frame.positions.copy(), cell=frame.cell.copy(), pbc=frame.pbc.copy())

@@ -41,7 +41,7 @@ from mlff_distill.evaluation.targets import nvt_starts, timing_systems
 from mlff_distill.evaluation.teacher_symmetry import rotation_force_change
 from mlff_distill.logs import stage_logger
 from mlff_distill.sampling.condensed import teacher_md_frames
-from mlff_distill.sampling.on_policy import ContactBounds
+from mlff_distill.sampling.on_policy import label_contact_bounds
 from mlff_distill.sampling.seeds import seed_structures
 from mlff_distill.sampling.targets import targets_from
 from mlff_distill.settings import EvaluateSettings, SampleSettings, TargetSettings, TeacherSettings, build
@@ -161,9 +161,7 @@ def run(
                 teacher_md_frames(sampled),
                 settings.md,
                 seed,
-                None
-                if settings.md.contact_fraction is None
-                else ContactBounds.from_labels(read_labels(store, "train"), settings.md.contact_fraction),
+                label_contact_bounds(store, settings.md.contact_fraction),
             )
             metrics["md_validation"] = None
             metrics["speed"] = speed_rows_for(

@@ -18,10 +18,10 @@ from ase.io import read, write
 
 from mlff_distill.logs import stage_logger
 from mlff_distill.sampling.condensed import teacher_md_frames
-from mlff_distill.sampling.on_policy import ContactBounds, explore
+from mlff_distill.sampling.on_policy import bare_structure, explore, label_contact_bounds
 from mlff_distill.sampling.targets import target_start, targets_from
 from mlff_distill.settings import ExploreSettings, SampleSettings, TargetSettings, build
-from mlff_distill.store import FAILURES_FILE, read_index_columns, read_labels, write_json_atomic
+from mlff_distill.store import FAILURES_FILE, read_index_columns, write_json_atomic
 from mlff_distill.student.calculator import StudentCalculator
 from mlff_distill.student.checkpoint import load_student
 from mlff_distill.student.compilation import use_compile_cache
@@ -65,9 +65,8 @@ def run(
     starts = target_starts(target_settings, seed, round_index, sampled, settings.start_from)
     _check_species(model.species, starts, checkpoint)
     first_sample_index, first_group = next_indices(Path(store))
-    contacts = None
-    if settings.contact_fraction is not None:
-        contacts = ContactBounds.from_labels(read_labels(Path(store), "train"), settings.contact_fraction)
+    contacts = label_contact_bounds(Path(store), settings.contact_fraction)
+    if contacts is not None:
         logger.info(
             "closest pairs in the teacher's training labels (A): %s; a blow-up below %g x these",
             contacts.describe(),
@@ -147,9 +146,7 @@ def target_starts(
             frames = by_state.get((target.name, temperature_K), []) if start_from == "teacher-md" else []
             if frames:
                 frame = frames[int(rng.integers(len(frames) // 2, len(frames)))]
-                atoms = Atoms(frame.numbers, frame.positions, cell=frame.cell, pbc=frame.pbc)
-                if "molecule_index" in frame.arrays:
-                    atoms.arrays["molecule_index"] = frame.arrays["molecule_index"].copy()
+                atoms = bare_structure(frame)
                 atoms.info = {"start": f"teacher MD frame, sample {frame.info.get('sample_index')}"}
             else:
                 atoms = target_start(target, rng, settings.min_distance_A)
