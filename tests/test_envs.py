@@ -42,7 +42,7 @@ def fake_python(tmp_path: Path) -> dict:
     """An environment whose `python` records its arguments instead of installing anything."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "python").write_text(f'#!/usr/bin/env bash\necho "$@" > {tmp_path / "args"}\n')
+    (bin_dir / "python").write_text(f'#!/usr/bin/env bash\necho "$@" >> {tmp_path / "args"}\n')
     (bin_dir / "python").chmod(0o755)
     return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"}
 
@@ -52,8 +52,20 @@ def test_post_deploy_installs_the_repository_it_runs_in(tmp_path):
         ["bash", str(POST_DEPLOY)], cwd=ROOT, env=fake_python(tmp_path), capture_output=True, text=True
     )
     assert completed.returncode == 0, completed.stderr
-    args = (tmp_path / "args").read_text().split()
-    assert args[:3] == ["-m", "pip", "install"] and "--editable" in args and args[-1] == str(ROOT)
+    project, no_deps = [line.split() for line in (tmp_path / "args").read_text().splitlines()]
+    assert project[:3] == ["-m", "pip", "install"] and "--editable" in project and project[-1] == str(ROOT)
+    assert no_deps[:3] == ["-m", "pip", "install"] and "--no-deps" in no_deps
+    assert no_deps[-1] == str(ROOT / "envs" / "no-deps-requirements.txt")
+
+
+def test_no_deps_requirements_are_pinned_and_named_by_the_code():
+    from mlff_distill.teachers.torchani_runtime import TORCHANI_RUNTIME_REQUIREMENT
+
+    lines = (ROOT / "envs" / "no-deps-requirements.txt").read_text().splitlines()
+    pins = [line for line in lines if line.strip() and not line.startswith("#")]
+    assert pins == [TORCHANI_RUNTIME_REQUIREMENT]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "--no-deps --requirement envs/no-deps-requirements.txt" in makefile
 
 
 def test_post_deploy_refuses_another_folder(tmp_path):

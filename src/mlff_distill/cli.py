@@ -28,7 +28,7 @@ from mlff_distill.evaluation.speed import compare_speed
 from mlff_distill.sampling.dynamics import blow_up_reason, langevin_frames
 from mlff_distill.settings import TeacherSettings, build, complete_config
 from mlff_distill.student import StudentCalculator, load_student, predict
-from mlff_distill.teachers import TeacherCalculator, check_structures_for, load_teacher
+from mlff_distill.teachers import TeacherCalculator, check_structures_for, load_teacher, teacher_implementations
 
 
 def run_pipeline(args: argparse.Namespace) -> int:
@@ -90,8 +90,14 @@ def evaluate_student(args: argparse.Namespace) -> int:
     }
     if teacher is not None:
         timed = structures[: args.timing_structures]
+        implementations = teacher_implementations(build(TeacherSettings, teacher_config, "teacher"))
         result["speed"] = compare_speed(
-            TeacherCalculator(teacher), StudentCalculator(model, threads=args.threads), timed, args.repeats
+            TeacherCalculator(teacher),
+            StudentCalculator(model, threads=args.threads),
+            timed,
+            args.repeats,
+            teacher_name=implementations.labeling,
+            other_teachers=implementations.others,
         )
     print(_accuracy_table(result))
     if args.json:
@@ -111,8 +117,9 @@ def _accuracy_table(result: dict[str, Any]) -> str:
         lines.append(f"  stress error (relative):    {100 * result['stress_rel_error']:.2f} %")
     for row in result.get("speed", []):
         lines.append(
-            f"  {row['system']} ({row['n_atoms']} atoms): teacher {row['teacher_ms']:.2f} ms, "
-            f"student {row['student_ms']:.2f} ms, speed-up {row['speedup']:.1f}x"
+            f"  {row['system']} ({row['n_atoms']} atoms): teacher {row['teacher_ms']:.2f} ms "
+            f"(fastest: {row['teacher_fastest']}, {row['teacher_fastest_ms']:.2f} ms), "
+            f"student {row['student_ms']:.2f} ms, speed-up over the fastest {row['speedup']:.1f}x"
         )
     return "\n".join(lines)
 

@@ -155,9 +155,14 @@ def test_targets_fill_their_tables_and_figures_and_a_speedup_needs_its_accuracy(
                 "target": "water",
                 "system": "water",
                 "n_atoms": 96,
-                "teacher_ms": 30.0,
+                "teacher_ms": 45.0,
+                "teacher_implementations_ms": {"fennol": 45.0, "torchani-2.9-cell-list": 30.0},
+                "teacher_implementations_force_rel_diff": {"torchani-2.9-cell-list": 4.2e-6},
+                "teacher_fastest": "torchani-2.9-cell-list",
+                "teacher_fastest_ms": 30.0,
                 "student_ms": 2.0,
                 "speedup": 15.0,
+                "speedup_over_labeling_teacher": 22.5,
                 "force_rel_rmse": 0.0261,
                 "energy_mae_per_atom_eV": 0.001,
             },
@@ -198,6 +203,10 @@ def test_targets_fill_their_tables_and_figures_and_a_speedup_needs_its_accuracy(
     assert "relative RMS force error (%)" in page and ">2.52<" in page  # per target, in %
     assert ">15<" in page and ">2.61<" in page  # a speed-up beside the error on that system
     assert "16.67" not in page and "accuracy not measured</td>" in page  # none without it
+    # every implementation of the teacher, its force difference from the labeling one, the fastest
+    assert "torchani-2.9-cell-list (ms)" in page and ">45<" in page and ">22.5<" in page
+    assert "torchani-2.9-cell-list: force difference (%)" in page and ">0.00042<" in page
+    assert "speed-up over the fastest teacher" in page
     assert ">0.0431<" in page and ">0.0777<" in page and "g(r), between molecules" in page
     assert page.count("data:image/png;base64,") == 4 and "no targets" not in page
     assert "0.02, 0.04" not in page and "[0.0" not in page  # the curves are in the figure, not the table

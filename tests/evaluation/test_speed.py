@@ -100,6 +100,38 @@ def test_compare_speed_times_an_ensemble_member_beside_the_teacher(single_thread
     assert not any(key.startswith("member") for key in plain)
 
 
+def test_compare_speed_counts_the_speedup_over_the_fastest_implementation(single_thread, quick_timing):
+    copper = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    copper.rattle(0.05, seed=2)
+    teacher = TeacherCalculator(AseCalculatorTeacher("ase.calculators.emt:EMT", species=(29,)))
+    same = EMT()  # the same model in other code: no force difference
+    fast = EMT()  # a "faster implementation" whose forces differ from the labels
+    fast.parameters["asap_cutoff"] = True
+    student = StudentCalculator(StudentPotential(species=(29,), cutoff_A=4.0, n_features=8))
+    (row,) = compare_speed(
+        teacher,
+        student,
+        [copper],
+        repeats=1,
+        warmup=0,
+        member_calc=EMT(),
+        teacher_name="ase",
+        other_teachers={"emt-again": same, "emt-asap": fast},
+        other_members={"member-again": EMT()},
+    )
+    timed = row["teacher_implementations_ms"]
+    assert set(timed) == {"ase", "emt-again", "emt-asap"} and timed["ase"] == row["teacher_ms"]
+    assert row["teacher_fastest"] == min(timed, key=timed.get)
+    assert row["teacher_fastest_ms"] == min(timed.values()) <= row["teacher_ms"]
+    assert row["speedup"] == pytest.approx(row["teacher_fastest_ms"] / row["student_ms"])
+    assert row["speedup_over_labeling_teacher"] == pytest.approx(row["teacher_ms"] / row["student_ms"])
+    differences = row["teacher_implementations_force_rel_diff"]
+    assert differences["emt-again"] < 1e-12 < differences["emt-asap"]
+    assert set(row["member_implementations_ms"]) == {"member", "member-again"}
+    assert row["member_ms"] == min(row["member_implementations_ms"].values())
+    assert row["student_speedup_over_member"] == pytest.approx(row["member_ms"] / row["student_ms"])
+
+
 def test_benchmark_script_writes_the_table_and_logs_it(tmp_path, single_thread, quick_timing):
     import importlib.util
     import json

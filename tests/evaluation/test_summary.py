@@ -94,7 +94,7 @@ def test_summary_and_report_show_each_round_and_one_ensemble_member(tmp_path):
     assert "7.10 %" in line and "5.00 %" in line and "6.0x" in line and "more accurate and faster everywhere" in line
     report = build_report(tmp_path / "report.html", metrics, {}, {"name": "ani1x"}, {}, {}).read_text()
     assert "One member of the ensemble" in report and "ani1x member 1 of 8" in report
-    assert "one ensemble member (ms)" in report and "Each round's student" in report
+    assert "one ensemble member, fastest (ms)" in report and "Each round's student" in report
 
 
 def test_summary_has_a_line_per_target_for_accuracy_speed_and_nvt(tmp_path):

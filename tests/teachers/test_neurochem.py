@@ -69,7 +69,7 @@ def x64():
 
 @pytest.fixture(scope="module")
 def converted_files(x64, resource_dir, tmp_path_factory) -> list[Path]:
-    return build_ani1x_fnx(tmp_path_factory.mktemp("cache") / "teachers" / "torchani-ani1x", resource_dir)
+    return build_ani1x_fnx(tmp_path_factory.mktemp("cache"), resource_dir)
 
 
 # ----------------------------------------------------------------------------- structures
@@ -182,15 +182,41 @@ def test_read_network(resource_dir):
     np.testing.assert_array_equal(read_network(nnf)[0][0][:, 0], raw[:384])
 
 
-def test_missing_torchani_names_the_install(monkeypatch):
+def _small_wheel(path: Path) -> tuple[Path, str]:
+    """A zip laid out as the torchani 2.2.4 wheel (two NeuroChem files), and its SHA-256."""
+    import hashlib
+    import zipfile
+
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr(f"{neurochem.RESOURCE_SUBPATH}/{AEV_PARAMS_FILE}", "Rcr = 5.2\n")
+        archive.writestr(f"{neurochem.RESOURCE_SUBPATH}/train0/networks/ANN-H.nnf", b"net")
+        archive.writestr("torchani/__init__.py", "")
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_wheel_resources_are_checked_then_extracted_whole(tmp_path):
+    wheel, digest = _small_wheel(tmp_path / "torchani.whl")
+    target = tmp_path / "cache" / "ani-1x_8x"
+    with pytest.raises(ValueError, match="SHA-256"):
+        neurochem.extract_wheel_resources(wheel, target, sha256="0" * 64)
+    assert not (tmp_path / "cache").exists()  # checked before anything is written
+    assert neurochem.extract_wheel_resources(wheel, target, sha256=digest) == target
+    assert (target / AEV_PARAMS_FILE).read_text() == "Rcr = 5.2\n"
+    assert (target / "train0" / "networks" / "ANN-H.nnf").read_bytes() == b"net"
+    # a second extraction (another process) keeps the copy in place
+    assert neurochem.extract_wheel_resources(wheel, target, sha256=digest) == target
+
+
+def test_resources_come_from_the_cache_when_torchani_does_not_ship_them(monkeypatch, tmp_path):
     import importlib.metadata
 
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
     monkeypatch.setattr(importlib.metadata, "distribution", missing)
-    with pytest.raises(FileNotFoundError, match=r"pip install torchani==2\.2\.4"):
-        torchani_resource_dir()
+    wheel, digest = _small_wheel(tmp_path / "torchani.whl")
+    cached = neurochem.extract_wheel_resources(wheel, tmp_path / neurochem.RESOURCE_CACHE_SUBDIR, sha256=digest)
+    assert torchani_resource_dir(tmp_path) == cached  # found there: nothing downloaded
 
 
 def test_cache_dirs(monkeypatch, tmp_path):
@@ -207,9 +233,10 @@ def test_cache_dirs(monkeypatch, tmp_path):
 
 def test_build_writes_eight_members_and_skips_existing(converted_files):
     cache = converted_files[0].parent
+    assert cache == ani1x_cache_dir(cache.parent.parent)
     assert [p.name for p in converted_files] == [f"ani1x_model{i}.fnx" for i in range(8)]
     stamps = [p.stat().st_mtime_ns for p in converted_files]
-    assert build_ani1x_fnx(cache) == converted_files
+    assert build_ani1x_fnx(cache.parent.parent) == converted_files  # no files needed: none missing
     assert [p.stat().st_mtime_ns for p in converted_files] == stamps
     assert sorted(p.name for p in cache.iterdir()) == sorted(p.name for p in converted_files)
 

@@ -16,6 +16,8 @@ from tiny_pipeline import planned
 
 from mlff_distill.store import read_labels, store_attrs
 from mlff_distill.student import load_student
+from mlff_distill.teachers.neurochem import AEV_PARAMS_FILE, RESOURCE_CACHE_SUBDIR
+from mlff_distill.teachers.torchani_runtime import CELL_LIST
 
 STAGES = ("sample", "label", "train", "tune", "evaluate")
 ROUNDS = 1  # the tiny config's on-policy rounds
@@ -80,6 +82,15 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
     assert member["member"].endswith("member 1 of 8") and 0 < member["force_rel_rmse"] < 1
     assert isinstance(member["student_more_accurate"], bool)
     assert all(row["member_ms"] > 0 and "member_force_rel_rmse" in row for row in metrics["speed"])
+    # the teacher's implementations side by side (torchani 2.9's cell list: the same model), the
+    # speed-up counted over the fastest; the NeuroChem files came from the wheel into the empty cache
+    assert metrics["teacher_implementations"] == {"labeling": "fennol", "others": [CELL_LIST], "missing": None}
+    for row in metrics["speed"]:
+        timed = row["teacher_implementations_ms"]
+        assert set(timed) == {"fennol", CELL_LIST} and row["teacher_implementations_force_rel_diff"][CELL_LIST] < 1e-4
+        assert row["speedup"] == pytest.approx(min(timed.values()) / row["student_ms"])
+        assert set(row["member_implementations_ms"]) == {"member", CELL_LIST}
+    assert (tiny_run.cache / RESOURCE_CACHE_SUBDIR / AEV_PARAMS_FILE).is_file()
 
 
 def test_mlflow_has_parent_and_stage_runs(tiny_run):

@@ -87,6 +87,9 @@ def speed_plot(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     target (rows without one together); each student point is labelled with the student's
     relative RMS force error on that system.
 
+    Where another implementation of the teacher was faster than the labeling one
+    (``teacher_fastest_ms``), it is drawn too (triangles, dotted).
+
     ``rows``: ``{"n_atoms", "teacher_ms", "student_ms"}`` each, with ``target`` and
     ``force_rel_rmse`` where known; a missing or None time is skipped. A student point without a
     measured accuracy is drawn hollow and labelled "accuracy not measured": its time is no
@@ -101,7 +104,17 @@ def speed_plot(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
         name = "" if target is None else f"{target}, "
         teacher = [(row["n_atoms"], row["teacher_ms"]) for row in group if row.get("teacher_ms") is not None]
         if teacher:
-            axis.plot(*zip(*teacher), marker="o", color=colour, label=f"{name}teacher")
+            axis.plot(*zip(*teacher), marker="o", color=colour, label=f"{name}labeling teacher")
+        fastest = [row for row in group if row.get("teacher_fastest_ms") not in (None, row.get("teacher_ms"))]
+        if fastest:
+            axis.plot(
+                [row["n_atoms"] for row in fastest],
+                [row["teacher_fastest_ms"] for row in fastest],
+                ":",
+                marker="^",
+                color=colour,
+                label=f"{name}fastest teacher ({fastest[0]['teacher_fastest']})",
+            )
         student = [row for row in group if row.get("student_ms") is not None]
         if student:
             axis.plot(

@@ -4,7 +4,9 @@
 numbers of atoms, `time_calls` times one ASE calculator on one system (median latency in ms per energy + forces
 (+ stress for periodic cells) call, neighbour list included; throughput in atom-steps per second;
 peak memory in MB), and `compare_speed` gives one row per system for a teacher and a student, with the student's error
-against the teacher on that system. `speed_rows` is the evaluate stage's step on systems built from
+against the teacher on that system; the teacher's other implementations (the same model run by
+other code, `mlff_distill.teachers.teacher_implementations`) are timed beside it and the
+student's speed-up is counted over the fastest. `speed_rows` is the evaluate stage's step on systems built from
 the run's seeds, `speed_rows_for` on systems given (the targets at several sizes).
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import resource
 import statistics
 import time
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from mlff_distill.data import LabeledArrays
 from mlff_distill.evaluation.metrics import energy_force_errors, stress_errors
 from mlff_distill.sampling.boxes import build_timing_systems
 from mlff_distill.settings import EvaluateSettings
-from mlff_distill.teachers import Teacher, TeacherCalculator
+from mlff_distill.teachers import Teacher, TeacherCalculator, TeacherImplementations
 
 
 def time_calls(
@@ -116,23 +118,39 @@ def compare_speed(
     repeats: int,
     warmup: int = 2,
     member_calc: Calculator | None = None,
+    teacher_name: str = "teacher",
+    other_teachers: Mapping[str, Calculator] | None = None,
+    other_members: Mapping[str, Calculator] | None = None,
 ) -> list[dict]:
     """One row per system: ``system`` (its ``info["system"]``, else its formula), ``target`` (its
     ``info["target"]``, where it has one), ``n_atoms``, ``teacher_ms``/``student_ms`` (median ms
-    per call), ``speedup`` (teacher_ms / student_ms), ``*_atom_steps_per_s``, ``*_peak_MB``,
-    ``with_stress``, and the student's accuracy on that same system against the teacher:
-    ``force_rel_rmse``, ``force_mae_eV_per_A``, ``energy_mae_per_atom_eV`` (and
-    ``stress_rel_error`` when timed with stress), from the results of each one's last timed call
-    (no extra call: a teacher call on thousands of atoms takes seconds). A speed-up means
-    something only beside that accuracy. With ``member_calc`` (one member of an ensemble teacher,
-    `mlff_distill.evaluation.ensemble_member`), it is timed after the teacher on each system:
-    ``member_ms``, ``student_speedup_over_member`` (member_ms / student_ms) and its own errors
+    per call; ``teacher_ms`` is ``teacher_calc``'s, the implementation that labels),
+    ``*_atom_steps_per_s``, ``*_peak_MB``, ``with_stress``, and the student's accuracy on that same
+    system against the teacher: ``force_rel_rmse``, ``force_mae_eV_per_A``,
+    ``energy_mae_per_atom_eV`` (and ``stress_rel_error`` when timed with stress), from the results
+    of each one's last timed call (no extra call: a teacher call on thousands of atoms takes
+    seconds). A speed-up means something only beside that accuracy.
+
+    ``other_teachers``: other implementations of the same teacher by name (the ANI-1x ensemble in
+    torchani's cell list, `mlff_distill.teachers.torchani_runtime`), timed after it on each system.
+    ``teacher_implementations_ms`` gives every implementation's time (``teacher_calc`` under
+    ``teacher_name``), ``teacher_fastest`` and ``teacher_fastest_ms`` the fastest, ``speedup`` the
+    student's speed-up over the fastest (``teacher_fastest_ms / student_ms``) and
+    ``speedup_over_labeling_teacher`` over ``teacher_calc``; ``teacher_implementations_force_rel_diff``
+    the relative RMS difference of each other implementation's forces from ``teacher_calc``'s on
+    that system (the same model, so rounding: what shows that it is the same).
+
+    With ``member_calc`` (one member of an ensemble teacher,
+    `mlff_distill.evaluation.ensemble_member`), it and ``other_members`` (its other
+    implementations) are timed after the teacher on each system: ``member_ms`` (the fastest of
+    them, named by ``member_fastest``; all in ``member_implementations_ms``),
+    ``student_speedup_over_member`` (member_ms / student_ms) and ``member_calc``'s own errors
     against the teacher there (``member_force_rel_rmse``, ``member_energy_mae_per_atom_eV``, ...).
 
-    Both compute the same properties: stress (periodic systems) only when both
-    calculators implement it. The student is timed on every system first, then the teacher: so
-    the student's peak memory is not hidden under the teacher's where the peak cannot be reset
-    (see `time_calls`), and its millisecond calls are not timed right after the teacher's, which
+    All compute the same properties: stress (periodic systems) only when teacher and student
+    implement it. The student is timed on every system first, then the teachers: so the
+    student's peak memory is not hidden under the teacher's where the peak cannot be reset (see
+    `time_calls`), and its millisecond calls are not timed right after the teacher's, which
     leave the caches and the CPU's frequency disturbed (README, "Measured")."""
     stress = all("stress" in calc.implemented_properties for calc in (teacher_calc, student_calc))
     students, student_results = [], []
@@ -143,6 +161,12 @@ def compare_speed(
     for atoms, student, student_result in zip(systems, students, student_results):
         teacher = time_calls(teacher_calc, atoms, repeats, warmup, stress)
         teacher_results = dict(teacher_calc.results)
+        timed = {teacher_name: teacher["median_ms"]}
+        differences = {}
+        for name, calc in (other_teachers or {}).items():
+            timed[name] = time_calls(calc, atoms, repeats, warmup, stress)["median_ms"]
+            differences[name] = student_accuracy(atoms, teacher_results, dict(calc.results))["force_rel_rmse"]
+        fastest = min(timed, key=timed.get)
         target = {"target": atoms.info["target"]} if "target" in atoms.info else {}
         rows.append(
             {
@@ -151,7 +175,12 @@ def compare_speed(
                 "n_atoms": len(atoms),
                 "teacher_ms": teacher["median_ms"],
                 "student_ms": student["median_ms"],
-                "speedup": teacher["median_ms"] / student["median_ms"],
+                "teacher_implementations_ms": timed,
+                "teacher_fastest": fastest,
+                "teacher_fastest_ms": timed[fastest],
+                "speedup": timed[fastest] / student["median_ms"],
+                "speedup_over_labeling_teacher": teacher["median_ms"] / student["median_ms"],
+                "teacher_implementations_force_rel_diff": differences,
                 "teacher_atom_steps_per_s": teacher["atom_steps_per_s"],
                 "student_atom_steps_per_s": student["atom_steps_per_s"],
                 "teacher_peak_MB": teacher["peak_MB"],
@@ -161,16 +190,32 @@ def compare_speed(
             }
         )
         if member_calc is not None:
-            member = time_calls(member_calc, atoms, repeats, warmup, stress)
-            errors = student_accuracy(atoms, teacher_results, dict(member_calc.results))
-            rows[-1].update(
-                {
-                    "member_ms": member["median_ms"],
-                    "student_speedup_over_member": member["median_ms"] / student["median_ms"],
-                    **{f"member_{key}": value for key, value in errors.items()},
-                }
-            )
+            member = _member_columns(atoms, teacher_results, member_calc, other_members, repeats, warmup, stress)
+            rows[-1].update(member, student_speedup_over_member=member["member_ms"] / student["median_ms"])
     return rows
+
+
+def _member_columns(
+    atoms: Atoms,
+    teacher_results: dict,
+    member_calc: Calculator,
+    other_members: Mapping[str, Calculator] | None,
+    repeats: int,
+    warmup: int,
+    stress: bool,
+) -> dict:
+    """`compare_speed`'s ``member_*`` columns on one system."""
+    timed = {"member": time_calls(member_calc, atoms, repeats, warmup, stress)["median_ms"]}
+    errors = student_accuracy(atoms, teacher_results, dict(member_calc.results))
+    for name, calc in (other_members or {}).items():
+        timed[name] = time_calls(calc, atoms, repeats, warmup, stress)["median_ms"]
+    fastest = min(timed, key=timed.get)
+    return {
+        "member_ms": timed[fastest],
+        "member_fastest": fastest,
+        "member_implementations_ms": timed,
+        **{f"member_{key}": value for key, value in errors.items()},
+    }
 
 
 def student_accuracy(atoms: Atoms, teacher_results: dict, student_results: dict) -> dict[str, float]:
@@ -208,14 +253,16 @@ def speed_rows(
     teacher: Teacher,
     student_calculator: Calculator,
     member: Teacher | None = None,
+    implementations: TeacherImplementations | None = None,
 ) -> list[dict]:
     """The evaluate stage's speed step: `compare_speed` rows for systems of
     ``evaluate.speed.sizes`` atoms built from ``seeds`` (the run's seeds, or its sampled structures
     when the config names none), ``timing_repeats`` calls each. ``student_calculator`` is a
     `StudentCalculator` (its ``inference_path`` is recorded by the caller); ``member``: one member
-    of an ensemble teacher, timed too."""
+    of an ensemble teacher, timed too; ``implementations``: the teacher's other implementations
+    (`mlff_distill.teachers.teacher_implementations`), timed beside it."""
     systems = build_timing_systems(seeds, settings.speed.sizes, float(student_calculator.model.cutoff_A), random_seed)
-    return speed_rows_for(systems, settings, teacher, student_calculator, member)
+    return speed_rows_for(systems, settings, teacher, student_calculator, member, implementations)
 
 
 def speed_rows_for(
@@ -224,10 +271,13 @@ def speed_rows_for(
     teacher: Teacher,
     student_calculator: Calculator,
     member: Teacher | None = None,
+    implementations: TeacherImplementations | None = None,
 ) -> list[dict]:
     """`compare_speed` rows for ``systems`` as given (the targets at several sizes, each with its
     ``info["target"]``), ``timing_repeats`` calls and ``speed.warmup`` warm-up calls each;
-    ``member`` (one member of an ensemble teacher) timed beside the teacher where given."""
+    ``member`` (one member of an ensemble teacher) and ``implementations`` (the teacher's other
+    implementations) timed beside the teacher where given."""
+    implementations = implementations or TeacherImplementations(labeling="teacher")
     return compare_speed(
         TeacherCalculator(teacher),
         student_calculator,
@@ -235,4 +285,7 @@ def speed_rows_for(
         settings.timing_repeats,
         settings.speed.warmup,
         TeacherCalculator(member) if member is not None else None,
+        implementations.labeling,
+        implementations.others,
+        implementations.other_members,
     )

@@ -35,7 +35,7 @@ def summary_text(metrics_file: Path) -> str:
     lines += _target_accuracy_lines(metrics.get("accuracy_by_target") or [])
     lines += round_lines(metrics.get("rounds") or [])
     lines += [
-        f"  speed-up, test set:    {metrics['speedup']:.1f}x "
+        f"  speed-up, test set:    {metrics['speedup']:.1f}x over the labeling teacher "
         f"({1000 * metrics['teacher_s_per_structure']:.2f} ms -> "
         f"{1000 * metrics['student_s_per_structure']:.2f} ms, one structure per call, "
         f"{metrics['inference_path']})",
@@ -81,7 +81,9 @@ def speed_lines(rows: list[dict]) -> list[str]:
         )
         sizes = " / ".join(str(row["n_atoms"]) for row in group)
         name = f"speed-up, {target}:" if target is not None else "speed-up by size:"
-        lines.append(f"  {name:<22} {cells} at {sizes} atoms (force error in brackets)")
+        fastest = sorted({row["teacher_fastest"] for row in group if row.get("teacher_fastest")})
+        over = f" over the fastest teacher ({', '.join(fastest)})" if fastest else ""
+        lines.append(f"  {name:<22} {cells} at {sizes} atoms{over} (force error in brackets)")
     return lines
 
 

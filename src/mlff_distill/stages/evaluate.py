@@ -48,7 +48,7 @@ from mlff_distill.settings import EvaluateSettings, SampleSettings, TargetSettin
 from mlff_distill.store import read_labels, store_attrs
 from mlff_distill.student import StudentCalculator, load_student, predict
 from mlff_distill.student.compilation import use_compile_cache
-from mlff_distill.teachers import load_teacher
+from mlff_distill.teachers import load_teacher, teacher_implementations
 from mlff_distill.tracking import stage_run
 
 
@@ -105,7 +105,8 @@ def run(
         earlier = [predict(load_student(path)[0], test, compute_stress=periodic) for path in earlier_checkpoints]
         metrics["rounds"] = errors_by_round(test, [*earlier, predictions])
 
-        teacher_model = load_teacher(build(TeacherSettings, teacher, "teacher"))
+        teacher_settings = build(TeacherSettings, teacher, "teacher")
+        teacher_model = load_teacher(teacher_settings)
         member = member_of(teacher_model)  # the alternative a user of an ensemble teacher has
         if member is not None:
             metrics["ensemble_member"] = member_test_accuracy(member, test, periodic)
@@ -151,6 +152,16 @@ def run(
             metrics["accuracy_by_target"] = accuracy_by_target(
                 test, predictions, [sampled[int(index)].info for index in sample_indices]
             )
+        # The teacher's other implementations, which the speed table times beside it (the
+        # student's speed-up is counted against the fastest).
+        implementations = teacher_implementations(teacher_settings)
+        metrics["teacher_implementations"] = {
+            "labeling": implementations.labeling,
+            "others": sorted(implementations.others),
+            "missing": implementations.missing,
+        }
+        if implementations.missing:
+            logger.warning("speed: not timed: %s", implementations.missing)
         # MD runs before the speed step: FeNNol teachers keep the padded size of the largest system
         # they have seen, so after the 2048-atom timing a molecule's MD step is slow.
         seeds = seed_structures(build(SampleSettings, sample, "sample")) or sampled
@@ -172,12 +183,15 @@ def run(
                 teacher_model,
                 student_calculator,
                 member,
+                implementations,
             )
         else:
             metrics["md_validation"] = md_validation(
                 settings.md, seeds, seed, teacher_model, student_calculator, sampled
             )
-            metrics["speed"] = speed_rows(settings, seeds, seed, teacher_model, student_calculator, member)
+            metrics["speed"] = speed_rows(
+                settings, seeds, seed, teacher_model, student_calculator, member, implementations
+            )
         if member is not None:
             metrics["ensemble_member"].update(
                 member_verdict(metrics["force_rel_rmse"], metrics["speed"], metrics["ensemble_member"])

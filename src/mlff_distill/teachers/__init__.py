@@ -3,7 +3,8 @@
 `load_teacher` turns the ``teacher:`` section of the config into a `Teacher`:
 
 - ``kind: fennol``: ``source: torchani`` builds FeNNol-PMC's ANI-1x ensemble from the NeuroChem
-  files of the ``torchani==2.2.4`` wheel into the user cache (no download, no files at hand);
+  files of the ``torchani==2.2.4`` wheel (pip downloads it from the package index on first use)
+  into the user cache;
   ``source: fennol-pmc`` takes a FeNNol-PMC model by ``name`` from the models directory
   (``teacher.models_dir`` or ``$MLFF_DISTILL_MODELS_DIR``), the user cache, or a checked download;
   ``source: files`` takes the ``.fnx`` files listed in ``files`` (one model or an ensemble).
@@ -23,12 +24,14 @@ can handle, before any labeling starts.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Sequence
 
 import yaml
 from ase import Atoms
+from ase.calculators.calculator import Calculator
 
 from mlff_distill.settings import SCHEMA_FILE, TeacherSettings
 from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
@@ -36,7 +39,7 @@ from mlff_distill.teachers.base import Teacher, TeacherCalculator, TeacherIdenti
 from mlff_distill.teachers.checks import check_structures
 from mlff_distill.teachers.fennol_ensemble import FennolEnsembleTeacher
 from mlff_distill.teachers.fennol_pmc import load_fennol_pmc_teacher
-from mlff_distill.teachers.neurochem import ani1x_cache_dir, build_ani1x_fnx
+from mlff_distill.teachers.neurochem import build_ani1x_fnx, torchani_resource_dir
 
 MODELS_DIR_ENV = "MLFF_DISTILL_MODELS_DIR"
 # The config's precision names per kind: FeNNol runs float32 or float64 (JAX x64).
@@ -132,7 +135,7 @@ def _load_fennol(settings: TeacherSettings) -> Teacher:
     if source == "torchani":
         if name != "ani1x":
             raise ValueError(f"teacher.source: torchani provides only ani1x, not {name!r}; use source: fennol-pmc")
-        files = build_ani1x_fnx(ani1x_cache_dir(cache_dir(settings.cache_dir)))
+        files = build_ani1x_fnx(cache_dir(settings.cache_dir))
         return FennolEnsembleTeacher(files, name="ani1x/torchani-2.2.4", **options)
     if source == "fennol-pmc":
         return load_fennol_pmc_teacher(name, models_dir(settings.models_dir), cache_dir(settings.cache_dir), **options)
@@ -143,6 +146,42 @@ def _load_fennol(settings: TeacherSettings) -> Teacher:
             raise FileNotFoundError(f"teacher.files: {missing or 'empty list'}: no such .fnx file")
         return FennolEnsembleTeacher(files, name=name, **options)
     raise ValueError(f"teacher.source: {source!r} is not one of torchani, fennol-pmc, files")
+
+
+@dataclass
+class TeacherImplementations:
+    """The implementations of a teacher the speed table times, by name: ``labeling`` names the
+    one that labels (`load_teacher`'s); ``others`` and ``other_members`` are ASE calculators of the
+    same model (and of its member 0) run by other code; ``missing`` says why an implementation that
+    exists for this teacher could not be built here (None when none is missing)."""
+
+    labeling: str
+    others: dict[str, Calculator] = field(default_factory=dict)
+    other_members: dict[str, Calculator] = field(default_factory=dict)
+    missing: str | None = None
+
+
+def teacher_implementations(settings: TeacherSettings) -> TeacherImplementations:
+    """The implementations of the teacher of ``settings``: for the ANI-1x ensemble (``kind:
+    fennol`` from ``source: torchani``, or FeNNol-PMC's ``ani1x``, the same weights: see
+    tests/teachers/test_neurochem.py), torchani 2.9 with its cell list beside FeNNol
+    (`mlff_distill.teachers.torchani_runtime`); for other teachers, their own one only."""
+    ani1x = settings.kind == "fennol" and settings.name == "ani1x" and settings.source in ("torchani", "fennol-pmc")
+    if not ani1x:
+        return TeacherImplementations(labeling=settings.kind)
+    # only for this teacher: it imports torchani 2.9
+    from mlff_distill.teachers.torchani_runtime import CELL_LIST, ani1x_cell_list_calculator, torchani_runtime_missing
+
+    missing = torchani_runtime_missing()
+    if missing:
+        return TeacherImplementations(labeling="fennol", missing=f"{CELL_LIST}: {missing}")
+    resources = torchani_resource_dir(cache_dir(settings.cache_dir))
+    float64 = settings.precision == "float64"
+    return TeacherImplementations(
+        labeling="fennol",
+        others={CELL_LIST: ani1x_cell_list_calculator(resources, float64=float64)},
+        other_members={CELL_LIST: ani1x_cell_list_calculator(resources, member=0, float64=float64)},
+    )
 
 
 def check_structures_for(teacher: Teacher, structures: Sequence[Atoms], molecule_only: bool = False) -> None:
@@ -163,6 +202,8 @@ __all__ = [
     "TeacherIdentity",
     "TeacherOutput",
     "load_teacher",
+    "teacher_implementations",
+    "TeacherImplementations",
     "check_structures_for",
     "models_dir",
     "cache_dir",

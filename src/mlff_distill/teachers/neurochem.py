@@ -1,4 +1,4 @@
-"""Build the ANI-1x ensemble as FeNNol models from NeuroChem's weight files, with no network.
+"""Build the ANI-1x ensemble as FeNNol models from NeuroChem's weight files (a wheel on the package index).
 
 The ``torchani==2.2.4`` wheel ships the 8 ANI-1x networks (H, C, N, O) in NeuroChem's own format
 under ``torchani/resources/ani-1x_8x/``:
@@ -14,19 +14,23 @@ under ``torchani/resources/ani-1x_8x/``:
   ``[out, in]`` (as torch.nn.Linear.weight), ``-l{k}.bparam`` the ``nodes`` biases.
   Activation codes: 9 = CELU(alpha=0.1), 6 = identity (output layer), 5 = Gaussian.
 
-This module reads those files (torchani itself is never imported: that release does not import on
-current setuptools) and writes FeNNol ``.fnx`` models whose description mirrors FeNNol-PMC's
-ANI-1x files (github.com/thomasple/FeNNol-PMC, ANI/ANI1X): an ``ANI_AEV`` embedding, a
+This module reads those files (that torchani release is never imported: it does not import on
+current setuptools; `torchani_resource_dir` finds them) and writes FeNNol ``.fnx`` models whose
+description mirrors FeNNol-PMC's ANI-1x files (github.com/thomasple/FeNNol-PMC, ANI/ANI1X): an ``ANI_AEV`` embedding, a
 ``SPECIES_INDEX_NET`` energy (Hartree) and a ``CHEMICAL_CONSTANT`` self energy (Hartree).
 """
 
 from __future__ import annotations
 
 import bz2
+import hashlib
 import importlib.metadata
 import os
 import re
+import subprocess
+import sys
 import tempfile
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 
@@ -35,11 +39,15 @@ import numpy as np
 from mlff_distill.teachers.base import default_cache_dir
 
 TORCHANI_REQUIREMENT = "torchani==2.2.4"
+# The PyPI wheel of that release (sha256 as PyPI lists it): the NeuroChem files are read from it.
+TORCHANI_WHEEL = "torchani-2.2.4-py3-none-any.whl"
+TORCHANI_WHEEL_SHA256 = "de99afb38aeee9bf8553e58c468539ed41baf6b217833c2fc90429ad4261a02d"
 RESOURCE_SUBPATH = "torchani/resources/ani-1x_8x"
 AEV_PARAMS_FILE = "rHCNO-5.2R_16-3.5A_a4-8.params"
 SELF_ENERGIES_FILE = "sae_linfit.dat"
 N_MEMBERS = 8
 CACHE_SUBDIR = Path("teachers") / "torchani-ani1x"
+RESOURCE_CACHE_SUBDIR = Path("teachers") / "torchani-2.2.4" / "ani-1x_8x"
 
 # NeuroChem activation codes -> activation strings (FeNNol names for 9 and 6).
 CELU = "partial(celu, alpha=0.1)"
@@ -47,22 +55,66 @@ IDENTITY = "identity"
 ACTIVATIONS = {9: CELU, 6: IDENTITY, 5: "gaussian"}
 
 
-def torchani_resource_dir() -> Path:
-    """The ``ani-1x_8x`` folder of the installed torchani distribution, found without importing it."""
+def torchani_resource_dir(cache: str | Path | None = None) -> Path:
+    """The ``ani-1x_8x`` folder of NeuroChem files: that of an installed ``torchani==2.2.4`` (found
+    without importing it), else the copy in ``<cache>/teachers/torchani-2.2.4/`` (``cache`` None:
+    `default_cache_dir`), made on first use from the release's wheel, which pip downloads from the
+    package index and whose SHA-256 is checked (`extract_wheel_resources`).
+
+    The project installs torchani 2.9 (the ANI runtime the speed table times), which no longer
+    ships these files, so the wheel is the usual source."""
     try:
-        dist = importlib.metadata.distribution("torchani")
+        installed = Path(importlib.metadata.distribution("torchani").locate_file(RESOURCE_SUBPATH))
     except importlib.metadata.PackageNotFoundError:
+        installed = None
+    if installed is not None and (installed / AEV_PARAMS_FILE).is_file():
+        return installed
+    target = (Path(cache) if cache is not None else default_cache_dir()) / RESOURCE_CACHE_SUBDIR
+    if not (target / AEV_PARAMS_FILE).is_file():
+        with tempfile.TemporaryDirectory() as download:
+            extract_wheel_resources(_download_wheel(Path(download)), target)
+    return target
+
+
+def _download_wheel(folder: Path) -> Path:
+    """``pip download`` the torchani 2.2.4 wheel (no dependencies) into ``folder``."""
+    command = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"]
+    done = subprocess.run([*command, "--dest", str(folder), TORCHANI_REQUIREMENT], capture_output=True, text=True)
+    wheel = folder / TORCHANI_WHEEL
+    if done.returncode != 0 or not wheel.is_file():
         raise FileNotFoundError(
-            f"torchani is not installed: its ANI-1x weight files are needed to build the default "
-            f"teacher. Install them with `pip install {TORCHANI_REQUIREMENT}`."
-        ) from None
-    path = Path(dist.locate_file(RESOURCE_SUBPATH))
-    if not (path / AEV_PARAMS_FILE).is_file():
-        raise FileNotFoundError(
-            f"{path} has no {AEV_PARAMS_FILE}: the installed torchani {dist.version} does not ship "
-            f"the ANI-1x NeuroChem files. Install them with `pip install {TORCHANI_REQUIREMENT}`."
+            f"the ANI-1x NeuroChem files are neither installed nor cached, and `pip download "
+            f"{TORCHANI_REQUIREMENT}` failed ({done.stderr.strip()[-500:]}). Download {TORCHANI_WHEEL} from "
+            f"the package index where there is network and put its {RESOURCE_SUBPATH} folder in the cache."
         )
-    return path
+    return wheel
+
+
+def extract_wheel_resources(wheel: Path, target: Path, sha256: str = TORCHANI_WHEEL_SHA256) -> Path:
+    """Copy the ``ani-1x_8x`` folder out of the torchani 2.2.4 ``wheel`` into ``target``, after
+    checking the wheel's SHA-256 against ``sha256``. The folder is written beside ``target`` and
+    renamed into place, so ``target`` is either complete or absent; where another process placed
+    it first, its copy is kept."""
+    digest = hashlib.sha256(Path(wheel).read_bytes()).hexdigest()
+    if digest != sha256:
+        raise ValueError(f"{wheel}: SHA-256 {digest}, expected {sha256}; not reading weights from it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = RESOURCE_SUBPATH + "/"
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as partial:
+        with zipfile.ZipFile(wheel) as archive:
+            members = [name for name in archive.namelist() if name.startswith(prefix) and not name.endswith("/")]
+            if not members:
+                raise ValueError(f"{wheel} has no {RESOURCE_SUBPATH} folder")
+            for name in members:
+                path = Path(partial, "files", name[len(prefix) :])
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(archive.read(name))
+        try:
+            os.rename(Path(partial, "files"), target)
+        except OSError:
+            if not (target / AEV_PARAMS_FILE).is_file():
+                raise
+    return target
 
 
 def read_aev_params(path: str | Path) -> dict:
@@ -292,19 +344,22 @@ def ani1x_file_names() -> list[str]:
     return [f"ani1x_model{i}.fnx" for i in range(N_MEMBERS)]
 
 
-def build_ani1x_fnx(cache_dir: str | Path | None = None, resource_dir: str | Path | None = None) -> list[Path]:
-    """Write ``ani1x_model{0..7}.fnx`` into ``cache_dir`` and return their paths.
+def build_ani1x_fnx(cache: str | Path | None = None, resource_dir: str | Path | None = None) -> list[Path]:
+    """Write ``ani1x_model{0..7}.fnx`` into `ani1x_cache_dir` of ``cache`` (the user cache: None
+    means `default_cache_dir`) and return their paths.
 
-    ``cache_dir`` None means `ani1x_cache_dir()`. Members already present are kept. Each file is
+    ``resource_dir``: the NeuroChem files; None means `torchani_resource_dir` of the same cache,
+    looked up only when a member is missing. Members already present are kept. Each file is
     written to a temporary file in the same folder, then renamed, so a reader never sees a
     partial file.
     """
-    cache_dir = Path(cache_dir) if cache_dir is not None else ani1x_cache_dir()
+    cache_dir = ani1x_cache_dir(cache)
     cache_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for index, name in enumerate(ani1x_file_names()):
         path = cache_dir / name
         if not path.is_file():
+            resource_dir = resource_dir if resource_dir is not None else torchani_resource_dir(cache)
             model = fennol_ani1x_member(resource_dir, index)
             fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=f".{name}.", suffix=".tmp")
             os.close(fd)
