@@ -307,6 +307,7 @@ def test_target_nvt_rows_compare_the_students_g_of_r_with_the_teachers(single_th
         assert row["n_atoms"] == 32 and not row["blew_up"] and row["time_ps"] == pytest.approx(0.4)
         assert abs(row["conserved_drift_eV_per_atom_per_ps"]) < 1e-3
         assert row["n_student_frames"] == 16  # 20 frames, the first fifth left out
+        assert 10 < row["md_steps_per_s"] < 1e6  # 200 EMT steps of 32 atoms: well under a second
     good, wrong, unseen = rows
     assert good["n_teacher_frames"] == len(same) and good["rdf_kind"] == "g(r), all pairs"
     assert len(good["r_A"]) == len(good["g_teacher"]) == len(good["g_student"])

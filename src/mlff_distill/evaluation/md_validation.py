@@ -345,6 +345,8 @@ def target_nvt_rows(
     A row per start: ``target``, ``temperature_K``, ``n_atoms``, ``time_ps`` (reached),
     ``blew_up``, ``reason``, ``conserved_drift_eV_per_atom_per_ps`` (`energy_drift_eV_per_atom_per_ps`
     of the thermostat's conserved quantity; None before a second step), ``mean_temperature_K``,
+    ``md_steps_per_s`` (steps reached over the run's wall-clock seconds: ASE's Bussi loop with the
+    student, frames and checks included; the speed a user of the student sees in MD),
     ``n_student_frames`` and ``n_teacher_frames`` (those in the g(r)), ``rdf_kind``,
     ``rdf_integrated_abs_difference`` (`rdf_difference` of student and teacher),
     ``rdf_teacher_halves_difference`` (the same between two halves of the teacher's frames, split
@@ -359,6 +361,7 @@ def target_nvt_rows(
     rows = []
     steps = max(round(settings.nvt_ps * 1000.0 / settings.timestep_fs), 1)
     for offset, (target, temperature_K, atoms) in enumerate(starts):
+        start_s = time.perf_counter()
         run = bussi_run(
             calculator,
             atoms,
@@ -369,6 +372,7 @@ def target_nvt_rows(
             seed + offset,
             contacts=contacts,
         )
+        elapsed_s = time.perf_counter() - start_s
         times_ps, conserved = run["times_ps"], run["conserved_eV"]
         student = run["frames"][int(EQUILIBRATION_FRACTION * len(run["frames"])) :] or run["frames"]
         teacher = list(teacher_frames.get((target, float(temperature_K)), []))
@@ -383,6 +387,7 @@ def target_nvt_rows(
                 energy_drift_eV_per_atom_per_ps(times_ps, conserved, len(atoms)) if len(conserved) > 1 else None
             ),
             "mean_temperature_K": run["mean_temperature_K"],
+            "md_steps_per_s": run["time_ps"] * 1000.0 / settings.timestep_fs / elapsed_s,
             "n_student_frames": len(student),
             "n_teacher_frames": len(teacher),
             **_rdf_comparison(student, teacher, settings.rdf_r_max_A),

@@ -85,6 +85,7 @@ TARGET_NVT_COLUMNS = (
     ("reason", "why", 1.0),
     ("conserved_drift_eV_per_atom_per_ps", "drift of the conserved energy (eV/atom/ps)", 1.0),
     ("mean_temperature_K", "mean T (K)", 1.0),
+    ("md_steps_per_s", "MD steps/s", 1.0),
     ("rdf_integrated_abs_difference", "∫|g_student - g_teacher| dr (Å)", 1.0),
     ("rdf_teacher_halves_difference", "the same, teacher's halves (noise floor)", 1.0),
     ("n_student_frames", "student frames", 1.0),

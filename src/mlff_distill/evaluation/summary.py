@@ -140,6 +140,8 @@ def _target_nvt_lines(rows: list[dict]) -> list[str]:
         state = f"blew up at {row['time_ps']:.2f} ps ({row['reason']})" if row["blew_up"] else f"{row['time_ps']:g} ps"
         drift = row.get("conserved_drift_eV_per_atom_per_ps")
         parts = [state] + ([f"drift {drift:.1e} eV/atom/ps"] if drift is not None else [])
+        if row.get("md_steps_per_s") is not None:
+            parts.append(f"{row['md_steps_per_s']:.0f} MD steps/s ({row['n_atoms']} atoms)")
         if row.get("rdf_integrated_abs_difference") is not None:
             floor = row.get("rdf_teacher_halves_difference")
             parts.append(
