@@ -293,6 +293,7 @@ class TuneSettings:
 class SpeedSettings:
     sizes: list  # atoms per timing system
     warmup: int
+    all_cores: bool  # also time every implementation on all the evaluate job's cores
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ import functools
 
 import numpy as np
 import pytest
+import torch
 from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 from ase.units import GPa
@@ -130,6 +131,51 @@ def test_compare_speed_counts_the_speedup_over_the_fastest_implementation(single
     assert set(row["member_implementations_ms"]) == {"member", "member-again"}
     assert row["member_ms"] == min(row["member_implementations_ms"].values())
     assert row["student_speedup_over_member"] == pytest.approx(row["member_ms"] / row["student_ms"])
+
+
+class ThreadRecordingEMT(EMT):
+    """EMT that records the torch intra-op thread count each call ran under."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads_seen: list[int] = []
+
+    def calculate(self, *args, **kwargs) -> None:
+        self.threads_seen.append(torch.get_num_threads())
+        super().calculate(*args, **kwargs)
+
+
+def test_compare_speed_times_every_implementation_again_on_all_cores(single_thread, quick_timing):
+    copper = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    teacher = TeacherCalculator(AseCalculatorTeacher("ase.calculators.emt:EMT", species=(29,)))
+    other, member = ThreadRecordingEMT(), ThreadRecordingEMT()
+    model = StudentPotential(species=(29,), cutoff_A=4.0, n_features=8)
+    student, student_on_two = StudentCalculator(model, threads=1), StudentCalculator(model, threads=2)
+    (row,) = compare_speed(
+        teacher,
+        student,
+        [copper],
+        repeats=1,
+        warmup=0,
+        member_calc=member,
+        other_teachers={"emt-again": other},
+        all_cores_student=student_on_two,
+        all_cores_threads=2,
+    )
+    # First pass on the process's one thread, second on two; the setting is restored after it.
+    assert other.threads_seen == [1, 2] and member.threads_seen == [1, 2] and torch.get_num_threads() == 1
+    assert row["all_cores_threads"] == 2
+    assert set(row["all_cores_teacher_implementations_ms"]) == {"teacher", "emt-again"}
+    fastest = row["all_cores_teacher_fastest"]
+    assert row["all_cores_teacher_fastest_ms"] == min(row["all_cores_teacher_implementations_ms"].values())
+    assert row["all_cores_speedup"] == pytest.approx(
+        row["all_cores_teacher_implementations_ms"][fastest] / row["all_cores_student_ms"]
+    )
+    assert row["all_cores_student_speedup_over_member"] == pytest.approx(
+        row["all_cores_member_ms"] / row["all_cores_student_ms"]
+    )
+    (one_pass,) = compare_speed(teacher, student, [copper], repeats=1, warmup=0)
+    assert not any(key.startswith("all_cores") for key in one_pass)
 
 
 def test_benchmark_script_writes_the_table_and_logs_it(tmp_path, single_thread, quick_timing):

@@ -125,9 +125,16 @@ def test_summary_has_a_line_per_target_for_accuracy_speed_and_nvt(tmp_path):
             },
         ],
         "speed": [
-            {"target": "water", "n_atoms": 96, "speedup": 12.0, "force_rel_rmse": 0.026},
-            {"target": "water", "n_atoms": 768, "speedup": 25.0},
-            {"target": "si", "n_atoms": 64, "speedup": 8.0, "force_rel_rmse": 0.05},
+            {"target": "water", "n_atoms": 96, "speedup": 12.0, "force_rel_rmse": 0.026, "all_cores_speedup": 9.0},
+            {"target": "water", "n_atoms": 768, "speedup": 25.0, "all_cores_speedup": 26.0},
+            {
+                "target": "si",
+                "n_atoms": 64,
+                "speedup": 8.0,
+                "force_rel_rmse": 0.05,
+                "all_cores_speedup": 7.5,
+                "all_cores_threads": 2,
+            },
         ],
         "target_nvt": [
             {
@@ -159,11 +166,12 @@ def test_summary_has_a_line_per_target_for_accuracy_speed_and_nvt(tmp_path):
         "  water 300 K:           force error 2.51 %, energy MAE 1.20 meV/atom (10 test structures)",
         "  speed-up, water:       12.0x (2.6 %) / accuracy not measured at 96 / 768 atoms",
         "  speed-up, si:          8.0x (5.0 %) at 64 atoms",
+        "                         7.5x on all 2 cores",
         "  NVT water 350 K:       5 ps, drift 2.0e-05 eV/atom/ps, g(r) difference 0.041 (teacher's halves 0.030)",
         "  NVT si 900 K:          blew up at 1.25 ps (force of 120.0 eV/A), drift 1.0e-01 eV/atom/ps",
     ):
         assert expected in text
-    assert "25.0x" not in text and "None" not in text
+    assert "25.0x" not in text and "26.0x" not in text and "None" not in text
 
 
 def test_acceptance_fails_only_when_strict(tmp_path):

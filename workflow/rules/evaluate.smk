@@ -21,6 +21,7 @@ rule evaluate:
         benchmark_path("evaluate")
     conda:
         CONDA_ENV
+    threads: workflow.cores
     params:
         run_name=config["run_name"],
         seed=config["seed"],

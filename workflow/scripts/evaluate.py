@@ -9,4 +9,5 @@ run(
     structures_file=snakemake.input.structures,
     metrics_file=snakemake.output.metrics,
     log_file=snakemake.log[0],
+    threads=snakemake.threads,
 )

@@ -58,6 +58,10 @@ SPEED_COLUMNS = (
     ("force_rel_rmse", "relative RMS force error on it (%)", 100.0),
     ("energy_mae_per_atom_eV", "energy MAE on it (meV/atom)", 1000.0),
     ("stress_rel_error", "relative RMS stress error on it (%)", 100.0),
+    ("all_cores_threads", "all-cores pass: threads", 1.0),
+    ("all_cores_teacher_fastest_ms", "fastest teacher, all cores (ms)", 1.0),
+    ("all_cores_student_ms", "student, all cores (ms)", 1.0),
+    ("all_cores_speedup", "speed-up over the fastest teacher, all cores", 1.0),
     ("teacher_atom_steps_per_s", "teacher atom-steps/s", 1.0),
     ("student_atom_steps_per_s", "student atom-steps/s", 1.0),
     ("teacher_peak_MB", "teacher peak (MB)", 1.0),
@@ -68,6 +72,8 @@ SPEED_COLUMNS = (
     ("student_speedup_over_member", "student's speed-up over it", 1.0),
     ("member_force_rel_rmse", "its relative RMS force error (%)", 100.0),
     ("member_energy_mae_per_atom_eV", "its energy MAE (meV/atom)", 1000.0),
+    ("all_cores_member_ms", "one member, fastest, all cores (ms)", 1.0),
+    ("all_cores_student_speedup_over_member", "student's speed-up over it, all cores", 1.0),
 )
 ROUND_COLUMNS = (
     ("round", "round", 1.0),
@@ -276,7 +282,7 @@ def _speed(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
             columns += ((f"ms:{name}", f"{name} (ms)", 1.0), (f"diff:{name}", f"{name}: force difference (%)", 100.0))
         shown = [
             {
-                **(row if has_accuracy(row) else {**row, "speedup": NOT_MEASURED}),
+                **(row if has_accuracy(row) else {**row, "speedup": NOT_MEASURED, "all_cores_speedup": NOT_MEASURED}),
                 **{f"ms:{name}": (row.get("teacher_implementations_ms") or {}).get(name) for name in others},
                 **{
                     f"diff:{name}": (row.get("teacher_implementations_force_rel_diff") or {}).get(name)

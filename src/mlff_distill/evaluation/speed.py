@@ -12,10 +12,11 @@ the run's seeds, `speed_rows_for` on systems given (the targets at several sizes
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 import time
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -121,6 +122,8 @@ def compare_speed(
     teacher_name: str = "teacher",
     other_teachers: Mapping[str, Calculator] | None = None,
     other_members: Mapping[str, Calculator] | None = None,
+    all_cores_student: Calculator | None = None,
+    all_cores_threads: int = 1,
 ) -> list[dict]:
     """One row per system: ``system`` (its ``info["system"]``, else its formula), ``target`` (its
     ``info["target"]``, where it has one), ``n_atoms``, ``teacher_ms``/``student_ms`` (median ms
@@ -146,6 +149,13 @@ def compare_speed(
     them, named by ``member_fastest``; all in ``member_implementations_ms``),
     ``student_speedup_over_member`` (member_ms / student_ms) and ``member_calc``'s own errors
     against the teacher there (``member_force_rel_rmse``, ``member_energy_mae_per_atom_eV``, ...).
+
+    With ``all_cores_student`` (the same student on ``all_cores_threads`` torch threads), every
+    system is timed a second time on all cores: that student, then every teacher (and member)
+    implementation under ``torch.set_num_threads(all_cores_threads)`` (JAX teachers keep XLA's own
+    thread pool, sized to the machine, in both passes): the ``all_cores_*`` columns of
+    `_all_cores_columns`. The columns above are the first pass, on the threads the process has
+    (one in the evaluate stage).
 
     All compute the same properties: stress (periodic systems) only when teacher and student
     implement it. The student is timed on every system first, then the teachers: so the
@@ -192,7 +202,58 @@ def compare_speed(
         if member_calc is not None:
             member = _member_columns(atoms, teacher_results, member_calc, other_members, repeats, warmup, stress)
             rows[-1].update(member, student_speedup_over_member=member["member_ms"] / student["median_ms"])
+        if all_cores_student is not None:
+            teachers = {teacher_name: teacher_calc, **(other_teachers or {})}
+            members = {"member": member_calc, **(other_members or {})} if member_calc is not None else {}
+            timing = (all_cores_threads, repeats, warmup, stress)
+            rows[-1].update(_all_cores_columns(atoms, all_cores_student, teachers, members, *timing))
     return rows
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """Run the block with ``threads`` torch intra-op threads, restoring the setting after it."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _all_cores_columns(
+    atoms: Atoms,
+    student_calc: Calculator,
+    teachers: Mapping[str, Calculator],
+    members: Mapping[str, Calculator],
+    threads: int,
+    repeats: int,
+    warmup: int,
+    stress: bool,
+) -> dict:
+    """`compare_speed`'s second pass on one system, every calculator on ``threads`` threads:
+    ``all_cores_threads``, ``all_cores_student_ms``, ``all_cores_teacher_implementations_ms``,
+    ``all_cores_teacher_fastest(_ms)``, ``all_cores_speedup`` (over that fastest) and, with
+    ``members``, ``all_cores_member_ms`` (their fastest) and ``all_cores_student_speedup_over_member``."""
+    student_ms = time_calls(student_calc, atoms, repeats, warmup, stress)["median_ms"]
+    with torch_threads(threads):
+        timed = {name: time_calls(calc, atoms, repeats, warmup, stress)["median_ms"] for name, calc in teachers.items()}
+        member_timed = {
+            name: time_calls(calc, atoms, repeats, warmup, stress)["median_ms"] for name, calc in members.items()
+        }
+    fastest = min(timed, key=timed.get)
+    columns = {
+        "all_cores_threads": threads,
+        "all_cores_student_ms": student_ms,
+        "all_cores_teacher_implementations_ms": timed,
+        "all_cores_teacher_fastest": fastest,
+        "all_cores_teacher_fastest_ms": timed[fastest],
+        "all_cores_speedup": timed[fastest] / student_ms,
+    }
+    if member_timed:
+        member_ms = min(member_timed.values())
+        columns.update(all_cores_member_ms=member_ms, all_cores_student_speedup_over_member=member_ms / student_ms)
+    return columns
 
 
 def _member_columns(
@@ -254,15 +315,20 @@ def speed_rows(
     student_calculator: Calculator,
     member: Teacher | None = None,
     implementations: TeacherImplementations | None = None,
+    all_cores_student: Calculator | None = None,
+    all_cores_threads: int = 1,
 ) -> list[dict]:
     """The evaluate stage's speed step: `compare_speed` rows for systems of
     ``evaluate.speed.sizes`` atoms built from ``seeds`` (the run's seeds, or its sampled structures
     when the config names none), ``timing_repeats`` calls each. ``student_calculator`` is a
     `StudentCalculator` (its ``inference_path`` is recorded by the caller); ``member``: one member
     of an ensemble teacher, timed too; ``implementations``: the teacher's other implementations
-    (`mlff_distill.teachers.teacher_implementations`), timed beside it."""
+    (`mlff_distill.teachers.teacher_implementations`), timed beside it; ``all_cores_student``:
+    the student on ``all_cores_threads`` threads, for the second pass (`compare_speed`)."""
     systems = build_timing_systems(seeds, settings.speed.sizes, float(student_calculator.model.cutoff_A), random_seed)
-    return speed_rows_for(systems, settings, teacher, student_calculator, member, implementations)
+    return speed_rows_for(
+        systems, settings, teacher, student_calculator, member, implementations, all_cores_student, all_cores_threads
+    )
 
 
 def speed_rows_for(
@@ -272,11 +338,13 @@ def speed_rows_for(
     student_calculator: Calculator,
     member: Teacher | None = None,
     implementations: TeacherImplementations | None = None,
+    all_cores_student: Calculator | None = None,
+    all_cores_threads: int = 1,
 ) -> list[dict]:
     """`compare_speed` rows for ``systems`` as given (the targets at several sizes, each with its
     ``info["target"]``), ``timing_repeats`` calls and ``speed.warmup`` warm-up calls each;
-    ``member`` (one member of an ensemble teacher) and ``implementations`` (the teacher's other
-    implementations) timed beside the teacher where given."""
+    ``member`` (one member of an ensemble teacher), ``implementations`` (the teacher's other
+    implementations) and ``all_cores_student`` (the second pass) where given."""
     implementations = implementations or TeacherImplementations(labeling="teacher")
     return compare_speed(
         TeacherCalculator(teacher),
@@ -288,4 +356,6 @@ def speed_rows_for(
         implementations.labeling,
         implementations.others,
         implementations.other_members,
+        all_cores_student,
+        all_cores_threads,
     )

@@ -82,10 +82,12 @@ def run(
     log_file: Path,
     earlier_checkpoints: Sequence[Path] = (),
     compile_cache_dir: Path | None = None,
+    threads: int = 1,
 ) -> None:
     """The Snakemake job. ``checkpoint``: the final round's student; ``earlier_checkpoints``: those
     of the rounds before it, round 0 first, tested too so that the rounds' effect shows;
-    ``compile_cache_dir``: TorchInductor's cache of the run (`mlff_distill.student.compilation`)."""
+    ``compile_cache_dir``: TorchInductor's cache of the run (`mlff_distill.student.compilation`);
+    ``threads``: the job's cores, for the speed step's all-cores pass (one thread everywhere else)."""
     settings = build(EvaluateSettings, evaluate, "evaluate")
     logger = stage_logger("evaluate", log_file)
     use_compile_cache(compile_cache_dir, logger)
@@ -98,6 +100,11 @@ def run(
         # The student runs on the tune stage's choice where this machine can take it (Triton
         # needs a CUDA device): eager, torch.compile or the fused Triton kernels.
         student_calculator = StudentCalculator(model, tuned_kernels=inference_path_file)
+        all_cores = (
+            StudentCalculator(model, threads=threads, tuned_kernels=inference_path_file)
+            if settings.speed.all_cores and threads > 1
+            else None
+        )
         periodic = bool(test.pbc.all(axis=1).any())
         predictions = predict(model, test, compute_stress=periodic)
         energy_std_eV = split_column(store, "test", "energy_std_eV")
@@ -184,13 +191,15 @@ def run(
                 student_calculator,
                 member,
                 implementations,
+                all_cores,
+                threads,
             )
         else:
             metrics["md_validation"] = md_validation(
                 settings.md, seeds, seed, teacher_model, student_calculator, sampled
             )
             metrics["speed"] = speed_rows(
-                settings, seeds, seed, teacher_model, student_calculator, member, implementations
+                settings, seeds, seed, teacher_model, student_calculator, member, implementations, all_cores, threads
             )
         if member is not None:
             metrics["ensemble_member"].update(
