@@ -286,6 +286,7 @@ class TrainSettings:
 class TuneSettings:
     try_compile: bool
     repeats: int
+    export_aoti: bool  # AOTInductor package of the final student, tune/student.pt2
     graph_atoms: list
 
 

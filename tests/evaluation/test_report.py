@@ -169,6 +169,8 @@ def test_targets_fill_their_tables_and_figures_and_a_speedup_needs_its_accuracy(
                 "all_cores_teacher_fastest_ms": 21.0,
                 "all_cores_student_ms": 1.75,
                 "all_cores_speedup": 12.0,
+                "exported_student_ms": 1.81,
+                "exported_over_student": 0.905,
             },
             {
                 "target": "water",
@@ -214,6 +216,7 @@ def test_targets_fill_their_tables_and_figures_and_a_speedup_needs_its_accuracy(
     assert "speed-up over the fastest teacher" in page
     assert "speed-up over the fastest teacher, all cores" in page and ">12<" in page and ">1.75<" in page
     assert "17.89" not in page  # nor on all cores
+    assert "exported student, AOTInductor (ms)" in page and ">1.81<" in page and ">0.905<" in page
     assert ">0.0431<" in page and ">0.0777<" in page and "g(r), between molecules" in page
     assert page.count("data:image/png;base64,") == 4 and "no targets" not in page
     assert "0.02, 0.04" not in page and "[0.0" not in page  # the curves are in the figure, not the table

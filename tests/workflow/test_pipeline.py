@@ -67,6 +67,7 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
     assert "ani1x" in metadata["teacher"]["name"]
     record = json.loads((run_dir / "tune" / "inference_path.json").read_text())
     assert record["cuda_available"] is False and record["chosen_path"] in ("eager", "torch_compile")
+    assert record["exported"]["path"] == str(run_dir / "tune" / "student.pt2") and record["exported"]["seconds"] > 0
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     for key in METRIC_KEYS:
         assert key in metrics
@@ -90,6 +91,11 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
         assert set(timed) == {"fennol", CELL_LIST} and row["teacher_implementations_force_rel_diff"][CELL_LIST] < 1e-4
         assert row["speedup"] == pytest.approx(min(timed.values()) / row["student_ms"])
         assert set(row["member_implementations_ms"]) == {"member", CELL_LIST}
+        # the tune stage's AOTInductor package: the same model, timed beside the student
+        assert row["exported_student_ms"] > 0 and row["exported_force_rel_diff"] < 1e-4
+        # the all-cores pass (the tiny run has 2 cores): each at the faster of its two passes
+        assert row["all_cores_threads"] == 2 and row["all_cores_student_ms"] <= row["student_ms"]
+        assert row["all_cores_teacher_fastest_ms"] <= row["teacher_fastest_ms"]
     assert (tiny_run.cache / RESOURCE_CACHE_SUBDIR / AEV_PARAMS_FILE).is_file()
 
 

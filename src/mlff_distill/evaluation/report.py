@@ -53,6 +53,8 @@ SPEED_COLUMNS = (
     ("teacher_fastest", "fastest teacher implementation", 1.0),
     ("teacher_fastest_ms", "fastest teacher (ms)", 1.0),
     ("student_ms", "student (ms)", 1.0),
+    ("exported_student_ms", "exported student, AOTInductor (ms)", 1.0),
+    ("exported_over_student", "exported / student time", 1.0),
     ("speedup", "speed-up over the fastest teacher", 1.0),
     ("speedup_over_labeling_teacher", "speed-up over the labeling teacher", 1.0),
     ("force_rel_rmse", "relative RMS force error on it (%)", 100.0),
@@ -60,6 +62,7 @@ SPEED_COLUMNS = (
     ("stress_rel_error", "relative RMS stress error on it (%)", 100.0),
     ("all_cores_threads", "all-cores pass: threads", 1.0),
     ("all_cores_teacher_fastest_ms", "fastest teacher, all cores (ms)", 1.0),
+    ("all_cores_student_ms_on_all_threads", "student on all threads (ms)", 1.0),
     ("all_cores_student_ms", "student, all cores (ms)", 1.0),
     ("all_cores_speedup", "speed-up over the fastest teacher, all cores", 1.0),
     ("teacher_atom_steps_per_s", "teacher atom-steps/s", 1.0),
@@ -296,7 +299,10 @@ def _speed(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
             "<p>Each row's speed-up is over the fastest implementation of the teacher timed here (every "
             "implementation's time is shown, with its relative RMS force difference from the labeling "
             "one on that system), and comes with the student's error against the teacher on that same "
-            f"system (its last timed call); a row without it shows &ldquo;{NOT_MEASURED}&rdquo;.</p>"
+            f"system (its last timed call); a row without it shows &ldquo;{NOT_MEASURED}&rdquo;. "
+            "The all-cores columns time every implementation again on all the job's threads and count "
+            "each at the faster of its two passes (one thread or all), as a user given all the cores "
+            "would run it; the exported student is the AOTInductor package of the tune stage.</p>"
             + (f"<p><b>Not timed</b>: {html.escape(missing)}.</p>" if missing else "")
             + labelled_table(shown, columns + SPEED_COLUMNS[4:])
             + _image(figures.get("speed"), "time per call against atoms")

@@ -124,6 +124,7 @@ def compare_speed(
     other_members: Mapping[str, Calculator] | None = None,
     all_cores_student: Calculator | None = None,
     all_cores_threads: int = 1,
+    exported_student: Calculator | None = None,
 ) -> list[dict]:
     """One row per system: ``system`` (its ``info["system"]``, else its formula), ``target`` (its
     ``info["target"]``, where it has one), ``n_atoms``, ``teacher_ms``/``student_ms`` (median ms
@@ -150,12 +151,17 @@ def compare_speed(
     ``student_speedup_over_member`` (member_ms / student_ms) and ``member_calc``'s own errors
     against the teacher there (``member_force_rel_rmse``, ``member_energy_mae_per_atom_eV``, ...).
 
+    With ``exported_student`` (the student's AOTInductor package, `mlff_distill.student.aoti`), it
+    is timed right after the student on each system: ``exported_student_ms``,
+    ``exported_over_student`` (its time over the student's) and ``exported_force_rel_diff`` (the
+    relative RMS difference of its forces from the student's: the same model, so rounding).
+
     With ``all_cores_student`` (the same student on ``all_cores_threads`` torch threads), every
     system is timed a second time on all cores: that student, then every teacher (and member)
     implementation under ``torch.set_num_threads(all_cores_threads)`` (JAX teachers keep XLA's own
-    thread pool, sized to the machine, in both passes): the ``all_cores_*`` columns of
-    `_all_cores_columns`. The columns above are the first pass, on the threads the process has
-    (one in the evaluate stage).
+    thread pool, sized to the machine, in both passes), each counted at the faster of its two
+    passes: the ``all_cores_*`` columns of `_all_cores_columns`. The columns above are the first
+    pass, on the threads the process has (one in the evaluate stage).
 
     All compute the same properties: stress (periodic systems) only when teacher and student
     implement it. The student is timed on every system first, then the teachers: so the
@@ -163,12 +169,23 @@ def compare_speed(
     `time_calls`), and its millisecond calls are not timed right after the teacher's, which
     leave the caches and the CPU's frequency disturbed (README, "Measured")."""
     stress = all("stress" in calc.implemented_properties for calc in (teacher_calc, student_calc))
-    students, student_results = [], []
+    students, student_results, exported = [], [], []
     for atoms in systems:
         students.append(time_calls(student_calc, atoms, repeats, warmup, stress))
         student_results.append(dict(student_calc.results))
+        if exported_student is not None:
+            timing = time_calls(exported_student, atoms, repeats, warmup, stress)
+            exported.append(
+                {
+                    "exported_student_ms": timing["median_ms"],
+                    "exported_over_student": timing["median_ms"] / students[-1]["median_ms"],
+                    "exported_force_rel_diff": student_accuracy(
+                        atoms, student_results[-1], dict(exported_student.results)
+                    )["force_rel_rmse"],
+                }
+            )
     rows = []
-    for atoms, student, student_result in zip(systems, students, student_results):
+    for index, (atoms, student, student_result) in enumerate(zip(systems, students, student_results)):
         teacher = time_calls(teacher_calc, atoms, repeats, warmup, stress)
         teacher_results = dict(teacher_calc.results)
         timed = {teacher_name: teacher["median_ms"]}
@@ -197,6 +214,7 @@ def compare_speed(
                 "student_peak_MB": student["peak_MB"],
                 "with_stress": teacher["with_stress"],
                 **student_accuracy(atoms, teacher_results, student_result),
+                **(exported[index] if exported else {}),
             }
         )
         if member_calc is not None:
@@ -206,7 +224,7 @@ def compare_speed(
             teachers = {teacher_name: teacher_calc, **(other_teachers or {})}
             members = {"member": member_calc, **(other_members or {})} if member_calc is not None else {}
             timing = (all_cores_threads, repeats, warmup, stress)
-            rows[-1].update(_all_cores_columns(atoms, all_cores_student, teachers, members, *timing))
+            rows[-1].update(_all_cores_columns(atoms, all_cores_student, teachers, members, rows[-1], *timing))
     return rows
 
 
@@ -226,24 +244,34 @@ def _all_cores_columns(
     student_calc: Calculator,
     teachers: Mapping[str, Calculator],
     members: Mapping[str, Calculator],
+    first_pass: dict,
     threads: int,
     repeats: int,
     warmup: int,
     stress: bool,
 ) -> dict:
-    """`compare_speed`'s second pass on one system, every calculator on ``threads`` threads:
-    ``all_cores_threads``, ``all_cores_student_ms``, ``all_cores_teacher_implementations_ms``,
+    """`compare_speed`'s second pass on one system, every calculator on ``threads`` threads, each
+    implementation then counted at the faster of its two passes (one thread or all: what a user
+    given all the cores would run). ``first_pass``: the row of the first pass.
+
+    Columns: ``all_cores_threads``; ``all_cores_student_ms_on_all_threads`` (the student on
+    ``threads`` threads) and ``all_cores_student_ms`` (the faster of that and its one-thread time);
+    ``all_cores_teacher_implementations_ms`` (each at its faster pass),
     ``all_cores_teacher_fastest(_ms)``, ``all_cores_speedup`` (over that fastest) and, with
     ``members``, ``all_cores_member_ms`` (their fastest) and ``all_cores_student_speedup_over_member``."""
-    student_ms = time_calls(student_calc, atoms, repeats, warmup, stress)["median_ms"]
+    on_all_threads = time_calls(student_calc, atoms, repeats, warmup, stress)["median_ms"]
     with torch_threads(threads):
         timed = {name: time_calls(calc, atoms, repeats, warmup, stress)["median_ms"] for name, calc in teachers.items()}
         member_timed = {
             name: time_calls(calc, atoms, repeats, warmup, stress)["median_ms"] for name, calc in members.items()
         }
+    timed = {name: min(ms, first_pass["teacher_implementations_ms"][name]) for name, ms in timed.items()}
+    member_timed = {name: min(ms, first_pass["member_implementations_ms"][name]) for name, ms in member_timed.items()}
+    student_ms = min(on_all_threads, first_pass["student_ms"])
     fastest = min(timed, key=timed.get)
     columns = {
         "all_cores_threads": threads,
+        "all_cores_student_ms_on_all_threads": on_all_threads,
         "all_cores_student_ms": student_ms,
         "all_cores_teacher_implementations_ms": timed,
         "all_cores_teacher_fastest": fastest,
@@ -317,6 +345,7 @@ def speed_rows(
     implementations: TeacherImplementations | None = None,
     all_cores_student: Calculator | None = None,
     all_cores_threads: int = 1,
+    exported_student: Calculator | None = None,
 ) -> list[dict]:
     """The evaluate stage's speed step: `compare_speed` rows for systems of
     ``evaluate.speed.sizes`` atoms built from ``seeds`` (the run's seeds, or its sampled structures
@@ -324,10 +353,19 @@ def speed_rows(
     `StudentCalculator` (its ``inference_path`` is recorded by the caller); ``member``: one member
     of an ensemble teacher, timed too; ``implementations``: the teacher's other implementations
     (`mlff_distill.teachers.teacher_implementations`), timed beside it; ``all_cores_student``:
-    the student on ``all_cores_threads`` threads, for the second pass (`compare_speed`)."""
+    the student on ``all_cores_threads`` threads, for the second pass; ``exported_student``: its
+    AOTInductor package (`compare_speed`)."""
     systems = build_timing_systems(seeds, settings.speed.sizes, float(student_calculator.model.cutoff_A), random_seed)
     return speed_rows_for(
-        systems, settings, teacher, student_calculator, member, implementations, all_cores_student, all_cores_threads
+        systems,
+        settings,
+        teacher,
+        student_calculator,
+        member,
+        implementations,
+        all_cores_student,
+        all_cores_threads,
+        exported_student,
     )
 
 
@@ -340,11 +378,13 @@ def speed_rows_for(
     implementations: TeacherImplementations | None = None,
     all_cores_student: Calculator | None = None,
     all_cores_threads: int = 1,
+    exported_student: Calculator | None = None,
 ) -> list[dict]:
     """`compare_speed` rows for ``systems`` as given (the targets at several sizes, each with its
     ``info["target"]``), ``timing_repeats`` calls and ``speed.warmup`` warm-up calls each;
     ``member`` (one member of an ensemble teacher), ``implementations`` (the teacher's other
-    implementations) and ``all_cores_student`` (the second pass) where given."""
+    implementations), ``all_cores_student`` (the second pass) and ``exported_student`` (the
+    student's AOTInductor package) where given."""
     implementations = implementations or TeacherImplementations(labeling="teacher")
     return compare_speed(
         TeacherCalculator(teacher),
@@ -358,4 +398,5 @@ def speed_rows_for(
         implementations.other_members,
         all_cores_student,
         all_cores_threads,
+        exported_student,
     )

@@ -84,6 +84,9 @@ def speed_lines(rows: list[dict]) -> list[str]:
         fastest = sorted({row["teacher_fastest"] for row in group if row.get("teacher_fastest")})
         over = f" over the fastest teacher ({', '.join(fastest)})" if fastest else ""
         lines.append(f"  {name:<22} {cells} at {sizes} atoms{over} (force error in brackets)")
+        if all(row.get("exported_over_student") is not None for row in group):
+            ratios = " / ".join(f"{row['exported_over_student']:.2f}" for row in group)
+            lines.append(f"  {'':<22} exported package (AOTInductor): {ratios} of the student's time")
         if all(row.get("all_cores_speedup") is not None and has_accuracy(row) for row in group):
             speedups = " / ".join(f"{row['all_cores_speedup']:.1f}x" for row in group)
             lines.append(f"  {'':<22} {speedups} on all {group[0]['all_cores_threads']} cores")

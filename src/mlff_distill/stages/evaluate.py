@@ -12,6 +12,7 @@ a gate fails, so that these files are kept.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -47,6 +48,7 @@ from mlff_distill.sampling.targets import targets_from
 from mlff_distill.settings import EvaluateSettings, SampleSettings, TargetSettings, TeacherSettings, build
 from mlff_distill.store import read_labels, store_attrs
 from mlff_distill.student import StudentCalculator, load_student, predict
+from mlff_distill.student.aoti import ExportedStudentCalculator
 from mlff_distill.student.compilation import use_compile_cache
 from mlff_distill.teachers import load_teacher, teacher_implementations
 from mlff_distill.tracking import stage_run
@@ -105,6 +107,7 @@ def run(
             if settings.speed.all_cores and threads > 1
             else None
         )
+        exported = exported_student(inference_path_file, logger)
         periodic = bool(test.pbc.all(axis=1).any())
         predictions = predict(model, test, compute_stress=periodic)
         energy_std_eV = split_column(store, "test", "energy_std_eV")
@@ -193,13 +196,23 @@ def run(
                 implementations,
                 all_cores,
                 threads,
+                exported,
             )
         else:
             metrics["md_validation"] = md_validation(
                 settings.md, seeds, seed, teacher_model, student_calculator, sampled
             )
             metrics["speed"] = speed_rows(
-                settings, seeds, seed, teacher_model, student_calculator, member, implementations, all_cores, threads
+                settings,
+                seeds,
+                seed,
+                teacher_model,
+                student_calculator,
+                member,
+                implementations,
+                all_cores,
+                threads,
+                exported,
             )
         if member is not None:
             metrics["ensemble_member"].update(
@@ -241,3 +254,12 @@ def run(
         tracker.log_artifact(checkpoint, "student")
         model_uri = _log_student_model(tracker, model)
         logger.info("metrics %s; student model %s; report %s", numbers, model_uri, report)
+
+
+def exported_student(inference_path_file: Path, logger: logging.Logger) -> ExportedStudentCalculator | None:
+    """The tune stage's AOTInductor package as a calculator (one thread), where it made one."""
+    record = json.loads(Path(inference_path_file).read_text()).get("exported") or {}
+    if not record.get("path"):
+        logger.info("speed: no exported package to time (%s)", record.get("error", "tune.export_aoti is off"))
+        return None
+    return ExportedStudentCalculator(record["path"])

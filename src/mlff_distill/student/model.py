@@ -196,7 +196,7 @@ class StudentPotential(nn.Module):
             basis = bessel_cosine_basis(distances, self.n_radial, self.cutoff_A)
             weights = self.radial_filter.weight.split(3 * self.n_features, dim=0)
             s = self.embedding(species)
-            v = s.new_zeros(len(s), 3, self.n_features)
+            v = s.new_zeros(s.shape[0], 3, self.n_features)  # not len(s): export keeps the atom count symbolic
             for layer, interaction in enumerate(self.interactions):
                 s, v = interaction(s, v, basis, weights[layer], units, src, dst, vectors_are_zero=layer == 0)
         else:
