@@ -37,7 +37,16 @@ from student_speed import DEFAULT_MLFLOW_URI, machine
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-DEFAULT_SIZES = ["16,1,8,4.0", "32,1,8,4.0", "32,2,8,4.0", "48,2,8,4.0", "48,2,8,3.5", "64,2,8,4.0", "48,3,8,4.0"]
+DEFAULT_SIZES = [
+    "16,1,8,4.0",
+    "32,1,8,4.0",
+    "32,1,12,4.0",
+    "32,1,8,3.5",
+    "32,2,8,4.0",
+    "48,2,8,4.0",
+    "64,2,8,4.0",
+    "48,3,8,4.0",
+]
 
 
 def parse_size(spec: str) -> dict:
