@@ -29,6 +29,7 @@ import logging
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 import torch
 import yaml
@@ -96,6 +97,8 @@ def draw(points: list[dict], teacher_ms: float, teacher_name: str, n_atoms: int,
         ylabel="relative RMS force error on the test split (%)",
         title="features, interactions, radial functions, cutoff (A)",
     )
+    axis.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+    axis.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     axis.grid(True, which="both", alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
