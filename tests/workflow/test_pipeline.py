@@ -67,7 +67,8 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
     assert "ani1x" in metadata["teacher"]["name"]
     record = json.loads((run_dir / "tune" / "inference_path.json").read_text())
     assert record["cuda_available"] is False and record["chosen_path"] in ("eager", "torch_compile")
-    assert record["exported"]["path"] == str(run_dir / "tune" / "student.pt2") and record["exported"]["seconds"] > 0
+    assert record["exported"]["path"].endswith("tune/student.pt2") and record["exported"]["seconds"] > 0
+    assert (run_dir / "tune" / "student.pt2").is_file()
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
     for key in METRIC_KEYS:
         assert key in metrics
