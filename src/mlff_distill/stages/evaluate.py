@@ -175,6 +175,14 @@ def run(
         # MD runs before the speed step: FeNNol teachers keep the padded size of the largest system
         # they have seen, so after the 2048-atom timing a molecule's MD step is slow.
         seeds = seed_structures(build(SampleSettings, sample, "sample")) or sampled
+        # timed beside the teacher and the student on every system of the speed step
+        also_timed = {
+            "member": member,
+            "implementations": implementations,
+            "all_cores_student": all_cores,
+            "all_cores_threads": threads,
+            "exported_student": exported,
+        }
         if targets:
             metrics["target_nvt"] = target_nvt_rows(
                 student_calculator,
@@ -192,28 +200,13 @@ def run(
                 settings,
                 teacher_model,
                 student_calculator,
-                member,
-                implementations,
-                all_cores,
-                threads,
-                exported,
+                **also_timed,
             )
         else:
             metrics["md_validation"] = md_validation(
                 settings.md, seeds, seed, teacher_model, student_calculator, sampled
             )
-            metrics["speed"] = speed_rows(
-                settings,
-                seeds,
-                seed,
-                teacher_model,
-                student_calculator,
-                member,
-                implementations,
-                all_cores,
-                threads,
-                exported,
-            )
+            metrics["speed"] = speed_rows(settings, seeds, seed, teacher_model, student_calculator, **also_timed)
         if member is not None:
             metrics["ensemble_member"].update(
                 member_verdict(metrics["force_rel_rmse"], metrics["speed"], metrics["ensemble_member"])
