@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from mlff_distill.reference.radial import bessel_cosine_basis
+from mlff_distill.reference.rows import gather_rows, sum_rows
 
 
 def edge_message_torch(
@@ -70,13 +71,12 @@ def edge_messages_from_basis(
     [E, 3]``; ``phi``, ``v``, ``src``, ``dst`` as in `edge_message_torch`."""
     f = phi.shape[1] // 3
     phi_s, phi_vv, phi_vd = phi.split(f, dim=-1)
-    x_s = phi_s.index_select(0, dst) * F.linear(basis, radial_weight[:f])
-    x_vd = phi_vd.index_select(0, dst) * F.linear(basis, radial_weight[2 * f :])
+    x_s = gather_rows(phi_s, dst) * F.linear(basis, radial_weight[:f])
+    x_vd = gather_rows(phi_vd, dst) * F.linear(basis, radial_weight[2 * f :])
     if v is None:
         dv = edge_unit.unsqueeze(-1) * x_vd.unsqueeze(1)
     else:
         filter_vv = F.linear(basis, radial_weight[f : 2 * f])
-        v_dst = (v * phi_vv.unsqueeze(1)).index_select(0, dst) * filter_vv.unsqueeze(1)
+        v_dst = gather_rows(v * phi_vv.unsqueeze(1), dst) * filter_vv.unsqueeze(1)
         dv = torch.addcmul(v_dst, edge_unit.unsqueeze(-1), x_vd.unsqueeze(1))
-    ds = x_s.new_zeros(n_atoms, f).index_add_(0, src, x_s)
-    return ds, dv.new_zeros(n_atoms, 3, f).index_add_(0, src, dv)
+    return sum_rows(x_s, src, n_atoms), sum_rows(dv, src, n_atoms)

@@ -20,6 +20,7 @@ from torch import nn
 
 from mlff_distill.reference.edge_message import edge_messages_from_basis
 from mlff_distill.reference.radial import bessel_cosine_basis
+from mlff_distill.reference.rows import sum_rows
 from mlff_distill.student.edge_message import edge_message
 from mlff_distill.student.neighbours import edge_vectors
 
@@ -321,13 +322,10 @@ def forces_and_stress(
     ``sym(sum_e d_e g_e^T)`` (a strain maps every ``d_e`` to ``d_e (1 + eps)``). ``batch [N]`` is the
     structure of each atom.
     """
-    forces = edge_gradient.new_zeros((batch.shape[0], 3)).index_add_(0, src, edge_gradient)
-    forces = forces.index_add_(0, dst, -edge_gradient)
+    forces = sum_rows(edge_gradient, src, batch.shape[0]) - sum_rows(edge_gradient, dst, batch.shape[0])
     stress: Optional[torch.Tensor] = None
     if compute_stress:
-        virial = edge_gradient.new_zeros((n_structures, 3, 3)).index_add_(
-            0, batch[src], vectors.unsqueeze(-1) * edge_gradient.unsqueeze(1)
-        )
+        virial = sum_rows(vectors.unsqueeze(-1) * edge_gradient.unsqueeze(1), batch[src], n_structures)
         periodic = pbc.all(dim=1)[:, None, None]
         cell = cell_A.to(edge_gradient.dtype)  # volume as a triple product: a few fused ops, no LU
         volume = (torch.linalg.cross(cell[:, 0], cell[:, 1], dim=-1) * cell[:, 2]).sum(-1).abs()
