@@ -121,6 +121,7 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
     assert sum(row["share_of_squared_error"] for row in kinds.values()) == pytest.approx(1.0)
     worst = metrics["worst_structures"]  # both test structures, worst first, with their sample index
     assert [row["kind"] for row in worst["structures"]] and worst["share_of_squared_error"] == pytest.approx(1.0)
+    assert not any("teacher_energy_std_eV" in row for row in worst["structures"])  # one model: no spread
     shares = [row["share_of_squared_error"] for row in worst["structures"]]
     assert shares == sorted(shares, reverse=True)
     assert {row["sample_index"] for row in worst["structures"]} <= set(
