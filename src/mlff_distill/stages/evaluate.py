@@ -147,12 +147,16 @@ def run(
         metrics["per_kind"] = per_kind_force_errors(test, predictions["forces_eV_per_A"], kinds)
         # A single-model teacher stores zeros for the spread: the column is left out for it.
         ensemble = bool(np.any(energy_std_eV > 0))
+        spreads = [float(std) if np.isfinite(std) else None for std in energy_std_eV]
         metrics["worst_structures"] = worst_force_errors(
             test,
             predictions["forces_eV_per_A"],
             [
-                {"sample_index": int(index), "kind": kinds[i]}
-                | ({"teacher_energy_std_eV": float(energy_std_eV[i]) if np.isfinite(energy_std_eV[i]) else None} if ensemble else {})
+                {
+                    "sample_index": int(index),
+                    "kind": kinds[i],
+                    **({"teacher_energy_std_eV": spreads[i]} if ensemble else {}),
+                }
                 for i, index in enumerate(sample_indices)
             ],
         )
