@@ -144,3 +144,15 @@ def test_accuracy_by_target_equals_the_whole_set_metrics_on_each_group():
     assert whole["force_rel_rmse"] == pytest.approx(accuracy(reference, predictions)["force_rel_rmse"])
     with pytest.raises(ValueError, match="infos"):
         accuracy_by_target(reference, predictions, infos[:4])
+
+
+def test_accuracy_by_target_gives_each_group_the_ensemble_means_uncertainty():
+    reference, predictions, infos = five_structures()
+    forces_std = np.abs(np.random.default_rng(1).normal(size=reference.forces_eV_per_A.shape))
+    rows = accuracy_by_target(reference, predictions, infos, forces_std, n_members=4)
+    for row, indices in zip(rows, ([4], [1], [0, 2], [3])):
+        atoms = np.concatenate([np.arange(reference.atoms_ptr[i], reference.atoms_ptr[i + 1]) for i in indices])
+        expected = np.sqrt((forces_std[atoms] ** 2).mean() / (reference.forces_eV_per_A[atoms] ** 2).mean()) / 2
+        assert row["ensemble_force_rel_rmse_of_the_mean"] == pytest.approx(expected)
+    without_spread = accuracy_by_target(reference, predictions, infos)
+    assert all("ensemble_force_rel_rmse_of_the_mean" not in row for row in without_spread)

@@ -91,6 +91,9 @@ def test_ensemble_spread_uses_the_error_names():
     assert spread["energy_rmse_per_atom_eV"] == pytest.approx(0.1)
     assert spread["force_rmse_eV_per_A"] == pytest.approx(0.5)
     assert spread["force_rel_rmse"] == pytest.approx(0.5 / np.sqrt(30 / 12))
+    assert "force_rel_rmse_of_the_mean" not in spread  # the number of members not given
+    of_eight = ensemble_spread(reference, None, np.full((4, 3), 0.5), n_members=8)
+    assert of_eight["force_rel_rmse_of_the_mean"] == pytest.approx(spread["force_rel_rmse"] / np.sqrt(8))
     assert ensemble_spread(reference, np.zeros(2)) == {}
 
 

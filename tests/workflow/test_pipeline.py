@@ -80,6 +80,9 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
     rounds = metrics["rounds"]  # round 0's student and the final one, on the same test split
     assert [row["round"] for row in rounds] == [0, 1] and rounds[1]["force_rel_rmse"] == metrics["force_rel_rmse"]
     assert rounds[0]["force_rel_rmse"] != rounds[1]["force_rel_rmse"]
+    spread = metrics["ensemble_spread"]  # the members' disagreement, and the mean's own uncertainty
+    assert 0 < spread["force_rel_rmse_of_the_mean"] == pytest.approx(spread["force_rel_rmse"] / math.sqrt(8))
+    assert all(row["ensemble_force_rel_rmse_of_the_mean"] > 0 for row in metrics["accuracy_by_target"])
     member = metrics["ensemble_member"]  # the alternative the 8-member teacher offers: one member
     assert member["member"].endswith("member 1 of 8") and 0 < member["force_rel_rmse"] < 1
     assert isinstance(member["student_more_accurate"], bool)

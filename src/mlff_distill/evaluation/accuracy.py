@@ -33,15 +33,20 @@ from mlff_distill.tracking import flatten
 
 
 def accuracy(
-    reference: LabeledArrays, predictions: dict[str, np.ndarray], energy_std_eV: np.ndarray | None = None
+    reference: LabeledArrays,
+    predictions: dict[str, np.ndarray],
+    energy_std_eV: np.ndarray | None = None,
+    forces_std_eV_per_A: np.ndarray | None = None,
+    n_members: int | None = None,
 ) -> dict[str, Any]:
     """Flat error metrics (see `metrics`), plus ``per_species`` and ``ensemble_spread`` dicts.
 
-    ``predictions``: ``energy_eV``, ``forces_eV_per_A`` and optionally ``stress_eV_per_A3``.
+    ``predictions``: ``energy_eV``, ``forces_eV_per_A`` and optionally ``stress_eV_per_A3``; the
+    teacher ensemble's spread (``*_std``, over its ``n_members``) goes to `ensemble_spread`.
     """
     result: dict[str, Any] = prediction_errors(reference, predictions)
     result["per_species"] = per_species_force_errors(reference, predictions["forces_eV_per_A"])
-    result["ensemble_spread"] = ensemble_spread(reference, energy_std_eV)
+    result["ensemble_spread"] = ensemble_spread(reference, energy_std_eV, forces_std_eV_per_A, n_members)
     return result
 
 
@@ -62,7 +67,11 @@ def errors_by_round(test: LabeledArrays, predictions_by_round: Sequence[dict[str
 
 
 def accuracy_by_target(
-    test: LabeledArrays, predictions: dict[str, np.ndarray], infos: Sequence[dict]
+    test: LabeledArrays,
+    predictions: dict[str, np.ndarray],
+    infos: Sequence[dict],
+    forces_std_eV_per_A: np.ndarray | None = None,
+    n_members: int | None = None,
 ) -> list[dict[str, Any]]:
     """The student's errors on the test structures of each target and temperature.
 
@@ -72,7 +81,9 @@ def accuracy_by_target(
     None, temperatures ascending then None: ``target``, ``temperature_K``, ``n_structures`` and
     the `energy_force_errors` of those structures (``force_rel_rmse``, ``force_mae_eV_per_A``,
     ``energy_mae_per_atom_eV``, ...), with the `stress_errors` (GPa) where they have stress labels
-    and predictions.
+    and predictions; with a teacher ensemble's force spread (``forces_std_eV_per_A [M, 3]`` over
+    ``n_members``), also ``ensemble_force_rel_rmse_of_the_mean`` (`ensemble_spread`'s
+    ``force_rel_rmse_of_the_mean`` of those structures).
     """
     if len(infos) != test.n_structures:
         raise ValueError(f"infos: {len(infos)} entries for {test.n_structures} test structures")
@@ -98,6 +109,12 @@ def accuracy_by_target(
                 **prediction_errors(test.subset(indices), chosen),
             }
         )
+        if forces_std_eV_per_A is not None:
+            spread = ensemble_spread(
+                test.subset(indices), None, np.asarray(forces_std_eV_per_A)[_atom_indices(test, indices)], n_members
+            )
+            if "force_rel_rmse_of_the_mean" in spread:
+                rows[-1]["ensemble_force_rel_rmse_of_the_mean"] = spread["force_rel_rmse_of_the_mean"]
     return rows
 
 

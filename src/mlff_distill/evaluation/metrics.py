@@ -169,13 +169,19 @@ def stress_errors(reference_eV_per_A3: np.ndarray | None, predicted_eV_per_A3: n
 
 
 def ensemble_spread(
-    reference: LabeledArrays, energy_std_eV: np.ndarray | None, forces_std_eV_per_A: np.ndarray | None = None
+    reference: LabeledArrays,
+    energy_std_eV: np.ndarray | None,
+    forces_std_eV_per_A: np.ndarray | None = None,
+    n_members: int | None = None,
 ) -> dict[str, float]:
     """The teacher ensemble's standard deviation over members, in the place of an error: a yardstick.
 
     Same names as `energy_force_errors` (``energy_mae_per_atom_eV`` is the mean of std/atoms,
-    ``energy_rmse_per_atom_eV`` its RMS; force keys from the per-component std). ``{}`` when there
-    is no spread (a single model stores zeros).
+    ``energy_rmse_per_atom_eV`` its RMS; force keys from the per-component std). With the forces'
+    spread and ``n_members``, also ``force_rel_rmse_of_the_mean``: ``force_rel_rmse / sqrt(n_members)``,
+    the standard error of the ensemble mean (the labels) as far as the members' disagreement tells;
+    a student closer than that to the labels is fitting what the members do not agree on. ``{}``
+    when there is no spread (a single model stores zeros).
     """
     spread: dict[str, float] = {}
     if energy_std_eV is not None and np.any(np.asarray(energy_std_eV) > 0):
@@ -188,6 +194,8 @@ def ensemble_spread(
             force_rmse_eV_per_A=_rms(std),
             force_rel_rmse=_rms(std) / _rms(reference.forces_eV_per_A),
         )
+        if n_members and n_members > 1:
+            spread["force_rel_rmse_of_the_mean"] = spread["force_rel_rmse"] / math.sqrt(n_members)
     return spread
 
 

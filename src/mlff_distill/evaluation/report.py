@@ -44,6 +44,7 @@ TARGET_ACCURACY_COLUMNS = (
     ("force_mae_eV_per_A", "force MAE (meV/Å)", 1000.0),
     ("energy_mae_per_atom_eV", "energy MAE (meV/atom)", 1000.0),
     ("stress_rel_error", "relative RMS stress error (%)", 100.0),
+    ("ensemble_force_rel_rmse_of_the_mean", "teacher ensemble mean's own force uncertainty (%)", 100.0),
 )
 SPEED_COLUMNS = (
     ("target", "target", 1.0),
@@ -210,10 +211,19 @@ def _accuracy(metrics: Mapping[str, Any]) -> str:
         "<table><tr><th>metric</th><th>unit</th><th>student vs teacher</th>"
         f"<th>teacher ensemble spread</th></tr>{body}</table>"
     )
+    of_the_mean = spread.get("force_rel_rmse_of_the_mean")
     note = (
         "<p>The ensemble spread is the standard deviation over the teacher's members, in the "
         "place of an error: how much the teacher's own members disagree, a scale against "
         "which to read the student's error.</p>"
+        + (
+            f"<p>The labels are the members' mean; its own uncertainty in force, the spread over the "
+            f"square root of the number of members, is {100 * of_the_mean:.1f} % (relative RMS) on these "
+            "test frames. A student much closer than that to the labels would be fitting what the "
+            "members do not agree on.</p>"
+            if of_the_mean is not None
+            else ""
+        )
         if spread
         else '<p class="na">Ensemble yardstick: not available (single-model teacher, or no spread stored).</p>'
     )

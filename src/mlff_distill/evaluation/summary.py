@@ -25,6 +25,12 @@ def summary_text(metrics_file: Path) -> str:
         f"  test structures:       {metrics['n_test']}",
         f"  force error (rel RMS): {100 * metrics['force_rel_rmse']:.2f} %",
     ]
+    of_the_mean = (metrics.get("ensemble_spread") or {}).get("force_rel_rmse_of_the_mean")
+    if of_the_mean is not None:
+        lines.append(
+            f"  teacher's own force uncertainty: {100 * of_the_mean:.2f} % (its members' spread over "
+            "the square root of their number)"
+        )
     worst = metrics.get("worst_structures")
     if worst:
         lines.append(

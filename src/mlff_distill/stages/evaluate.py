@@ -111,12 +111,20 @@ def run(
         periodic = bool(test.pbc.all(axis=1).any())
         predictions = predict(model, test, compute_stress=periodic)
         energy_std_eV = split_column(store, "test", "energy_std_eV")
-        metrics = accuracy(test, predictions, energy_std_eV)
+        teacher_settings = build(TeacherSettings, teacher, "teacher")
+        teacher_model = load_teacher(teacher_settings)
+        n_members = teacher_model.identity.members
+        # The store keeps the members' energy spread only: an ensemble labels the test frames again
+        # for its force spread (seconds), the yardstick beside the student's force error.
+        forces_std = (
+            teacher_model.compute([test.atoms(i) for i in range(test.n_structures)]).forces_std_eV_per_A
+            if n_members > 1
+            else None
+        )
+        metrics = accuracy(test, predictions, energy_std_eV, forces_std, n_members)
         earlier = [predict(load_student(path)[0], test, compute_stress=periodic) for path in earlier_checkpoints]
         metrics["rounds"] = errors_by_round(test, [*earlier, predictions])
 
-        teacher_settings = build(TeacherSettings, teacher, "teacher")
-        teacher_model = load_teacher(teacher_settings)
         member = member_of(teacher_model)  # the alternative a user of an ensemble teacher has
         if member is not None:
             metrics["ensemble_member"] = member_test_accuracy(member, test, periodic)
@@ -163,7 +171,7 @@ def run(
         targets = targets_from(build(TargetSettings, target, "target").systems)
         if targets:
             metrics["accuracy_by_target"] = accuracy_by_target(
-                test, predictions, [sampled[int(index)].info for index in sample_indices]
+                test, predictions, [sampled[int(index)].info for index in sample_indices], forces_std, n_members
             )
         # The teacher's other implementations, which the speed table times beside it (the
         # student's speed-up is counted against the fastest).
