@@ -12,6 +12,7 @@ from ase.calculators.fd import calculate_numerical_stress
 from mlff_distill.sampling.boxes import pack_box, replicated
 from mlff_distill.settings import TeacherSettings, section_settings
 from mlff_distill.teachers import TeacherCalculator, load_teacher, teacher_implementations
+from mlff_distill.teachers.fennol_skin import FENNOL_SKIN
 from mlff_distill.teachers.neurochem import torchani_resource_dir
 from mlff_distill.teachers.torchani_runtime import CELL_LIST, ani1x_cell_list_calculator, torchani_runtime_missing
 
@@ -79,8 +80,8 @@ def test_one_member_equals_the_fennol_member(default_settings, water_box):
 def test_implementations_of_each_teacher(default_settings):
     ani1x = teacher_implementations(default_settings)
     assert ani1x.labeling == "fennol" and ani1x.missing is None
-    assert list(ani1x.others) == list(ani1x.other_members) == [CELL_LIST]
+    assert list(ani1x.others) == [FENNOL_SKIN, CELL_LIST] and list(ani1x.other_members) == [CELL_LIST]
     emt = section_settings(TeacherSettings, "teacher", {"kind": "ase", "factory": "ase.calculators.emt:EMT"})
     assert teacher_implementations(emt).others == {}
     other_model = section_settings(TeacherSettings, "teacher", {"source": "fennol-pmc", "name": "ani2x"})
-    assert teacher_implementations(other_model).others == {}
+    assert list(teacher_implementations(other_model).others) == [FENNOL_SKIN]  # FeNNol's own only

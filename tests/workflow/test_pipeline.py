@@ -16,6 +16,7 @@ from tiny_pipeline import planned
 
 from mlff_distill.store import read_labels, store_attrs
 from mlff_distill.student import load_student
+from mlff_distill.teachers.fennol_skin import FENNOL_SKIN
 from mlff_distill.teachers.neurochem import AEV_PARAMS_FILE, RESOURCE_CACHE_SUBDIR
 from mlff_distill.teachers.torchani_runtime import CELL_LIST
 
@@ -89,10 +90,13 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
     assert all(row["member_ms"] > 0 and "member_force_rel_rmse" in row for row in metrics["speed"])
     # the teacher's implementations side by side (torchani 2.9's cell list: the same model), the
     # speed-up counted over the fastest; the NeuroChem files came from the wheel into the empty cache
-    assert metrics["teacher_implementations"] == {"labeling": "fennol", "others": [CELL_LIST], "missing": None}
+    # and FeNNol's MD neighbour list kept with a skin
+    others = sorted([CELL_LIST, FENNOL_SKIN])
+    assert metrics["teacher_implementations"] == {"labeling": "fennol", "others": others, "missing": None}
     for row in metrics["speed"]:
         timed = row["teacher_implementations_ms"]
-        assert set(timed) == {"fennol", CELL_LIST} and row["teacher_implementations_force_rel_diff"][CELL_LIST] < 1e-4
+        assert set(timed) == {"fennol", *others}
+        assert all(row["teacher_implementations_force_rel_diff"][name] < 1e-4 for name in others)
         assert row["speedup"] == pytest.approx(min(timed.values()) / row["student_ms"])
         assert set(row["member_implementations_ms"]) == {"member", CELL_LIST}
         # the tune stage's AOTInductor package: the same model, timed beside the student

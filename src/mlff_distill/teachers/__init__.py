@@ -23,6 +23,7 @@ can handle, before any labeling starts.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from functools import cache
@@ -39,6 +40,7 @@ from mlff_distill.teachers.base import Teacher, TeacherCalculator, TeacherIdenti
 from mlff_distill.teachers.checks import check_structures
 from mlff_distill.teachers.fennol_ensemble import FennolEnsembleTeacher
 from mlff_distill.teachers.fennol_pmc import load_fennol_pmc_teacher
+from mlff_distill.teachers.fennol_skin import FENNOL_SKIN, FennolSkinCalculator
 from mlff_distill.teachers.neurochem import build_ani1x_fnx, torchani_resource_dir
 
 MODELS_DIR_ENV = "MLFF_DISTILL_MODELS_DIR"
@@ -162,24 +164,29 @@ class TeacherImplementations:
 
 
 def teacher_implementations(settings: TeacherSettings) -> TeacherImplementations:
-    """The implementations of the teacher of ``settings``: for the ANI-1x ensemble (``kind:
-    fennol`` from ``source: torchani``, or FeNNol-PMC's ``ani1x``, the same weights: see
-    tests/teachers/test_neurochem.py), torchani 2.9 with its cell list beside FeNNol
-    (`mlff_distill.teachers.torchani_runtime`); for other teachers, their own one only."""
-    ani1x = settings.kind == "fennol" and settings.name == "ani1x" and settings.source in ("torchani", "fennol-pmc")
-    if not ani1x:
+    """The implementations of the teacher of ``settings`` beside its labeling path: for FeNNol
+    teachers, FeNNol's MD neighbour list reused with a skin (`mlff_distill.teachers.fennol_skin`,
+    ``FENNOL_SKIN``); for the ANI-1x ensemble (``kind: fennol`` from ``source: torchani``, or
+    FeNNol-PMC's ``ani1x``, the same weights: see tests/teachers/test_neurochem.py) also torchani
+    2.9 with its cell list (`mlff_distill.teachers.torchani_runtime`), and that for one member; for
+    other teachers, their own one only."""
+    if settings.kind != "fennol":
         return TeacherImplementations(labeling=settings.kind)
+    others: dict[str, Calculator] = {FENNOL_SKIN: FennolSkinCalculator(functools.partial(load_teacher, settings))}
+    ani1x = settings.name == "ani1x" and settings.source in ("torchani", "fennol-pmc")
+    if not ani1x:
+        return TeacherImplementations(labeling="fennol", others=others)
     # only for this teacher: it imports torchani 2.9
     from mlff_distill.teachers.torchani_runtime import CELL_LIST, ani1x_cell_list_calculator, torchani_runtime_missing
 
     missing = torchani_runtime_missing()
     if missing:
-        return TeacherImplementations(labeling="fennol", missing=f"{CELL_LIST}: {missing}")
+        return TeacherImplementations(labeling="fennol", others=others, missing=f"{CELL_LIST}: {missing}")
     resources = torchani_resource_dir(cache_dir(settings.cache_dir))
     float64 = settings.precision == "float64"
     return TeacherImplementations(
         labeling="fennol",
-        others={CELL_LIST: ani1x_cell_list_calculator(resources, float64=float64)},
+        others={**others, CELL_LIST: ani1x_cell_list_calculator(resources, float64=float64)},
         other_members={CELL_LIST: ani1x_cell_list_calculator(resources, member=0, float64=float64)},
     )
 

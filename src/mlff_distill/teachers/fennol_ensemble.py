@@ -37,6 +37,25 @@ class _Stack:
     energy_forces_and_virial: Callable
     eV_per_model_unit: float
 
+    def evaluate(
+        self, processed: dict, n_structures: int, volume_A3: float | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per-member energy [K, n] (eV), forces [K, m, 3] (eV/A) and stress [K, n, 3, 3] (eV/A^3;
+        NaN unless ``volume_A3``, the one periodic cell's volume, is given) of FeNNol's
+        preprocessed inputs, padding removed."""
+        if volume_A3 is not None:
+            e, f, virial, output = self.energy_forces_and_virial(self.variables, processed)
+        else:
+            e, f, output = self.energy_and_forces(self.variables, processed)
+        true_systems = np.asarray(output["true_sys"][0], dtype=bool)
+        true_atoms = np.asarray(output["true_atoms"][0], dtype=bool)
+        energy = np.asarray(e, dtype=np.float64)[:, true_systems] * self.eV_per_model_unit
+        forces = np.asarray(f, dtype=np.float64)[:, true_atoms] * self.eV_per_model_unit
+        if volume_A3 is None:
+            return energy, forces, np.full((len(e), n_structures, 3, 3), np.nan)
+        virial = np.asarray(virial, dtype=np.float64)[:, true_systems]
+        return energy, forces, virial * self.eV_per_model_unit / volume_A3
+
 
 class FennolEnsembleTeacher:
     """Mean and std over the members of a FeNNol ensemble of energy (eV), forces (eV/Angstrom)
@@ -104,13 +123,7 @@ class FennolEnsembleTeacher:
         energy = np.concatenate([p[0] for p in parts], axis=1) if parts else np.zeros((1, 0))
         forces = np.concatenate([p[1] for p in parts], axis=1) if parts else np.zeros((1, 0, 3))
         stress = np.concatenate([p[2] for p in parts], axis=1) if parts else np.zeros((1, 0, 3, 3))
-        return TeacherOutput(
-            energy_eV=energy.mean(axis=0),
-            forces_eV_per_A=forces.mean(axis=0),
-            energy_std_eV=energy.std(axis=0),
-            forces_std_eV_per_A=forces.std(axis=0),
-            stress_eV_per_A3=stress.mean(axis=0),
-        )
+        return over_members(energy, forces, stress)
 
     def reserve_capacity(self, structures: Sequence[Atoms]) -> None:
         """Size FeNNol's padded arrays for the largest batches of molecules among ``structures``.
@@ -133,26 +146,24 @@ class FennolEnsembleTeacher:
         """Per-member energy [K, n] (eV), forces [K, m, 3] (eV/A), stress [K, n, 3, 3] (eV/A^3)
         of molecules, or of one periodic cell."""
         inputs = fennol_inputs(structures, self._dtype)
-        periodic = "cells" in inputs
-        with_stress = compute_stress and periodic
-        energies, forces, stresses = [], [], []
-        for stack in self._stacks:
-            processed = stack.model.preprocess(**inputs)
-            if with_stress:
-                e, f, virial, output = stack.energy_forces_and_virial(stack.variables, processed)
-            else:
-                e, f, output = stack.energy_and_forces(stack.variables, processed)
-            true_systems = np.asarray(output["true_sys"][0], dtype=bool)
-            true_atoms = np.asarray(output["true_atoms"][0], dtype=bool)
-            to_eV = stack.eV_per_model_unit
-            energies.append(np.asarray(e, dtype=np.float64)[:, true_systems] * to_eV)
-            forces.append(np.asarray(f, dtype=np.float64)[:, true_atoms] * to_eV)
-            if with_stress:
-                virial = np.asarray(virial, dtype=np.float64)[:, true_systems]
-                stresses.append(virial * to_eV / structures[0].get_volume())
-            else:
-                stresses.append(np.full((len(e), len(structures), 3, 3), np.nan))
+        with_stress = compute_stress and "cells" in inputs
+        volume_A3 = structures[0].get_volume() if with_stress else None
+        energies, forces, stresses = zip(
+            *(stack.evaluate(stack.model.preprocess(**inputs), len(structures), volume_A3) for stack in self._stacks)
+        )
         return np.concatenate(energies), np.concatenate(forces), np.concatenate(stresses)
+
+
+def over_members(energy_eV: np.ndarray, forces_eV_per_A: np.ndarray, stress_eV_per_A3: np.ndarray) -> TeacherOutput:
+    """The ensemble's labels from per-member energies [K, N], forces [K, M, 3] and stress [K, N, 3, 3]:
+    their mean, with the standard deviation over members of energies and forces."""
+    return TeacherOutput(
+        energy_eV=energy_eV.mean(axis=0),
+        forces_eV_per_A=forces_eV_per_A.mean(axis=0),
+        energy_std_eV=energy_eV.std(axis=0),
+        forces_std_eV_per_A=forces_eV_per_A.std(axis=0),
+        stress_eV_per_A3=stress_eV_per_A3.mean(axis=0),
+    )
 
 
 def _architecture(model) -> tuple:
