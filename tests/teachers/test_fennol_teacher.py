@@ -228,7 +228,7 @@ def test_reserved_capacity_holds_every_later_batch(models_dir):
         teacher = FennolEnsembleTeacher(ani1x_files(models_dir)[:1], name="ani1x-0", batch_size=4)
         if reserve:
             teacher.reserve_capacity(molecules)
-        model = teacher._stacks[0].model
+        model = teacher.stacks[0].model
         count, state = 0, repr(model.preproc_state)
         for start in range(0, len(molecules), 4):
             model.preprocess(**fennol_inputs(molecules[start : start + 4], np.float32))

@@ -28,7 +28,7 @@ from mlff_distill.teachers.base import TeacherIdentity, TeacherOutput, sha256_of
 
 
 @dataclass
-class _Stack:
+class MemberStack:
     """Members sharing one architecture: their stacked weights and vmapped functions."""
 
     model: Any  # the first member's FENNIX model: preprocessing and unit
@@ -85,8 +85,8 @@ class FennolEnsembleTeacher:
             raise ValueError("a FeNNol ensemble needs at least one .fnx file")
         members = [FENNIX.load(str(p), use_atom_padding=True) for p in self.model_files]
         groups = [members] if _stackable(members) else [[m] for m in members]
-        self._stacks = [_make_stack(group) for group in groups]
-        self._dtype = np.float64 if float64 else np.float32
+        self.stacks = [_make_stack(group) for group in groups]  # one when all members share an architecture
+        self.input_dtype = np.float64 if float64 else np.float32  # of positions and cells given to FeNNol
         self.batch_size = batch_size
         first = members[0]
         self.identity = TeacherIdentity(
@@ -99,7 +99,7 @@ class FennolEnsembleTeacher:
             conservative=True,
             trained=True,
             members=len(members),
-            extra={"energy_unit_in_model": first.energy_unit, "float64": float64, "stacked": len(self._stacks) == 1},
+            extra={"energy_unit_in_model": first.energy_unit, "float64": float64, "stacked": len(self.stacks) == 1},
         )
 
     def member(self, index: int) -> FennolEnsembleTeacher:
@@ -137,19 +137,19 @@ class FennolEnsembleTeacher:
         it with the largest molecules of all its shards.
         """
         for batch in largest_molecules(structures, self.batch_size):
-            for stack in self._stacks:
-                stack.model.preprocess(**fennol_inputs(batch, self._dtype))
+            for stack in self.stacks:
+                stack.model.preprocess(**fennol_inputs(batch, self.input_dtype))
 
     def _compute_group(
         self, structures: Sequence[Atoms], compute_stress: bool
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per-member energy [K, n] (eV), forces [K, m, 3] (eV/A), stress [K, n, 3, 3] (eV/A^3)
         of molecules, or of one periodic cell."""
-        inputs = fennol_inputs(structures, self._dtype)
+        inputs = fennol_inputs(structures, self.input_dtype)
         with_stress = compute_stress and "cells" in inputs
         volume_A3 = structures[0].get_volume() if with_stress else None
         energies, forces, stresses = zip(
-            *(stack.evaluate(stack.model.preprocess(**inputs), len(structures), volume_A3) for stack in self._stacks)
+            *(stack.evaluate(stack.model.preprocess(**inputs), len(structures), volume_A3) for stack in self.stacks)
         )
         return np.concatenate(energies), np.concatenate(forces), np.concatenate(stresses)
 
@@ -181,7 +181,7 @@ def _stackable(members: Sequence[Any]) -> bool:
     return all(_architecture(m) == first for m in members[1:])
 
 
-def _make_stack(members: Sequence[Any]) -> _Stack:
+def _make_stack(members: Sequence[Any]) -> MemberStack:
     """Stack the weights of ``members`` (one architecture) and vmap the first's functions."""
     # JAX and FeNNol only where a FeNNol teacher runs (heavy; see FennolEnsembleTeacher)
     import jax
@@ -189,7 +189,7 @@ def _make_stack(members: Sequence[Any]) -> _Stack:
     from fennol.utils.atomic_units import au
 
     first = members[0]
-    return _Stack(
+    return MemberStack(
         model=first,
         variables=jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *[m.variables for m in members]),
         energy_and_forces=jax.jit(jax.vmap(first._energy_and_forces, in_axes=(0, None))),

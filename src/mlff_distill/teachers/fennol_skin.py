@@ -68,13 +68,13 @@ class FennolSkinCalculator(Calculator):
         if atoms.pbc.any() and not atoms.pbc.all():
             raise ValueError("FeNNol needs periodicity in all three directions or none")
         with_stress = "stress" in properties and bool(atoms.pbc.all())
-        inputs = fennol_inputs([atoms], self.teacher._dtype)
+        inputs = fennol_inputs([atoms], self.teacher.input_dtype)
         processed = None if self._needs_rebuild(atoms) else self._skin_update(inputs["coordinates"])
         if processed is None:
             processed = self._rebuild(atoms, inputs)
         volume_A3 = atoms.get_volume() if with_stress else None
         energies, forces, stresses = zip(
-            *(stack.evaluate(inputs_of, 1, volume_A3) for stack, inputs_of in zip(self.teacher._stacks, processed))
+            *(stack.evaluate(inputs_of, 1, volume_A3) for stack, inputs_of in zip(self.teacher.stacks, processed))
         )
         out = over_members(np.concatenate(energies), np.concatenate(forces), np.concatenate(stresses))
         self.results = {
@@ -97,10 +97,10 @@ class FennolSkinCalculator(Calculator):
         return bool(moved > 0.5 * self.skin_A)
 
     def _rebuild(self, atoms: Atoms, inputs: dict[str, np.ndarray]) -> list[dict]:
-        """FeNNol's preprocessed inputs of every member group (`_Stack`), its neighbour lists built
+        """FeNNol's preprocessed inputs of every member group (`MemberStack`), its neighbour lists built
         in full on the cutoff plus the skin."""
         processed = []
-        for stack in self.teacher._stacks:
+        for stack in self.teacher.stacks:
             model = stack.model
             if model.preproc_state is None:
                 model.preprocess(**inputs)  # creates FeNNol's preprocessing state
@@ -121,7 +121,7 @@ class FennolSkinCalculator(Calculator):
         skin pairs of the last build; None when any list overflows its capacity (rebuild then)."""
         assert self._built is not None
         processed = []
-        for stack, built in zip(self.teacher._stacks, self._built["processed"]):
+        for stack, built in zip(self.teacher.stacks, self._built["processed"]):
             padded = np.zeros_like(np.asarray(built["coordinates"]))  # FeNNol's atom padding
             padded[: len(coordinates_A)] = coordinates_A
             updated = stack.model.preprocessing.update_skin({**built, "coordinates": padded})
