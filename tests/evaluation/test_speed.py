@@ -12,7 +12,7 @@ from ase.units import GPa
 
 from mlff_distill.data import LabeledArrays
 from mlff_distill.evaluation import speed
-from mlff_distill.evaluation.speed import compare_speed, time_calls
+from mlff_distill.evaluation.speed import compare_speed, time_calls, uses_torch_threads
 from mlff_distill.sampling.boxes import build_timing_systems
 from mlff_distill.student import StudentCalculator, StudentPotential
 from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
@@ -302,3 +302,29 @@ def test_speed_rows_carry_the_students_accuracy_on_the_same_system(single_thread
         assert row["stress_rel_error"] == pytest.approx(expected, rel=1e-6)
     # a rattled copper box and its double: the same error per atom, within rounding
     assert rows[0]["force_rel_rmse"] == pytest.approx(rows[1]["force_rel_rmse"], rel=1e-4)
+
+
+class JaxLikeEMT(ThreadRecordingEMT):
+    """Stands for a calculator whose cores torch's thread setting does not set (JAX)."""
+
+    uses_torch_threads = False
+
+
+def test_all_cores_pass_keeps_the_first_time_of_what_torch_threads_do_not_set(single_thread, quick_timing):
+    copper = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    teacher = TeacherCalculator(AseCalculatorTeacher("ase.calculators.emt:EMT", species=(29,)))
+    jax_like = JaxLikeEMT()
+    model = StudentPotential(species=(29,), cutoff_A=4.0, n_features=8)
+    (row,) = compare_speed(
+        teacher,
+        StudentCalculator(model, threads=1),
+        [copper],
+        repeats=1,
+        warmup=0,
+        other_teachers={"jax-like": jax_like},
+        all_cores_student=StudentCalculator(model, threads=2),
+        all_cores_threads=2,
+    )
+    assert jax_like.threads_seen == [1]  # timed once: the second pass would run on the same cores
+    assert row["all_cores_teacher_implementations_ms"]["jax-like"] == row["teacher_implementations_ms"]["jax-like"]
+    assert uses_torch_threads(teacher) and not uses_torch_threads(jax_like)

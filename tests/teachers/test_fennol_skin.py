@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from ase.build import molecule
 
+from mlff_distill.evaluation.speed import uses_torch_threads
 from mlff_distill.sampling.boxes import pack_box, replicated
 from mlff_distill.settings import TeacherSettings, section_settings
 from mlff_distill.teachers import TeacherCalculator, load_teacher
@@ -50,6 +51,8 @@ def test_skin_list_gives_the_labels_reused_and_rebuilt(teacher_settings, water_b
         assert skin_energy == pytest.approx(energy, abs=ENERGY_TOL_EV)
         assert np.abs(skin_forces - forces).max() < FORCE_TOL_EV_PER_A
         assert np.abs(skin_stress - stress).max() < 1e-5
+    # JAX on XLA's own threads: the speed table's all-cores pass keeps their first time
+    assert not uses_torch_threads(labeling) and not uses_torch_threads(skin)
 
 
 def test_skin_must_be_positive(teacher_settings):

@@ -13,6 +13,7 @@ the run's seeds, `speed_rows_for` on systems given (the targets at several sizes
 from __future__ import annotations
 
 import contextlib
+import math
 import resource
 import statistics
 import time
@@ -158,9 +159,10 @@ def compare_speed(
 
     With ``all_cores_student`` (the same student on ``all_cores_threads`` torch threads), every
     system is timed a second time on all cores: that student, then every teacher (and member)
-    implementation under ``torch.set_num_threads(all_cores_threads)`` (JAX teachers keep XLA's own
-    thread pool, sized to the machine, in both passes), each counted at the faster of its two
-    passes: the ``all_cores_*`` columns of `_all_cores_columns`. The columns above are the first
+    implementation under ``torch.set_num_threads(all_cores_threads)``, each counted at the faster
+    of its two passes: the ``all_cores_*`` columns of `_all_cores_columns`. JAX teachers run on
+    XLA's own thread pool, sized to the machine, in both passes: they are not timed again
+    (`uses_torch_threads`), their first pass counts. The columns above are the first
     pass, on the threads the process has (one in the evaluate stage).
 
     All compute the same properties: stress (periodic systems) only when teacher and student
@@ -261,10 +263,8 @@ def _all_cores_columns(
     ``members``, ``all_cores_member_ms`` (their fastest) and ``all_cores_student_speedup_over_member``."""
     on_all_threads = time_calls(student_calc, atoms, repeats, warmup, stress)["median_ms"]
     with torch_threads(threads):
-        timed = {name: time_calls(calc, atoms, repeats, warmup, stress)["median_ms"] for name, calc in teachers.items()}
-        member_timed = {
-            name: time_calls(calc, atoms, repeats, warmup, stress)["median_ms"] for name, calc in members.items()
-        }
+        timed = {name: _timed_again(calc, atoms, repeats, warmup, stress) for name, calc in teachers.items()}
+        member_timed = {name: _timed_again(calc, atoms, repeats, warmup, stress) for name, calc in members.items()}
     timed = {name: min(ms, first_pass["teacher_implementations_ms"][name]) for name, ms in timed.items()}
     member_timed = {name: min(ms, first_pass["member_implementations_ms"][name]) for name, ms in member_timed.items()}
     student_ms = min(on_all_threads, first_pass["student_ms"])
@@ -282,6 +282,22 @@ def _all_cores_columns(
         member_ms = min(member_timed.values())
         columns.update(all_cores_member_ms=member_ms, all_cores_student_speedup_over_member=member_ms / student_ms)
     return columns
+
+
+def _timed_again(calc: Calculator, atoms: Atoms, repeats: int, warmup: int, stress: bool) -> float:
+    """The all-cores pass's median ms of ``calc``; infinity (its first pass counts) for a calculator
+    whose ``uses_torch_threads`` is False (JAX runs on XLA's own thread pool in both passes)."""
+    if not uses_torch_threads(calc):
+        return math.inf
+    return time_calls(calc, atoms, repeats, warmup, stress)["median_ms"]
+
+
+def uses_torch_threads(calc: Calculator) -> bool:
+    """Whether torch's intra-op thread count sets how many cores ``calc`` computes on: its
+    ``uses_torch_threads``, or its teacher's (`TeacherCalculator`); True when neither says."""
+    if hasattr(calc, "uses_torch_threads"):
+        return bool(calc.uses_torch_threads)
+    return bool(getattr(getattr(calc, "teacher", None), "uses_torch_threads", True))
 
 
 def _member_columns(

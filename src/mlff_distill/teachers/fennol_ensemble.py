@@ -62,6 +62,7 @@ class FennolEnsembleTeacher:
     and, when asked, stress of periodic cells (eV/Angstrom^3, ASE's sign convention)."""
 
     handles_small_cells = True  # the neighbour list includes all periodic images within the cutoff
+    uses_torch_threads = False  # JAX: XLA's own thread pool, whatever torch is set to
     handles_mixed_pbc = False  # FeNNol takes a cell periodic in all three directions or none
 
     def __init__(

@@ -39,6 +39,7 @@ class FennolSkinCalculator(Calculator):
     """
 
     implemented_properties = ["energy", "free_energy", "forces", "stress"]
+    uses_torch_threads = False  # JAX: XLA's own thread pool, whatever torch is set to
 
     def __init__(
         self, load_teacher: Callable[[], FennolEnsembleTeacher], skin_A: float = DEFAULT_SKIN_A, **kwargs: Any
