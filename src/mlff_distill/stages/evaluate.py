@@ -154,7 +154,7 @@ def run(
         kinds = structure_kinds(sample_indices, sampled)
         metrics["per_kind"] = per_kind_force_errors(test, predictions["forces_eV_per_A"], kinds)
         # A single-model teacher stores zeros for the spread: the column is left out for it.
-        ensemble = bool(np.any(energy_std_eV > 0))
+        ensemble = n_members > 1
         spreads = [float(std) if np.isfinite(std) else None for std in energy_std_eV]
         metrics["worst_structures"] = worst_force_errors(
             test,
