@@ -312,6 +312,7 @@ class MDValidationSettings:
     nvt_ps: float
     all_temperatures: bool
     contact_fraction: Optional[float]
+    teacher_nvt_ps: float
 
 
 @dataclass(frozen=True)

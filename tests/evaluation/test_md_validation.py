@@ -317,3 +317,16 @@ def test_target_nvt_rows_compare_the_students_g_of_r_with_the_teachers(single_th
     assert good["rdf_integrated_abs_difference"] < 0.3 and good["rdf_teacher_halves_difference"] < 0.3
     assert wrong["rdf_integrated_abs_difference"] > 5 * good["rdf_integrated_abs_difference"]
     assert unseen["rdf_integrated_abs_difference"] is None and unseen["rdf_not_run"] == "no teacher MD frames"
+
+
+def test_target_nvt_rows_take_the_teachers_own_nvt_as_the_g_of_r_reference_when_asked(single_thread):
+    crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    settings = _md_settings(nvt_ps=0.4, timestep_fs=2.0, sample_every=10, rdf_r_max_A=4.5, teacher_nvt_ps=0.6)
+    expanded = {("cu", 300.0): _cu_frames(3.75, 300.0, (3,))}  # a wrong reference, replaced by the teacher's NVT
+    (own,) = target_nvt_rows(EMT(), [("cu", 300.0, crystal)], expanded, settings, seed=0, teacher_calculator=EMT())
+    (short,) = target_nvt_rows(EMT(), [("cu", 300.0, crystal)], expanded, settings, seed=0)
+    assert own["rdf_reference"] == "the teacher's own NVT, 0.6 ps" and short["rdf_reference"].startswith("the sample")
+    assert own["teacher_nvt_time_ps"] == pytest.approx(0.6) and not own["teacher_nvt_blew_up"]
+    assert own["n_teacher_frames"] == 24 and own["teacher_md_steps_per_s"] > 10  # 30 frames, the first fifth left out
+    assert own["rdf_integrated_abs_difference"] < short["rdf_integrated_abs_difference"] / 5
+    assert 0 < own["rdf_student_halves_difference"] < 0.3 and 0 < own["rdf_teacher_halves_difference"] < 0.3

@@ -11,7 +11,7 @@ from ase.calculators.fd import calculate_numerical_stress
 
 from mlff_distill.sampling.boxes import pack_box, replicated
 from mlff_distill.settings import TeacherSettings, section_settings
-from mlff_distill.teachers import TeacherCalculator, load_teacher, teacher_implementations
+from mlff_distill.teachers import TeacherCalculator, load_teacher, teacher_implementations, teacher_md_calculator
 from mlff_distill.teachers.fennol_skin import FENNOL_SKIN
 from mlff_distill.teachers.neurochem import torchani_resource_dir
 from mlff_distill.teachers.torchani_runtime import CELL_LIST, ani1x_cell_list_calculator, torchani_runtime_missing
@@ -85,3 +85,13 @@ def test_implementations_of_each_teacher(default_settings):
     assert teacher_implementations(emt).others == {}
     other_model = section_settings(TeacherSettings, "teacher", {"source": "fennol-pmc", "name": "ani2x"})
     assert list(teacher_implementations(other_model).others) == [FENNOL_SKIN]  # FeNNol's own only
+
+
+def test_the_teachers_md_runs_its_fastest_implementation(default_settings):
+    emt_settings = section_settings(TeacherSettings, "teacher", {"kind": "ase", "factory": "ase.calculators.emt:EMT"})
+    emt = load_teacher(emt_settings)
+    assert isinstance(teacher_md_calculator(emt, teacher_implementations(emt_settings)), TeacherCalculator)
+    ani1x = teacher_implementations(default_settings)
+    assert teacher_md_calculator(emt, ani1x) is ani1x.others[CELL_LIST]  # torchani's cell list, then FeNNol's skin
+    other_model = teacher_implementations(section_settings(TeacherSettings, "teacher", {"name": "ani2x"}))
+    assert teacher_md_calculator(emt, other_model) is other_model.others[FENNOL_SKIN]

@@ -246,7 +246,7 @@ def rdf_difference(r: np.ndarray, g_a: np.ndarray, g_b: np.ndarray) -> float:
 
 RDF_SPACING_A = 0.02  # grid of the comparison's g(r)
 RDF_SMOOTHING_A = 0.1  # its Gaussian smoothing (standard deviation)
-EQUILIBRATION_FRACTION = 0.2  # the first part of the student's NVT, left out of its g(r)
+EQUILIBRATION_FRACTION = 0.2  # the first part of an NVT run (student or teacher), left out of its g(r)
 
 
 def comparison_rdf(
@@ -333,6 +333,7 @@ def target_nvt_rows(
     settings: MDValidationSettings,
     seed: int,
     contacts: Optional[ContactBounds] = None,
+    teacher_calculator: Optional[Calculator] = None,
 ) -> list[dict]:
     """The student's long NVT on each target: one `bussi_run` of ``settings.nvt_ps`` per
     ``(target, temperature_K, start)`` of ``starts`` (``settings.timestep_fs``, a frame every
@@ -357,9 +358,18 @@ def target_nvt_rows(
     `EQUILIBRATION_FRACTION` of its frames (equilibration), and uses all of them when that
     would leave none. The g(r) values are None where there are no teacher frames or no student
     frame (a blow-up before the first); ``rdf_not_run`` says why (else None).
+    ``rdf_student_halves_difference``: the same between the first and second half of the
+    student's g(r) frames, the noise floor of its side.
+
+    With ``settings.teacher_nvt_ps`` > 0 and a ``teacher_calculator``, the teacher runs its own
+    `bussi_run` of that length from the same start (seed ``seed + offset + len(starts)``), and its
+    frames, the first `EQUILIBRATION_FRACTION` left out, replace ``teacher_frames`` as the g(r)
+    reference; the row adds ``teacher_nvt_time_ps`` (reached), ``teacher_nvt_blew_up`` and
+    ``teacher_md_steps_per_s``, and ``rdf_reference`` says which reference was used.
     """
     rows = []
     steps = max(round(settings.nvt_ps * 1000.0 / settings.timestep_fs), 1)
+    teacher_steps = round(settings.teacher_nvt_ps * 1000.0 / settings.timestep_fs) if teacher_calculator else 0
     for offset, (target, temperature_K, atoms) in enumerate(starts):
         start_s = time.perf_counter()
         run = bussi_run(
@@ -374,8 +384,28 @@ def target_nvt_rows(
         )
         elapsed_s = time.perf_counter() - start_s
         times_ps, conserved = run["times_ps"], run["conserved_eV"]
-        student = run["frames"][int(EQUILIBRATION_FRACTION * len(run["frames"])) :] or run["frames"]
+        student = _equilibrated(run["frames"])
         teacher = list(teacher_frames.get((target, float(temperature_K)), []))
+        reference: dict = {"rdf_reference": "the sample stage's teacher MD"}
+        if teacher_steps > 0:
+            start_s = time.perf_counter()
+            teacher_run = bussi_run(
+                teacher_calculator,
+                atoms,
+                temperature_K,
+                settings.timestep_fs,
+                teacher_steps,
+                settings.sample_every,
+                seed + offset + len(starts),
+            )
+            teacher_s = time.perf_counter() - start_s
+            teacher = _equilibrated(teacher_run["frames"])
+            reference = {
+                "rdf_reference": f"the teacher's own NVT, {teacher_run['time_ps']:g} ps",
+                "teacher_nvt_time_ps": teacher_run["time_ps"],
+                "teacher_nvt_blew_up": teacher_run["blew_up"],
+                "teacher_md_steps_per_s": teacher_run["time_ps"] * 1000.0 / settings.timestep_fs / teacher_s,
+            }
         row = {
             "target": target,
             "temperature_K": float(temperature_K),
@@ -390,10 +420,16 @@ def target_nvt_rows(
             "md_steps_per_s": run["time_ps"] * 1000.0 / settings.timestep_fs / elapsed_s,
             "n_student_frames": len(student),
             "n_teacher_frames": len(teacher),
+            **reference,
             **_rdf_comparison(student, teacher, settings.rdf_r_max_A),
         }
         rows.append(row)
     return rows
+
+
+def _equilibrated(frames: list[Atoms]) -> list[Atoms]:
+    """``frames`` without the first `EQUILIBRATION_FRACTION` of them (all of them when that leaves none)."""
+    return frames[int(EQUILIBRATION_FRACTION * len(frames)) :] or frames
 
 
 def _rdf_comparison(student: Sequence[Atoms], teacher: Sequence[Atoms], r_max_A: float) -> dict:
@@ -404,6 +440,7 @@ def _rdf_comparison(student: Sequence[Atoms], teacher: Sequence[Atoms], r_max_A:
             "rdf_kind": None,
             "rdf_integrated_abs_difference": None,
             "rdf_teacher_halves_difference": None,
+            "rdf_student_halves_difference": None,
             "rdf_not_run": missing,
             "r_A": None,
             "g_teacher": None,
@@ -411,21 +448,24 @@ def _rdf_comparison(student: Sequence[Atoms], teacher: Sequence[Atoms], r_max_A:
         }
     r, g_teacher, kind = comparison_rdf(teacher, r_max_A)
     _, g_student, _ = comparison_rdf(student, r_max_A)
-    first, second = _halves(teacher)
-    halves = (
-        rdf_difference(r, comparison_rdf(first, r_max_A)[1], comparison_rdf(second, r_max_A)[1])
-        if first and second
-        else None
-    )
     return {
         "rdf_kind": kind,
         "rdf_integrated_abs_difference": rdf_difference(r, g_teacher, g_student),
-        "rdf_teacher_halves_difference": halves,
+        "rdf_teacher_halves_difference": _halves_difference(r, _halves(teacher), r_max_A),
+        "rdf_student_halves_difference": _halves_difference(r, _halves(student), r_max_A),
         "rdf_not_run": None,
         "r_A": r.tolist(),
         "g_teacher": g_teacher.tolist(),
         "g_student": g_student.tolist(),
     }
+
+
+def _halves_difference(r: np.ndarray, halves: tuple[list[Atoms], list[Atoms]], r_max_A: float) -> Optional[float]:
+    """`rdf_difference` of the `comparison_rdf` of two halves of some frames; None when one is empty."""
+    first, second = halves
+    if not first or not second:
+        return None
+    return rdf_difference(r, comparison_rdf(first, r_max_A)[1], comparison_rdf(second, r_max_A)[1])
 
 
 def _halves(frames: Sequence[Atoms]) -> tuple[list[Atoms], list[Atoms]]:

@@ -178,7 +178,8 @@ def target_rdf_plot(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
     for column, row in enumerate(rows):
         top, bottom = axes[0, column], axes[1, column]
         r, teacher, student = (np.asarray(row[key]) for key in ("r_A", "g_teacher", "g_student"))
-        top.plot(r, teacher, label=f"teacher MD ({row.get('n_teacher_frames')} frames)")
+        source = row.get("rdf_reference") or "teacher MD"
+        top.plot(r, teacher, label=f"teacher: {source} ({row.get('n_teacher_frames')} frames)")
         top.plot(r, student, "--", label=f"student NVT ({row.get('n_student_frames')} frames)")
         floor = row.get("rdf_teacher_halves_difference")
         top.set(

@@ -98,8 +98,11 @@ TARGET_NVT_COLUMNS = (
     ("md_steps_per_s", "MD steps/s", 1.0),
     ("rdf_integrated_abs_difference", "∫|g_student - g_teacher| dr (Å)", 1.0),
     ("rdf_teacher_halves_difference", "the same, teacher's halves (noise floor)", 1.0),
+    ("rdf_student_halves_difference", "the same, student's halves", 1.0),
     ("n_student_frames", "student frames", 1.0),
     ("n_teacher_frames", "teacher frames", 1.0),
+    ("rdf_reference", "teacher's g(r) from", 1.0),
+    ("teacher_md_steps_per_s", "teacher MD steps/s", 1.0),
     ("rdf_kind", "g(r)", 1.0),
     ("rdf_not_run", "g(r) not compared", 1.0),
 )
@@ -368,8 +371,10 @@ def _md(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
             "kinetic energy minus the energy the thermostat put in). The g(r) counts pairs of atoms "
             "in different molecules where the structures say which molecule each atom is in, "
             "smoothed by a 0.1 Å Gaussian; the teacher's halves (two halves of its own MD frames "
-            "against each other) give the noise floor of that difference.</p>"
-            + labelled_table(rows, TARGET_NVT_COLUMNS)
+            "against each other) give the noise floor of that difference, and the student's "
+            "halves that of its own side. The teacher's g(r) comes from its own NVT from the same "
+            "start where <code>evaluate.md.teacher_nvt_ps</code> is set, else from the sample "
+            "stage's teacher-MD frames of that target.</p>" + labelled_table(rows, TARGET_NVT_COLUMNS)
         )
         for key in sorted(k for k in figures if k.startswith("rdf_target_")):
             parts.append(f"<h4>{html.escape(key.removeprefix('rdf_target_'))}</h4>")

@@ -50,7 +50,7 @@ from mlff_distill.store import read_labels, store_attrs
 from mlff_distill.student import StudentCalculator, load_student, predict
 from mlff_distill.student.aoti import ExportedStudentCalculator
 from mlff_distill.student.compilation import use_compile_cache
-from mlff_distill.teachers import load_teacher, teacher_implementations
+from mlff_distill.teachers import load_teacher, teacher_implementations, teacher_md_calculator
 from mlff_distill.tracking import stage_run
 
 
@@ -202,6 +202,7 @@ def run(
                 settings.md,
                 seed,
                 label_contact_bounds(store, settings.md.contact_fraction),
+                teacher_md_calculator(teacher_model, implementations),
             )
             metrics["md_validation"] = None
             metrics["speed"] = speed_rows_for(

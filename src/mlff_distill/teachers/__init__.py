@@ -191,6 +191,18 @@ def teacher_implementations(settings: TeacherSettings) -> TeacherImplementations
     )
 
 
+def teacher_md_calculator(teacher: Teacher, implementations: TeacherImplementations) -> Calculator:
+    """An ASE calculator of ``teacher`` for MD, by its fastest implementation in MD as measured on
+    this project's machines (README, "Measured"): torchani 2.9's cell list where it runs, else
+    FeNNol's skin list, else the labeling path (`TeacherCalculator`)."""
+    from mlff_distill.teachers.torchani_runtime import CELL_LIST
+
+    for name in (CELL_LIST, FENNOL_SKIN):
+        if name in implementations.others:
+            return implementations.others[name]
+    return TeacherCalculator(teacher)
+
+
 def check_structures_for(teacher: Teacher, structures: Sequence[Atoms], molecule_only: bool = False) -> None:
     """Raise a ValueError naming the first structure ``teacher`` cannot label, and why."""
     check_structures(
@@ -210,6 +222,7 @@ __all__ = [
     "TeacherOutput",
     "load_teacher",
     "teacher_implementations",
+    "teacher_md_calculator",
     "TeacherImplementations",
     "check_structures_for",
     "models_dir",
