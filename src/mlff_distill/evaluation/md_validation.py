@@ -23,7 +23,13 @@ from ase.md.verlet import VelocityVerlet
 from ase.neighborlist import neighbor_list
 from vesin import NeighborList
 
-from mlff_distill.sampling.dynamics import blow_up_reason, check_steps, langevin_frames, thermalized
+from mlff_distill.sampling.dynamics import (
+    blow_up_reason,
+    check_steps,
+    closest_distance_A,
+    langevin_frames,
+    thermalized,
+)
 from mlff_distill.sampling.on_policy import ContactBounds
 from mlff_distill.settings import MDValidationSettings
 from mlff_distill.teachers import Teacher, TeacherCalculator
@@ -91,14 +97,6 @@ def nvt_run(
 
 MIN_DISTANCE_A = 0.6  # two atoms closer than this: the run has blown up (a collapse)
 BUSSI_TAUT_FS = 100.0  # the Bussi thermostat's time constant
-
-
-def closest_distance_A(atoms: Atoms) -> float:
-    """The smallest distance between two atoms of ``atoms`` (minimum image where periodic), or inf
-    when no two are within 2 Angstrom (vesin's cell list: its cells are slow to build for a
-    shorter cutoff)."""
-    (distances,) = NeighborList(cutoff=2.0, full_list=False).compute(atoms.positions, atoms.cell.array, atoms.pbc, "d")
-    return float(np.min(distances)) if len(distances) else float("inf")
 
 
 def bussi_run(

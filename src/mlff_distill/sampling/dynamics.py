@@ -17,6 +17,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
+from vesin import NeighborList
 
 # A run "blows up" when any of these is crossed.
 MAX_FORCE_eV_PER_A = 100.0
@@ -26,6 +27,17 @@ MAX_STEP_DISPLACEMENT_A = 0.5  # per atom, in one MD step
 
 
 MAX_ENERGY_CHANGE_eV_PER_ATOM = 1.0  # total energy against the first frame
+
+
+def closest_distance_A(atoms: Atoms, within_A: float = 2.0) -> float:
+    """The smallest distance between two atoms of ``atoms`` (minimum image where periodic), or inf
+    when no two are within ``within_A`` Angstrom (vesin's cell list, called every MD step: ASE's
+    pure-Python neighbour list cost more than the student itself there; vesin's cells are slow to
+    build for a cutoff much shorter than 2 Angstrom)."""
+    (distances,) = NeighborList(cutoff=float(within_A), full_list=False).compute(
+        atoms.positions, atoms.cell.array, atoms.pbc, "d"
+    )
+    return float(np.min(distances)) if len(distances) else float("inf")
 
 
 def thermalized(atoms: Atoms, calculator: Calculator, temperature_K: float, seed: int) -> Atoms:

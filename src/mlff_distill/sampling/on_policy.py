@@ -21,11 +21,10 @@ import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.data import chemical_symbols
-from ase.neighborlist import neighbor_list
 from tqdm import tqdm
 from vesin import NeighborList
 
-from mlff_distill.sampling.dynamics import blow_up_reason, langevin_frames
+from mlff_distill.sampling.dynamics import blow_up_reason, closest_distance_A, langevin_frames
 from mlff_distill.settings import ExploreSettings
 from mlff_distill.store import read_labels
 
@@ -131,9 +130,9 @@ def blow_up(
     largest_force = float(np.linalg.norm(frame.get_forces(), axis=1).max()) if len(frame) else 0.0
     if largest_force > max_force_eV_per_A:
         return f"force of {largest_force:.1f} eV/A"
-    distances = neighbor_list("d", frame, min_distance_A) if len(frame) > 1 else np.zeros(0)
-    if len(distances):
-        return f"atoms {float(distances.min()):.2f} A apart"
+    closest = closest_distance_A(frame, max(min_distance_A, 2.0))
+    if closest < min_distance_A:
+        return f"atoms {closest:.2f} A apart"
     return None
 
 
