@@ -195,6 +195,7 @@ def teacher_md_calculator(teacher: Teacher, implementations: TeacherImplementati
     """An ASE calculator of ``teacher`` for MD, by its fastest implementation in MD as measured on
     this project's machines (README, "Measured"): torchani 2.9's cell list where it runs, else
     FeNNol's skin list, else the labeling path (`TeacherCalculator`)."""
+    # torchani_runtime imports torch and torchani; only this path needs them
     from mlff_distill.teachers.torchani_runtime import CELL_LIST
 
     for name in (CELL_LIST, FENNOL_SKIN):
