@@ -225,6 +225,17 @@ def test_bussi_run_keeps_its_conserved_quantity_with_emt_copper():
     assert 100 < run["mean_temperature_K"] < 400
 
 
+def test_a_labelled_bussi_run_logs_its_progress(monkeypatch, caplog):
+    monkeypatch.setattr("mlff_distill.evaluation.md_validation.PROGRESS_EVERY_S", 0.0)
+    crystal = bulk("Cu", "fcc", a=3.6, cubic=True)
+    with caplog.at_level("INFO", logger="mlff_distill.evaluation.md_validation"):
+        bussi_run(EMT(), crystal, 300, timestep_fs=2.0, steps=5, sample_every=5, seed=0, label="cu NVT")
+        bussi_run(EMT(), crystal, 300, timestep_fs=2.0, steps=5, sample_every=5, seed=0)
+    lines = [record.getMessage() for record in caplog.records]
+    assert len(lines) == 5 and lines[0].startswith("cu NVT: step 1 of 5 (0.00 ps)")
+    assert lines[-1].startswith("cu NVT: step 5 of 5 (0.01 ps)") and "steps/s" in lines[-1]
+
+
 def test_bussi_run_stops_at_the_first_huge_force():
     crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     run = bussi_run(HugeForcesAfter(calls=25), crystal, 300, timestep_fs=2.0, steps=200, sample_every=5, seed=0)
@@ -296,12 +307,16 @@ def _cu_frames(a_A: float, temperature_K: float, seeds: tuple[int, ...]) -> list
     return frames[::2][2:] + frames[1::2][2:]  # some equilibration
 
 
-def test_target_nvt_rows_compare_the_students_g_of_r_with_the_teachers(single_thread):
+def test_target_nvt_rows_compare_the_students_g_of_r_with_the_teachers(single_thread, caplog):
     crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     settings = _md_settings(nvt_ps=0.4, timestep_fs=2.0, sample_every=10, rdf_r_max_A=4.5)
     same, expanded = _cu_frames(3.6, 300.0, (1, 2)), _cu_frames(3.75, 300.0, (3,))
     starts = [("cu", 300.0, crystal), ("cu-expanded", 300.0, crystal), ("cu-unseen", 300.0, crystal)]
-    rows = target_nvt_rows(EMT(), starts, {("cu", 300.0): same, ("cu-expanded", 300.0): expanded}, settings, seed=0)
+    with caplog.at_level("INFO", logger="mlff_distill.evaluation.md_validation"):
+        rows = target_nvt_rows(EMT(), starts, {("cu", 300.0): same, ("cu-expanded", 300.0): expanded}, settings, seed=0)
+    done = [record.getMessage() for record in caplog.records if "reached" in record.getMessage()]
+    assert done[1].startswith("NVT 2 of 3, cu-expanded at 300 K (32 atoms): the student reached 0.4 ps in ")
+    assert len(done) == 3 and all(line.endswith("no blow-up") for line in done)
     assert [(row["target"], row["temperature_K"]) for row in rows] == [(t, 300.0) for t, _, _ in starts]
     for row in rows:
         assert row["n_atoms"] == 32 and not row["blew_up"] and row["time_ps"] == pytest.approx(0.4)

@@ -72,12 +72,15 @@ def test_peak_memory_sees_an_allocation_inside_the_call():
     assert small < 50
 
 
-def test_compare_speed_rows_for_a_teacher_and_an_untrained_student(single_thread, quick_timing):
+def test_compare_speed_rows_for_a_teacher_and_an_untrained_student(single_thread, quick_timing, caplog):
     systems = build_timing_systems([molecule("H2O"), molecule("CH4")], [48, 96], cutoff_A=4.0, seed=1)
     teacher = TeacherCalculator(AseCalculatorTeacher("ase.calculators.emt:EMT", species=(1, 6, 8)))
     student = StudentCalculator(StudentPotential(species=(1, 6, 8), cutoff_A=4.0, n_features=16))
-    rows = compare_speed(teacher, student, systems, repeats=2, warmup=1)
+    with caplog.at_level("INFO", logger="mlff_distill.evaluation.speed"):
+        rows = compare_speed(teacher, student, systems, repeats=2, warmup=1)
     assert [row["n_atoms"] for row in rows] == [len(s) for s in systems]
+    done = [record.getMessage() for record in caplog.records if "x" == record.getMessage()[-1]]
+    assert len(done) == len(systems) and f"({len(systems[1])} atoms): student " in done[1]
     for row in rows:
         assert row["speedup"] == pytest.approx(row["teacher_ms"] / row["student_ms"])
         assert row["with_stress"]  # periodic systems: both are timed with stress

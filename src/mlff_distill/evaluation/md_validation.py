@@ -11,6 +11,7 @@ blow-up; `target_nvt_rows` runs it with the student on each target and compares 
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Mapping, Optional, Sequence
 
@@ -33,6 +34,9 @@ from mlff_distill.sampling.dynamics import (
 from mlff_distill.sampling.on_policy import ContactBounds
 from mlff_distill.settings import MDValidationSettings
 from mlff_distill.teachers import Teacher, TeacherCalculator
+
+logger = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 60.0  # how often a long `bussi_run` with a ``label`` logs its progress
 
 
 def nve_run(
@@ -110,6 +114,7 @@ def bussi_run(
     min_distance_A: float = MIN_DISTANCE_A,
     taut_fs: float = BUSSI_TAUT_FS,
     contacts: Optional[ContactBounds] = None,
+    label: Optional[str] = None,
 ) -> dict:
     """NVT with ASE's Bussi thermostat (stochastic velocity rescaling, time constant ``taut_fs``)
     from ``thermalized(atoms, ...)`` (velocities drawn with ``seed``, the thermostat's noise with
@@ -128,6 +133,7 @@ def bussi_run(
     every ``sample_every`` steps, the start excluded, with its energy and forces as a single-point
     calculator), ``blew_up``, ``reason`` (None when it ran to the end), ``time_ps`` (reached) and
     ``mean_temperature_K`` (of the kinetic energy over the steps done, for those degrees of freedom).
+    With a ``label``, the run logs its progress under it every `PROGRESS_EVERY_S` seconds.
     """
     check_steps(timestep_fs, steps)
     if sample_every < 1:
@@ -149,6 +155,7 @@ def bussi_run(
     energies, kinetic = [conserved_eV()], [atoms.get_kinetic_energy()]
     frames: list[Atoms] = []
     reason = blow_up_reason(atoms, energies[0], energies[0], atoms.positions) or _too_close(atoms, min_distance_A)
+    started_s = last_log_s = time.perf_counter()
     while reason is None and len(energies) <= steps:
         previous = atoms.positions.copy()
         dynamics.run(1)
@@ -162,6 +169,18 @@ def bussi_run(
             frame = atoms.copy()
             frame.calc = SinglePointCalculator(frame, energy=atoms.get_potential_energy(), forces=atoms.get_forces())
             frames.append(frame)
+        if label is not None and time.perf_counter() - last_log_s > PROGRESS_EVERY_S:
+            last_log_s = time.perf_counter()
+            done = len(energies) - 1
+            logger.info(
+                "%s: step %d of %d (%.2f ps), %.1f steps/s, %.0f K now",
+                label,
+                done,
+                steps,
+                done * timestep_fs * 1e-3,
+                done / (last_log_s - started_s),
+                atoms.get_temperature(),
+            )
     times_ps = np.arange(len(energies)) * timestep_fs * 1e-3
     return {
         "times_ps": times_ps,
@@ -369,6 +388,8 @@ def target_nvt_rows(
     steps = max(round(settings.nvt_ps * 1000.0 / settings.timestep_fs), 1)
     teacher_steps = round(settings.teacher_nvt_ps * 1000.0 / settings.timestep_fs) if teacher_calculator else 0
     for offset, (target, temperature_K, atoms) in enumerate(starts):
+        name = f"NVT {offset + 1} of {len(starts)}, {target} at {temperature_K:g} K ({len(atoms)} atoms)"
+        logger.info("%s: the student, %d steps of %g fs", name, steps, settings.timestep_fs)
         start_s = time.perf_counter()
         run = bussi_run(
             calculator,
@@ -379,13 +400,22 @@ def target_nvt_rows(
             settings.sample_every,
             seed + offset,
             contacts=contacts,
+            label=f"{name}, the student",
         )
         elapsed_s = time.perf_counter() - start_s
+        logger.info(
+            "%s: the student reached %g ps in %.0f s; %s",
+            name,
+            run["time_ps"],
+            elapsed_s,
+            run["reason"] or "no blow-up",
+        )
         times_ps, conserved = run["times_ps"], run["conserved_eV"]
         student = _equilibrated(run["frames"])
         teacher = list(teacher_frames.get((target, float(temperature_K)), []))
         reference: dict = {"rdf_reference": "the sample stage's teacher MD"}
         if teacher_steps > 0:
+            logger.info("%s: the teacher, %d steps (the g(r) reference)", name, teacher_steps)
             start_s = time.perf_counter()
             teacher_run = bussi_run(
                 teacher_calculator,
@@ -395,8 +425,10 @@ def target_nvt_rows(
                 teacher_steps,
                 settings.sample_every,
                 seed + offset + len(starts),
+                label=f"{name}, the teacher",
             )
             teacher_s = time.perf_counter() - start_s
+            logger.info("%s: the teacher reached %g ps in %.0f s", name, teacher_run["time_ps"], teacher_s)
             teacher = _equilibrated(teacher_run["frames"])
             reference = {
                 "rdf_reference": f"the teacher's own NVT, {teacher_run['time_ps']:g} ps",

@@ -13,6 +13,7 @@ the run's seeds, `speed_rows_for` on systems given (the targets at several sizes
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import resource
 import statistics
@@ -30,6 +31,8 @@ from mlff_distill.evaluation.metrics import energy_force_errors, stress_errors
 from mlff_distill.sampling.boxes import build_timing_systems
 from mlff_distill.settings import EvaluateSettings
 from mlff_distill.teachers import Teacher, TeacherCalculator, TeacherImplementations
+
+logger = logging.getLogger(__name__)
 
 
 def time_calls(
@@ -173,6 +176,9 @@ def compare_speed(
     stress = all("stress" in calc.implemented_properties for calc in (teacher_calc, student_calc))
     students, student_results, exported = [], [], []
     for atoms in systems:
+        logger.info(
+            "speed: the student on %s (%d atoms)", atoms.info.get("system", atoms.get_chemical_formula()), len(atoms)
+        )
         students.append(time_calls(student_calc, atoms, repeats, warmup, stress))
         student_results.append(dict(student_calc.results))
         if exported_student is not None:
@@ -188,6 +194,8 @@ def compare_speed(
             )
     rows = []
     for index, (atoms, student, student_result) in enumerate(zip(systems, students, student_results)):
+        system = atoms.info.get("system", atoms.get_chemical_formula())
+        logger.info("speed: the teacher on %s (%d atoms), system %d of %d", system, len(atoms), index + 1, len(systems))
         teacher = time_calls(teacher_calc, atoms, repeats, warmup, stress)
         teacher_results = dict(teacher_calc.results)
         timed = {teacher_name: teacher["median_ms"]}
@@ -199,7 +207,7 @@ def compare_speed(
         target = {"target": atoms.info["target"]} if "target" in atoms.info else {}
         rows.append(
             {
-                "system": atoms.info.get("system", atoms.get_chemical_formula()),
+                "system": system,
                 **target,
                 "n_atoms": len(atoms),
                 "teacher_ms": teacher["median_ms"],
@@ -227,6 +235,15 @@ def compare_speed(
             members = {"member": member_calc, **(other_members or {})} if member_calc is not None else {}
             timing = (all_cores_threads, repeats, warmup, stress)
             rows[-1].update(_all_cores_columns(atoms, all_cores_student, teachers, members, rows[-1], *timing))
+        logger.info(
+            "speed: %s (%d atoms): student %.2f ms, teacher at its fastest (%s) %.1f ms, %.1fx",
+            system,
+            len(atoms),
+            student["median_ms"],
+            fastest,
+            timed[fastest],
+            rows[-1]["speedup"],
+        )
     return rows
 
 
