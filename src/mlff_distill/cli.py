@@ -15,7 +15,6 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import yaml
 from ase.io import read, write
 from snakemake.api import SnakemakeApi
@@ -25,7 +24,7 @@ from tqdm import tqdm
 from mlff_distill.evaluation.accuracy import accuracy
 from mlff_distill.evaluation.references import file_labels, teacher_labels
 from mlff_distill.evaluation.speed import compare_speed
-from mlff_distill.sampling.dynamics import blow_up_reason, langevin_frames
+from mlff_distill.sampling.dynamics import blow_up_reason, langevin_frames, too_close
 from mlff_distill.settings import TeacherSettings, build, complete_config
 from mlff_distill.student import StudentCalculator, load_student, predict
 from mlff_distill.teachers import TeacherCalculator, check_structures_for, load_teacher, teacher_implementations
@@ -147,11 +146,7 @@ def run_md(args: argparse.Namespace) -> int:
     written = 0
     with tqdm(total=args.steps, unit="step", desc="student MD") as progress:
         for frame in frames:
-            reason = blow_up_reason(frame, 0.0, 0.0, frame.positions)
-            if reason is None and len(frame) > 1:
-                distances = frame.get_all_distances(mic=bool(frame.pbc.any()))
-                closest = float(distances[np.triu_indices(len(frame), k=1)].min())
-                reason = f"atoms {closest:.2f} A apart" if closest < args.min_distance_A else None
+            reason = blow_up_reason(frame, 0.0, 0.0, frame.positions) or too_close(frame, args.min_distance_A)
             frame.info.update(
                 step=(written + 1) * args.interval, time_fs=(written + 1) * args.interval * args.timestep_fs
             )

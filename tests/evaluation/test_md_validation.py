@@ -247,7 +247,7 @@ def test_bussi_run_stops_at_the_first_huge_force():
 def test_bussi_run_stops_when_two_atoms_come_too_close():
     pair = Atoms("Ar2", positions=[[0, 0, 0], [0.5, 0, 0]], cell=[8.0] * 3, pbc=True)
     stopped = bussi_run(FreeParticles(), pair, 300, timestep_fs=1.0, steps=10, sample_every=1, seed=0)
-    assert stopped["blew_up"] and stopped["reason"] == "two atoms 0.50 A apart" and stopped["time_ps"] == 0.0
+    assert stopped["blew_up"] and stopped["reason"] == "atoms 0.50 A apart" and stopped["time_ps"] == 0.0
     allowed = bussi_run(FreeParticles(), pair, 300, 1.0, 10, 1, seed=0, min_distance_A=0.1)
     assert not allowed["blew_up"] and len(allowed["frames"]) == 10
 

@@ -27,9 +27,9 @@ from vesin import NeighborList
 from mlff_distill.sampling.dynamics import (
     blow_up_reason,
     check_steps,
-    closest_distance_A,
     langevin_frames,
     thermalized,
+    too_close,
 )
 from mlff_distill.sampling.on_policy import ContactBounds
 from mlff_distill.settings import MDValidationSettings
@@ -154,14 +154,14 @@ def bussi_run(
 
     energies, kinetic = [conserved_eV()], [atoms.get_kinetic_energy()]
     frames: list[Atoms] = []
-    reason = blow_up_reason(atoms, energies[0], energies[0], atoms.positions) or _too_close(atoms, min_distance_A)
+    reason = blow_up_reason(atoms, energies[0], energies[0], atoms.positions) or too_close(atoms, min_distance_A)
     started_s = last_log_s = time.perf_counter()
     while reason is None and len(energies) <= steps:
         previous = atoms.positions.copy()
         dynamics.run(1)
         energies.append(conserved_eV())
         kinetic.append(atoms.get_kinetic_energy())
-        reason = blow_up_reason(atoms, energies[-1], energies[0], previous) or _too_close(atoms, min_distance_A)
+        reason = blow_up_reason(atoms, energies[-1], energies[0], previous) or too_close(atoms, min_distance_A)
         kept = (len(energies) - 1) % sample_every == 0
         if reason is None and kept and contacts is not None:
             reason = contacts.violation(atoms)
@@ -191,11 +191,6 @@ def bussi_run(
         "time_ps": float(times_ps[-1]),
         "mean_temperature_K": float(2 * np.mean(kinetic) / (dynamics.ndof * units.kB)),
     }
-
-
-def _too_close(atoms: Atoms, min_distance_A: float) -> str | None:
-    closest = closest_distance_A(atoms)
-    return f"two atoms {closest:.2f} A apart" if closest < min_distance_A else None
 
 
 def radial_distribution(

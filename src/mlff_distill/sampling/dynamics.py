@@ -40,6 +40,13 @@ def closest_distance_A(atoms: Atoms, within_A: float = 2.0) -> float:
     return float(np.min(distances)) if len(distances) else float("inf")
 
 
+def too_close(atoms: Atoms, min_distance_A: float) -> str | None:
+    """``"atoms <d> A apart"`` when two atoms of ``atoms`` are closer than ``min_distance_A``
+    (minimum image), else None: the contact check of every MD loop with a student."""
+    closest = closest_distance_A(atoms, max(min_distance_A, 2.0))
+    return f"atoms {closest:.2f} A apart" if closest < min_distance_A else None
+
+
 def thermalized(atoms: Atoms, calculator: Calculator, temperature_K: float, seed: int) -> Atoms:
     """A copy of ``atoms`` with ``calculator`` and Maxwell-Boltzmann velocities, no net momentum
     (nor, for molecules, angular momentum)."""

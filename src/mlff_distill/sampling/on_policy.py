@@ -24,7 +24,7 @@ from ase.data import chemical_symbols
 from tqdm import tqdm
 from vesin import NeighborList
 
-from mlff_distill.sampling.dynamics import blow_up_reason, closest_distance_A, langevin_frames
+from mlff_distill.sampling.dynamics import blow_up_reason, langevin_frames, too_close
 from mlff_distill.settings import ExploreSettings
 from mlff_distill.store import read_labels
 
@@ -130,10 +130,7 @@ def blow_up(
     largest_force = float(np.linalg.norm(frame.get_forces(), axis=1).max()) if len(frame) else 0.0
     if largest_force > max_force_eV_per_A:
         return f"force of {largest_force:.1f} eV/A"
-    closest = closest_distance_A(frame, max(min_distance_A, 2.0))
-    if closest < min_distance_A:
-        return f"atoms {closest:.2f} A apart"
-    return None
+    return too_close(frame, min_distance_A)
 
 
 def blowup_spacing(settings: ExploreSettings) -> int:
