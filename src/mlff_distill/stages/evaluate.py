@@ -16,8 +16,6 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-import mlflow
-import mlflow.pytorch
 import numpy as np
 import torch
 from ase.io import read
@@ -56,6 +54,9 @@ from mlff_distill.tracking import stage_run
 
 def _log_student_model(tracker: Any, model: Any) -> str:
     """Log the student as an MLflow model (pytorch flavour, pickled) in the stage run; its URI."""
+    # imported last: its import calls logging.basicConfig, which would echo the stage log on stderr
+    import mlflow.pytorch
+
     mlflow.set_tracking_uri(tracker.pipeline.tracking_uri)
     with mlflow.start_run(run_id=tracker.run_id):
         info = mlflow.pytorch.log_model(
@@ -257,8 +258,8 @@ def run(
         for artifact in (metrics_file, report, *figures.values()):
             tracker.log_artifact(artifact)
         tracker.log_artifact(checkpoint, "student")
-        model_uri = _log_student_model(tracker, model)
-        logger.info("metrics %s; student model %s; report %s", numbers, model_uri, report)
+        logger.info("metrics %s; report %s", numbers, report)
+        logger.info("student model %s", _log_student_model(tracker, model))
 
 
 def exported_student(inference_path_file: Path, logger: logging.Logger) -> ExportedStudentCalculator | None:
