@@ -157,3 +157,14 @@ def test_a_run_that_brings_atoms_closer_than_the_labels_stops_there():
     (blowup,) = stats["blowups"]
     assert blowup["reason"].startswith("Cu-Cu ") and blowup["step"] < settings.steps
     assert structures == [] or all(a.info["md_step"] < blowup["step"] for a in structures)
+
+
+def test_runs_shared_among_processes_give_what_one_process_gives():
+    starts = [("cu", 300.0, copper()), ("cu", 600.0, copper())]
+    settings = on_policy(starts=2, steps=30, frame_every=10)
+    alone, stats_alone = explore(EMT(), starts, settings, 3, 1, 0, 0, val_fraction=0.25)
+    shared, stats_shared = explore(EMT, starts, settings, 3, 1, 0, 0, val_fraction=0.25, processes=2)
+    assert stats_shared == stats_alone and len(shared) == len(alone) == 4 * 3
+    for a, b in zip(alone, shared):
+        assert a.info == b.info
+        np.testing.assert_allclose(a.positions, b.positions, atol=1e-10)

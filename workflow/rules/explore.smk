@@ -13,6 +13,7 @@ rule explore:
         round_benchmark_path("explore")
     conda:
         CONDA_ENV
+    threads: workflow.cores
     params:
         round_index=lambda wildcards: int(wildcards.round),
         seed=config["seed"],

@@ -7,15 +7,18 @@ of `mlff_distill.sampling.dynamics.blow_up_reason`) is stopped, and a few frames
 the blow-up are kept: there the student went wrong, so there the teacher's labels help most.
 `ContactBounds` adds a check relative to the data: two atoms much closer than any pair of their
 elements in the teacher's labels (a student that lacks repulsion there can pull molecules into each
-other without a large force or a non-finite value). Units: Angstrom, eV, eV/Angstrom, fs, ps, K.
+other without a large force or a non-finite value). The runs can be shared among processes, with the
+same results as in one. Units: Angstrom, eV, eV/Angstrom, fs, ps, K.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence, Union
 
 import numpy as np
 from ase import Atoms
@@ -140,7 +143,7 @@ def blowup_spacing(settings: ExploreSettings) -> int:
 
 
 def explore(
-    calculator: Calculator,
+    calculator: Union[Calculator, Callable[[], Calculator]],
     starts: Sequence[tuple[str, float, Atoms]],
     settings: ExploreSettings,
     random_seed: int,
@@ -149,8 +152,13 @@ def explore(
     first_group: int,
     val_fraction: float,
     contacts: Optional[ContactBounds] = None,
+    processes: int = 1,
 ) -> tuple[list[Atoms], dict]:
     """The student's MD from each start, ``settings.starts`` runs each; the structures to label.
+
+    ``calculator``: the student as an ASE calculator; with ``processes`` > 1, a picklable function
+    that makes one instead: the runs are then shared among that many worker processes (each makes
+    its calculator once), with the same results as in one process, since every run has its own seeds.
 
     ``starts``: (target name, temperature in K, structure) each; a periodic structure is repeated
     ``settings.replicate`` times along each cell vector. Each run is Langevin NVT at that
@@ -176,19 +184,24 @@ def explore(
     """
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction: must be within [0, 1), got {val_fraction}")
+    if processes < 1:
+        raise ValueError(f"processes: must be >= 1, got {processes}")
     runs = [(name, float(temperature), atoms) for name, temperature, atoms in starts for _ in range(settings.starts)]
     rng = np.random.default_rng([random_seed, round_index])
     val_runs = set(rng.choice(len(runs), size=round(val_fraction * len(runs)), replace=False).tolist())
+    tasks = []
+    for run, (_, temperature_K, start) in enumerate(runs):
+        atoms = replicated(start, settings.replicate)
+        seed = int(np.random.SeedSequence([random_seed, round_index, run]).generate_state(1)[0])
+        bounds = contacts.for_start(atoms) if contacts is not None else None
+        tasks.append((atoms, temperature_K, settings, seed, bounds))
     structures: list[Atoms] = []
     blowups: list[dict] = []
     n_steps = n_before = 0
     description = f"round {round_index} student MD"
     with tqdm(total=len(runs) * settings.steps, unit="step", desc=description, mininterval=2.0) as progress:
-        for run, (name, temperature_K, start) in enumerate(runs):
-            seed = int(np.random.SeedSequence([random_seed, round_index, run]).generate_state(1)[0])
-            atoms = replicated(start, settings.replicate)
-            bounds = contacts.for_start(atoms) if contacts is not None else None
-            frames, stop = _one_run(calculator, atoms, temperature_K, settings, seed, progress, bounds)
+        outcomes = _run_all(calculator, tasks, min(processes, len(tasks)), progress)
+        for run, ((name, temperature_K, _), (frames, stop)) in enumerate(zip(runs, outcomes)):
             n_steps += settings.steps if stop is None else stop["step"]
             if stop is not None:
                 blowups.append(
@@ -228,18 +241,52 @@ def explore(
     return structures, stats
 
 
+RunOutcome = tuple[list[tuple[int, Atoms, bool]], Optional[dict]]
+_worker_calculator: Optional[Calculator] = None  # a worker process's own, made once (`_start_worker`)
+
+
+def _run_all(
+    calculator: Union[Calculator, Callable[[], Calculator]], tasks: list[tuple], processes: int, progress: tqdm
+) -> list[RunOutcome]:
+    """`_one_run` of every task ``(start, temperature_K, settings, seed, contacts)``, in order: here
+    with ``calculator``, or in ``processes`` spawned workers, each with ``calculator()`` (the
+    progress bar then moves a run at a time)."""
+    if processes == 1:
+        if not isinstance(calculator, Calculator):
+            calculator = calculator()
+        return [_one_run(calculator, *task, progress=progress) for task in tasks]
+    context = multiprocessing.get_context("spawn")  # forking a process that has run torch is unsafe
+    with ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker, initargs=(calculator,)) as pool:
+        futures = [pool.submit(_run_in_worker, *task) for task in tasks]
+        outcomes = []
+        for (_, _, settings, _, _), future in zip(tasks, futures):
+            outcomes.append(future.result())
+            progress.update(settings.steps)
+    return outcomes
+
+
+def _start_worker(make_calculator: Callable[[], Calculator]) -> None:
+    global _worker_calculator
+    _worker_calculator = make_calculator()
+
+
+def _run_in_worker(*task) -> RunOutcome:
+    assert _worker_calculator is not None, "a worker of `_run_all` runs `_start_worker` first"
+    return _one_run(_worker_calculator, *task)
+
+
 def _one_run(
     calculator: Calculator,
     start: Atoms,
     temperature_K: float,
     settings: ExploreSettings,
     seed: int,
-    progress: tqdm,
     contacts: Optional[ContactBounds],
-) -> tuple[list[tuple[int, Atoms, bool]], dict | None]:
+    progress: Optional[tqdm] = None,
+) -> RunOutcome:
     """One run of `explore`: its kept frames as (step, bare structure, before blow-up), in time
     order, and ``{"step", "reason"}`` of its blow-up (None if it ran to the end). Each step
-    advances ``progress``; a blow-up, by the steps left."""
+    advances ``progress`` (if given); a blow-up, by the steps left."""
     spacing = blowup_spacing(settings)
     # The recent steps, enough for frames_before_blowup picks every `spacing` steps back with the
     # regularly kept steps among them skipped.
@@ -263,7 +310,8 @@ def _one_run(
             )
             if reason is None and contacts is not None:
                 reason = contacts.violation(frame)
-            progress.update(1 if reason is None else settings.steps - step + 1)
+            if progress is not None:
+                progress.update(1 if reason is None else settings.steps - step + 1)
             if reason is not None:
                 before = _before_blowup(recent, step, spacing, settings)
                 return sorted(kept + before, key=lambda item: item[0]), {"step": step, "reason": reason}

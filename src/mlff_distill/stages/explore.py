@@ -5,6 +5,7 @@ structures the round's label stage gives the teacher. Counts and blow-ups go to 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -89,8 +90,13 @@ def run(
             first_sample_index,
             first_group,
         )
+        # On a CPU the runs are shared among the job's cores, a process each on one thread (the
+        # compiled student is fastest there on one); on a GPU one process runs them all.
+        processes = 1 if torch.cuda.is_available() else max(1, min(threads, settings.starts * len(starts)))
+        compiled = not torch.cuda.is_available()
+        make_student = functools.partial(StudentCalculator, model, threads=threads // processes, compiled=compiled)
         structures, stats = explore(
-            StudentCalculator(model, threads=threads, compiled=not torch.cuda.is_available()),
+            make_student if processes > 1 else make_student(),
             starts,
             settings,
             seed,
@@ -99,6 +105,7 @@ def run(
             first_group,
             val_fraction,
             contacts,
+            processes,
         )
         for blowup in stats["blowups"]:
             logger.warning(
