@@ -174,11 +174,10 @@ def compare_speed(
     `time_calls`), and its millisecond calls are not timed right after the teacher's, which
     leave the caches and the CPU's frequency disturbed (README, "Measured")."""
     stress = all("stress" in calc.implemented_properties for calc in (teacher_calc, student_calc))
+    names = [atoms.info.get("system", atoms.get_chemical_formula()) for atoms in systems]
     students, student_results, exported = [], [], []
-    for atoms in systems:
-        logger.info(
-            "speed: the student on %s (%d atoms)", atoms.info.get("system", atoms.get_chemical_formula()), len(atoms)
-        )
+    for atoms, system in zip(systems, names):
+        logger.info("speed: the student on %s (%d atoms)", system, len(atoms))
         students.append(time_calls(student_calc, atoms, repeats, warmup, stress))
         student_results.append(dict(student_calc.results))
         if exported_student is not None:
@@ -193,8 +192,7 @@ def compare_speed(
                 }
             )
     rows = []
-    for index, (atoms, student, student_result) in enumerate(zip(systems, students, student_results)):
-        system = atoms.info.get("system", atoms.get_chemical_formula())
+    for index, (atoms, system, student, student_result) in enumerate(zip(systems, names, students, student_results)):
         logger.info("speed: the teacher on %s (%d atoms), system %d of %d", system, len(atoms), index + 1, len(systems))
         teacher = time_calls(teacher_calc, atoms, repeats, warmup, stress)
         teacher_results = dict(teacher_calc.results)

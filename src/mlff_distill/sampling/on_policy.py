@@ -159,6 +159,8 @@ def explore(
     ``calculator``: the student as an ASE calculator; with ``processes`` > 1, a picklable function
     that makes one instead: the runs are then shared among that many worker processes (each makes
     its calculator once), with the same results as in one process, since every run has its own seeds.
+    The workers are spawned, so they import the caller's ``__main__`` again: a script calling this
+    keeps its own work under ``if __name__ == "__main__"`` (as `workflow/scripts/explore.py` does).
 
     ``starts``: (target name, temperature in K, structure) each; a periodic structure is repeated
     ``settings.replicate`` times along each cell vector. Each run is Langevin NVT at that
