@@ -254,6 +254,7 @@ class StudentSettings:
     n_features: int
     n_radial: int
     n_interactions: int
+    contact_wall_eV_per_A3: float
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 
+from mlff_distill.contacts import closest_contacts_A
 from mlff_distill.evaluation.md_validation import (
     bussi_run,
     comparison_rdf,
@@ -19,7 +20,7 @@ from mlff_distill.evaluation.md_validation import (
     rdf_difference,
     target_nvt_rows,
 )
-from mlff_distill.sampling.on_policy import ContactBounds, closest_contacts_A
+from mlff_distill.sampling.on_policy import ContactBounds
 
 
 def test_drift_recovers_a_known_slope_under_noise():

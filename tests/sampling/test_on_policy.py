@@ -8,7 +8,8 @@ import pytest
 from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 
-from mlff_distill.sampling.on_policy import ContactBounds, blowup_spacing, closest_contacts_A, explore, replicated
+from mlff_distill.contacts import closest_contacts_A
+from mlff_distill.sampling.on_policy import ContactBounds, blowup_spacing, explore, replicated
 from mlff_distill.settings import OnPolicySettings, section_settings
 
 

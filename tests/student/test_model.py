@@ -430,3 +430,53 @@ def test_keep_freed_memory_stops_page_faults_on_reallocation() -> None:
     pages = (16 << 20) * 4 // 4096
     assert faults[0] > pages // 2  # the first allocation does fault its pages in: the count works
     assert all(count < pages // 10 for count in faults[-3:]), faults
+
+
+def walled(
+    model: StudentPotential, stiffness_eV_per_A3: float, radii_A: dict[tuple[int, int], float]
+) -> StudentPotential:
+    """``model``'s weights with a contact wall of these radii (by pair of atomic numbers)."""
+    matrix = [[radii_A.get((min(a, b), max(a, b)), 0.0) for b in SPECIES] for a in SPECIES]
+    hyperparameters = {**model.hyperparameters, "contact_wall_eV_per_A3": stiffness_eV_per_A3, "contact_wall_A": matrix}
+    copy = StudentPotential(**hyperparameters).double()
+    copy.load_state_dict(model.state_dict())
+    return copy
+
+
+def test_contact_wall_is_its_pair_energy_below_the_radius_and_nothing_above(model: StudentPotential) -> None:
+    radii = {(1, 1): 1.6, (8, 8): 2.9, (1, 8): 0.5}
+    wall = walled(model, 50.0, radii)
+    box = water_box(20, 8.0, seed=1)  # intramolecular H-H 1.51 A: inside the H-H wall
+    i, j, d = neighbor_list("ijd", box, 3.0)
+    r0 = np.array([radii.get((min(a, b), max(a, b)), 0.0) for a, b in zip(box.numbers[i], box.numbers[j])])
+    expected = 0.5 * (50.0 * np.clip(r0 - d, 0.0, None) ** 3).sum()  # ordered pairs: each twice
+    assert expected > 1.0
+    np.testing.assert_allclose(energy_of(wall, [box]) - energy_of(model, [box]), expected, rtol=1e-6)  # radii: float32
+    far = molecule("CH3OH")  # no pair inside any wall
+    np.testing.assert_allclose(energy_of(wall, [far]), energy_of(model, [far]), rtol=0, atol=1e-12)
+
+
+def test_contact_wall_forces_and_stress_are_its_derivatives(model: StudentPotential) -> None:
+    wall = walled(model, 50.0, {(1, 1): 1.6, (8, 8): 2.9})
+    atoms = water_box(6, 5.0, seed=2)
+    _, forces, stress = energy_forces_stress(wall, **as_batch([atoms]), compute_stress=True)
+    _, plain_forces, _ = energy_forces_stress(model, **as_batch([atoms]), compute_stress=False)
+    assert np.abs(forces.numpy() - plain_forces.numpy()).max() > 0.1  # the wall pushes
+    step = 1e-4
+    for i, k in [(0, 0), (1, 2), (len(atoms) - 1, 1)]:
+        plus, minus = atoms.copy(), atoms.copy()
+        plus.positions[i, k] += step
+        minus.positions[i, k] -= step
+        numerical = -(energy_of(wall, [plus])[0] - energy_of(wall, [minus])[0]) / (2 * step)
+        np.testing.assert_allclose(forces[i, k].item(), numerical, atol=1e-6 * max(abs(numerical), 1.0))
+    numerical_stress = finite_difference_stress(lambda strained: energy_of(wall, [strained])[0], atoms)
+    np.testing.assert_allclose(stress[0].numpy(), numerical_stress, atol=1e-6 * np.abs(numerical_stress).max())
+
+
+def test_contact_wall_survives_a_checkpoint(model: StudentPotential, tmp_path) -> None:
+    wall = walled(model, 50.0, {(1, 1): 1.6})
+    save_student(tmp_path / "student.pt", wall, {})
+    loaded, _ = load_student(tmp_path / "student.pt")
+    assert loaded.hyperparameters == wall.hyperparameters
+    box = water_box(20, 8.0, seed=1)
+    np.testing.assert_array_equal(energy_of(loaded, [box]), energy_of(wall, [box]))

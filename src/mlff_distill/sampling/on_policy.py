@@ -18,18 +18,17 @@ from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.calculator import Calculator
 from ase.data import chemical_symbols
 from tqdm import tqdm
-from vesin import NeighborList
 
+from mlff_distill.contacts import closest_contacts_A, closest_labeled_contacts_A, describe_contacts
 from mlff_distill.sampling.dynamics import blow_up_reason, langevin_frames, too_close
 from mlff_distill.settings import ExploreSettings
-from mlff_distill.store import read_labels
 
 STRATEGY = "on-policy"
 LABEL_CONTACT_CUTOFF_A = 4.0  # pairs of elements never this close in the labels are not checked
@@ -50,26 +49,6 @@ def replicated(atoms: Atoms, times: int) -> Atoms:
     return repeated
 
 
-def closest_contacts_A(structures: Iterable[Atoms], cutoff_A: float) -> dict[tuple[int, int], float]:
-    """The smallest distance (Angstrom, minimum image) between two atoms of each pair of elements
-    ``(Z1, Z2)``, ``Z1 <= Z2``, over ``structures``; pairs never closer than ``cutoff_A`` are left out."""
-    closest: dict[tuple[int, int], float] = {}
-    for atoms in structures:
-        if len(atoms) < 2:
-            continue
-        first, second, distances = NeighborList(cutoff=cutoff_A, full_list=False).compute(
-            atoms.positions, atoms.cell.array, atoms.pbc, "ijd"
-        )
-        low, high = (
-            np.minimum(atoms.numbers[first], atoms.numbers[second]),
-            np.maximum(atoms.numbers[first], atoms.numbers[second]),
-        )
-        for pair in set(zip(low.tolist(), high.tolist())):
-            shortest = float(distances[(low == pair[0]) & (high == pair[1])].min())
-            closest[pair] = min(closest.get(pair, np.inf), shortest)
-    return closest
-
-
 @dataclass(frozen=True)
 class ContactBounds:
     """Two atoms closer than ``fraction`` x the closest pair of their elements in the teacher's
@@ -81,9 +60,7 @@ class ContactBounds:
 
     def describe(self) -> str:
         """The closest pairs, e.g. "H-H 1.29, O-O 2.39" (Angstrom)."""
-        return ", ".join(
-            f"{chemical_symbols[a]}-{chemical_symbols[b]} {d:.2f}" for (a, b), d in sorted(self.closest_A.items())
-        )
+        return describe_contacts(self.closest_A)
 
     def for_start(self, start: Atoms) -> "ContactBounds":
         """These bounds, lowered for each pair to the start's own closest distance where that is
@@ -110,10 +87,7 @@ def label_contact_bounds(store: Path, fraction: Optional[float]) -> Optional[Con
     `LABEL_CONTACT_CUTOFF_A`) at ``fraction``; None when ``fraction`` is None (the check is off)."""
     if fraction is None:
         return None
-    labels = read_labels(store, "train")
-    return ContactBounds(
-        closest_contacts_A(map(labels.atoms, range(labels.n_structures)), LABEL_CONTACT_CUTOFF_A), fraction
-    )
+    return ContactBounds(closest_labeled_contacts_A(store, LABEL_CONTACT_CUTOFF_A), fraction)
 
 
 def blow_up(

@@ -1,7 +1,7 @@
 """Export a student as an AOTInductor package (``.pt2``): the compiled path, compiled ahead of time.
 
 The package holds the graph that `StudentCalculator(compiled=True)` runs under ``torch.compile``
-(`calculator.energy_forces_stress_of_pairs`: the learned atom energies, and forces and stress
+(`calculator.energy_forces_stress_of_pairs`: the atom energies (learned, and the contact wall), and forces and stress
 through ``torch.func.grad``), exported by ``torch.export`` with symbolic atom and pair counts,
 compiled by Inductor into a shared library and packed with the weights and a JSON metadata entry
 (teacher, training data, metrics, hyperparameters, species and reference energies). Its inputs are
@@ -12,7 +12,7 @@ this package: ``ExportedStudentCalculator`` is the ASE calculator over it.
 Inputs of the package's model, in order: species indices ``[N]`` (int64, positions in
 ``metadata["species"]``), positions ``[N, 3]`` and cell ``[3, 3]`` (float64, Angstrom), pbc
 ``[3]`` (bool), pair ``src [E]``, ``dst [E]`` (int64) and integer cell shifts ``[E, 3]`` (as
-`neighbours.pairs_of_one_structure` gives them). Outputs: learned atom energies ``[N]`` (eV,
+`neighbours.pairs_of_one_structure` gives them). Outputs: atom energies ``[N]`` (eV,
 without the reference energies ``metadata["reference_energies_eV"]`` of each species), forces
 ``[N, 3]`` (eV/Angstrom) and stress ``[1, 3, 3]`` (eV/Angstrom^3, ASE's sign convention; NaN unless
 periodic in all three directions).

@@ -177,7 +177,7 @@ def energy_forces_stress_of_pairs(
     compute_stress: bool,
     functional: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """Learned atom energies ``[N]`` (eV, without the reference energies: see
+    """Atom energies ``[N]`` (`StudentPotential.atom_energies`: eV, without the reference energies: see
     `StudentPotential.structure_energies`), forces ``[N, 3]`` (eV/Angstrom) and stress ``[1, 3, 3]``
     (eV/Angstrom^3) or None of one structure, from its species indices, float64 positions ``[N,
     3]`` and cell ``[3, 3]`` (Angstrom), pbc ``[3]``, pairs (as `neighbours.neighbour_list`) and
@@ -196,13 +196,13 @@ def energy_forces_stress_of_pairs(
     if functional:
 
         def learned_energy(edge_vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            atom_energy = model.learned_atom_energies(species, src, dst, edge_vectors)
+            atom_energy = model.atom_energies(species, src, dst, edge_vectors)
             return atom_energy.sum(), atom_energy
 
         edge_gradient, atom_energy = torch.func.grad(learned_energy, has_aux=True)(vectors)
     else:
         vectors.requires_grad_(True)
-        atom_energy = model.learned_atom_energies(species, src, dst, vectors)
+        atom_energy = model.atom_energies(species, src, dst, vectors)
         (edge_gradient,) = torch.autograd.grad(atom_energy.sum(), vectors)
         atom_energy, vectors = atom_energy.detach(), vectors.detach()
     forces, stress = forces_and_stress(

@@ -133,7 +133,7 @@ def weighted_loss(
     the model's weights."""
 
     def learned_energy(edge_vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        atom_energy = model.learned_atom_energies(species, src, dst, edge_vectors)
+        atom_energy = model.atom_energies(species, src, dst, edge_vectors)
         return atom_energy.sum(), atom_energy
 
     edge_gradient_of = torch.func.grad(learned_energy, has_aux=True)

@@ -7,6 +7,13 @@ harmonics or tensor products). The scalar filters of all layers come from one li
 Bessel-cosine radial basis (`mlff_distill.reference.radial`); since that basis already goes smoothly
 to zero at the cutoff and the map has no bias, energies and forces are smooth at the cutoff.
 
+Below the closest contact of each pair of elements in its training labels, a student has learned
+nothing, and MD can fall into a hole there that the teacher does not have (two H atoms of two water
+molecules held 0.8-1.0 A apart for picoseconds, 1.5-2 eV below the teacher). The contact wall
+closes that region: a fixed pair energy ``k (r0 - r)^3`` for ``r < r0``, with ``r0`` the closest
+contact of the two elements in the training labels (`training.contact_wall_radii`), zero and flat at
+the distances the labels cover.
+
 Units: positions and cells in Angstrom, energies in eV, forces in eV/Angstrom, stress in
 eV/Angstrom^3.
 """
@@ -76,7 +83,7 @@ class _Interaction(nn.Module):
 
 
 class StudentPotential(nn.Module):
-    """Conservative potential: ``E = sum_i [energy_scale_eV * readout(s_i) + E_ref(Z_i)]`` in eV.
+    """Conservative potential: ``E = sum_i [energy_scale_eV * readout(s_i) + E_ref(Z_i)] + E_wall`` in eV.
 
     Args:
         species: atomic numbers the model knows; any other raises ``ValueError``.
@@ -91,6 +98,11 @@ class StudentPotential(nn.Module):
         radial_backend: ``"torch"`` (eager PyTorch) or ``"triton"`` (the fused edge-message
             kernels of `mlff_distill.kernels.edge_message`, for CUDA GPUs); a runtime choice, also
             settable later as the attribute ``radial_backend``.
+        contact_wall_eV_per_A3: stiffness ``k`` of the contact wall ``E_wall = sum over pairs of
+            k (r0 - r)^3 for r < r0`` (eV/Angstrom^3); 0 turns it off.
+        contact_wall_A: ``r0`` (Angstrom) for each pair of species, a symmetric matrix in the
+            order of ``species`` (0: no wall); usually the closest contacts of the training labels
+            (`training.contact_wall_radii`). None: no wall.
 
     Layout: species embedding -> ``n_interactions`` PaiNN blocks on scalar ``[N, F]`` and vector
     ``[N, 3, F]`` features -> scalar MLP readout ``F -> F/2 -> 1`` per atom, summed per structure.
@@ -111,6 +123,8 @@ class StudentPotential(nn.Module):
         reference_energies_eV: Optional[dict[int, float]] = None,
         energy_scale_eV: float = 1.0,
         radial_backend: str = "torch",
+        contact_wall_eV_per_A3: float = 0.0,
+        contact_wall_A: Optional[Sequence[Sequence[float]]] = None,
     ) -> None:
         super().__init__()
         self.species = [int(z) for z in species]
@@ -129,6 +143,12 @@ class StudentPotential(nn.Module):
             torch.tensor([float(reference.get(z, 0.0)) for z in self.species], dtype=torch.float64),
         )
         self.register_buffer("energy_scale_eV", torch.tensor(float(energy_scale_eV)))
+        self.contact_wall_eV_per_A3 = float(contact_wall_eV_per_A3)
+        radii = torch.zeros(len(self.species), len(self.species))
+        if contact_wall_A is not None:
+            radii = torch.tensor(contact_wall_A, dtype=torch.float32).reshape(radii.shape)
+        # Not in the state_dict: a warm-started round keeps its weights and takes the new data's radii.
+        self.register_buffer("contact_wall_A", radii, persistent=False)
 
         self.embedding = nn.Embedding(len(self.species), n_features)
         self.radial_filter = nn.Linear(n_radial, n_interactions * 3 * n_features, bias=False)
@@ -146,6 +166,8 @@ class StudentPotential(nn.Module):
             "n_interactions": self.n_interactions,
             "reference_energies_eV": dict(zip(self.species, self.reference_energies_eV.tolist())),
             "energy_scale_eV": float(self.energy_scale_eV),
+            "contact_wall_eV_per_A3": self.contact_wall_eV_per_A3,
+            "contact_wall_A": self.contact_wall_A.tolist(),
         }
 
     def species_indices(self, numbers: torch.Tensor) -> torch.Tensor:
@@ -184,11 +206,22 @@ class StudentPotential(nn.Module):
             s, v = interaction.update_atoms(s, v, ds, dv)
         return s
 
-    def learned_atom_energies(
+    def contact_wall_energies(
         self, species: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, vectors: torch.Tensor
     ) -> torch.Tensor:
-        """The learned part of the atoms' energies ``[N]`` (eV, model dtype, reference energies not
-        included) from the species indices (`species_indices`), the edges and their vectors (Angstrom)."""
+        """Each atom's half of the contact wall energy of its pairs ``[N]`` (eV): ``k (r0 - r)^3`` for
+        ``r < r0`` per pair, from the ordered edges (each pair appears twice)."""
+        distances = torch.linalg.vector_norm(vectors, dim=-1)
+        radii = self.contact_wall_A.to(vectors.dtype)[species[src], species[dst]]
+        overlap = torch.clamp(radii - distances, min=0.0)
+        return sum_rows((0.5 * self.contact_wall_eV_per_A3) * overlap * overlap * overlap, src, species.shape[0])
+
+    def atom_energies(
+        self, species: torch.Tensor, src: torch.Tensor, dst: torch.Tensor, vectors: torch.Tensor
+    ) -> torch.Tensor:
+        """The atoms' energies ``[N]`` (eV, model dtype): the learned part and the contact wall,
+        reference energies not included, from the species indices (`species_indices`), the edges
+        and their vectors (Angstrom)."""
         if self.radial_backend == "triton" and not torch.jit.is_scripting():
             s = self._triton_features(species, src, dst, vectors)
         elif self.radial_backend == "torch":
@@ -205,12 +238,15 @@ class StudentPotential(nn.Module):
                 "unknown radial_backend '" + self.radial_backend + "'; use 'torch' or 'triton' "
                 "(TorchScript: 'torch' only)"
             )
-        return self.readout(s).squeeze(-1) * self.energy_scale_eV.to(s.dtype)
+        energies = self.readout(s).squeeze(-1) * self.energy_scale_eV.to(s.dtype)
+        if self.contact_wall_eV_per_A3 > 0:
+            energies = energies + self.contact_wall_energies(species, src, dst, vectors)
+        return energies
 
     def structure_energies(
         self, atom_energy: torch.Tensor, species: torch.Tensor, batch: torch.Tensor, n_structures: int
     ) -> torch.Tensor:
-        """Energies ``[B]`` (eV, float64): the learned ``atom_energy [N]`` plus the reference energies,
+        """Energies ``[B]`` (eV, float64): ``atom_energy [N]`` (`atom_energies`) plus the reference energies,
         summed per structure in float64 so that float32 models do not lose total-energy precision."""
         atom_energy = atom_energy.double() + self.reference_energies_eV.double()[species]
         return atom_energy.new_zeros(n_structures).index_add_(0, batch, atom_energy)
@@ -225,9 +261,7 @@ class StudentPotential(nn.Module):
         n_structures: int,
     ) -> torch.Tensor:
         """Energies ``[B]`` (eV, float64) from the species indices and edge vectors (Angstrom)."""
-        return self.structure_energies(
-            self.learned_atom_energies(species, src, dst, vectors), species, batch, n_structures
-        )
+        return self.structure_energies(self.atom_energies(species, src, dst, vectors), species, batch, n_structures)
 
     def forward(
         self,

@@ -29,17 +29,23 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 import torch.distributed as dist
 
+from mlff_distill.contacts import closest_labeled_contacts_A, describe_contacts
 from mlff_distill.settings import StudentSettings, TrainSettings, config_hash
 from mlff_distill.store import store_checksum, store_species
 from mlff_distill.student.dataset import StructureBlocks
 from mlff_distill.student.fitting import fit_reference_energies, stress_rms, train_student
 from mlff_distill.student.model import StudentPotential
 from mlff_distill.student.parallel import COLLECTIVE_TIMEOUT, world
+
+# The contact wall sits at the closest contact that this many training structures reach: the
+# few frames from just before a blow-up that a round adds do not pull it in (they lie inside it,
+# and the learned energy fits the teacher there on top of it).
+CONTACT_WALL_STRUCTURES = 10
 
 
 def state_path_for(checkpoint: Path) -> Path:
@@ -75,6 +81,16 @@ def weights_sha256(state_dict: dict[str, torch.Tensor]) -> str:
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def contact_wall_radii(store: Path, species: Sequence[int], cutoff_A: float) -> list[list[float]]:
+    """The contact wall's ``r0`` for each pair of ``species`` (Angstrom, a symmetric matrix in
+    their order): the closest contact of the two elements that `CONTACT_WALL_STRUCTURES` structures
+    of the training split of the label store ``store`` reach
+    (`mlff_distill.contacts.closest_labeled_contacts_A`), 0 (no wall) for pairs never within
+    ``cutoff_A``."""
+    closest = closest_labeled_contacts_A(store, cutoff_A, nth=CONTACT_WALL_STRUCTURES)
+    return [[closest.get((min(a, b), max(a, b)), 0.0) for b in species] for a in species]
 
 
 def load_initial_weights(model: StudentPotential, initial_weights: dict[str, torch.Tensor]) -> None:
@@ -153,7 +169,10 @@ def fit(
             student, train, seed, store, state_path, logger, on_epoch, initial_weights
         )
         model = StudentPotential(
-            species=info["species"], reference_energies_eV=info["reference_energies_eV"], **dataclasses.asdict(student)
+            species=info["species"],
+            reference_energies_eV=info["reference_energies_eV"],
+            contact_wall_A=info["contact_wall_A"],
+            **dataclasses.asdict(student),
         )
         model.load_state_dict(weights)
         return model, history, info
@@ -162,6 +181,7 @@ def fit(
     validation = StructureBlocks.from_store(store, "val", max_bytes)
     species = store_species(store)
     references = fit_reference_energies(training, species)
+    walls = contact_wall_radii(store, species, student.cutoff_A) if student.contact_wall_eV_per_A3 > 0 else None
     logger.info(
         "%d training and %d validation structures (%s); species %s; reference energies (eV) %s",
         training.n_structures,
@@ -171,7 +191,16 @@ def fit(
         references,
     )
     torch.manual_seed(seed)
-    model = StudentPotential(species=species, reference_energies_eV=references, **dataclasses.asdict(student))
+    model = StudentPotential(
+        species=species, reference_energies_eV=references, contact_wall_A=walls, **dataclasses.asdict(student)
+    )
+    if walls is not None:
+        pairs = {(a, b): walls[i][j] for i, a in enumerate(species) for j, b in enumerate(species) if a <= b}
+        logger.info(
+            "contact wall of %g eV/A^3 below (A) %s",
+            student.contact_wall_eV_per_A3,
+            describe_contacts({pair: r for pair, r in pairs.items() if r > 0}),
+        )
     if initial_weights is not None:
         load_initial_weights(model, initial_weights)
         references = dict(zip(model.species, model.reference_energies_eV.tolist()))
@@ -190,6 +219,7 @@ def fit(
     info = {
         "species": species,
         "reference_energies_eV": references,
+        "contact_wall_A": walls,
         "n_train": training.n_structures,
         "n_val": validation.n_structures,
         "train_stress_rms_eV_per_A3": stress_rms(training),
