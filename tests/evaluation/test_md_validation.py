@@ -12,6 +12,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 from mlff_distill.contacts import closest_contacts_A
 from mlff_distill.evaluation.md_validation import (
     bussi_run,
+    closest_contacts,
     comparison_rdf,
     energy_drift_eV_per_atom_per_ps,
     nve_run,
@@ -333,6 +334,19 @@ def test_target_nvt_rows_compare_the_students_g_of_r_with_the_teachers(single_th
     assert good["rdf_integrated_abs_difference"] < 0.3 and good["rdf_teacher_halves_difference"] < 0.3
     assert wrong["rdf_integrated_abs_difference"] > 5 * good["rdf_integrated_abs_difference"]
     assert unseen["rdf_integrated_abs_difference"] is None and unseen["rdf_not_run"] == "no teacher MD frames"
+    for row in rows:  # Cu-Cu at 2.55 A in the crystal: its thermal closest contacts lie a little below
+        assert 2.0 < row["closest_contacts_A"]["Cu-Cu"]["student"] < 2.55
+    assert good["closest_contacts_A"]["Cu-Cu"]["teacher"] < wrong["closest_contacts_A"]["Cu-Cu"]["teacher"]
+    assert unseen["closest_contacts_A"]["Cu-Cu"]["teacher"] is None and unseen["closest_contacts"].endswith(" / -")
+
+
+def test_closest_contacts_of_student_and_teacher_frames():
+    student = [Atoms("H2O", positions=[[0, 0, 0], [1.1, 0, 0], [0, 2.0, 0]])]
+    teacher = [Atoms("H2", positions=[[0, 0, 0], [1.35, 0, 0]]), Atoms("H2", positions=[[0, 0, 0], [1.5, 0, 0]])]
+    contacts = closest_contacts(student, teacher)
+    assert contacts["closest_contacts_A"]["H-H"] == {"student": pytest.approx(1.1), "teacher": pytest.approx(1.35)}
+    assert contacts["closest_contacts_A"]["H-O"]["teacher"] is None
+    assert contacts["closest_contacts"] == "H-H 1.10 / 1.35, H-O 2.00 / -"
 
 
 def test_target_nvt_rows_take_the_teachers_own_nvt_as_the_g_of_r_reference_when_asked(single_thread):

@@ -218,6 +218,7 @@ def test_warm_start_begins_at_the_initial_weights_validation_error(store, tmp_pa
     with caplog.at_level(logging.INFO, logger="c"):
         _, fresh, _ = fit(STUDENT, still, SEED + 1, store, tmp_path / "b.pt", logging.getLogger("c"))
     assert "different initial_weights_sha256: starting fresh" in caplog.text
+    assert "contact wall of 50 eV/A^3 below (A) " in caplog.text  # the schema's default stiffness
 
     warm_error = warm["epochs"][0]["val_force_rmse_eV_per_A"]
     fresh_error = fresh["epochs"][0]["val_force_rmse_eV_per_A"]

@@ -19,11 +19,13 @@ import numpy as np
 from ase import Atoms, units
 from ase.calculators.calculator import Calculator
 from ase.calculators.singlepoint import SinglePointCalculator
+from ase.data import chemical_symbols
 from ase.md.bussi import Bussi
 from ase.md.verlet import VelocityVerlet
 from ase.neighborlist import neighbor_list
 from vesin import NeighborList
 
+from mlff_distill.contacts import closest_contacts_A
 from mlff_distill.sampling.dynamics import (
     blow_up_reason,
     check_steps,
@@ -258,6 +260,7 @@ def rdf_difference(r: np.ndarray, g_a: np.ndarray, g_b: np.ndarray) -> float:
 
 RDF_SPACING_A = 0.02  # grid of the comparison's g(r)
 RDF_SMOOTHING_A = 0.1  # its Gaussian smoothing (standard deviation)
+CONTACT_CUTOFF_A = 3.0  # closest contacts reported per pair of elements: those within this distance
 EQUILIBRATION_FRACTION = 0.2  # the first part of an NVT run (student or teacher), left out of its g(r)
 
 
@@ -372,6 +375,8 @@ def target_nvt_rows(
     frame (a blow-up before the first); ``rdf_not_run`` says why (else None).
     ``rdf_student_halves_difference``: the same between the first and second half of the
     student's g(r) frames, the noise floor of its side.
+    ``closest_contacts_A`` and ``closest_contacts``: `closest_contacts` of all the student's
+    frames against the teacher's reference frames.
 
     With ``settings.teacher_nvt_ps`` > 0 and a ``teacher_calculator``, the teacher runs its own
     `bussi_run` of that length from the same start (seed ``seed + offset + len(starts)``), and its
@@ -447,9 +452,33 @@ def target_nvt_rows(
             "n_teacher_frames": len(teacher),
             **reference,
             **_rdf_comparison(student, teacher, settings.rdf_r_max_A),
+            **closest_contacts(run["frames"], teacher),
         }
         rows.append(row)
     return rows
+
+
+def closest_contacts(student: Sequence[Atoms], teacher: Sequence[Atoms]) -> dict:
+    """The closest contact of each pair of elements (Angstrom, within `CONTACT_CUTOFF_A`) in the
+    student's NVT frames and in the teacher's reference frames: ``closest_contacts_A`` (``{"H-H":
+    {"student": 1.14, "teacher": 1.35}, ...}``, None where one side has no such pair) and
+    ``closest_contacts`` ("H-H 1.14 / 1.35, ...", student / teacher) for the report. A student
+    that comes much closer than the teacher is somewhere the teacher does not go."""
+    ours, theirs = closest_contacts_A(student, CONTACT_CUTOFF_A), closest_contacts_A(teacher, CONTACT_CUTOFF_A)
+    pairs = sorted(set(ours) | set(theirs))
+    names = [f"{chemical_symbols[a]}-{chemical_symbols[b]}" for a, b in pairs]
+
+    def shown(value: Optional[float]) -> str:
+        return "-" if value is None else f"{value:.2f}"
+
+    return {
+        "closest_contacts_A": {
+            name: {"student": ours.get(pair), "teacher": theirs.get(pair)} for name, pair in zip(names, pairs)
+        },
+        "closest_contacts": ", ".join(
+            f"{name} {shown(ours.get(pair))} / {shown(theirs.get(pair))}" for name, pair in zip(names, pairs)
+        ),
+    }
 
 
 def _equilibrated(frames: list[Atoms]) -> list[Atoms]:

@@ -96,6 +96,7 @@ TARGET_NVT_COLUMNS = (
     ("conserved_drift_eV_per_atom_per_ps", "drift of the conserved energy (eV/atom/ps)", 1.0),
     ("mean_temperature_K", "mean T (K)", 1.0),
     ("md_steps_per_s", "MD steps/s", 1.0),
+    ("closest_contacts", "closest contacts, student / teacher (Å)", 1.0),
     ("rdf_integrated_abs_difference", "∫|g_student - g_teacher| dr (Å)", 1.0),
     ("rdf_teacher_halves_difference", "the same, teacher's halves (noise floor)", 1.0),
     ("rdf_student_halves_difference", "the same, student's halves", 1.0),

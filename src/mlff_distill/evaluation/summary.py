@@ -160,6 +160,8 @@ def _target_nvt_lines(rows: list[dict]) -> list[str]:
                 f"g(r) difference {row['rdf_integrated_abs_difference']:.3f}"
                 + (f" (teacher's halves {floor:.3f})" if floor is not None else "")
             )
+        if row.get("closest_contacts"):
+            parts.append(f"closest contacts (A, student / teacher) {row['closest_contacts']}")
         lines.append(f"  {name:<22} " + ", ".join(parts))
     return lines
 

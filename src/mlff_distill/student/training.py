@@ -93,6 +93,20 @@ def contact_wall_radii(store: Path, species: Sequence[int], cutoff_A: float) -> 
     return [[closest.get((min(a, b), max(a, b)), 0.0) for b in species] for a in species]
 
 
+def _log_walls(
+    logger: logging.Logger, student: StudentSettings, species: Sequence[int], walls: Optional[list[list[float]]]
+) -> None:
+    """Log the contact wall's radii by pair of elements (nothing without a wall)."""
+    if walls is None:
+        return
+    pairs = {(a, b): walls[i][j] for i, a in enumerate(species) for j, b in enumerate(species) if a <= b}
+    logger.info(
+        "contact wall of %g eV/A^3 below (A) %s",
+        student.contact_wall_eV_per_A3,
+        describe_contacts({pair: r for pair, r in pairs.items() if r > 0}),
+    )
+
+
 def load_initial_weights(model: StudentPotential, initial_weights: dict[str, torch.Tensor]) -> None:
     """Load a previous student's ``state_dict`` into ``model`` (weights, reference energies and
     energy scale); raises ``ValueError`` saying what differs when it is not a student of the same
@@ -175,6 +189,7 @@ def fit(
             **dataclasses.asdict(student),
         )
         model.load_state_dict(weights)
+        _log_walls(logger, student, info["species"], info["contact_wall_A"])
         return model, history, info
     max_bytes = train.in_memory_max_GB * 1e9
     training = StructureBlocks.from_store(store, "train", max_bytes)
@@ -194,13 +209,7 @@ def fit(
     model = StudentPotential(
         species=species, reference_energies_eV=references, contact_wall_A=walls, **dataclasses.asdict(student)
     )
-    if walls is not None:
-        pairs = {(a, b): walls[i][j] for i, a in enumerate(species) for j, b in enumerate(species) if a <= b}
-        logger.info(
-            "contact wall of %g eV/A^3 below (A) %s",
-            student.contact_wall_eV_per_A3,
-            describe_contacts({pair: r for pair, r in pairs.items() if r > 0}),
-        )
+    _log_walls(logger, student, species, walls)
     if initial_weights is not None:
         load_initial_weights(model, initial_weights)
         references = dict(zip(model.species, model.reference_energies_eV.tolist()))
