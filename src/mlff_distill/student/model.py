@@ -9,7 +9,7 @@ to zero at the cutoff and the map has no bias, energies and forces are smooth at
 
 Below the closest contact of each pair of elements in its training labels, a student has learned
 nothing, and MD can fall into a hole there that the teacher does not have (two H atoms of two water
-molecules held 0.8-1.0 A apart for picoseconds, 1.5-2 eV below the teacher). The contact wall
+molecules held 0.8-1.0 A apart for picoseconds, 1-2 eV below the teacher). The contact wall
 closes that region: a fixed pair energy ``k (r0 - r)^3`` for ``r < r0``, with ``r0`` the closest
 contact of the two elements in the training labels (`training.contact_wall_radii`), zero and flat at
 the distances the labels cover.
