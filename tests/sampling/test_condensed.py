@@ -13,6 +13,7 @@ from mlff_distill.sampling.boxes import pack_box
 from mlff_distill.sampling.condensed import derived_structures, molecular_clusters, target_trajectories
 from mlff_distill.sampling.targets import targets_from
 from mlff_distill.settings import TargetSettings, section_settings
+from mlff_distill.teachers import TeacherCalculator
 from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
 
 LOGGER = logging.getLogger("test")
@@ -134,7 +135,9 @@ def test_derived_structures_are_rattled_strained_copies_and_clusters(cu2_box_set
 
 def test_target_trajectories_run_the_teacher_from_fresh_starts(cu2_box_settings, emt):
     box, dimer = targets_from(cu2_box_settings.systems)
-    trajectories = target_trajectories(box, cu2_box_settings, emt, np.random.default_rng(0), LOGGER, test=False)
+    trajectories = target_trajectories(
+        box, cu2_box_settings, TeacherCalculator(emt), np.random.default_rng(0), LOGGER, test=False
+    )
     assert len(trajectories) == 2 * 2 and all(len(t) == 3 for t in trajectories)
     assert [t[0].info["temperature_K"] for t in trajectories] == [300.0, 300.0, 600.0, 600.0]
     for trajectory in trajectories:
@@ -146,11 +149,15 @@ def test_target_trajectories_run_the_teacher_from_fresh_starts(cu2_box_settings,
     assert len({tuple(np.round(t[0].cell.lengths(), 9)) for t in trajectories}) == 1
     assert not np.allclose(trajectories[0][0].positions, trajectories[1][0].positions, atol=0.5)
 
-    tests = target_trajectories(box, cu2_box_settings, emt, np.random.default_rng(1), LOGGER, test=True)
+    tests = target_trajectories(
+        box, cu2_box_settings, TeacherCalculator(emt), np.random.default_rng(1), LOGGER, test=True
+    )
     assert len(tests) == 2 and [len(t) for t in tests] == [2, 2]
     assert {f.info["strategy"] for t in tests for f in t} == {"test-md"}
 
-    molecule_runs = target_trajectories(dimer, cu2_box_settings, emt, np.random.default_rng(0), LOGGER, test=False)
+    molecule_runs = target_trajectories(
+        dimer, cu2_box_settings, TeacherCalculator(emt), np.random.default_rng(0), LOGGER, test=False
+    )
     assert len(molecule_runs) == 2 and not molecule_runs[0][0].pbc.any()
     assert all(np.isfinite(f.positions).all() for t in molecule_runs for f in t)  # a linear molecule too
     assert "molecule_index" not in molecule_runs[0][0].arrays

@@ -20,6 +20,7 @@ from mlff_distill.sampling.sampler import (
 from mlff_distill.sampling.seeds import seed_molecules
 from mlff_distill.sampling.targets import targets_from
 from mlff_distill.settings import SampleSettings, TargetSettings, section_settings
+from mlff_distill.teachers import TeacherCalculator
 from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
 
 LOGGER = logging.getLogger("test")
@@ -77,7 +78,7 @@ def test_teacher_md_and_full_sampling(ani1x_teacher, tmp_path):
         },
     )
     seed = seed_molecules(["H2O"])[0]
-    frames = teacher_md(seed, ani1x_teacher, 300.0, settings.md, np.random.default_rng(0))
+    frames = teacher_md(seed, TeacherCalculator(ani1x_teacher), 300.0, settings.md, np.random.default_rng(0))
     assert len(frames) == 3
     assert not np.allclose(frames[0].positions, frames[1].positions)
     # bonds stay bonds at 300 K over a few fs
@@ -173,7 +174,7 @@ def with_targets(settings, teacher, targets, target_settings, molecule_only=Fals
     sampler.check_targets(targets, teacher, molecule_only, target_settings.min_distance_A, np.random.default_rng(3))
     training, test = [], []
     for target in targets:
-        more_training, more_test = sampler.target_groups(target, target_settings, teacher, 0, LOGGER)
+        more_training, more_test = sampler.target_groups(target, target_settings, TeacherCalculator(teacher), 0, LOGGER)
         training, test = training + more_training, test + more_test
     return sample_structures(settings, 0, teacher, molecule_only, LOGGER, training, test)
 
@@ -190,10 +191,10 @@ def test_targets_give_training_groups_and_the_test_split(tmp_path, monkeypatch):
     test_rng = [None]
     original_trajectories = condensed.target_trajectories
 
-    def trajectories(target, settings, teacher, rng, logger, test):
+    def trajectories(target, settings, md_calculator, rng, logger, test):
         if test:
             test_rng[0] = rng
-        return original_trajectories(target, settings, teacher, rng, logger, test)
+        return original_trajectories(target, settings, md_calculator, rng, logger, test)
 
     monkeypatch.setattr(condensed, "target_start", recorded)
     monkeypatch.setattr(sampler, "target_trajectories", trajectories)

@@ -27,6 +27,7 @@ from mlff_distill.sampling.strategies import (
     with_vacancies,
 )
 from mlff_distill.settings import SampleSettings, section_settings
+from mlff_distill.teachers import TeacherCalculator
 
 
 def seeded(name: str) -> Atoms:
@@ -102,8 +103,8 @@ def test_rattle_relax_lowers_energy_and_records_parents(ani1x_teacher, single_th
     args = dict(generations=1, children_per_generation=6, sigma_A=0.08, temperature_K=1000.0)
     rattled = rattle_relax(seed, ani1x_teacher, relax_steps=0, rng=np.random.default_rng(3), **args)
     relaxed = rattle_relax(seed, ani1x_teacher, relax_steps=8, rng=np.random.default_rng(3), **args)
-    e_rattled = [teacher_relax(a.copy(), ani1x_teacher, 0) for a in rattled]
-    e_relaxed = [teacher_relax(a.copy(), ani1x_teacher, 0) for a in relaxed]
+    e_rattled = [teacher_relax(a.copy(), TeacherCalculator(ani1x_teacher), 0) for a in rattled]
+    e_relaxed = [teacher_relax(a.copy(), TeacherCalculator(ani1x_teacher), 0) for a in relaxed]
     assert np.mean(e_relaxed) < np.mean(e_rattled)
 
     family = rattle_relax(
@@ -126,7 +127,7 @@ def test_rattle_relax_lowers_energy_and_records_parents(ani1x_teacher, single_th
 
 def test_normal_modes_of_water(ani1x_teacher, single_thread):
     water = seeded("H2O")
-    teacher_relax(water, ani1x_teacher, 50)  # near the teacher's minimum
+    teacher_relax(water, TeacherCalculator(ani1x_teacher), 50)  # near the teacher's minimum
     hessian = teacher_hessian(water, ani1x_teacher)
     eigenvalues, vectors = vibrational_modes(water, hessian)
     assert len(eigenvalues) == 3 and (eigenvalues > 0).all()

@@ -9,12 +9,12 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import Calculator
 
 from mlff_distill.sampling.boxes import replicated
 from mlff_distill.sampling.condensed import equilibrated_system, teacher_md_frames
 from mlff_distill.sampling.targets import Target
 from mlff_distill.settings import TargetSettings
-from mlff_distill.teachers import Teacher
 
 
 def nvt_starts(
@@ -40,12 +40,13 @@ def timing_systems(
     targets: Sequence[Target],
     settings: TargetSettings,
     sizes: Sequence[int],
-    teacher: Teacher,
+    md_calculator: Calculator,
     seed: int,
     logger: logging.Logger,
 ) -> list[Atoms]:
     """Each periodic target at each of ``sizes`` (atoms, about): a system of the smallest size
-    equilibrated by the teacher at the target's lowest temperature (`equilibrated_system`), repeated
+    equilibrated by teacher MD (``md_calculator``, an ASE calculator of the teacher) at the target's
+    lowest temperature (`equilibrated_system`), repeated
     to the larger sizes (`replicated`). Molecule targets are not timed here (not periodic). The
     systems come smallest first, all targets together: FeNNol teachers keep the padded size of the
     largest system they have seen, so a small system timed after a large one would be slowed."""
@@ -55,7 +56,8 @@ def timing_systems(
         if target.kind == "molecule":
             logger.info("target %s: a molecule, not timed at the speed table's sizes", target.name)
             continue
-        smallest = equilibrated_system(target, min(sizes), settings, teacher, min(target.temperatures_K), rng)
+        smallest = equilibrated_system(target, min(sizes), settings, md_calculator, min(target.temperatures_K), rng)
+
         for size in sizes:
             system = smallest if size == min(sizes) else replicated(smallest, size)
             system.info.update(system=target.name, target=target.name)

@@ -18,13 +18,13 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import Calculator
 from ase.geometry import find_mic
 from tqdm import tqdm
 
 from mlff_distill.sampling.strategies import rattle_and_strain, teacher_md, teacher_relax
 from mlff_distill.sampling.targets import Target, target_of_size, target_start
 from mlff_distill.settings import TargetSettings
-from mlff_distill.teachers import Teacher
 
 TEACHER_MD = ("md", "test-md")  # the strategies of teacher-MD frames: training (and validation), test
 
@@ -97,7 +97,7 @@ def _whole(frame: Atoms, atoms: np.ndarray) -> np.ndarray:
 def target_trajectories(
     target: Target,
     settings: TargetSettings,
-    teacher: Teacher,
+    md_calculator: Calculator,
     rng: np.random.Generator,
     logger: logging.Logger,
     test: bool,
@@ -106,7 +106,9 @@ def target_trajectories(
     runs (when ``test``: ``settings.test.trajectories`` runs of ``settings.test.frames_per_trajectory``
     frames), each from a fresh `target_start` (boxes packed anew with ``settings.min_distance_A``),
     relaxed by ``settings.md.relax_steps`` FIRE steps on the teacher (fixed cell), then Langevin MD
-    (`mlff_distill.sampling.strategies.teacher_md` with ``settings.md``). Frames' ``info``: ``seed``
+    (`mlff_distill.sampling.strategies.teacher_md` with ``settings.md``), both driven by
+    ``md_calculator`` (the teacher's fastest implementation in MD,
+    `mlff_distill.teachers.teacher_md_calculator`; the label stage labels the frames). Frames' ``info``: ``seed``
     and ``target`` (the name), ``temperature_K``, ``strategy`` "md" (or "test-md"); box frames keep
     ``molecule_index``. Every random choice comes from ``rng``."""
     runs = settings.test.trajectories if test else settings.md.trajectories
@@ -126,8 +128,8 @@ def target_trajectories(
     trajectories = []
     for temperature, run in tqdm(jobs, desc=f"{strategy} {target.name}", unit="trajectory"):
         start = target_start(target, rng, settings.min_distance_A)
-        energy = teacher_relax(start, teacher, settings.md.relax_steps)
-        trajectories.append(teacher_md(start, teacher, temperature, md, rng, strategy=strategy))
+        energy = teacher_relax(start, md_calculator, settings.md.relax_steps)
+        trajectories.append(teacher_md(start, md_calculator, temperature, md, rng, strategy=strategy))
         logger.info(
             "%s %s at %g K, run %d of %d: %d atoms, %d frames (start energy %.3f eV after %d relax steps)",
             strategy,
@@ -168,17 +170,17 @@ def equilibrated_system(
     target: Target,
     n_atoms: int,
     settings: TargetSettings,
-    teacher: Teacher,
+    md_calculator: Calculator,
     temperature_K: float,
     rng: np.random.Generator,
 ) -> Atoms:
     """A periodic system of ``target`` with about ``n_atoms`` atoms (`target_of_size`), relaxed and
-    then equilibrated by teacher MD at ``temperature_K`` as the training trajectories are
-    (``settings.md``), its last frame; ``info``: ``system`` and ``target`` (the name)."""
+    then equilibrated by teacher MD (``md_calculator``) at ``temperature_K`` as the training
+    trajectories are (``settings.md``), its last frame; ``info``: ``system`` and ``target`` (the name)."""
     start = target_of_size(target, n_atoms, rng, settings.min_distance_A)
     start.info.update(seed=target.name, target=target.name)
-    teacher_relax(start, teacher, settings.md.relax_steps)
+    teacher_relax(start, md_calculator, settings.md.relax_steps)
     md = dataclasses.replace(settings.md, frames_per_trajectory=1)
-    (frame,) = teacher_md(start, teacher, temperature_K, md, rng, strategy="timing")
+    (frame,) = teacher_md(start, md_calculator, temperature_K, md, rng, strategy="timing")
     frame.info.update(system=target.name, target=target.name)
     return frame

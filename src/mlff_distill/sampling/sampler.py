@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms
+from ase.calculators.calculator import Calculator
 from ase.io import write
 from tqdm import tqdm
 
@@ -28,7 +29,7 @@ from mlff_distill.sampling.seeds import read_seed_files, seed_structures
 from mlff_distill.sampling.strategies import teacher_md
 from mlff_distill.sampling.targets import Target, target_start
 from mlff_distill.settings import SampleSettings, TargetSettings
-from mlff_distill.teachers import Teacher, check_structures_for
+from mlff_distill.teachers import Teacher, TeacherCalculator, check_structures_for
 
 SPLITS = ("train", "val", "test")
 
@@ -162,17 +163,18 @@ def check_targets(
 
 
 def target_groups(
-    target: Target, settings: TargetSettings, teacher: Teacher, random_seed: int, logger: logging.Logger
+    target: Target, settings: TargetSettings, md_calculator: Calculator, random_seed: int, logger: logging.Logger
 ) -> tuple[list[list[Atoms]], list[list[Atoms]]]:
     """The target's training groups (each a teacher MD trajectory followed by the structures derived
-    from it) and test groups (test trajectories). Training draws from
+    from it) and test groups (test trajectories), their MD driven by ``md_calculator`` (an ASE
+    calculator of the teacher, `mlff_distill.sampling.condensed.target_trajectories`). Training draws from
     ``default_rng([random_seed, 2, <name>])``, the test from ``default_rng([random_seed, 1, <name>])``
     (the name's bytes): test starts are packed apart from the training ones, each target's data do
     not depend on the other targets, and the test trajectories do not change the training data."""
     name = list(target.name.encode())
     train_rng = np.random.default_rng([random_seed, 2, *name])
     test_rng = np.random.default_rng([random_seed, 1, *name])
-    trajectories = target_trajectories(target, settings, teacher, train_rng, logger, test=False)
+    trajectories = target_trajectories(target, settings, md_calculator, train_rng, logger, test=False)
     derived = [derived_structures(frames, settings, train_rng) for frames in trajectories]
     training = [frames + more for frames, more in zip(trajectories, derived)]
     logger.info(
@@ -182,7 +184,7 @@ def target_groups(
         sum(map(len, trajectories)),
         sum(map(len, derived)),
     )
-    return training, target_trajectories(target, settings, teacher, test_rng, logger, test=True)
+    return training, target_trajectories(target, settings, md_calculator, test_rng, logger, test=True)
 
 
 def sample_structures(
@@ -215,7 +217,8 @@ def sample_structures(
     md_jobs = [(seed, t) for seed in seeds for t in settings.md.temperatures_K]
     if settings.md.frames_per_trajectory:
         for seed, temperature in tqdm(md_jobs, desc="teacher MD", unit="trajectory"):
-            trajectories.append(teacher_md(seed, teacher, temperature, settings.md, rng))
+            trajectories.append(teacher_md(seed, TeacherCalculator(teacher), temperature, settings.md, rng))
+
             logger.info("MD %s at %g K: %d frames", seed.info["seed"], temperature, len(trajectories[-1]))
     trajectories += extra_strategies(seeds, settings, teacher, rng, logger)
     test_groups = [list(group) for group in target_test]

@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 from ase import Atoms, units
+from ase.calculators.calculator import Calculator
 from ase.md.langevin import Langevin
 from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 from ase.optimize import FIRE
@@ -137,10 +138,12 @@ def boltzmann_weights(energies_eV: Sequence[float], temperature_K: float) -> np.
     return weights / weights.sum()
 
 
-def teacher_relax(atoms: Atoms, teacher: Teacher, steps: int, max_step_A: float = 0.1) -> float:
+def teacher_relax(atoms: Atoms, calculator: Calculator, steps: int, max_step_A: float = 0.1) -> float:
     """At most ``steps`` FIRE steps (each moving an atom at most ``max_step_A``, Angstrom) on the
-    teacher's potential energy surface, in place, with a fixed cell; the final energy in eV."""
-    atoms.calc = TeacherCalculator(teacher)
+    teacher's potential energy surface, in place, with a fixed cell; the final energy in eV.
+    ``calculator``: an ASE calculator of the teacher (`TeacherCalculator`, or a faster
+    implementation of the same model, `mlff_distill.teachers.teacher_md_calculator`)."""
+    atoms.calc = calculator
     if steps > 0:
         FIRE(atoms, logfile=None, maxstep=max_step_A).run(fmax=1e-3, steps=steps)
     energy = float(atoms.get_potential_energy())
@@ -150,22 +153,24 @@ def teacher_relax(atoms: Atoms, teacher: Teacher, steps: int, max_step_A: float 
 
 def teacher_md(
     seed: Atoms,
-    teacher: Teacher,
+    calculator: Calculator,
     temperature_K: float,
     md: MDSettings | TargetMDSettings,
     rng: np.random.Generator,
     strategy: str = "md",
 ) -> list[Atoms]:
     """``md.frames_per_trajectory`` frames of a Langevin trajectory at ``temperature_K`` driven by the
-    teacher from ``seed`` (Maxwell-Boltzmann velocities, no net momentum): ``md.equilibration_steps``
-    steps, then a frame every ``md.steps_between_frames`` steps of ``md.timestep_fs`` (fs), friction
-    ``md.friction_per_fs`` (1/fs). ``md`` is either settings section (both have these fields).
+    teacher's ASE ``calculator`` (as in `teacher_relax`) from ``seed`` (Maxwell-Boltzmann velocities,
+    no net momentum): ``md.equilibration_steps`` steps, then a frame every ``md.steps_between_frames``
+    steps of ``md.timestep_fs`` (fs), friction ``md.friction_per_fs`` (1/fs). ``md`` is either
+    settings section (both have these fields).
+
 
     Frames keep the cell, periodicity and ``arrays["molecule_index"]`` (if any); ``info``: ``seed``
     and, if the seed has one, ``target`` (from the seed's info), ``strategy``, ``temperature_K``.
     """
     atoms = seed.copy()
-    atoms.calc = TeacherCalculator(teacher)
+    atoms.calc = calculator
     thermalize_momenta(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
     if not atoms.pbc.any():  # rotation is a rigid mode of molecules only
@@ -216,7 +221,8 @@ def rattle_relax(
     """
     pool = [seed.copy()]
     pool[0].calc = None
-    energies = [teacher_relax(pool[0].copy(), teacher, 0)]
+    calculator = TeacherCalculator(teacher)
+    energies = [teacher_relax(pool[0].copy(), calculator, 0)]
     children: list[Atoms] = []
     for generation in range(1, generations + 1):
         weights = boltzmann_weights(energies, temperature_K)
@@ -225,7 +231,7 @@ def rattle_relax(
             parent = int(rng.choice(len(pool), p=weights))
             child = pool[parent].copy()
             child.positions += rng.normal(0.0, sigma_A, child.positions.shape)
-            energy = teacher_relax(child, teacher, relax_steps)
+            energy = teacher_relax(child, calculator, relax_steps)
             child.info = {
                 "seed": seed.info["seed"],
                 "strategy": "rattle-relax",

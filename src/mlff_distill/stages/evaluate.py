@@ -196,6 +196,7 @@ def run(
             "exported_student": exported,
         }
         if targets:
+            md_calculator = teacher_md_calculator(teacher_model, implementations)
             metrics["target_nvt"] = target_nvt_rows(
                 student_calculator,
                 nvt_starts(targets, sampled, settings.md.all_temperatures),
@@ -203,12 +204,12 @@ def run(
                 settings.md,
                 seed,
                 label_contact_bounds(store, settings.md.contact_fraction),
-                teacher_md_calculator(teacher_model, implementations),
+                md_calculator,
             )
             metrics["md_validation"] = None
             metrics["speed"] = speed_rows_for(
                 timing_systems(
-                    targets, build(TargetSettings, target, "target"), settings.speed.sizes, teacher_model, seed, logger
+                    targets, build(TargetSettings, target, "target"), settings.speed.sizes, md_calculator, seed, logger
                 ),
                 settings,
                 teacher_model,

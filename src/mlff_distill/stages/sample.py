@@ -22,7 +22,7 @@ from mlff_distill.logs import stage_logger
 from mlff_distill.sampling.sampler import SPLITS, check_targets, sample_structures, target_groups, write_structures
 from mlff_distill.sampling.targets import targets_from
 from mlff_distill.settings import SampleSettings, TargetSettings, TeacherSettings, build
-from mlff_distill.teachers import load_teacher
+from mlff_distill.teachers import load_teacher, teacher_implementations, teacher_md_calculator
 from mlff_distill.tracking import stage_run
 
 
@@ -38,8 +38,10 @@ def run_target(
     threads: int = 1,
 ) -> None:
     """The Snakemake job of one target: check it against the teacher (before any MD), then its
-    training and test trajectories; each structure's ``info["trajectory"]`` numbers its group
-    within the file and ``info["test"]`` marks the test trajectories."""
+    training and test trajectories, run by the teacher's fastest implementation in MD
+    (`mlff_distill.teachers.teacher_md_calculator`; the label stage labels their frames with the
+    teacher itself); each structure's ``info["trajectory"]`` numbers its group within the file and
+    ``info["test"]`` marks the test trajectories."""
     logger = stage_logger(f"sample-{target_name}", log_file)
     torch.set_num_threads(threads)
     settings, teacher_settings = build(TargetSettings, target, "target"), build(TeacherSettings, teacher, "teacher")
@@ -50,7 +52,13 @@ def run_target(
         check_targets(
             [chosen], model, teacher_settings.molecule_only, settings.min_distance_A, np.random.default_rng([seed, 3])
         )
-        training, test = target_groups(chosen, settings, model, seed, logger)
+        implementations = teacher_implementations(teacher_settings)
+        md_calculator = teacher_md_calculator(model, implementations)
+        by = [name for name, calc in implementations.others.items() if calc is md_calculator]
+        logger.info("teacher MD by %s", by[0] if by else implementations.labeling)
+
+        training, test = target_groups(chosen, settings, md_calculator, seed, logger)
+
         structures = []
         for index, (group, is_test) in enumerate([(g, False) for g in training] + [(g, True) for g in test]):
             for atoms in group:
