@@ -113,7 +113,7 @@ def speed_plot(rows: Sequence[Mapping[str, Any]], path: Path) -> Path:
                 ":",
                 marker="^",
                 color=colour,
-                label=f"{name}fastest teacher ({fastest[0]['teacher_fastest']})",
+                label=f"{name}fastest teacher ({', '.join(dict.fromkeys(row['teacher_fastest'] for row in fastest))})",
             )
         student = [row for row in group if row.get("student_ms") is not None]
         if student:
