@@ -36,11 +36,20 @@ logger = logging.getLogger(__name__)
 
 
 def time_calls(
-    calculator: Calculator, atoms: Atoms, repeats: int, warmup: int = 2, stress: bool = True, min_seconds: float = 1.0
+    calculator: Calculator,
+    atoms: Atoms,
+    repeats: int,
+    warmup: int = 2,
+    stress: bool = True,
+    min_seconds: float = 1.0,
+    max_seconds: float = 10.0,
 ) -> dict:
     """Time ``calculator`` on ``atoms``: ``warmup`` untimed calls, then timed ones, at least
     ``repeats`` and until they took ``min_seconds`` (s) in all, so that fast calls (a few ms) get
-    a median over hundreds of calls.
+    a median over hundreds of calls; but no more once ``max_seconds`` (s) have been timed, so that
+    a teacher taking seconds per call on thousands of atoms is timed once or twice, not
+    ``repeats`` times (a call that long varies by a few percent, and the evaluate stage times
+    several implementations of it at each size).
 
     Each call computes energy and forces, and stress when ``stress`` is asked, ``atoms`` is
     periodic in all three directions and the calculator implements it, from scratch (neighbour
@@ -69,7 +78,7 @@ def time_calls(
     for _ in range(warmup):
         calculator.calculate(atoms, properties, all_changes)
     seconds: list[float] = []
-    while len(seconds) < repeats or sum(seconds) < min_seconds:
+    while not seconds or ((len(seconds) < repeats or sum(seconds) < min_seconds) and sum(seconds) < max_seconds):
         start = time.perf_counter()
         calculator.calculate(atoms, properties, all_changes)
         if cuda:
