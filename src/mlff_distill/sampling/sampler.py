@@ -218,7 +218,6 @@ def sample_structures(
     if settings.md.frames_per_trajectory:
         for seed, temperature in tqdm(md_jobs, desc="teacher MD", unit="trajectory"):
             trajectories.append(teacher_md(seed, TeacherCalculator(teacher), temperature, settings.md, rng))
-
             logger.info("MD %s at %g K: %d frames", seed.info["seed"], temperature, len(trajectories[-1]))
     trajectories += extra_strategies(seeds, settings, teacher, rng, logger)
     test_groups = [list(group) for group in target_test]
