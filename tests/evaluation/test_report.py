@@ -219,7 +219,6 @@ def test_targets_fill_their_tables_and_figures_and_a_speedup_needs_its_accuracy(
     # the summary's range counts only systems with their accuracy
     assert "15.0-15.0x on one thread; 12.0-12.0x on all 2 cores; force error there 2.6-2.6 % (1 systems)" in page
     assert "accuracy not measured on 1 of 2 systems, not counted" in page
-
     assert "exported student, AOTInductor (ms)" in page and ">1.81<" in page and ">0.905<" in page
     assert ">0.0431<" in page and ">0.0777<" in page and "g(r), between molecules" in page
     assert page.count("data:image/png;base64,") == 4 and "no targets" not in page

@@ -39,7 +39,6 @@ def test_time_calls_reports_latency_throughput_and_stress():
     assert time_calls(EMT(), copper, repeats=5, warmup=0, min_seconds=0.0, max_seconds=0.0)["n_calls"] == 1
     capped = time_calls(EMT(), copper, repeats=10_000, warmup=0, min_seconds=0.0, max_seconds=0.2)
     assert 1 < capped["n_calls"] < 10_000
-
     assert not time_calls(EMT(), copper, repeats=1, warmup=0, stress=False, min_seconds=0.0)["with_stress"]
     assert not time_calls(EMT(), molecule("CH4"), repeats=1, warmup=0, min_seconds=0.0)["with_stress"]
 

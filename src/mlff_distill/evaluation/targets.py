@@ -57,7 +57,6 @@ def timing_systems(
             logger.info("target %s: a molecule, not timed at the speed table's sizes", target.name)
             continue
         smallest = equilibrated_system(target, min(sizes), settings, md_calculator, min(target.temperatures_K), rng)
-
         for size in sizes:
             system = smallest if size == min(sizes) else replicated(smallest, size)
             system.info.update(system=target.name, target=target.name)

@@ -165,7 +165,6 @@ def teacher_md(
     steps of ``md.timestep_fs`` (fs), friction ``md.friction_per_fs`` (1/fs). ``md`` is either
     settings section (both have these fields).
 
-
     Frames keep the cell, periodicity and ``arrays["molecule_index"]`` (if any); ``info``: ``seed``
     and, if the seed has one, ``target`` (from the seed's info), ``strategy``, ``temperature_K``.
     """

@@ -56,9 +56,7 @@ def run_target(
         md_calculator = teacher_md_calculator(model, implementations)
         by = [name for name, calc in implementations.others.items() if calc is md_calculator]
         logger.info("teacher MD by %s", by[0] if by else implementations.labeling)
-
         training, test = target_groups(chosen, settings, md_calculator, seed, logger)
-
         structures = []
         for index, (group, is_test) in enumerate([(g, False) for g in training] + [(g, True) for g in test]):
             for atoms in group:
