@@ -90,8 +90,9 @@ def test_implementations_of_each_teacher(default_settings):
 def test_the_teachers_md_runs_its_fastest_implementation(default_settings):
     emt_settings = section_settings(TeacherSettings, "teacher", {"kind": "ase", "factory": "ase.calculators.emt:EMT"})
     emt = load_teacher(emt_settings)
-    assert isinstance(teacher_md_calculator(emt, teacher_implementations(emt_settings)), TeacherCalculator)
+    name, calculator = teacher_md_calculator(emt, teacher_implementations(emt_settings))
+    assert name == "ase" and isinstance(calculator, TeacherCalculator)
     ani1x = teacher_implementations(default_settings)
-    assert teacher_md_calculator(emt, ani1x) is ani1x.others[CELL_LIST]  # torchani's cell list, then FeNNol's skin
+    assert teacher_md_calculator(emt, ani1x) == (CELL_LIST, ani1x.others[CELL_LIST])  # cell list, then skin
     other_model = teacher_implementations(section_settings(TeacherSettings, "teacher", {"name": "ani2x"}))
-    assert teacher_md_calculator(emt, other_model) is other_model.others[FENNOL_SKIN]
+    assert teacher_md_calculator(emt, other_model) == (FENNOL_SKIN, other_model.others[FENNOL_SKIN])

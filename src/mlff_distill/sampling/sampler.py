@@ -216,8 +216,9 @@ def sample_structures(
         ]
     md_jobs = [(seed, t) for seed in seeds for t in settings.md.temperatures_K]
     if settings.md.frames_per_trajectory:
+        calculator = TeacherCalculator(teacher)
         for seed, temperature in tqdm(md_jobs, desc="teacher MD", unit="trajectory"):
-            trajectories.append(teacher_md(seed, TeacherCalculator(teacher), temperature, settings.md, rng))
+            trajectories.append(teacher_md(seed, calculator, temperature, settings.md, rng))
             logger.info("MD %s at %g K: %d frames", seed.info["seed"], temperature, len(trajectories[-1]))
     trajectories += extra_strategies(seeds, settings, teacher, rng, logger)
     test_groups = [list(group) for group in target_test]

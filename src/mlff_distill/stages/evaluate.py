@@ -196,7 +196,7 @@ def run(
             "exported_student": exported,
         }
         if targets:
-            md_calculator = teacher_md_calculator(teacher_model, implementations)
+            _, md_calculator = teacher_md_calculator(teacher_model, implementations)
             metrics["target_nvt"] = target_nvt_rows(
                 student_calculator,
                 nvt_starts(targets, sampled, settings.md.all_temperatures),

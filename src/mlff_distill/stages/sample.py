@@ -53,9 +53,8 @@ def run_target(
             [chosen], model, teacher_settings.molecule_only, settings.min_distance_A, np.random.default_rng([seed, 3])
         )
         implementations = teacher_implementations(teacher_settings)
-        md_calculator = teacher_md_calculator(model, implementations)
-        by = [name for name, calc in implementations.others.items() if calc is md_calculator]
-        logger.info("teacher MD by %s", by[0] if by else implementations.labeling)
+        md_name, md_calculator = teacher_md_calculator(model, implementations)
+        logger.info("teacher MD by %s", md_name)
         training, test = target_groups(chosen, settings, md_calculator, seed, logger)
         structures = []
         for index, (group, is_test) in enumerate([(g, False) for g in training] + [(g, True) for g in test]):

@@ -191,8 +191,8 @@ def teacher_implementations(settings: TeacherSettings) -> TeacherImplementations
     )
 
 
-def teacher_md_calculator(teacher: Teacher, implementations: TeacherImplementations) -> Calculator:
-    """An ASE calculator of ``teacher`` for MD, by its fastest implementation in MD as measured on
+def teacher_md_calculator(teacher: Teacher, implementations: TeacherImplementations) -> tuple[str, Calculator]:
+    """The name and an ASE calculator of ``teacher``'s fastest implementation in MD, as measured on
     this project's machines (README, "Measured"): torchani 2.9's cell list where it runs, else
     FeNNol's skin list, else the labeling path (`TeacherCalculator`)."""
     # torchani_runtime imports torch and torchani; only this path needs them
@@ -200,8 +200,8 @@ def teacher_md_calculator(teacher: Teacher, implementations: TeacherImplementati
 
     for name in (CELL_LIST, FENNOL_SKIN):
         if name in implementations.others:
-            return implementations.others[name]
-    return TeacherCalculator(teacher)
+            return name, implementations.others[name]
+    return implementations.labeling, TeacherCalculator(teacher)
 
 
 def check_structures_for(teacher: Teacher, structures: Sequence[Atoms], molecule_only: bool = False) -> None:
