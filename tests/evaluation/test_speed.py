@@ -27,6 +27,16 @@ def quick_timing(monkeypatch):
     monkeypatch.setattr(speed, "time_calls", functools.partial(time_calls, min_seconds=0.0))
 
 
+class CountingEMT(EMT):
+    """EMT that counts its calculations."""
+
+    calls = 0
+
+    def calculate(self, *args, **kwargs):
+        self.calls += 1
+        super().calculate(*args, **kwargs)
+
+
 def test_time_calls_reports_latency_throughput_and_stress():
     copper = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     timing = time_calls(EMT(), copper, repeats=3, warmup=1, min_seconds=0.0)
@@ -37,6 +47,13 @@ def test_time_calls_reports_latency_throughput_and_stress():
     assert timing["atom_steps_per_s"] == pytest.approx(32 / (timing["median_ms"] / 1e3))
     # Slow calls stop once max_seconds have been timed, after one call at least.
     assert time_calls(EMT(), copper, repeats=5, warmup=0, min_seconds=0.0, max_seconds=0.0)["n_calls"] == 1
+    # ... and so does the warm-up: one untimed call, not five, then the one timed call.
+    counting = CountingEMT()
+    time_calls(counting, copper, repeats=5, warmup=5, min_seconds=0.0, max_seconds=0.0)
+    assert counting.calls == 2
+    counting = CountingEMT()
+    time_calls(counting, copper, repeats=1, warmup=3, min_seconds=0.0)
+    assert counting.calls == 4
     capped = time_calls(EMT(), copper, repeats=10_000, warmup=0, min_seconds=0.0, max_seconds=0.2)
     assert 1 < capped["n_calls"] < 10_000
     assert not time_calls(EMT(), copper, repeats=1, warmup=0, stress=False, min_seconds=0.0)["with_stress"]

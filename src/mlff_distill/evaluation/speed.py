@@ -49,7 +49,8 @@ def time_calls(
     a median over hundreds of calls; but no more once ``max_seconds`` (s) have been timed, so that
     a teacher taking seconds per call on thousands of atoms is timed once or twice, not
     ``repeats`` times (a call that long varies by a few percent, and the evaluate stage times
-    several implementations of it at each size).
+    several implementations of it at each size). The warm-up likewise ends early, after one call
+    at least, once it has taken ``max_seconds``: a call that long is warm after one.
 
     Each call computes energy and forces, and stress when ``stress`` is asked, ``atoms`` is
     periodic in all three directions and the calculator implements it, from scratch (neighbour
@@ -75,8 +76,11 @@ def time_calls(
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         cuda_before = torch.cuda.memory_allocated()
+    warmup_start = time.perf_counter()
     for _ in range(warmup):
         calculator.calculate(atoms, properties, all_changes)
+        if time.perf_counter() - warmup_start >= max_seconds:
+            break
     seconds: list[float] = []
     while not seconds or ((len(seconds) < repeats or sum(seconds) < min_seconds) and sum(seconds) < max_seconds):
         start = time.perf_counter()
