@@ -134,6 +134,7 @@ def test_summary_has_a_line_per_target_for_accuracy_speed_and_nvt(tmp_path):
                 "force_rel_rmse": 0.05,
                 "all_cores_speedup": 7.5,
                 "all_cores_threads": 2,
+                "all_cores_student_fastest": "exported package, 2 threads",
             },
         ],
         "target_nvt": [
@@ -166,7 +167,7 @@ def test_summary_has_a_line_per_target_for_accuracy_speed_and_nvt(tmp_path):
         "  water 300 K:           force error 2.51 %, energy MAE 1.20 meV/atom (10 test structures)",
         "  speed-up, water:       12.0x (2.6 %) / accuracy not measured at 96 / 768 atoms",
         "  speed-up, si:          8.0x (5.0 %) at 64 atoms",
-        "                         7.5x on all 2 cores",
+        "                         7.5x on all 2 cores (the student as: exported package, 2 threads)",
         "  NVT water 350 K:       5 ps, drift 2.0e-05 eV/atom/ps, g(r) difference 0.041 (teacher's halves 0.030)",
         "  NVT si 900 K:          blew up at 1.25 ps (force of 120.0 eV/A), drift 1.0e-01 eV/atom/ps",
     ):

@@ -34,6 +34,10 @@ from mlff_distill.teachers import Teacher, TeacherCalculator, TeacherImplementat
 
 logger = logging.getLogger(__name__)
 
+# The student's forms in the all-cores pass: the model as the first pass runs it (`StudentCalculator`,
+# on the tune stage's inference path) and its AOTInductor package (`mlff_distill.student.aoti`).
+STUDENT, EXPORTED = "student", "exported package"
+
 
 def time_calls(
     calculator: Calculator,
@@ -142,6 +146,7 @@ def compare_speed(
     all_cores_student: Calculator | None = None,
     all_cores_threads: int = 1,
     exported_student: Calculator | None = None,
+    all_cores_exported_student: Calculator | None = None,
 ) -> list[dict]:
     """One row per system: ``system`` (its ``info["system"]``, else its formula), ``target`` (its
     ``info["target"]``, where it has one), ``n_atoms``, ``teacher_ms``/``student_ms`` (median ms
@@ -174,9 +179,10 @@ def compare_speed(
     relative RMS difference of its forces from the student's: the same model, so rounding).
 
     With ``all_cores_student`` (the same student on ``all_cores_threads`` torch threads), every
-    system is timed a second time on all cores: that student, then every teacher (and member)
-    implementation under ``torch.set_num_threads(all_cores_threads)``, each counted at the faster
-    of its two passes: the ``all_cores_*`` columns of `_all_cores_columns`. JAX teachers run on
+    system is timed a second time on all cores: that student (and ``all_cores_exported_student``,
+    the exported package on as many threads), then every teacher (and member) implementation under
+    ``torch.set_num_threads(all_cores_threads)``, each counted at the faster of its two passes, the
+    student at the fastest of its forms: the ``all_cores_*`` columns of `_all_cores_columns`. JAX teachers run on
     XLA's own thread pool, sized to the machine, in both passes: they are not timed again
     (`uses_torch_threads`), their first pass counts. The columns above are the first
     pass, on the threads the process has (one in the evaluate stage).
@@ -244,8 +250,11 @@ def compare_speed(
         if all_cores_student is not None:
             teachers = {teacher_name: teacher_calc, **(other_teachers or {})}
             members = {"member": member_calc, **(other_members or {})} if member_calc is not None else {}
+            students = {STUDENT: all_cores_student}
+            if all_cores_exported_student is not None:
+                students[EXPORTED] = all_cores_exported_student
             timing = (all_cores_threads, repeats, warmup, stress)
-            rows[-1].update(_all_cores_columns(atoms, all_cores_student, teachers, members, rows[-1], *timing))
+            rows[-1].update(_all_cores_columns(atoms, students, teachers, members, rows[-1], *timing))
         logger.info(
             "speed: %s (%d atoms): student %.2f ms, teacher at its fastest (%s) %.1f ms, %.1fx",
             system,
@@ -271,7 +280,7 @@ def torch_threads(threads: int) -> Iterator[None]:
 
 def _all_cores_columns(
     atoms: Atoms,
-    student_calc: Calculator,
+    students: Mapping[str, Calculator],
     teachers: Mapping[str, Calculator],
     members: Mapping[str, Calculator],
     first_pass: dict,
@@ -282,25 +291,42 @@ def _all_cores_columns(
 ) -> dict:
     """`compare_speed`'s second pass on one system, every calculator on ``threads`` threads, each
     implementation then counted at the faster of its two passes (one thread or all: what a user
-    given all the cores would run). ``first_pass``: the row of the first pass.
+    given all the cores would run). ``students``: the student's forms on ``threads`` threads,
+    ``STUDENT`` (the student as the first pass runs it) and, where there is one, ``EXPORTED`` (its
+    AOTInductor package). ``first_pass``: the row of the first pass.
 
     Columns: ``all_cores_threads``; ``all_cores_student_ms_on_all_threads`` (the student on
-    ``threads`` threads) and ``all_cores_student_ms`` (the faster of that and its one-thread time);
+    ``threads`` threads), ``all_cores_exported_student_ms_on_all_threads`` (the package, where
+    timed), ``all_cores_student_ms`` (the fastest of those and of the two forms' one-thread times),
+    ``all_cores_student_fastest`` (which of them, e.g. ``"exported package, 2 threads"``);
     ``all_cores_teacher_implementations_ms`` (each at its faster pass),
     ``all_cores_teacher_fastest(_ms)``, ``all_cores_speedup`` (over that fastest) and, with
     ``members``, ``all_cores_member_ms`` (their fastest) and ``all_cores_student_speedup_over_member``."""
-    on_all_threads = time_calls(student_calc, atoms, repeats, warmup, stress)["median_ms"]
+    on_all_threads = {
+        name: time_calls(calc, atoms, repeats, warmup, stress)["median_ms"] for name, calc in students.items()
+    }
+    student_forms = {f"{STUDENT}, 1 thread": first_pass["student_ms"]}
+    if first_pass.get("exported_student_ms") is not None:
+        student_forms[f"{EXPORTED}, 1 thread"] = first_pass["exported_student_ms"]
+    student_forms.update({f"{name}, {threads} threads": ms for name, ms in on_all_threads.items()})
+    student_fastest = min(student_forms, key=student_forms.get)
     with torch_threads(threads):
         timed = {name: _timed_again(calc, atoms, repeats, warmup, stress) for name, calc in teachers.items()}
         member_timed = {name: _timed_again(calc, atoms, repeats, warmup, stress) for name, calc in members.items()}
     timed = {name: min(ms, first_pass["teacher_implementations_ms"][name]) for name, ms in timed.items()}
     member_timed = {name: min(ms, first_pass["member_implementations_ms"][name]) for name, ms in member_timed.items()}
-    student_ms = min(on_all_threads, first_pass["student_ms"])
+    student_ms = student_forms[student_fastest]
     fastest = min(timed, key=timed.get)
     columns = {
         "all_cores_threads": threads,
-        "all_cores_student_ms_on_all_threads": on_all_threads,
+        "all_cores_student_ms_on_all_threads": on_all_threads[STUDENT],
+        **(
+            {"all_cores_exported_student_ms_on_all_threads": on_all_threads[EXPORTED]}
+            if EXPORTED in on_all_threads
+            else {}
+        ),
         "all_cores_student_ms": student_ms,
+        "all_cores_student_fastest": student_fastest,
         "all_cores_teacher_implementations_ms": timed,
         "all_cores_teacher_fastest": fastest,
         "all_cores_teacher_fastest_ms": timed[fastest],
@@ -390,6 +416,7 @@ def speed_rows(
     all_cores_student: Calculator | None = None,
     all_cores_threads: int = 1,
     exported_student: Calculator | None = None,
+    all_cores_exported_student: Calculator | None = None,
 ) -> list[dict]:
     """The evaluate stage's speed step: `compare_speed` rows for systems of
     ``evaluate.speed.sizes`` atoms built from ``seeds`` (the run's seeds, or its sampled structures
@@ -398,7 +425,8 @@ def speed_rows(
     of an ensemble teacher, timed too; ``implementations``: the teacher's other implementations
     (`mlff_distill.teachers.teacher_implementations`), timed beside it; ``all_cores_student``:
     the student on ``all_cores_threads`` threads, for the second pass; ``exported_student``: its
-    AOTInductor package (`compare_speed`)."""
+    AOTInductor package, and ``all_cores_exported_student`` that on all the threads
+    (`compare_speed`)."""
     systems = build_timing_systems(seeds, settings.speed.sizes, float(student_calculator.model.cutoff_A), random_seed)
     return speed_rows_for(
         systems,
@@ -410,6 +438,7 @@ def speed_rows(
         all_cores_student,
         all_cores_threads,
         exported_student,
+        all_cores_exported_student,
     )
 
 
@@ -423,12 +452,14 @@ def speed_rows_for(
     all_cores_student: Calculator | None = None,
     all_cores_threads: int = 1,
     exported_student: Calculator | None = None,
+    all_cores_exported_student: Calculator | None = None,
 ) -> list[dict]:
     """`compare_speed` rows for ``systems`` as given (the targets at several sizes, each with its
     ``info["target"]``), ``timing_repeats`` calls and ``speed.warmup`` warm-up calls each;
     ``member`` (one member of an ensemble teacher), ``implementations`` (the teacher's other
-    implementations), ``all_cores_student`` (the second pass) and ``exported_student`` (the
-    student's AOTInductor package) where given."""
+    implementations), ``all_cores_student`` (the second pass), ``exported_student`` (the
+    student's AOTInductor package) and ``all_cores_exported_student`` (the package in the second
+    pass) where given."""
     implementations = implementations or TeacherImplementations(labeling="teacher")
     return compare_speed(
         TeacherCalculator(teacher),
@@ -443,4 +474,5 @@ def speed_rows_for(
         all_cores_student,
         all_cores_threads,
         exported_student,
+        all_cores_exported_student,
     )

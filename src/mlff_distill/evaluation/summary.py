@@ -95,7 +95,11 @@ def speed_lines(rows: list[dict]) -> list[str]:
             lines.append(f"  {'':<22} exported package (AOTInductor): {ratios} of the student's time")
         if all(row.get("all_cores_speedup") is not None and has_accuracy(row) for row in group):
             speedups = " / ".join(f"{row['all_cores_speedup']:.1f}x" for row in group)
-            lines.append(f"  {'':<22} {speedups} on all {group[0]['all_cores_threads']} cores")
+            forms = " / ".join(
+                dict.fromkeys(row["all_cores_student_fastest"] for row in group if "all_cores_student_fastest" in row)
+            )
+            student = f" (the student as: {forms})" if forms else ""
+            lines.append(f"  {'':<22} {speedups} on all {group[0]['all_cores_threads']} cores{student}")
     return lines
 
 

@@ -108,7 +108,9 @@ def run(
             if settings.speed.all_cores and threads > 1
             else None
         )
-        exported = exported_student(inference_path_file, logger)
+        package = exported_package_path(inference_path_file, logger)
+        exported = ExportedStudentCalculator(package) if package else None
+        all_cores_exported = ExportedStudentCalculator(package, threads=threads) if package and all_cores else None
         periodic = bool(test.pbc.all(axis=1).any())
         predictions = predict(model, test, compute_stress=periodic)
         energy_std_eV = split_column(store, "test", "energy_std_eV")
@@ -194,6 +196,7 @@ def run(
             "all_cores_student": all_cores,
             "all_cores_threads": threads,
             "exported_student": exported,
+            "all_cores_exported_student": all_cores_exported,
         }
         if targets:
             _, md_calculator = teacher_md_calculator(teacher_model, implementations)
@@ -263,10 +266,10 @@ def run(
         logger.info("student model %s", _log_student_model(tracker, model))
 
 
-def exported_student(inference_path_file: Path, logger: logging.Logger) -> ExportedStudentCalculator | None:
-    """The tune stage's AOTInductor package as a calculator (one thread), where it made one."""
+def exported_package_path(inference_path_file: Path, logger: logging.Logger) -> str | None:
+    """The path of the tune stage's AOTInductor package, where it made one."""
     record = json.loads(Path(inference_path_file).read_text()).get("exported") or {}
     if not record.get("path"):
         logger.info("speed: no exported package to time (%s)", record.get("error", "tune.export_aoti is off"))
         return None
-    return ExportedStudentCalculator(record["path"])
+    return record["path"]
