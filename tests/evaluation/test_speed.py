@@ -150,6 +150,9 @@ def test_compare_speed_counts_the_speedup_over_the_fastest_implementation(single
     assert row["teacher_fastest_ms"] == min(timed.values()) <= row["teacher_ms"]
     assert row["speedup"] == pytest.approx(row["teacher_fastest_ms"] / row["student_ms"])
     assert row["speedup_over_labeling_teacher"] == pytest.approx(row["teacher_ms"] / row["student_ms"])
+    # the student is timed before the teachers and again after them; the faster pass counts
+    assert len(row["student_passes_ms"]) == 2 and row["student_ms"] == min(row["student_passes_ms"])
+    assert row["student_atom_steps_per_s"] == pytest.approx(1e3 * len(copper) / row["student_ms"])
     differences = row["teacher_implementations_force_rel_diff"]
     assert differences["emt-again"] < 1e-12 < differences["emt-asap"]
     assert set(row["member_implementations_ms"]) == {"member", "member-again"}
