@@ -182,8 +182,8 @@ def compare_speed(
     system is timed a second time on all cores: that student (and ``all_cores_exported_student``,
     the exported package on as many threads), then every teacher (and member) implementation under
     ``torch.set_num_threads(all_cores_threads)``, each counted at the faster of its two passes, the
-    student at the fastest of its forms: the ``all_cores_*`` columns of `_all_cores_columns`. JAX teachers run on
-    XLA's own thread pool, sized to the machine, in both passes: they are not timed again
+    student at the fastest of its forms: the ``all_cores_*`` columns of `_all_cores_columns`. JAX
+    teachers run on XLA's own thread pool, sized to the machine, in both passes: they are not timed again
     (`uses_torch_threads`), their first pass counts. The columns above are the first
     pass, on the threads the process has (one in the evaluate stage).
 
@@ -250,11 +250,13 @@ def compare_speed(
                 "student_peak_MB": student["peak_MB"],
                 "with_stress": teacher["with_stress"],
                 **student_accuracy(atoms, teacher_results, student_result),
-                **(exported[index] if exported else {}),
+                **(
+                    {**exported[index], "exported_over_student": exported[index]["exported_student_ms"] / student_ms}
+                    if exported
+                    else {}
+                ),
             }
         )
-        if exported:
-            rows[-1]["exported_over_student"] = exported[index]["exported_student_ms"] / student_ms
         if member_calc is not None:
             member = _member_columns(atoms, teacher_results, member_calc, other_members, repeats, warmup, stress)
             rows[-1].update(member, student_speedup_over_member=member["member_ms"] / student_ms)
