@@ -292,7 +292,7 @@ def test_benchmark_script_writes_the_table_and_logs_it(tmp_path, single_thread, 
     assert [m.step for m in history] == [row["n_atoms"] for row in rows]
 
 
-def test_speed_rows_for_the_evaluate_stage_use_the_runs_seeds(single_thread, quick_timing):
+def test_speed_rows_on_systems_built_from_the_runs_seeds(single_thread, quick_timing):
     from mlff_distill.evaluation.speed import speed_rows
     from mlff_distill.sampling.seeds import seed_structures
     from mlff_distill.settings import EvaluateSettings, SampleSettings, section_settings
@@ -305,7 +305,8 @@ def test_speed_rows_for_the_evaluate_stage_use_the_runs_seeds(single_thread, qui
     settings = section_settings(EvaluateSettings, "evaluate", {"timing_repeats": 1, "speed": {"sizes": [32, 108]}})
     teacher = AseCalculatorTeacher("ase.calculators.emt:EMT", species=(29,))
     student = StudentPotential(species=(29,), cutoff_A=4.0, n_features=8)
-    rows = speed_rows(settings, seed_structures(sample), 0, teacher, StudentCalculator(student))
+    systems = build_timing_systems(seed_structures(sample), settings.speed.sizes, 4.0, 0)
+    rows = speed_rows(systems, settings, teacher, StudentCalculator(student))
     assert [row["n_atoms"] for row in rows] == [32, 108]
     assert {row["system"] for row in rows} == {"Cu-fcc"}
     assert all(row["teacher_ms"] > 0 and row["student_ms"] > 0 for row in rows)
@@ -315,7 +316,7 @@ def test_speed_rows_carry_the_students_accuracy_on_the_same_system(single_thread
     from ase.calculators.emt import EMT
 
     from mlff_distill.evaluation.metrics import energy_force_errors
-    from mlff_distill.evaluation.speed import speed_rows_for
+    from mlff_distill.evaluation.speed import speed_rows
     from mlff_distill.settings import EvaluateSettings, section_settings
 
     small = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
@@ -327,7 +328,7 @@ def test_speed_rows_carry_the_students_accuracy_on_the_same_system(single_thread
     student = StudentPotential(species=(29,), cutoff_A=4.0, n_features=8)
     settings = section_settings(EvaluateSettings, "evaluate", {"timing_repeats": 1, "speed": {"warmup": 0}})
     teacher = AseCalculatorTeacher("ase.calculators.emt:EMT", species=(29,))
-    rows = speed_rows_for([small, large, plain], settings, teacher, StudentCalculator(student))
+    rows = speed_rows([small, large, plain], settings, teacher, StudentCalculator(student))
     assert [row.get("target") for row in rows] == ["copper", "copper", None] and "target" not in rows[2]
     assert rows[1]["system"] == "copper x2" and [row["n_atoms"] for row in rows] == [32, 64, 32]
     for atoms, row in zip([small, large, plain], rows):

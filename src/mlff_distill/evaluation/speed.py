@@ -6,8 +6,8 @@ numbers of atoms, `time_calls` times one ASE calculator on one system (median la
 peak memory in MB), and `compare_speed` gives one row per system for a teacher and a student, with the student's error
 against the teacher on that system; the teacher's other implementations (the same model run by
 other code, `mlff_distill.teachers.teacher_implementations`) are timed beside it and the
-student's speed-up is counted over the fastest. `speed_rows` is the evaluate stage's step on systems built from
-the run's seeds, `speed_rows_for` on systems given (the targets at several sizes).
+student's speed-up is counted over the fastest. `speed_rows` is the evaluate stage's step: `compare_speed`
+with the stage's settings, on the targets at several sizes or on systems built from the run's seeds.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from ase.stress import voigt_6_to_full_3x3_stress
 
 from mlff_distill.data import LabeledArrays
 from mlff_distill.evaluation.metrics import energy_force_errors, stress_errors
-from mlff_distill.sampling.boxes import build_timing_systems
 from mlff_distill.settings import EvaluateSettings
 from mlff_distill.teachers import Teacher, TeacherCalculator, TeacherImplementations
 
@@ -419,43 +418,6 @@ def student_accuracy(atoms: Atoms, teacher_results: dict, student_results: dict)
 
 
 def speed_rows(
-    settings: EvaluateSettings,
-    seeds: Sequence[Atoms],
-    random_seed: int,
-    teacher: Teacher,
-    student_calculator: Calculator,
-    member: Teacher | None = None,
-    implementations: TeacherImplementations | None = None,
-    all_cores_student: Calculator | None = None,
-    all_cores_threads: int = 1,
-    exported_student: Calculator | None = None,
-    all_cores_exported_student: Calculator | None = None,
-) -> list[dict]:
-    """The evaluate stage's speed step: `compare_speed` rows for systems of
-    ``evaluate.speed.sizes`` atoms built from ``seeds`` (the run's seeds, or its sampled structures
-    when the config names none), ``timing_repeats`` calls each. ``student_calculator`` is a
-    `StudentCalculator` (its ``inference_path`` is recorded by the caller); ``member``: one member
-    of an ensemble teacher, timed too; ``implementations``: the teacher's other implementations
-    (`mlff_distill.teachers.teacher_implementations`), timed beside it; ``all_cores_student``:
-    the student on ``all_cores_threads`` threads, for the second pass; ``exported_student``: its
-    AOTInductor package, and ``all_cores_exported_student`` that on all the threads
-    (`compare_speed`)."""
-    systems = build_timing_systems(seeds, settings.speed.sizes, float(student_calculator.model.cutoff_A), random_seed)
-    return speed_rows_for(
-        systems,
-        settings,
-        teacher,
-        student_calculator,
-        member,
-        implementations,
-        all_cores_student,
-        all_cores_threads,
-        exported_student,
-        all_cores_exported_student,
-    )
-
-
-def speed_rows_for(
     systems: Sequence[Atoms],
     settings: EvaluateSettings,
     teacher: Teacher,
@@ -468,7 +430,9 @@ def speed_rows_for(
     all_cores_exported_student: Calculator | None = None,
 ) -> list[dict]:
     """`compare_speed` rows for ``systems`` as given (the targets at several sizes, each with its
-    ``info["target"]``), ``timing_repeats`` calls and ``speed.warmup`` warm-up calls each;
+    ``info["target"]``, or systems built from the run's seeds by
+    `mlff_distill.sampling.boxes.build_timing_systems`), ``timing_repeats`` calls and
+    ``speed.warmup`` warm-up calls each;
     ``member`` (one member of an ensemble teacher), ``implementations`` (the teacher's other
     implementations), ``all_cores_student`` (the second pass), ``exported_student`` (the
     student's AOTInductor package) and ``all_cores_exported_student`` (the package in the second

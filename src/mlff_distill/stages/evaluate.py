@@ -35,10 +35,11 @@ from mlff_distill.evaluation.md_validation import md_validation, target_nvt_rows
 from mlff_distill.evaluation.metrics import check_gates, failed_gates, per_kind_force_errors, worst_force_errors
 from mlff_distill.evaluation.plots import write_figures
 from mlff_distill.evaluation.report import build_report
-from mlff_distill.evaluation.speed import speed_rows, speed_rows_for
+from mlff_distill.evaluation.speed import speed_rows
 from mlff_distill.evaluation.targets import nvt_starts, timing_systems
 from mlff_distill.evaluation.teacher_symmetry import rotation_force_change
 from mlff_distill.logs import stage_logger
+from mlff_distill.sampling.boxes import build_timing_systems
 from mlff_distill.sampling.condensed import teacher_md_frames
 from mlff_distill.sampling.on_policy import label_contact_bounds
 from mlff_distill.sampling.seeds import seed_structures
@@ -210,7 +211,7 @@ def run(
                 md_calculator,
             )
             metrics["md_validation"] = None
-            metrics["speed"] = speed_rows_for(
+            metrics["speed"] = speed_rows(
                 timing_systems(
                     targets, build(TargetSettings, target, "target"), settings.speed.sizes, md_calculator, seed, logger
                 ),
@@ -223,7 +224,8 @@ def run(
             metrics["md_validation"] = md_validation(
                 settings.md, seeds, seed, teacher_model, student_calculator, sampled
             )
-            metrics["speed"] = speed_rows(settings, seeds, seed, teacher_model, student_calculator, **also_timed)
+            systems = build_timing_systems(seeds, settings.speed.sizes, float(student_calculator.model.cutoff_A), seed)
+            metrics["speed"] = speed_rows(systems, settings, teacher_model, student_calculator, **also_timed)
         if member is not None:
             metrics["ensemble_member"].update(
                 member_verdict(metrics["force_rel_rmse"], metrics["speed"], metrics["ensemble_member"])
