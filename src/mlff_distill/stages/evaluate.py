@@ -190,15 +190,6 @@ def run(
         # MD runs before the speed step: FeNNol teachers keep the padded size of the largest system
         # they have seen, so after the 2048-atom timing a molecule's MD step is slow.
         seeds = seed_structures(build(SampleSettings, sample, "sample")) or sampled
-        # timed beside the teacher and the student on every system of the speed step
-        also_timed = {
-            "member": member,
-            "implementations": implementations,
-            "all_cores_student": all_cores,
-            "all_cores_threads": threads,
-            "exported_student": exported,
-            "all_cores_exported_student": all_cores_exported,
-        }
         if targets:
             _, md_calculator = teacher_md_calculator(teacher_model, implementations)
             metrics["target_nvt"] = target_nvt_rows(
@@ -211,21 +202,26 @@ def run(
                 md_calculator,
             )
             metrics["md_validation"] = None
-            metrics["speed"] = speed_rows(
-                timing_systems(
-                    targets, build(TargetSettings, target, "target"), settings.speed.sizes, md_calculator, seed, logger
-                ),
-                settings,
-                teacher_model,
-                student_calculator,
-                **also_timed,
+            systems = timing_systems(
+                targets, build(TargetSettings, target, "target"), settings.speed.sizes, md_calculator, seed, logger
             )
         else:
             metrics["md_validation"] = md_validation(
                 settings.md, seeds, seed, teacher_model, student_calculator, sampled
             )
             systems = build_timing_systems(seeds, settings.speed.sizes, float(student_calculator.model.cutoff_A), seed)
-            metrics["speed"] = speed_rows(systems, settings, teacher_model, student_calculator, **also_timed)
+        metrics["speed"] = speed_rows(
+            systems,
+            settings,
+            teacher_model,
+            student_calculator,
+            member=member,
+            implementations=implementations,
+            all_cores_student=all_cores,
+            all_cores_threads=threads,
+            exported_student=exported,
+            all_cores_exported_student=all_cores_exported,
+        )
         if member is not None:
             metrics["ensemble_member"].update(
                 member_verdict(metrics["force_rel_rmse"], metrics["speed"], metrics["ensemble_member"])
