@@ -2,6 +2,7 @@
 evaluated one by one, and finite differences (float64, in a subprocess: jax's x64 is global)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -237,3 +238,37 @@ def test_reserved_capacity_holds_every_later_batch(models_dir):
 
     assert growths(reserve=False) >= 3
     assert growths(reserve=True) == 0
+
+
+CACHED_CALL = """
+import json, sys
+import jax
+from ase.build import molecule
+from mlff_distill.teachers.fennol_ensemble import FennolEnsembleTeacher
+events = []
+jax.monitoring.register_event_listener(lambda event, **kwargs: events.append(event))
+teacher = FennolEnsembleTeacher(sys.argv[1:], name="ani1x")
+energy = float(teacher.compute([molecule("CH3CH2OH")]).energy_eV[0])
+print(json.dumps({"energy": energy, "hits": events.count("/jax/compilation_cache/cache_hits")}))
+"""
+
+
+def test_a_second_process_reads_the_compiled_teacher_from_the_user_cache(models_dir, tmp_path):
+    """The teacher's compiled programs go to $MLFF_DISTILL_CACHE/jax-cache, and a later process that
+    loads the same teacher finds them there instead of compiling them again."""
+    env = {**os.environ, "MLFF_DISTILL_CACHE": str(tmp_path)}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    runs = []
+    for _ in range(2):
+        done = subprocess.run(
+            [sys.executable, "-c", CACHED_CALL, *map(str, ani1x_files(models_dir)[:2])],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env=env,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    assert any((tmp_path / "jax-cache").iterdir())
+    assert runs[0]["hits"] == 0 and runs[1]["hits"] > 0
+    assert runs[1]["energy"] == runs[0]["energy"]

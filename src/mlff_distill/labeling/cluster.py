@@ -7,7 +7,6 @@ import contextlib
 import logging
 import os
 import shlex
-from pathlib import Path
 from typing import Iterator
 
 from distributed import Client, LocalCluster, WorkerPlugin
@@ -19,19 +18,10 @@ from distributed import Client, LocalCluster, WorkerPlugin
 WORKER_ENV = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}
 
 
-# Workers share compiled teacher functions through JAX's persistent cache in <shards_dir>/jax-cache.
-JAX_CACHE_DIR = "jax-cache"
-
-
 SCHEDULER_KINDS = ("local", "address", "slurm")
 
 
 JOBQUEUE_PIN = "dask-jobqueue==0.9.0"
-
-
-def worker_env(shards_dir: Path) -> dict[str, str]:
-    """Environment of labeling worker processes: `WORKER_ENV` and the shared JAX cache."""
-    return {**WORKER_ENV, "JAX_COMPILATION_CACHE_DIR": str(Path(shards_dir) / JAX_CACHE_DIR)}
 
 
 def checked_scheduler(scheduler: dict | None) -> dict:

@@ -23,7 +23,7 @@ from ase import Atoms
 from distributed import as_completed
 
 from mlff_distill.data import concatenate_structures
-from mlff_distill.labeling.cluster import checked_scheduler, open_client, worker_env
+from mlff_distill.labeling.cluster import WORKER_ENV, checked_scheduler, open_client
 from mlff_distill.settings import TeacherSettings
 from mlff_distill.store import (
     FAILURES_FILE,
@@ -180,7 +180,7 @@ def label_structures(
     shards = [[structures[i] for i in r] for r in ranges]
     todo = [(path, shard) for path, shard in zip(paths, shards) if not _reusable(path, shard)]
     label_start = time.perf_counter()
-    stats = _label_todo(todo, teacher_config, n_workers, worker_env(shards_dir), progress, scheduler, hessian_step_A)
+    stats = _label_todo(todo, teacher_config, n_workers, WORKER_ENV, progress, scheduler, hessian_step_A)
     label_seconds = time.perf_counter() - label_start
 
     combine_start = time.perf_counter()
