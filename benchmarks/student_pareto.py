@@ -11,10 +11,12 @@ train split with the config schema's ``train:`` settings, ``--minutes`` of wall 
 same budget for all: a bigger student gets fewer epochs), then tested on the store's test split
 (relative RMS force error, energy MAE in eV/atom) and timed on one system: the first periodic test
 structure repeated to about ``--atoms`` atoms (energy, forces and stress per call, one torch thread,
-the student through ``torch.compile``). The fastest implementation of the store's teacher
-(`mlff_distill.teachers.teacher_implementations`, with the schema's ``teacher:`` defaults and
-``--teacher-config`` on top) is timed on the same system, so the figure shows which students cost
-1/10 and 1/20 of it. A student is on the front when no other is both faster and more accurate.
+the student through ``torch.compile``; ``--eager`` trains and times every student without
+compiling, which starts in seconds instead of minutes per size but runs slower). The fastest
+implementation of the store's teacher (`mlff_distill.teachers.teacher_implementations`, with the
+schema's ``teacher:`` defaults and ``--teacher-config`` on top) is timed on the same system, so the
+figure shows which students cost 1/10 and 1/20 of it. A student is on the front when no other is
+both faster and more accurate.
 
 Writes ``--out`` (JSON), the figure beside it (``.png``) and an MLflow run (experiment
 "benchmarks", run "student_pareto"). Each student's training state is kept under
@@ -115,6 +117,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--atoms", type=int, default=512, help="atoms of the timed system")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls at least (and 1 s)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--eager", action="store_true", help="train and time the students without torch.compile")
     parser.add_argument("--teacher-config", type=Path, help="a config whose teacher: labeled the store")
     parser.add_argument("--out", type=Path, default=Path("results/benchmarks/student_pareto.json"))
     parser.add_argument("--mlflow-uri", default=DEFAULT_MLFLOW_URI, help="'none' to skip")
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     states = args.out.with_name(f"{args.out.stem}_states")
     states.mkdir(parents=True, exist_ok=True)
-    train = section_settings(TrainSettings, "train", {"max_minutes": args.minutes})
+    train = section_settings(TrainSettings, "train", {"max_minutes": args.minutes, "compile": not args.eager})
     points = []
     for spec in args.sizes:
         student = section_settings(StudentSettings, "student", parse_size(spec))
@@ -157,7 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = model.cpu()
         predictions = predict(model, test)
         errors = energy_force_errors(test, predictions["energy_eV"], predictions["forces_eV_per_A"])
-        timing = time_calls(StudentCalculator(model, threads=1, compiled=True), system, args.repeats)
+        timing = time_calls(StudentCalculator(model, threads=1, compiled=not args.eager), system, args.repeats)
         points.append(
             {
                 "size": spec,
@@ -179,6 +182,7 @@ def main(argv: list[str] | None = None) -> dict:
         "n_test": test.n_structures,
         "timed_system": {"formula": system.get_chemical_formula(), "n_atoms": len(system)},
         "minutes_per_student": args.minutes,
+        "compiled": not args.eager,
         "teacher_ms": teacher_ms,
         "teacher_fastest": fastest,
         "teacher_missing": implementations.missing,
