@@ -51,6 +51,15 @@ def test_splits_never_share_a_group():
     assert fractions["val"] >= 0.15 and fractions["test"] >= 0.15 and fractions["train"] > 0.4
 
 
+def test_groups_kept_in_training_stay_there_and_the_others_fill_validation():
+    groups = [0] * 20 + list(range(1, 21))  # one trajectory of 20 frames, then 20 single structures
+    draws = [np.random.default_rng(seed) for seed in range(20)]
+    assert any(assign_splits(groups, 0.25, 0.0, rng)[0] == "val" for rng in draws)  # a draw can take it
+    for seed in range(20):
+        splits = assign_splits(groups, 0.25, 0.0, np.random.default_rng(seed), always_train={0})
+        assert set(splits[:20]) == {"train"} and splits.count("val") >= 0.25 * len(groups)
+
+
 def test_min_distance():
     water = seed_molecules(["H2O"])[0]
     assert min_distance_A(water) == pytest.approx(np.linalg.norm(water.positions[0] - water.positions[1]))
@@ -213,6 +222,8 @@ def test_targets_give_training_groups_and_the_test_split(tmp_path, monkeypatch):
         splits_of_group[atoms.info["group"]].add(atoms.info["split"])
         strategies_of_group[atoms.info["group"]].add(atoms.info["strategy"])
     assert all(len(splits) == 1 for splits in splits_of_group.values())
+    first_trajectory = min(a.info["group"] for a in structures if a.info["strategy"] == "md")
+    assert splits_of_group[first_trajectory] == {"train"}  # the target at 300 K is in training
     # a trajectory's rattled copies and clusters share its group (and so its split)
     assert sum(s == {"cluster", "md", "rattle-strain"} for s in strategies_of_group.values()) == 2
     assert len(starts["md"]) == 2 and len(starts["test-md"]) == 1

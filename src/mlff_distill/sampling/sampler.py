@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -55,12 +55,17 @@ def min_distance_A(atoms: Atoms) -> float:
 
 
 def assign_splits(
-    groups: Sequence[int], val_fraction: float, test_fraction: float, rng: np.random.Generator
+    groups: Sequence[int],
+    val_fraction: float,
+    test_fraction: float,
+    rng: np.random.Generator,
+    always_train: Collection[int] = (),
 ) -> list[str]:
     """A split per structure such that all structures of a group share one split.
 
     Groups are shuffled and filled into test, then validation, until each holds its fraction of
-    the structures; the rest is training data.
+    the structures; the rest is training data. The groups ``always_train`` are training data
+    whatever the draw (the others are drawn as if they were not there).
     """
     groups = np.asarray(groups)
     unique, sizes = np.unique(groups, return_counts=True)
@@ -68,7 +73,9 @@ def assign_splits(
     targets = {"test": test_fraction * len(groups), "val": val_fraction * len(groups)}
     split_of_group, filled = {}, {"test": 0, "val": 0}
     for position in order:
-        split = next((s for s in ("test", "val") if filled[s] < targets[s]), "train")
+        split = "train"
+        if unique[position] not in always_train:
+            split = next((s for s in ("test", "val") if filled[s] < targets[s]), "train")
         split_of_group[unique[position]] = split
         if split != "train":
             filled[split] += sizes[position]
@@ -222,12 +229,14 @@ def sample_structures(
             logger.info("MD %s at %g K: %d frames", seed.info["seed"], temperature, len(trajectories[-1]))
     trajectories += extra_strategies(seeds, settings, teacher, rng, logger)
     test_groups = [list(group) for group in target_test]
+    first_target_group = len(trajectories)
     trajectories += [list(group) for group in target_training]
     structures = teacher_filters(_numbered(trajectories, 0, settings, logger), settings, teacher, logger)
     groups = [atoms.info["group"] for atoms in structures]
     test_files = read_seed_files(settings.test_files)
     test_fraction = 0.0 if test_files or targets else settings.test_fraction
-    splits = assign_splits(groups, settings.val_fraction, test_fraction, rng)
+    always_train = first_trajectory_of_each_target(target_training, first_target_group)
+    splits = assign_splits(groups, settings.val_fraction, test_fraction, rng, always_train)
     tests = _numbered(test_groups, len(trajectories), settings, logger)
     for group, atoms in enumerate(test_files, start=len(trajectories) + len(test_groups)):
         atoms.info.update(strategy="test-file", group=group)
@@ -237,6 +246,18 @@ def sample_structures(
         atoms.info["split"] = split
         atoms.info["sample_index"] = index
     return structures
+
+
+def first_trajectory_of_each_target(target_training: Sequence[Sequence[Atoms]], first_group: int) -> set[int]:
+    """The group (``first_group`` + position) of the first training trajectory of each target at
+    each temperature: kept in training, so that no target and temperature is left to validation
+    alone (with the default single trajectory each, a draw would otherwise do that)."""
+    first: dict[tuple, int] = {}
+    for position, trajectory in enumerate(target_training):
+        if trajectory:
+            key = (trajectory[0].info["target"], trajectory[0].info.get("temperature_K"))
+            first.setdefault(key, first_group + position)
+    return set(first.values())
 
 
 def _numbered(
