@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-from ase.build import bulk
+from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 
 from mlff_distill.data import LabeledArrays, concatenate_structures
@@ -87,6 +87,29 @@ def test_fit_reference_energies_recovers_linear_energies() -> None:
         assert fitted[z] == pytest.approx(energy, abs=1e-9)
     with pytest.raises(ValueError, match="8"):
         fit_reference_energies(data, [13, 29])
+
+
+def test_compositions_that_fix_only_some_combinations_are_named_in_a_warning(caplog) -> None:
+    structures = [molecule("H2O")] * 3 + [molecule("CH3OH")] * 2 + [molecule("H2O") + molecule("CH3OH")]
+    per_atom = {1: -13.6, 6: -1030.0, 8: -2040.0}
+    energies = np.array([sum(per_atom[z] for z in a.numbers) for a in structures])
+    arrays = concatenate_structures(structures)
+    data = LabeledArrays(forces_eV_per_A=np.zeros_like(arrays["positions_A"]), energy_eV=energies, **arrays)
+    with caplog.at_level("WARNING", logger="mlff_distill.student.fitting"):
+        fitted = fit_reference_energies(data, [1, 6, 7, 8])
+    assert "1 combination(s)" in caplog.text and "-0.5 H +1 C +1 O" in caplog.text
+    assert fitted[7] == 0.0  # absent: not part of the warning
+    for a, energy in zip(structures, energies):  # every training composition is still fitted exactly
+        assert sum(fitted[z] for z in a.numbers) == pytest.approx(energy, abs=1e-6)
+    caplog.clear()
+    structures.append(molecule("CH4"))  # a third composition: everything determined, no warning
+    arrays = concatenate_structures(structures)
+    energies = np.array([sum(per_atom[z] for z in a.numbers) for a in structures])
+    data = LabeledArrays(forces_eV_per_A=np.zeros_like(arrays["positions_A"]), energy_eV=energies, **arrays)
+    with caplog.at_level("WARNING", logger="mlff_distill.student.fitting"):
+        fitted = fit_reference_energies(data, [1, 6, 8])
+    assert caplog.text == ""
+    assert fitted[6] == pytest.approx(-1030.0, abs=1e-6)
 
 
 def train_once(train: LabeledArrays, val: LabeledArrays, epochs: int) -> tuple[StudentPotential, dict, list]:

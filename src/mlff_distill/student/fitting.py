@@ -7,6 +7,7 @@ and saves the model. Units: energies in eV, forces in eV/Angstrom, stress in eV/
 from __future__ import annotations
 
 import copy
+import logging
 import math
 import statistics
 import time
@@ -14,6 +15,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mlff_distill.data import LabeledArrays
@@ -23,13 +25,19 @@ from mlff_distill.student.loss import BatchLoss, stress_mask
 from mlff_distill.student.model import StudentPotential, energy_forces_stress
 from mlff_distill.student.parallel import agree_on_time, average_gradients, sum_over_processes, world
 
+log = logging.getLogger(__name__)
+
 
 def fit_reference_energies(data: Union[LabeledArrays, StructureBlocks], species: Sequence[int]) -> dict[int, float]:
     """Per-species atomic energies (eV) from least squares of the energies on species counts.
 
-    Species absent from ``data`` get 0 (minimum-norm solution). ``data`` may be a `StructureBlocks`
-    read block by block (the normal equations are accumulated). Raises ``ValueError`` if ``data``
-    holds a species not in ``species``.
+    Species absent from ``data`` get 0 (minimum-norm solution). Where the compositions of ``data``
+    do not determine every present species' energy (water and methanol alone fix only two
+    combinations of H, C and O), the minimum-norm solution is taken and a warning names the
+    undetermined combinations (`undetermined_combinations`): the student's energy of a structure
+    whose composition is not a combination of the training ones is then arbitrary. ``data`` may be a
+    `StructureBlocks` read block by block (the normal equations are accumulated). Raises
+    ``ValueError`` if ``data`` holds a species not in ``species``.
     """
     species = [int(z) for z in species]
     lookup = np.zeros(max(species) + 1, dtype=np.int64)
@@ -44,7 +52,36 @@ def fit_reference_energies(data: Union[LabeledArrays, StructureBlocks], species:
         gram += counts.T @ counts
         moment += counts.T @ block.energy_eV
     solution, *_ = np.linalg.lstsq(gram, moment, rcond=None)
-    return {z: float(e) for z, e in zip(species, solution)}
+    references = {z: float(e) for z, e in zip(species, solution)}
+    undetermined = undetermined_combinations(gram, species)
+    if undetermined:
+        log.warning(
+            "the training compositions leave %d combination(s) of the reference energies undetermined "
+            "(%s): the minimum-norm references %s (eV) are used, so energies of structures whose "
+            "composition is not a combination of the training structures' are arbitrary",
+            len(undetermined),
+            "; ".join(undetermined),
+            {z: round(references[z], 3) for z in species if gram[species.index(z), species.index(z)] > 0},
+        )
+    return references
+
+
+def undetermined_combinations(gram: np.ndarray, species: Sequence[int]) -> list[str]:
+    """The combinations of present species' reference energies that compositions with the normal
+    matrix ``gram`` (counts^T counts, species order ``species``) leave undetermined, each as a
+    string such as ``"+1 H -2 C -2 O"`` (the null vector scaled to largest component 1, rounded)."""
+    present = [i for i in range(len(species)) if gram[i, i] > 0]
+    if not present:
+        return []
+    sub = gram[np.ix_(present, present)]
+    values, vectors = np.linalg.eigh(sub)
+    null = vectors[:, values <= values.max() * len(present) * np.finfo(float).eps * 1e3]
+    names = [chemical_symbols[species[i]] for i in present]
+    combinations = []
+    for vector in null.T:
+        vector = vector / vector[np.argmax(np.abs(vector))]
+        combinations.append(" ".join(f"{c:+.3g} {n}" for c, n in zip(vector, names) if abs(c) > 1e-6))
+    return combinations
 
 
 def _as_blocks(data: Union[LabeledArrays, StructureBlocks]) -> StructureBlocks:
