@@ -134,7 +134,9 @@ class ExportedStudentCalculator(Calculator):
         if unknown:
             raise ValueError(f"atomic numbers {unknown} are not species of this student ({self.metadata['species']})")
         species = self.index_of[numbers]
-        src, dst, shifts = pairs_of_one_structure(atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff_A)
+        src, dst, shifts = pairs_of_one_structure(
+            atoms.positions, atoms.cell.array, atoms.pbc, self.cutoff_A, self.threads
+        )
         previous = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:

@@ -143,10 +143,10 @@ class StudentCalculator(Calculator):
     ) -> tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
         """Energy ``[1]`` (eV), forces ``[N, 3]`` (eV/Angstrom), stress ``[1, 3, 3]`` or None of ``atoms``."""
         device = self.device
-        src, dst, shifts = (
-            t.to(device)
-            for t in pairs_of_one_structure(atoms.positions, atoms.cell.array, atoms.pbc, self.model.cutoff_A)
+        pairs = pairs_of_one_structure(
+            atoms.positions, atoms.cell.array, atoms.pbc, self.model.cutoff_A, torch.get_num_threads()
         )
+        src, dst, shifts = (t.to(device) for t in pairs)
         species = self.model.species_indices(torch.as_tensor(atoms.numbers, device=device))
         batch = torch.zeros(len(atoms), dtype=torch.long, device=device)
         atom_energy, forces, stress = self._compute(
