@@ -13,7 +13,7 @@ from mlff_distill.settings import TrainSettings, section_settings
 from mlff_distill.store import read_labels
 from mlff_distill.student import StudentPotential, fit_reference_energies, predict, train_student
 from mlff_distill.student.dataset import StructureBlocks, batches_in_epoch, concatenate, shuffled_batches
-from mlff_distill.student.fitting import capped_horizon, stress_rms, structure_tensors
+from mlff_distill.student.fitting import capped_horizon, reference_energy_fit, stress_rms, structure_tensors
 from mlff_distill.student.loss import BatchLoss
 from mlff_distill.student.model import energy_forces_stress
 
@@ -89,27 +89,23 @@ def test_fit_reference_energies_recovers_linear_energies() -> None:
         fit_reference_energies(data, [13, 29])
 
 
-def test_compositions_that_fix_only_some_combinations_are_named_in_a_warning(caplog) -> None:
-    structures = [molecule("H2O")] * 3 + [molecule("CH3OH")] * 2 + [molecule("H2O") + molecule("CH3OH")]
+def test_compositions_that_fix_only_some_combinations_of_reference_energies_are_named() -> None:
     per_atom = {1: -13.6, 6: -1030.0, 8: -2040.0}
-    energies = np.array([sum(per_atom[z] for z in a.numbers) for a in structures])
-    arrays = concatenate_structures(structures)
-    data = LabeledArrays(forces_eV_per_A=np.zeros_like(arrays["positions_A"]), energy_eV=energies, **arrays)
-    with caplog.at_level("WARNING", logger="mlff_distill.student.fitting"):
-        fitted = fit_reference_energies(data, [1, 6, 7, 8])
-    assert "1 combination(s)" in caplog.text and "-0.5 H +1 C +1 O" in caplog.text
-    assert fitted[7] == 0.0  # absent: not part of the warning
-    for a, energy in zip(structures, energies):  # every training composition is still fitted exactly
-        assert sum(fitted[z] for z in a.numbers) == pytest.approx(energy, abs=1e-6)
-    caplog.clear()
-    structures.append(molecule("CH4"))  # a third composition: everything determined, no warning
-    arrays = concatenate_structures(structures)
-    energies = np.array([sum(per_atom[z] for z in a.numbers) for a in structures])
-    data = LabeledArrays(forces_eV_per_A=np.zeros_like(arrays["positions_A"]), energy_eV=energies, **arrays)
-    with caplog.at_level("WARNING", logger="mlff_distill.student.fitting"):
-        fitted = fit_reference_energies(data, [1, 6, 8])
-    assert caplog.text == ""
-    assert fitted[6] == pytest.approx(-1030.0, abs=1e-6)
+
+    def labeled(structures: list) -> LabeledArrays:
+        arrays = concatenate_structures(structures)
+        energies = np.array([sum(per_atom[z] for z in a.numbers) for a in structures])
+        return LabeledArrays(forces_eV_per_A=np.zeros_like(arrays["positions_A"]), energy_eV=energies, **arrays)
+
+    structures = [molecule("H2O")] * 3 + [molecule("CH3OH")] * 2 + [molecule("H2O") + molecule("CH3OH")]
+    fitted, undetermined = reference_energy_fit(labeled(structures), [1, 6, 7, 8])
+    assert undetermined == ["-0.5 H +1 C +1 O"]  # N is absent, not undetermined
+    assert fitted[7] == 0.0
+    for atoms in structures:  # every training composition is still fitted exactly
+        assert sum(fitted[z] for z in atoms.numbers) == pytest.approx(sum(per_atom[z] for z in atoms.numbers))
+    fitted, undetermined = reference_energy_fit(labeled(structures + [molecule("CH4")]), [1, 6, 8])
+    assert undetermined == []
+    assert fitted == pytest.approx(per_atom)
 
 
 def train_once(train: LabeledArrays, val: LabeledArrays, epochs: int) -> tuple[StudentPotential, dict, list]:

@@ -167,10 +167,11 @@ def test_state_of_another_config_or_store_is_not_resumed(store, tmp_path, caplog
 
 
 @pytest.mark.slow  # four fresh interpreters, each importing torch and loading the compiled loss from the cache
-def test_training_in_two_processes_is_reproducible(store, tmp_path, monkeypatch) -> None:
+def test_training_in_two_processes_is_reproducible(store, tmp_path, monkeypatch, caplog) -> None:
     """Two data-parallel worker processes (gloo): every epoch reported here, the same weights in
     both workers (checked by train_in_processes) and twice the same result; the state is saved.
-    Paths relative to the working directory, as in a Snakemake job."""
+    The workers' warning about reference energies (CH4 the only training structure with H and C)
+    reaches the caller's logger. Paths relative to the working directory, as in a Snakemake job."""
     train = train_settings(epochs=3, processes=2)
     monkeypatch.chdir(tmp_path)
     results = []
@@ -186,6 +187,9 @@ def test_training_in_two_processes_is_reproducible(store, tmp_path, monkeypatch)
             on_epoch=lambda epoch, metrics: logged.append(epoch),
         )
         assert logged == [1, 2, 3] and info["n_train"] == N_TRAIN
+        assert info["undetermined_reference_combinations"] == ["-0.25 H +1 C"]
+        assert "1 combination(s) of the reference energies undetermined (-0.25 H +1 C)" in caplog.text
+        caplog.clear()
         assert (tmp_path / run / "rank-1.log").exists()
         assert torch.load(tmp_path / run / "state.pt", weights_only=True)["state"]["epoch"] == 3
         results.append((model, history))

@@ -7,7 +7,6 @@ and saves the model. Units: energies in eV, forces in eV/Angstrom, stress in eV/
 from __future__ import annotations
 
 import copy
-import logging
 import math
 import statistics
 import time
@@ -25,19 +24,27 @@ from mlff_distill.student.loss import BatchLoss, stress_mask
 from mlff_distill.student.model import StudentPotential, energy_forces_stress
 from mlff_distill.student.parallel import agree_on_time, average_gradients, sum_over_processes, world
 
-log = logging.getLogger(__name__)
-
 
 def fit_reference_energies(data: Union[LabeledArrays, StructureBlocks], species: Sequence[int]) -> dict[int, float]:
-    """Per-species atomic energies (eV) from least squares of the energies on species counts.
+    """Per-species atomic energies (eV) from least squares of the energies on species counts
+    (`reference_energy_fit` without the undetermined combinations)."""
+    return reference_energy_fit(data, species)[0]
 
-    Species absent from ``data`` get 0 (minimum-norm solution). Where the compositions of ``data``
-    do not determine every present species' energy (water and methanol alone fix only two
-    combinations of H, C and O), the minimum-norm solution is taken and a warning names the
-    undetermined combinations (`undetermined_combinations`): the student's energy of a structure
-    whose composition is not a combination of the training ones is then arbitrary. ``data`` may be a
-    `StructureBlocks` read block by block (the normal equations are accumulated). Raises
-    ``ValueError`` if ``data`` holds a species not in ``species``.
+
+def reference_energy_fit(
+    data: Union[LabeledArrays, StructureBlocks], species: Sequence[int]
+) -> tuple[dict[int, float], list[str]]:
+    """Per-species atomic energies (eV) from least squares of the energies on species counts, and
+    the combinations of them that the compositions of ``data`` leave undetermined.
+
+    Where the compositions do not determine every present species' energy (water and methanol
+    alone fix only two combinations of H, C and O), the minimum-norm solution is taken: the
+    student's energy of a structure whose composition is not a combination of the training ones
+    is then arbitrary. Each undetermined combination is a string such as ``"-0.5 H +1 C +1 O"``
+    (a null vector of the present species' normal matrix, scaled to largest component 1). Species
+    absent from ``data`` get 0 and are not listed. ``data`` may be a `StructureBlocks` read block by
+    block (the normal equations are accumulated). Raises ``ValueError`` if ``data`` holds a species
+    not in ``species``.
     """
     species = [int(z) for z in species]
     lookup = np.zeros(max(species) + 1, dtype=np.int64)
@@ -52,35 +59,20 @@ def fit_reference_energies(data: Union[LabeledArrays, StructureBlocks], species:
         gram += counts.T @ counts
         moment += counts.T @ block.energy_eV
     solution, *_ = np.linalg.lstsq(gram, moment, rcond=None)
-    references = {z: float(e) for z, e in zip(species, solution)}
-    undetermined = undetermined_combinations(gram, species)
-    if undetermined:
-        log.warning(
-            "the training compositions leave %d combination(s) of the reference energies undetermined "
-            "(%s): the minimum-norm references %s (eV) are used, so energies of structures whose "
-            "composition is not a combination of the training structures' are arbitrary",
-            len(undetermined),
-            "; ".join(undetermined),
-            {z: round(references[z], 3) for z in species if gram[species.index(z), species.index(z)] > 0},
-        )
-    return references
+    return {z: float(e) for z, e in zip(species, solution)}, _undetermined_combinations(gram, species)
 
 
-def undetermined_combinations(gram: np.ndarray, species: Sequence[int]) -> list[str]:
-    """The combinations of present species' reference energies that compositions with the normal
-    matrix ``gram`` (counts^T counts, species order ``species``) leave undetermined, each as a
-    string such as ``"+1 H -2 C -2 O"`` (the null vector scaled to largest component 1, rounded)."""
+def _undetermined_combinations(gram: np.ndarray, species: list[int]) -> list[str]:
     present = [i for i in range(len(species)) if gram[i, i] > 0]
     if not present:
         return []
-    sub = gram[np.ix_(present, present)]
-    values, vectors = np.linalg.eigh(sub)
+    values, vectors = np.linalg.eigh(gram[np.ix_(present, present)])
     null = vectors[:, values <= values.max() * len(present) * np.finfo(float).eps * 1e3]
-    names = [chemical_symbols[species[i]] for i in present]
     combinations = []
     for vector in null.T:
         vector = vector / vector[np.argmax(np.abs(vector))]
-        combinations.append(" ".join(f"{c:+.3g} {n}" for c, n in zip(vector, names) if abs(c) > 1e-6))
+        terms = [f"{c:+.3g} {chemical_symbols[species[i]]}" for c, i in zip(vector, present) if abs(c) > 1e-6]
+        combinations.append(" ".join(terms))
     return combinations
 
 

@@ -38,7 +38,7 @@ from mlff_distill.contacts import closest_labeled_contacts_A, describe_contacts
 from mlff_distill.settings import StudentSettings, TrainSettings, config_hash
 from mlff_distill.store import store_checksum, store_species
 from mlff_distill.student.dataset import StructureBlocks
-from mlff_distill.student.fitting import fit_reference_energies, stress_rms, train_student
+from mlff_distill.student.fitting import reference_energy_fit, stress_rms, train_student
 from mlff_distill.student.model import StudentPotential
 from mlff_distill.student.parallel import COLLECTIVE_TIMEOUT, world
 
@@ -105,6 +105,19 @@ def _log_walls(
         student.contact_wall_eV_per_A3,
         describe_contacts({pair: r for pair, r in pairs.items() if r > 0}),
     )
+
+
+def _warn_undetermined(logger: logging.Logger, undetermined: Sequence[str], references: dict[int, float]) -> None:
+    """Warn that the reference energies fitted (eV) leave the combinations ``undetermined`` open."""
+    if undetermined:
+        logger.warning(
+            "the training compositions leave %d combination(s) of the reference energies undetermined (%s): "
+            "the minimum-norm references %s (eV) are used, so the student's energies of structures whose "
+            "composition is not a combination of the training structures' are arbitrary",
+            len(undetermined),
+            "; ".join(undetermined),
+            {z: round(e, 3) for z, e in references.items()},
+        )
 
 
 def load_initial_weights(model: StudentPotential, initial_weights: dict[str, torch.Tensor]) -> None:
@@ -174,8 +187,9 @@ def fit(
     fitted afresh. Its hash is part of the resume fingerprint.
 
     Returns the model (best weights), the history of `train_student` and facts about the data
-    (species, reference energies in eV, structure counts, RMS training stress in eV/Angstrom^3,
-    the fingerprint). With ``train.processes`` above 1 (and no GPU), training runs in that many
+    (species, reference energies in eV and the combinations of them the data leave undetermined
+    (`fitting.reference_energy_fit`; warned about in ``logger``), structure counts, RMS training
+    stress in eV/Angstrom^3, the fingerprint). With ``train.processes`` above 1 (and no GPU), training runs in that many
     worker processes (`train_in_processes`), each of which calls this function.
     """
     if train.processes > 1 and world()[1] == 1 and not torch.cuda.is_available():
@@ -190,12 +204,15 @@ def fit(
         )
         model.load_state_dict(weights)
         _log_walls(logger, student, info["species"], info["contact_wall_A"])
+        _warn_undetermined(logger, info["undetermined_reference_combinations"], info["reference_energies_eV"])
         return model, history, info
     max_bytes = train.in_memory_max_GB * 1e9
     training = StructureBlocks.from_store(store, "train", max_bytes)
     validation = StructureBlocks.from_store(store, "val", max_bytes)
     species = store_species(store)
-    references = fit_reference_energies(training, species)
+    references, undetermined = reference_energy_fit(training, species)
+    if initial_weights is not None:
+        undetermined = []  # the previous student's references are kept (and were warned about)
     walls = contact_wall_radii(store, species, student.cutoff_A) if student.contact_wall_eV_per_A3 > 0 else None
     logger.info(
         "%d training and %d validation structures (%s); species %s; reference energies (eV) %s",
@@ -210,6 +227,7 @@ def fit(
         species=species, reference_energies_eV=references, contact_wall_A=walls, **dataclasses.asdict(student)
     )
     _log_walls(logger, student, species, walls)
+    _warn_undetermined(logger, undetermined, references)
     if initial_weights is not None:
         load_initial_weights(model, initial_weights)
         references = dict(zip(model.species, model.reference_energies_eV.tolist()))
@@ -228,6 +246,7 @@ def fit(
     info = {
         "species": species,
         "reference_energies_eV": references,
+        "undetermined_reference_combinations": undetermined,
         "contact_wall_A": walls,
         "n_train": training.n_structures,
         "n_val": validation.n_structures,
