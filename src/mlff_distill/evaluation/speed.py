@@ -173,9 +173,11 @@ def compare_speed(
     against the teacher there (``member_force_rel_rmse``, ``member_energy_mae_per_atom_eV``, ...).
 
     With ``exported_student`` (the student's AOTInductor package, `mlff_distill.student.aoti`), it
-    is timed right after the student on each system: ``exported_student_ms``,
-    ``exported_over_student`` (its time over the student's) and ``exported_force_rel_diff`` (the
-    relative RMS difference of its forces from the student's: the same model, so rounding).
+    is timed right after the student on each system, and again after the student's second pass:
+    ``exported_student_ms`` (the faster of the two, as for the student; both in
+    ``exported_student_passes_ms``), ``exported_over_student`` (its time over the student's) and
+    ``exported_force_rel_diff`` (the relative RMS difference of its forces from the student's: the
+    same model, so rounding).
 
     With ``all_cores_student`` (the same student on ``all_cores_threads`` torch threads), every
     system is timed a second time on all cores: that student (and ``all_cores_exported_student``,
@@ -205,7 +207,7 @@ def compare_speed(
             timing = time_calls(exported_student, atoms, repeats, warmup, stress)
             exported.append(
                 {
-                    "exported_student_ms": timing["median_ms"],
+                    "exported_student_passes_ms": [timing["median_ms"]],
                     "exported_force_rel_diff": student_accuracy(
                         atoms, student_results[-1], dict(exported_student.results)
                     )["force_rel_rmse"],
@@ -227,6 +229,10 @@ def compare_speed(
             time_calls(student_calc, atoms, repeats, warmup, stress)["median_ms"],
         ]
         student_ms = min(student_passes_ms)
+        if exported:
+            passes = exported[index]["exported_student_passes_ms"]
+            passes.append(time_calls(exported_student, atoms, repeats, warmup, stress)["median_ms"])
+            exported[index]["exported_student_ms"] = min(passes)
         fastest = min(timed, key=timed.get)
         target = {"target": atoms.info["target"]} if "target" in atoms.info else {}
         rows.append(
