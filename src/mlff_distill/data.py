@@ -30,6 +30,7 @@ class LabeledArrays:
     # Optional teacher Hessian signal, one direction per structure (see mlff_distill.teachers.hessian):
     hessian_direction: np.ndarray | None = None  # [M, 3], unit norm over each structure's coordinates
     hessian_product_eV_per_A2: np.ndarray | None = None  # [M, 3], the Hessian times that direction
+    sample_index: np.ndarray | None = None  # [N] int, each structure's index in the sampled files (from the store)
 
     @property
     def has_hessian(self) -> bool:
@@ -67,6 +68,7 @@ class LabeledArrays:
             hessian_product_eV_per_A2=(
                 None if self.hessian_product_eV_per_A2 is None else self.hessian_product_eV_per_A2[atom_index]
             ),
+            sample_index=None if self.sample_index is None else self.sample_index[indices],
         )
 
     def atoms(self, index: int) -> Atoms:

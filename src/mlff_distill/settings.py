@@ -267,6 +267,7 @@ class TrainSettings:
     final_lr_fraction: float
     weight_decay: float
     energy_weight: float
+    on_policy_energy_weight: float
     force_weight: float
     stress_weight: float
     hessian_weight: float

@@ -295,6 +295,7 @@ def read_structures(store_path: Path, start: int, stop: int, split: str | None =
         atoms_ptr=np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64),
         cell_A=group["structures/cell_A"][start:stop][keep],
         pbc=group["structures/pbc"][start:stop][keep],
+        sample_index=group["structures/sample_index"][start:stop][keep],
         **hessian,
     )
 

@@ -244,6 +244,26 @@ def reference_loss(model: StudentPotential, batch: LabeledArrays, stress_weight:
     return loss + stress_weight * (((stress[periodic] - stress_target) / scale) ** 2).mean()
 
 
+def test_on_policy_frames_energy_errors_count_their_weight(emt_store) -> None:
+    """The store's sample indices travel with the batch; those given as on-policy count the
+    energy error ``reduced_energy_weight`` times, their forces in full."""
+    data = read_labels(emt_store)
+    batch = data.subset([0, 1, 2, data.n_structures - 1])
+    assert batch.sample_index.tolist() == data.sample_index[[0, 1, 2, -1]].tolist()
+    torch.manual_seed(0)
+    model = StudentPotential(species=STORE_SPECIES, cutoff_A=4.0, n_features=8).double()
+    energy, _, _ = energy_forces_stress(model, **structure_tensors(batch, torch.device("cpu")), compute_stress=False)
+    squared = ((energy.detach().numpy() - batch.energy_eV) / batch.n_atoms) ** 2
+    on_policy = batch.sample_index[[1, 3]]
+    full = BatchLoss(3.0, 7.0, 0.0, 0.0, compile=False)(model, batch)
+    weighted = BatchLoss(
+        3.0, 7.0, 0.0, 0.0, compile=False, reduced_energy_samples=on_policy, reduced_energy_weight=0.1
+    )(model, batch)
+    expected = 3.0 * np.mean(squared * np.array([1.0, 0.1, 1.0, 0.1])) - 3.0 * np.mean(squared)
+    assert abs(expected) > 1e-9
+    assert (weighted - full).item() == pytest.approx(expected, rel=1e-9)
+
+
 def test_stress_term_counts_periodic_structures_only(emt_store) -> None:
     data = read_labels(emt_store)
     batch = data.subset([0, 1, data.n_structures - 1])  # two crystals and a molecule (NaN stress)

@@ -61,6 +61,11 @@ def round_structures(wildcards):
     return stage_path("sample", "structures.extxyz") if k == 0 else round_path("explore", "structures.extxyz", k)
 
 
+def explored_so_far(wildcards):
+    """The on-policy frames explored in rounds 1..k (none in round 0)."""
+    return [round_path("explore", "structures.extxyz", j) for j in range(1, int(wildcards.round) + 1)]
+
+
 def previous_round(name, stage):
     """An input function: the previous round's file (none in round 0)."""
 

@@ -7,6 +7,7 @@ rule train:
         store=round_path("label", "labels.zarr"),
         precompiled=stage_path("precompile", "compiled.json"),
         initial_checkpoint=previous_round("student.pt", "train"),
+        explored=explored_so_far,
     output:
         checkpoint=round_path("train", "student.pt"),
         torchscript=round_path("train", "student.torchscript.pt"),

@@ -5,6 +5,7 @@ run(
     store=snakemake.input.store,
     precompiled=snakemake.input.precompiled,
     initial_checkpoint=(snakemake.input.initial_checkpoint or [None])[0],
+    explored=list(snakemake.input.explored),
     checkpoint=snakemake.output.checkpoint,
     torchscript=snakemake.output.torchscript,
     history_file=snakemake.output.history,

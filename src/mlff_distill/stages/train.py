@@ -13,9 +13,10 @@ import dataclasses
 import json
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
+from ase.io import read
 
 from mlff_distill.evaluation.plots import learning_curve_plot
 from mlff_distill.logs import stage_logger
@@ -44,11 +45,14 @@ def run(
     compile_cache_dir: Optional[Path] = None,
     initial_checkpoint: Optional[Path] = None,
     round_index: Optional[int] = None,
+    explored: Sequence[Path] = (),
 ) -> None:
     """The Snakemake job. ``precompiled``: the precompile stage's record; ``compile_cache_dir``:
     the TorchInductor cache it filled (`mlff_distill.student.compilation`). ``initial_checkpoint``:
     a student (the previous round's) to start from, of the same species as the store and the sizes
-    of ``student``. ``round_index``: the on-policy round (the MLflow run nests under "round <k>")."""
+    of ``student``. ``round_index``: the on-policy round (the MLflow run nests under "round <k>").
+    ``explored``: the explore stage's structures of the rounds so far; their energies count
+    ``train.on_policy_energy_weight`` times."""
     student_settings, train_settings = build(StudentSettings, student, "student"), build(TrainSettings, train, "train")
     logger = stage_logger("train", log_file)
     torch.set_num_threads(threads)
@@ -57,6 +61,14 @@ def run(
     if initial_checkpoint is not None:
         initial_weights = initial_student_weights(Path(initial_checkpoint), student_settings, Path(store))
         logger.info("starting from the weights of %s", initial_checkpoint)
+    on_policy_samples = [int(atoms.info["sample_index"]) for path in explored for atoms in read(path, index=":")]
+    if on_policy_samples:
+        logger.info(
+            "%d on-policy frames (%s); their energy errors count %g times",
+            len(on_policy_samples),
+            ", ".join(str(path) for path in explored),
+            train_settings.on_policy_energy_weight,
+        )
     params = {"seed": seed, "student": student, "train": train}
     if initial_checkpoint is not None:
         params["initial_checkpoint"] = str(initial_checkpoint)
@@ -76,6 +88,7 @@ def run(
             logger,
             on_epoch,
             initial_weights=initial_weights,
+            on_policy_samples=on_policy_samples,
         )
         model = model.cpu()  # checkpoints and the TorchScript file load on any machine
         n_parameters = sum(p.numel() for p in model.parameters())

@@ -48,6 +48,11 @@ def concatenate(parts: Sequence[LabeledArrays]) -> LabeledArrays:
         hessian_product_eV_per_A2=(
             np.concatenate([part.hessian_product_eV_per_A2 for part in parts]) if with_hessian else None
         ),
+        sample_index=(
+            np.concatenate([part.sample_index for part in parts])
+            if all(part.sample_index is not None for part in parts)
+            else None
+        ),
     )
 
 

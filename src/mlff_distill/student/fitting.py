@@ -130,15 +130,22 @@ def predict(
 
 
 def _validation_metrics(
-    model: StudentPotential, val: StructureBlocks, settings: TrainSettings, stress_scale_eV_per_A3: float
+    model: StudentPotential,
+    val: StructureBlocks,
+    settings: TrainSettings,
+    stress_scale_eV_per_A3: float,
+    on_policy_samples: Sequence[int] = (),
 ) -> dict[str, float]:
     """Validation errors accumulated block by block; stress metrics only if ``val`` has stress labels.
-    In a process group each process predicts every size-th structure and the sums are shared."""
+    ``val_loss`` weighs the energy errors of ``on_policy_samples`` as the training loss does; the
+    other metrics count every structure alike. In a process group each process predicts every
+    size-th structure and the sums are shared."""
     sums = dict.fromkeys(
         [
             "n_structures",
             "energy_abs",
             "energy_sq",
+            "energy_sq_weighted",
             "n_force",
             "force_abs",
             "force_sq",
@@ -160,6 +167,10 @@ def _validation_metrics(
         sums["n_structures"] += block.n_structures
         sums["energy_abs"] += float(np.abs(energy_error).sum())
         sums["energy_sq"] += float((energy_error**2).sum())
+        weights = np.ones(block.n_structures)
+        if len(on_policy_samples) and block.sample_index is not None:
+            weights[np.isin(block.sample_index, on_policy_samples)] = settings.on_policy_energy_weight
+        sums["energy_sq_weighted"] += float((weights * energy_error**2).sum())
         sums["n_force"] += force_error.size
         sums["force_abs"] += float(np.abs(force_error).sum())
         sums["force_sq"] += float((force_error**2).sum())
@@ -174,7 +185,8 @@ def _validation_metrics(
     energy_mse, force_mse = sums["energy_sq"] / sums["n_structures"], sums["force_sq"] / sums["n_force"]
     force_rmse = math.sqrt(force_mse)
     metrics = {
-        "val_loss": settings.energy_weight * energy_mse + settings.force_weight * force_mse,
+        "val_loss": settings.energy_weight * sums["energy_sq_weighted"] / sums["n_structures"]
+        + settings.force_weight * force_mse,
         "val_energy_mae_per_atom_eV": sums["energy_abs"] / sums["n_structures"],
         "val_energy_rmse_per_atom_eV": math.sqrt(energy_mse),
         "val_force_mae_eV_per_A": sums["force_abs"] / sums["n_force"],
@@ -210,8 +222,12 @@ def train_student(
     on_epoch: Optional[Callable[[int, dict[str, float]], None]] = None,
     resume_from: Optional[dict[str, Any]] = None,
     on_state: Optional[Callable[[dict[str, Any]], None]] = None,
+    on_policy_samples: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Fit ``model`` in place to energies, forces and stresses of ``train``; validate on ``val`` each epoch.
+
+    ``on_policy_samples``: the sample indices of on-policy frames, whose energy errors count
+    ``settings.on_policy_energy_weight`` times, in training and validation loss alike.
 
     ``settings``: the ``train:`` section (config/README.md); its ``threads``, ``processes``,
     ``resume`` and ``in_memory_max_GB`` belong to the caller (`mlff_distill.student.training`).
@@ -301,6 +317,8 @@ def train_student(
         stress_scale,
         settings.compile,
         settings.hessian_weight,
+        on_policy_samples,
+        settings.on_policy_energy_weight,
     )
 
     history: dict[str, Any] = {"epochs": [], "best_epoch": 0, "best_val_loss": math.inf, "stop_reason": "epochs"}
@@ -343,7 +361,7 @@ def train_student(
                 break
 
         metrics = {"epoch": epoch, "train_loss": float(np.mean(losses)), "lr": optimizer.param_groups[0]["lr"]}
-        metrics.update(_validation_metrics(evaluated, val, settings, stress_scale))
+        metrics.update(_validation_metrics(evaluated, val, settings, stress_scale, on_policy_samples))
         history["epochs"].append(metrics)
         if on_epoch is not None:
             on_epoch(epoch, metrics)

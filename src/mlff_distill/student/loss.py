@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -82,6 +82,7 @@ def loss_inputs(
         "atom_batch": atom_batch,
         "n_atoms": n_atoms.to(dtype),
         "learned_energy_target": (torch.as_tensor(batch.energy_eV, device=device) - reference).to(dtype),
+        "energy_weights": torch.ones(len(n_atoms), dtype=dtype, device=device),
         "forces_target": torch.as_tensor(batch.forces_eV_per_A, dtype=dtype, device=device),
     }
     if with_stress:
@@ -113,6 +114,7 @@ def weighted_loss(
     atom_batch: torch.Tensor,
     n_atoms: torch.Tensor,
     learned_energy_target: torch.Tensor,
+    energy_weights: torch.Tensor,
     forces_target: torch.Tensor,
     energy_weight: float,
     force_weight: float,
@@ -125,7 +127,8 @@ def weighted_loss(
     hessian_tangent: Optional[torch.Tensor] = None,
     hessian_product_target: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """``energy_weight * MSE(energy per atom) + force_weight * MSE(force components) + stress_weight
+    """``energy_weight * MSE(energy per atom, each structure's square error times its
+    ``energy_weights`` entry) + force_weight * MSE(force components) + stress_weight
     * MSE(stress components over stress_mask) + hessian_weight * MSE(Hessian-vector product
     components)`` of one batch (inputs as from `loss_inputs`; the stress term only when
     ``stress_target`` is given, ``stress_weight`` already divided by the square of the stress
@@ -157,7 +160,7 @@ def weighted_loss(
     )
     energy = torch.zeros_like(learned_energy_target).index_add(0, atom_batch, atom_energy)
     loss = (
-        energy_weight * (((energy - learned_energy_target) / n_atoms) ** 2).mean()
+        energy_weight * (energy_weights * ((energy - learned_energy_target) / n_atoms) ** 2).mean()
         + force_weight * ((forces - forces_target) ** 2).mean()
     )
     if stress is not None and stress_target is not None and stress_mask is not None:
@@ -196,6 +199,10 @@ class BatchLoss:
     ``stress_scale_eV_per_A3`` divides the stress errors; the stress term is used for batches with
     periodic stress labels when ``stress_weight`` and the scale are positive. The Hessian term is
     used when ``hessian_weight`` is positive (every batch must then hold Hessian labels).
+
+    ``reduced_energy_samples``: sample indices (the store's ``sample_index``) whose energy error
+    counts ``reduced_energy_weight`` times (the on-policy frames, see `mlff_distill.student.training.fit`);
+    a batch's structures are matched by their ``sample_index``. Every other structure counts once.
     """
 
     def __init__(
@@ -206,8 +213,12 @@ class BatchLoss:
         stress_scale_eV_per_A3: float,
         compile: bool,
         hessian_weight: float = 0.0,
+        reduced_energy_samples: Sequence[int] = (),
+        reduced_energy_weight: float = 1.0,
     ) -> None:
         self.weights = {"energy_weight": energy_weight, "force_weight": force_weight}
+        self.reduced_energy_samples = np.asarray(reduced_energy_samples, dtype=np.int64)
+        self.reduced_energy_weight = float(reduced_energy_weight)
         if hessian_weight > 0:
             self.weights["hessian_weight"] = hessian_weight
         self.scaled_stress_weight = (
@@ -240,6 +251,10 @@ class BatchLoss:
     def __call__(self, model: StudentPotential, batch: LabeledArrays) -> torch.Tensor:
         with_stress = self.scaled_stress_weight > 0 and bool(stress_mask(batch).any())
         inputs = loss_inputs(model, batch, with_stress, "hessian_weight" in self.weights)
+        if len(self.reduced_energy_samples) and batch.sample_index is not None:
+            reduced = np.isin(batch.sample_index, self.reduced_energy_samples)
+            weights = inputs["energy_weights"]
+            weights[torch.as_tensor(reduced, device=weights.device)] = self.reduced_energy_weight
         if with_stress:  # a tensor, not a float that the compiled graph would be specialised on
             target = inputs["stress_target"]
             inputs["stress_weight"] = torch.tensor(self.scaled_stress_weight, dtype=target.dtype, device=target.device)

@@ -178,9 +178,13 @@ def fit(
     logger: logging.Logger,
     on_epoch: Optional[Callable[[int, dict], None]] = None,
     initial_weights: Optional[dict[str, torch.Tensor]] = None,
+    on_policy_samples: Sequence[int] = (),
 ) -> tuple[StudentPotential, dict, dict[str, Any]]:
     """Train a student of size ``student`` on ``store`` as ``train`` says (``seed`` seeds the
     weights and batches), saving and resuming state at ``state_path``.
+
+    ``on_policy_samples``: the sample indices (the store's ``sample_index``) of the on-policy
+    frames, whose energy errors count ``train.on_policy_energy_weight`` times (`train_student`).
 
     ``initial_weights``: a previous student's ``state_dict`` (same species and sizes, else
     ``ValueError``) to start from instead of random weights; its reference energies are kept, not
@@ -194,7 +198,7 @@ def fit(
     """
     if train.processes > 1 and world()[1] == 1 and not torch.cuda.is_available():
         weights, history, info = train_in_processes(
-            student, train, seed, store, state_path, logger, on_epoch, initial_weights
+            student, train, seed, store, state_path, logger, on_epoch, initial_weights, on_policy_samples
         )
         model = StudentPotential(
             species=info["species"],
@@ -241,7 +245,15 @@ def fit(
             on_epoch(metrics["epoch"], metrics)
     save = (lambda state: save_state_atomic(state_path, state, fingerprint)) if world()[0] == 0 else None
     history = train_student(
-        model, training, validation, train, seed, on_epoch=on_epoch, resume_from=resume_from, on_state=save
+        model,
+        training,
+        validation,
+        train,
+        seed,
+        on_epoch=on_epoch,
+        resume_from=resume_from,
+        on_state=save,
+        on_policy_samples=on_policy_samples,
     )
     info = {
         "species": species,
@@ -265,6 +277,7 @@ def train_in_processes(
     logger: logging.Logger,
     on_epoch: Optional[Callable[[int, dict], None]] = None,
     initial_weights: Optional[dict[str, torch.Tensor]] = None,
+    on_policy_samples: Sequence[int] = (),
 ) -> tuple[dict, dict, dict[str, Any]]:
     """Run `fit` in ``train.processes`` workers (from ``initial_weights`` if given: a file they
     load); returns the trained weights (``state_dict``), the history and the data facts of `fit`.
@@ -290,6 +303,7 @@ def train_in_processes(
             "results": str(scratch / "result-{rank}.pt"),
             "log": str(state_path.parent / "rank-{rank}.log"),
             "initial_weights": None if initial_weights is None else str(scratch / "initial_weights.pt"),
+            "on_policy_samples": [int(index) for index in on_policy_samples],
         }
         if initial_weights is not None:
             torch.save({name: value.detach().cpu() for name, value in initial_weights.items()}, job["initial_weights"])
@@ -368,6 +382,7 @@ def run_worker(job_file: str, rank: int) -> None:
             logging.getLogger(__name__),
             on_epoch if rank == 0 else None,
             None if job["initial_weights"] is None else torch.load(job["initial_weights"], weights_only=True),
+            job["on_policy_samples"],
         )
         torch.save({"model": model.state_dict(), "history": history, "info": info}, job["results"].format(rank=rank))
     except Exception:
