@@ -20,7 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from mlff_distill.data import LabeledArrays
 from mlff_distill.settings import TrainSettings
 from mlff_distill.student.dataset import StructureBlocks, batches_in_epoch, shuffled_batches
-from mlff_distill.student.loss import BatchLoss, stress_mask
+from mlff_distill.student.loss import BatchLoss, energy_weights_of, stress_mask
 from mlff_distill.student.model import StudentPotential, energy_forces_stress
 from mlff_distill.student.parallel import agree_on_time, average_gradients, sum_over_processes, world
 
@@ -167,9 +167,7 @@ def _validation_metrics(
         sums["n_structures"] += block.n_structures
         sums["energy_abs"] += float(np.abs(energy_error).sum())
         sums["energy_sq"] += float((energy_error**2).sum())
-        weights = np.ones(block.n_structures)
-        if len(on_policy_samples) and block.sample_index is not None:
-            weights[np.isin(block.sample_index, on_policy_samples)] = settings.on_policy_energy_weight
+        weights = energy_weights_of(block, on_policy_samples, settings.on_policy_energy_weight)
         sums["energy_sq_weighted"] += float((weights * energy_error**2).sum())
         sums["n_force"] += force_error.size
         sums["force_abs"] += float(np.abs(force_error).sum())

@@ -51,6 +51,16 @@ def stress_mask(data: LabeledArrays) -> np.ndarray:
     return data.pbc.all(axis=1) & np.isfinite(data.stress_eV_per_A3).all(axis=(1, 2))
 
 
+def energy_weights_of(data: LabeledArrays, reduced_samples: Sequence[int], reduced_weight: float) -> np.ndarray:
+    """Each structure's factor on the energy term, ``[N]``: ``reduced_weight`` for those whose
+    ``sample_index`` is in ``reduced_samples`` (the on-policy frames), 1 for the others and for
+    data without sample indices."""
+    weights = np.ones(data.n_structures)
+    if len(reduced_samples) and data.sample_index is not None:
+        weights[np.isin(data.sample_index, reduced_samples)] = reduced_weight
+    return weights
+
+
 def loss_inputs(
     model: StudentPotential, batch: LabeledArrays, with_stress: bool, with_hessian: bool = False
 ) -> dict[str, torch.Tensor]:
@@ -251,10 +261,9 @@ class BatchLoss:
     def __call__(self, model: StudentPotential, batch: LabeledArrays) -> torch.Tensor:
         with_stress = self.scaled_stress_weight > 0 and bool(stress_mask(batch).any())
         inputs = loss_inputs(model, batch, with_stress, "hessian_weight" in self.weights)
-        if len(self.reduced_energy_samples) and batch.sample_index is not None:
-            reduced = np.isin(batch.sample_index, self.reduced_energy_samples)
-            weights = inputs["energy_weights"]
-            weights[torch.as_tensor(reduced, device=weights.device)] = self.reduced_energy_weight
+        if len(self.reduced_energy_samples):
+            weights = energy_weights_of(batch, self.reduced_energy_samples, self.reduced_energy_weight)
+            inputs["energy_weights"] = torch.as_tensor(weights).to(inputs["energy_weights"])
         if with_stress:  # a tensor, not a float that the compiled graph would be specialised on
             target = inputs["stress_target"]
             inputs["stress_weight"] = torch.tensor(self.scaled_stress_weight, dtype=target.dtype, device=target.device)
