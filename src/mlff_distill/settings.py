@@ -268,6 +268,7 @@ class TrainSettings:
     weight_decay: float
     energy_weight: float
     on_policy_energy_weight: float
+    calibrate_on_target_md: bool
     force_weight: float
     stress_weight: float
     hessian_weight: float

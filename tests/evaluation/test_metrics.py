@@ -39,6 +39,7 @@ def test_energy_and_force_errors_by_hand():
     metrics = energy_force_errors(reference, energy, forces)
     assert metrics["energy_mae_per_atom_eV"] == pytest.approx(0.2)
     assert metrics["energy_rmse_per_atom_eV"] == pytest.approx(0.2)
+    assert metrics["energy_mean_error_per_atom_eV"] == pytest.approx(0.0)  # +0.2 and -0.2 per atom
     assert metrics["force_mae_eV_per_A"] == pytest.approx(6 / 12)
     assert metrics["force_rmse_eV_per_A"] == pytest.approx(np.sqrt(18 / 12))
     assert metrics["force_rel_rmse"] == pytest.approx(np.sqrt(18 / 12) / np.sqrt(30 / 12))

@@ -10,7 +10,12 @@ from ase.geometry import find_mic
 from ase.io import write
 
 from mlff_distill.sampling.boxes import pack_box
-from mlff_distill.sampling.condensed import derived_structures, molecular_clusters, target_trajectories
+from mlff_distill.sampling.condensed import (
+    derived_structures,
+    molecular_clusters,
+    target_trajectories,
+    training_teacher_md_samples,
+)
 from mlff_distill.sampling.targets import targets_from
 from mlff_distill.settings import TargetSettings, section_settings
 from mlff_distill.teachers import TeacherCalculator
@@ -161,3 +166,16 @@ def test_target_trajectories_run_the_teacher_from_fresh_starts(cu2_box_settings,
     assert len(molecule_runs) == 2 and not molecule_runs[0][0].pbc.any()
     assert all(np.isfinite(f.positions).all() for t in molecule_runs for f in t)  # a linear molecule too
     assert "molecule_index" not in molecule_runs[0][0].arrays
+
+
+def test_training_teacher_md_samples_are_the_targets_md_frames_in_training() -> None:
+    infos = [
+        {"strategy": "md", "target": "water", "temperature_K": 300.0, "split": "train"},
+        {"strategy": "md", "target": "water", "temperature_K": 350.0, "split": "val"},
+        {"strategy": "test-md", "target": "water", "temperature_K": 300.0, "split": "test"},
+        {"strategy": "md", "split": "train"},  # MD of a seed molecule, no target
+        {"strategy": "cluster", "target": "water", "temperature_K": 300.0, "split": "train"},
+        {"strategy": "md", "target": "methanol", "temperature_K": 300.0, "split": "train"},
+    ]
+    sampled = [Atoms("H2O", info={**info, "sample_index": 10 + i}) for i, info in enumerate(infos)]
+    assert training_teacher_md_samples(sampled) == [10, 15]

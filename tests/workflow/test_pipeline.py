@@ -6,6 +6,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+import torch
 import zarr
 from ase.build import molecule
 from ase.calculators.singlepoint import SinglePointCalculator
@@ -78,6 +79,7 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
         assert math.isfinite(metrics[key]) and metrics[key] >= 0
     assert metrics["speedup"] == pytest.approx(metrics["teacher_s_per_structure"] / metrics["student_s_per_structure"])
     assert metrics["teacher_rotation"]["force_rel_change"] < 1e-4  # ANI-1x is invariant
+
     rounds = metrics["rounds"]  # round 0's student and the final one, on the same test split
     assert [row["round"] for row in rounds] == [0, 1] and rounds[1]["force_rel_rmse"] == metrics["force_rel_rmse"]
     assert rounds[0]["force_rel_rmse"] != rounds[1]["force_rel_rmse"]
@@ -105,6 +107,23 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
         assert row["all_cores_threads"] == 2 and row["all_cores_student_ms"] <= row["student_ms"]
         assert row["all_cores_teacher_fastest_ms"] <= row["teacher_fastest_ms"]
     assert (tiny_run.cache / RESOURCE_CACHE_SUBDIR / AEV_PARAMS_FILE).is_file()
+
+
+def test_reference_energies_are_calibrated_on_the_target_md_and_each_round_trains_uncalibrated(tiny_run):
+    students = [load_student(tiny_run.run_dir / f"round{k}" / "train" / "student.pt") for k in range(ROUNDS + 1)]
+    uncalibrated = []
+    for model, metadata in students:
+        calibration, shift = metadata["reference_calibration"], metadata["reference_shift_eV"]
+        assert calibration["n_target_md"] > 0 and sorted(shift) == model.species
+        after, before = (
+            calibration["target_md_energy_mae_per_atom_eV_after"],
+            calibration["target_md_energy_mae_per_atom_eV_before"],
+        )
+        assert after <= before
+        uncalibrated.append(model.reference_energies_eV - torch.tensor([shift[z] for z in model.species]).double())
+    # reference energies are not trained: a round starts from the previous one's, as fitted
+    torch.testing.assert_close(uncalibrated[1], uncalibrated[0])
+    assert "reference energies calibrated on" in (tiny_run.run_dir / "logs" / "round1" / "train.log").read_text()
 
 
 def test_mlflow_has_parent_and_stage_runs(tiny_run):

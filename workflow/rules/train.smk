@@ -8,6 +8,7 @@ rule train:
         precompiled=stage_path("precompile", "compiled.json"),
         initial_checkpoint=previous_round("student.pt", "train"),
         explored=explored_so_far,
+        sampled=stage_path("sample", "structures.extxyz"),
     output:
         checkpoint=round_path("train", "student.pt"),
         torchscript=round_path("train", "student.torchscript.pt"),

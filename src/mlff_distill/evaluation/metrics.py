@@ -42,7 +42,9 @@ def force_cosine(reference_eV_per_A: np.ndarray, predicted_eV_per_A: np.ndarray)
 def energy_force_errors(
     reference: LabeledArrays, energy_eV: np.ndarray, forces_eV_per_A: np.ndarray
 ) -> dict[str, float]:
-    """Energy errors per atom (eV/atom) and force errors (eV/Angstrom; MAE over components)."""
+    """Energy errors per atom (eV/atom; ``energy_mean_error_per_atom_eV``, the signed mean of
+    student minus reference, is the offset inside the MAE) and force errors (eV/Angstrom; MAE over
+    components)."""
     energy_eV = np.asarray(energy_eV, dtype=np.float64)
     forces_eV_per_A = np.asarray(forces_eV_per_A, dtype=np.float64)
     if energy_eV.shape != reference.energy_eV.shape:
@@ -56,6 +58,7 @@ def energy_force_errors(
     return {
         "energy_mae_per_atom_eV": float(np.mean(np.abs(energy_error))),
         "energy_rmse_per_atom_eV": _rms(energy_error),
+        "energy_mean_error_per_atom_eV": float(np.mean(energy_error)),
         "force_mae_eV_per_A": float(np.mean(np.abs(force_error))),
         "force_rmse_eV_per_A": _rms(force_error),
         "force_rel_rmse": _rms(force_error) / _rms(reference.forces_eV_per_A),

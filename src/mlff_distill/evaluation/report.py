@@ -43,6 +43,7 @@ TARGET_ACCURACY_COLUMNS = (
     ("force_rel_rmse", "relative RMS force error (%)", 100.0),
     ("force_mae_eV_per_A", "force MAE (meV/Å)", 1000.0),
     ("energy_mae_per_atom_eV", "energy MAE (meV/atom)", 1000.0),
+    ("energy_mean_error_per_atom_eV", "energy offset, student - teacher (meV/atom)", 1000.0),
     ("stress_rel_error", "relative RMS stress error (%)", 100.0),
     ("ensemble_force_rel_rmse_of_the_mean", "teacher ensemble mean's own force uncertainty (%)", 100.0),
 )
@@ -86,6 +87,7 @@ ROUND_COLUMNS = (
     ("force_rel_rmse", "relative RMS force error (%)", 100.0),
     ("force_mae_eV_per_A", "force MAE (eV/Å)", 1.0),
     ("energy_mae_per_atom_eV", "energy MAE (meV/atom)", 1000.0),
+    ("energy_mean_error_per_atom_eV", "energy offset, student - teacher (meV/atom)", 1000.0),
     ("stress_rel_error", "relative RMS stress error (%)", 100.0),
 )
 TARGET_NVT_COLUMNS = (

@@ -38,6 +38,16 @@ def teacher_md_frames(sampled: Sequence[Atoms]) -> dict[tuple[str, float], list[
     return dict(frames)
 
 
+def training_teacher_md_samples(sampled: Sequence[Atoms]) -> list[int]:
+    """Sample indices of the teacher's MD frames of the targets in the training split."""
+    return sorted(
+        int(atoms.info["sample_index"])
+        for frames in teacher_md_frames(sampled).values()
+        for atoms in frames
+        if atoms.info.get("split") == "train"
+    )
+
+
 def molecular_clusters(frame: Atoms, sizes: Sequence[int], per_frame: int, rng: np.random.Generator) -> list[Atoms]:
     """Clusters of whole molecules cut from a periodic ``frame`` with ``arrays["molecule_index"]``:
     for each size, ``per_frame`` clusters.

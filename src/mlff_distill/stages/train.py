@@ -4,13 +4,16 @@ learning-curve plot.
 
 The resumable state goes to ``<train dir>/resume/state.pt``: not a Snakemake output, so it
 survives the deletion of an interrupted job's outputs. An on-policy round starts from the previous
-round's student (``initial_checkpoint``).
+round's student (``initial_checkpoint``), its reference energies as fitted (the calibration on
+the targets' teacher MD, `mlff_distill.student.calibration`, is taken off and made again after
+training).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Optional, Sequence
@@ -20,11 +23,14 @@ from ase.io import read
 
 from mlff_distill.evaluation.plots import learning_curve_plot
 from mlff_distill.logs import stage_logger
+from mlff_distill.sampling.condensed import training_teacher_md_samples
 from mlff_distill.settings import StudentSettings, TrainSettings, build
-from mlff_distill.store import store_attrs, store_species
+from mlff_distill.store import read_labels, store_attrs, store_species
+from mlff_distill.student.calibration import reference_shift, shift_reference_energies, uncalibrated_state
 from mlff_distill.student.checkpoint import load_student, save_student
 from mlff_distill.student.compilation import use_compile_cache
 from mlff_distill.student.export import export_torchscript
+from mlff_distill.student.model import StudentPotential
 from mlff_distill.student.training import fit, state_path_for
 from mlff_distill.tracking import stage_run
 
@@ -46,13 +52,15 @@ def run(
     initial_checkpoint: Optional[Path] = None,
     round_index: Optional[int] = None,
     explored: Sequence[Path] = (),
+    sampled_file: Optional[Path] = None,
 ) -> None:
     """The Snakemake job. ``precompiled``: the precompile stage's record; ``compile_cache_dir``:
     the TorchInductor cache it filled (`mlff_distill.student.compilation`). ``initial_checkpoint``:
     a student (the previous round's) to start from, of the same species as the store and the sizes
     of ``student``. ``round_index``: the on-policy round (the MLflow run nests under "round <k>").
     ``explored``: the explore stage's structures of the rounds so far; their energies count
-    ``train.on_policy_energy_weight`` times."""
+    ``train.on_policy_energy_weight`` times. ``sampled_file``: the sample stage's structures, whose
+    teacher-MD frames of the targets calibrate the reference energies (``train.calibrate_on_target_md``)."""
     student_settings, train_settings = build(StudentSettings, student, "student"), build(TrainSettings, train, "train")
     logger = stage_logger("train", log_file)
     torch.set_num_threads(threads)
@@ -91,6 +99,10 @@ def run(
             on_policy_samples=on_policy_samples,
         )
         model = model.cpu()  # checkpoints and the TorchScript file load on any machine
+        shift, calibration = None, None
+        if train_settings.calibrate_on_target_md:
+            shift, calibration = calibrate_on_target_md(model, Path(store), sampled_file, logger)
+            tracker.log_metrics({f"calibration.{k}": v for k, v in (calibration or {}).items()})
         n_parameters = sum(p.numel() for p in model.parameters())
         tracker.log_params({"n_parameters": n_parameters})
         best = history["epochs"][history["best_epoch"] - 1] if history["epochs"] else {}
@@ -105,6 +117,8 @@ def run(
             "best_val": best,
             "initial_checkpoint": None if initial_checkpoint is None else str(Path(initial_checkpoint).resolve()),
             "round": round_index,
+            "reference_shift_eV": shift,
+            "reference_calibration": calibration,
         }
         save_student(checkpoint, model, metadata=metadata)
         export_torchscript(model, torchscript, metadata)
@@ -123,10 +137,38 @@ def run(
         )
 
 
+def calibrate_on_target_md(
+    model: StudentPotential, store: Path, sampled_file: Optional[Path], logger: logging.Logger
+) -> tuple[Optional[dict[int, float]], Optional[dict[str, float]]]:
+    """Shift ``model``'s reference energies by `reference_shift` on the training split's
+    teacher-MD frames of the targets (from ``sampled_file``), logging what it does to those and
+    to the other training structures; the shift (eV) and those figures, or None without such frames."""
+    samples = training_teacher_md_samples(read(sampled_file, index=":")) if sampled_file else []
+    training = read_labels(store, "train")
+    if not samples or not set(samples) & set(training.sample_index.tolist()):
+        logger.info("reference energies as fitted: no teacher-MD frames of a target in the training split")
+        return None, None
+    shift, stats = reference_shift(model, training, samples)
+    shift_reference_energies(model, shift)
+    logger.info(
+        "reference energies calibrated on %d teacher-MD frames of the targets: shifts (eV) %s; their energy MAE "
+        "%.2f -> %.2f meV/atom; the other %d training structures' %.2f -> %.2f meV/atom",
+        stats["n_target_md"],
+        {z: round(value, 4) for z, value in shift.items()},
+        1e3 * stats["target_md_energy_mae_per_atom_eV_before"],
+        1e3 * stats["target_md_energy_mae_per_atom_eV_after"],
+        stats["n_other"],
+        1e3 * stats.get("other_energy_mae_per_atom_eV_before", float("nan")),
+        1e3 * stats.get("other_energy_mae_per_atom_eV_after", float("nan")),
+    )
+    return shift, stats
+
+
 def initial_student_weights(checkpoint: Path, student: StudentSettings, store: Path) -> dict[str, torch.Tensor]:
-    """The ``state_dict`` of the student at ``checkpoint``; raises ``ValueError`` unless it knows
-    the species of ``store`` and has the sizes of ``student``."""
-    model, _ = load_student(checkpoint)
+    """The ``state_dict`` of the student at ``checkpoint``, its reference energies as fitted (a
+    calibration, ``metadata["reference_shift_eV"]``, taken off); raises ``ValueError`` unless it
+    knows the species of ``store`` and has the sizes of ``student``."""
+    model, metadata = load_student(checkpoint)
     species = store_species(store)
     if model.species != species:
         raise ValueError(
@@ -138,4 +180,4 @@ def initial_student_weights(checkpoint: Path, student: StudentSettings, store: P
         raise ValueError(
             f"{checkpoint}: a student of sizes {sizes} cannot start a training of sizes {dataclasses.asdict(student)}"
         )
-    return model.state_dict()
+    return uncalibrated_state(model.state_dict(), model.species, metadata.get("reference_shift_eV") or {})

@@ -47,19 +47,27 @@ def reference_energy_fit(
     not in ``species``.
     """
     species = [int(z) for z in species]
-    lookup = np.zeros(max(species) + 1, dtype=np.int64)
-    lookup[species] = np.arange(len(species))
     gram, moment = np.zeros((len(species), len(species))), np.zeros(len(species))
     for block in _as_blocks(data).blocks():
-        unknown = sorted(set(np.unique(block.numbers).tolist()) - set(species))
-        if unknown:
-            raise ValueError(f"data holds atomic number(s) {unknown} not in species {species}")
-        counts = np.zeros((block.n_structures, len(species)))
-        np.add.at(counts, (np.repeat(np.arange(block.n_structures), block.n_atoms), lookup[block.numbers]), 1.0)
+        counts = species_counts(block, species)
         gram += counts.T @ counts
         moment += counts.T @ block.energy_eV
     solution, *_ = np.linalg.lstsq(gram, moment, rcond=None)
     return {z: float(e) for z, e in zip(species, solution)}, _undetermined_combinations(gram, species)
+
+
+def species_counts(data: LabeledArrays, species: Sequence[int]) -> np.ndarray:
+    """Atoms of each of ``species`` in each structure of ``data``, ``[N, S]``; ``ValueError`` if
+    ``data`` holds a species not in ``species``."""
+    species = [int(z) for z in species]
+    unknown = sorted(set(np.unique(data.numbers).tolist()) - set(species))
+    if unknown:
+        raise ValueError(f"data holds atomic number(s) {unknown} not in species {species}")
+    lookup = np.zeros(max(species) + 1, dtype=np.int64)
+    lookup[species] = np.arange(len(species))
+    counts = np.zeros((data.n_structures, len(species)))
+    np.add.at(counts, (np.repeat(np.arange(data.n_structures), data.n_atoms), lookup[data.numbers]), 1.0)
+    return counts
 
 
 def _undetermined_combinations(gram: np.ndarray, species: list[int]) -> list[str]:
