@@ -340,6 +340,20 @@ def test_target_nvt_rows_compare_the_students_g_of_r_with_the_teachers(single_th
     assert unseen["closest_contacts_A"]["Cu-Cu"]["teacher"] is None and unseen["closest_contacts"].endswith(" / -")
 
 
+def test_target_nvt_rows_in_two_processes_are_those_of_one(single_thread):
+    crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    settings = _md_settings(nvt_ps=0.2, timestep_fs=2.0, sample_every=10, rdf_r_max_A=4.5)
+    starts = [("cu", 300.0, crystal), ("cu", 600.0, crystal)]
+    frames = {("cu", 300.0): _cu_frames(3.6, 300.0, (1, 2))}
+    here = target_nvt_rows(EMT(), starts, frames, settings, seed=3)
+    shared = target_nvt_rows(EMT, starts, frames, settings, seed=3, processes=2)  # EMT() made in each worker
+    for one, two in zip(here, shared):
+        assert {k: v for k, v in one.items() if k != "md_steps_per_s"} == {
+            k: v for k, v in two.items() if k != "md_steps_per_s"
+        }
+    assert here[0]["g_student"] != here[1]["g_student"]  # two runs of their own, in order
+
+
 def test_closest_contacts_of_student_and_teacher_frames():
     student = [Atoms("H2O", positions=[[0, 0, 0], [1.1, 0, 0], [0, 2.0, 0]])]
     teacher = [Atoms("H2", positions=[[0, 0, 0], [1.35, 0, 0]]), Atoms("H2", positions=[[0, 0, 0], [1.5, 0, 0]])]

@@ -1,13 +1,16 @@
 from mlff_distill.stages.evaluate import run
 
-run(
-    **dict(snakemake.params.items()),
-    store=snakemake.input.store,
-    checkpoint=snakemake.input.checkpoint,
-    earlier_checkpoints=list(snakemake.input.earlier_checkpoints),
-    inference_path_file=snakemake.input.inference_path,
-    structures_file=snakemake.input.structures,
-    metrics_file=snakemake.output.metrics,
-    log_file=snakemake.log[0],
-    threads=snakemake.threads,
-)
+# The guard keeps the student NVT's spawned worker processes, which import this file again as
+# their __main__ module (without Snakemake's `snakemake` object), from running the job.
+if __name__ == "__main__":
+    run(
+        **dict(snakemake.params.items()),
+        store=snakemake.input.store,
+        checkpoint=snakemake.input.checkpoint,
+        earlier_checkpoints=list(snakemake.input.earlier_checkpoints),
+        inference_path_file=snakemake.input.inference_path,
+        structures_file=snakemake.input.structures,
+        metrics_file=snakemake.output.metrics,
+        log_file=snakemake.log[0],
+        threads=snakemake.threads,
+    )

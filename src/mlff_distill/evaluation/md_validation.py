@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 from ase import Atoms, units
@@ -25,6 +25,7 @@ from ase.md.verlet import VelocityVerlet
 from ase.neighborlist import neighbor_list
 from vesin import NeighborList
 
+from mlff_distill.calculator_pool import map_with_calculator
 from mlff_distill.contacts import closest_contacts_A
 from mlff_distill.sampling.dynamics import (
     blow_up_reason,
@@ -342,13 +343,14 @@ def _pair_distances(frame: Atoms, r_max_A: float) -> tuple[np.ndarray, int, bool
 
 
 def target_nvt_rows(
-    calculator: Calculator,
+    calculator: Union[Calculator, Callable[[], Calculator]],
     starts: Sequence[tuple[str, float, Atoms]],
     teacher_frames: Mapping[tuple[str, float], Sequence[Atoms]],
     settings: MDValidationSettings,
     seed: int,
     contacts: Optional[ContactBounds] = None,
     teacher_calculator: Optional[Calculator] = None,
+    processes: int = 1,
 ) -> list[dict]:
     """The student's long NVT on each target: one `bussi_run` of ``settings.nvt_ps`` per
     ``(target, temperature_K, start)`` of ``starts`` (``settings.timestep_fs``, a frame every
@@ -356,7 +358,9 @@ def target_nvt_rows(
     ``starts``; a blow-up includes a violation of ``contacts``), its g(r) compared with the
     teacher's MD frames of that target and temperature
     (``teacher_frames[(target, temperature_K)]``) by `comparison_rdf` up to
-    ``settings.rdf_r_max_A``.
+    ``settings.rdf_r_max_A``. With ``processes`` > 1 the student's runs are shared among that
+    many spawned processes (`map_with_calculator`; ``calculator`` is then a picklable function
+    that makes the student's calculator), with the same results as in one.
 
     A row per start: ``target``, ``temperature_K``, ``n_atoms``, ``time_ps`` (reached),
     ``blew_up``, ``reason``, ``conserved_drift_eV_per_atom_per_ps`` (`energy_drift_eV_per_atom_per_ps`
@@ -387,29 +391,29 @@ def target_nvt_rows(
     rows = []
     steps = max(round(settings.nvt_ps * 1000.0 / settings.timestep_fs), 1)
     teacher_steps = round(settings.teacher_nvt_ps * 1000.0 / settings.timestep_fs) if teacher_calculator else 0
-    for offset, (target, temperature_K, atoms) in enumerate(starts):
-        name = f"NVT {offset + 1} of {len(starts)}, {target} at {temperature_K:g} K ({len(atoms)} atoms)"
+    names = [
+        f"NVT {offset + 1} of {len(starts)}, {target} at {temperature_K:g} K ({len(atoms)} atoms)"
+        for offset, (target, temperature_K, atoms) in enumerate(starts)
+    ]
+    tasks = [
+        (atoms, temperature_K, settings.timestep_fs, steps, settings.sample_every, seed + offset, contacts, name)
+        for offset, ((_, temperature_K, atoms), name) in enumerate(zip(starts, names))
+    ]
+    for name in names:
         logger.info("%s: the student, %d steps of %g fs", name, steps, settings.timestep_fs)
-        start_s = time.perf_counter()
-        run = bussi_run(
-            calculator,
-            atoms,
-            temperature_K,
-            settings.timestep_fs,
-            steps,
-            settings.sample_every,
-            seed + offset,
-            contacts=contacts,
-            label=f"{name}, the student",
-        )
-        elapsed_s = time.perf_counter() - start_s
+
+    def reached(index: int, result: tuple[dict, float]) -> None:
+        run, elapsed_s = result
         logger.info(
             "%s: the student reached %g ps in %.0f s; %s",
-            name,
+            names[index],
             run["time_ps"],
             elapsed_s,
             run["reason"] or "no blow-up",
         )
+
+    student_runs = map_with_calculator(_timed_student_run, calculator, tasks, processes, on_result=reached)
+    for offset, ((target, temperature_K, atoms), name, (run, elapsed_s)) in enumerate(zip(starts, names, student_runs)):
         times_ps, conserved = run["times_ps"], run["conserved_eV"]
         student = _equilibrated(run["frames"])
         teacher = list(teacher_frames.get((target, float(temperature_K)), []))
@@ -456,6 +460,33 @@ def target_nvt_rows(
         }
         rows.append(row)
     return rows
+
+
+def _timed_student_run(
+    calculator: Calculator,
+    atoms: Atoms,
+    temperature_K: float,
+    timestep_fs: float,
+    steps: int,
+    sample_every: int,
+    seed: int,
+    contacts: Optional[ContactBounds],
+    name: str,
+) -> tuple[dict, float]:
+    """A `bussi_run` of `target_nvt_rows` (its progress logged under ``name``) and its wall-clock seconds."""
+    start_s = time.perf_counter()
+    run = bussi_run(
+        calculator,
+        atoms,
+        temperature_K,
+        timestep_fs,
+        steps,
+        sample_every,
+        seed,
+        contacts=contacts,
+        label=f"{name}, the student",
+    )
+    return run, time.perf_counter() - start_s
 
 
 def closest_contacts(student: Sequence[Atoms], teacher: Sequence[Atoms]) -> dict:

@@ -13,9 +13,8 @@ same results as in one. Units: Angstrom, eV, eV/Angstrom, fs, ps, K.
 
 from __future__ import annotations
 
-import multiprocessing
+import functools
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -26,6 +25,7 @@ from ase.calculators.calculator import Calculator
 from ase.data import chemical_symbols
 from tqdm import tqdm
 
+from mlff_distill.calculator_pool import map_with_calculator
 from mlff_distill.contacts import closest_contacts_A, closest_labeled_contacts_A, describe_contacts
 from mlff_distill.sampling.dynamics import blow_up_reason, langevin_frames, too_close
 from mlff_distill.settings import ExploreSettings
@@ -218,37 +218,19 @@ def explore(
 
 
 RunOutcome = tuple[list[tuple[int, Atoms, bool]], Optional[dict]]
-_worker_calculator: Optional[Calculator] = None  # a worker process's own, made once (`_start_worker`)
 
 
 def _run_all(
     calculator: Union[Calculator, Callable[[], Calculator]], tasks: list[tuple], processes: int, progress: tqdm
 ) -> list[RunOutcome]:
-    """`_one_run` of every task ``(start, temperature_K, settings, seed, contacts)``, in order: here
-    with ``calculator``, or in ``processes`` spawned workers, each with ``calculator()`` (the
-    progress bar then moves a run at a time)."""
+    """`_one_run` of every task ``(start, temperature_K, settings, seed, contacts)``, in order, by
+    `map_with_calculator` (in one process the progress bar moves a step at a time, in several a
+    run at a time)."""
     if processes == 1:
-        if not isinstance(calculator, Calculator):
-            calculator = calculator()
-        return [_one_run(calculator, *task, progress=progress) for task in tasks]
-    context = multiprocessing.get_context("spawn")  # forking a process that has run torch is unsafe
-    with ProcessPoolExecutor(processes, mp_context=context, initializer=_start_worker, initargs=(calculator,)) as pool:
-        futures = [pool.submit(_run_in_worker, *task) for task in tasks]
-        outcomes = []
-        for (_, _, settings, _, _), future in zip(tasks, futures):
-            outcomes.append(future.result())
-            progress.update(settings.steps)
-    return outcomes
-
-
-def _start_worker(make_calculator: Callable[[], Calculator]) -> None:
-    global _worker_calculator
-    _worker_calculator = make_calculator()
-
-
-def _run_in_worker(*task) -> RunOutcome:
-    assert _worker_calculator is not None, "a worker of `_run_all` runs `_start_worker` first"
-    return _one_run(_worker_calculator, *task)
+        return map_with_calculator(functools.partial(_one_run, progress=progress), calculator, tasks)
+    return map_with_calculator(
+        _one_run, calculator, tasks, processes, on_result=lambda index, _: progress.update(tasks[index][2].steps)
+    )
 
 
 def _one_run(

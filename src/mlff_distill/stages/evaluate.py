@@ -11,6 +11,7 @@ a gate fails, so that these files are kept.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from pathlib import Path
@@ -192,14 +193,23 @@ def run(
         seeds = seed_structures(build(SampleSettings, sample, "sample")) or sampled
         if targets:
             _, md_calculator = teacher_md_calculator(teacher_model, implementations)
+            starts = nvt_starts(targets, sampled, settings.md.all_temperatures)
+            # On a CPU the student's runs are shared among the job's cores, a process each on one
+            # thread (as in exploration); on a GPU one process runs them all.
+            processes = 1 if torch.cuda.is_available() else max(1, min(threads, len(starts)))
             metrics["target_nvt"] = target_nvt_rows(
-                student_calculator,
-                nvt_starts(targets, sampled, settings.md.all_temperatures),
+                (
+                    functools.partial(StudentCalculator, model, threads=1, tuned_kernels=inference_path_file)
+                    if processes > 1
+                    else student_calculator
+                ),
+                starts,
                 teacher_md_frames(sampled),
                 settings.md,
                 seed,
                 label_contact_bounds(store, settings.md.contact_fraction),
                 md_calculator,
+                processes,
             )
             metrics["md_validation"] = None
             systems = timing_systems(
