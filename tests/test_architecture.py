@@ -22,7 +22,7 @@ LAYERS = {
     "kernels": 1,
     "reference": 0.5,
 }
-BOTTOM = {"store", "contacts", "data", "tracking", "logs", "config_check", "settings"}
+BOTTOM = {"store", "contacts", "data", "tracking", "logs", "config_check", "settings", "calculator_pool"}
 
 
 def module_name(path: Path) -> str:
