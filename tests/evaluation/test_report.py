@@ -64,6 +64,15 @@ def test_full_report_has_every_section_with_figures_and_the_untrained_teacher(tm
             reference, predictions["forces_eV_per_A"], [{"sample_index": 3}, {"sample_index": 5}]
         ),
         teacher_rotation={"force_rel_change": 1.04, "invariant_student_floor": 0.52, "n_structures": 2},
+        reference_calibration={
+            "shift_eV": {"H": 0.0066, "O": -0.0195},
+            "n_target_md": 80,
+            "n_other": 1207,
+            "target_md_energy_mae_per_atom_eV_before": 0.00144,
+            "target_md_energy_mae_per_atom_eV_after": 0.00068,
+            "other_energy_mae_per_atom_eV_before": 0.00173,
+            "other_energy_mae_per_atom_eV_after": 0.0031,
+        },
         speed=[
             {"n_atoms": 64, "teacher_ms": 20.0, "student_ms": 2.0},
             {"n_atoms": 512, "teacher_ms": 150.0, "student_ms": 9.0},
@@ -116,6 +125,8 @@ def test_full_report_has_every_section_with_figures_and_the_untrained_teacher(tm
     assert "untrained teacher" in page and "ab" * 32 in page
     assert "These 2 test structures carry 100 % of the summed squared force error" in page
     assert "differ from the turned originals by 104 %" in page and "teacher: 52 %" in page
+    assert "shifted by H +6.6, O -19.5 meV per atom" in page and "from 1.44 to 0.68 meV/atom" in page
+    assert "other 1207 training structures" in page and "from 1.73 to 3.10 meV/atom" in page
     assert "FAIL" in page and "pass" in page  # force gate fails, stress gate passes
     assert "integrated_abs_difference" in page and "/data/labels.zarr" in page
     assert "rattle" in page and "run_name: tiny" in page and ">512<" in page

@@ -124,6 +124,13 @@ def test_reference_energies_are_calibrated_on_the_target_md_and_each_round_train
     # reference energies are not trained: a round starts from the previous one's, as fitted
     torch.testing.assert_close(uncalibrated[1], uncalibrated[0])
     assert "reference energies calibrated on" in (tiny_run.run_dir / "logs" / "round1" / "train.log").read_text()
+    metrics = json.loads((tiny_run.run_dir / "evaluate" / "metrics.json").read_text())
+    final = students[-1][1]
+    assert metrics["reference_calibration"]["n_target_md"] == final["reference_calibration"]["n_target_md"]
+    assert (
+        "Reference energies calibrated on the targets' teacher MD"
+        in (tiny_run.run_dir / "evaluate" / "report.html").read_text()
+    )
 
 
 def test_mlflow_has_parent_and_stage_runs(tiny_run):

@@ -285,6 +285,25 @@ def _accuracy(metrics: Mapping[str, Any]) -> str:
         if worst
         else NOT_RUN
     )
+    calibration = metrics.get("reference_calibration")
+    if calibration:
+        shifts = ", ".join(f"{symbol} {1e3 * value:+.1f}" for symbol, value in calibration["shift_eV"].items())
+        note += (
+            "<p>Reference energies calibrated on the targets' teacher MD (train.calibrate_on_target_md): "
+            f"shifted by {shifts} meV per atom, which took the student's energy MAE on the "
+            f"{calibration['n_target_md']} training MD frames of the targets from "
+            f"{1e3 * calibration['target_md_energy_mae_per_atom_eV_before']:.2f} to "
+            f"{1e3 * calibration['target_md_energy_mae_per_atom_eV_after']:.2f} meV/atom"
+            + (
+                f" and that of the other {calibration['n_other']} training structures (molecules, "
+                f"clusters, strained and on-policy frames) from "
+                f"{1e3 * calibration['other_energy_mae_per_atom_eV_before']:.2f} to "
+                f"{1e3 * calibration['other_energy_mae_per_atom_eV_after']:.2f} meV/atom"
+                if calibration.get("n_other")
+                else ""
+            )
+            + ". Forces, stress and energy differences at fixed composition are unchanged.</p>"
+        )
     rounds = metrics.get("rounds") or []
     by_round = (
         "<h3>Each round's student on the same test structures</h3>"

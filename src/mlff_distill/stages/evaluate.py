@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from ase.data import chemical_symbols
 from ase.io import read
 
 from mlff_distill.evaluation.accuracy import (
@@ -148,6 +149,7 @@ def run(
                 ),
                 "inference_path": student_calculator.inference_path,
                 "teacher_weights_sha256": teacher_model.identity.weights_sha256,
+                "reference_calibration": calibration_facts(student_metadata),
             }
         )
         turned = leading[: settings.symmetry_structures]
@@ -272,6 +274,17 @@ def run(
         tracker.log_artifact(checkpoint, "student")
         logger.info("metrics %s; report %s", numbers, report)
         logger.info("student model %s", _log_student_model(tracker, model))
+
+
+def calibration_facts(metadata: dict) -> dict | None:
+    """The final student's calibration of its reference energies on the targets' teacher MD
+    (`mlff_distill.student.calibration`): the per-species shift (eV, by chemical symbol) and the
+    training structures' energy MAE before and after it, or None when it was not calibrated."""
+    shift = metadata.get("reference_shift_eV")
+    if not shift:
+        return None
+    shift_eV = {chemical_symbols[int(z)]: value for z, value in shift.items()}
+    return {"shift_eV": shift_eV, **metadata["reference_calibration"]}
 
 
 def exported_package_path(inference_path_file: Path, logger: logging.Logger) -> str | None:
