@@ -295,8 +295,7 @@ def _accuracy(metrics: Mapping[str, Any]) -> str:
             f"{1e3 * calibration['target_md_energy_mae_per_atom_eV_before']:.2f} to "
             f"{1e3 * calibration['target_md_energy_mae_per_atom_eV_after']:.2f} meV/atom"
             + (
-                f" and that of the other {calibration['n_other']} training structures (other "
-                "compositions move by the same shifts) from "
+                f" and that of the other {calibration['n_other']} training structures from "
                 f"{1e3 * calibration['other_energy_mae_per_atom_eV_before']:.2f} to "
                 f"{1e3 * calibration['other_energy_mae_per_atom_eV_after']:.2f} meV/atom"
                 if calibration.get("n_other")
