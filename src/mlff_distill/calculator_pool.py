@@ -14,6 +14,7 @@ import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Callable, Optional, Sequence, Union
 
+import torch
 from ase.calculators.calculator import Calculator
 
 _worker_calculator: Optional[Calculator] = None  # a worker process's own, made once (`_start_worker`)
@@ -48,6 +49,13 @@ def map_with_calculator(
         for future in [pool.submit(_call_in_worker, function, *task) for task in tasks]:
             arrived(future.result())
     return results
+
+
+def student_processes(cores: int, tasks: int) -> int:
+    """Processes for ``tasks`` runs of the student on a job's ``cores``: on a CPU one per core (each
+    on one thread, where the compiled student is fastest), at most one per task; on a GPU one,
+    which runs them all."""
+    return 1 if torch.cuda.is_available() else max(1, min(cores, tasks))
 
 
 def _start_worker(make_calculator: Callable[[], Calculator]) -> None:

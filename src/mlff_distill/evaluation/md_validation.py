@@ -395,8 +395,20 @@ def target_nvt_rows(
         f"NVT {offset + 1} of {len(starts)}, {target} at {temperature_K:g} K ({len(atoms)} atoms)"
         for offset, (target, temperature_K, atoms) in enumerate(starts)
     ]
-    tasks = [
-        (atoms, temperature_K, settings.timestep_fs, steps, settings.sample_every, seed + offset, contacts, name)
+    every, dt = settings.sample_every, settings.timestep_fs
+    tasks = [  # `bussi_run`'s arguments after the calculator
+        (
+            atoms,
+            temperature_K,
+            dt,
+            steps,
+            every,
+            seed + offset,
+            MIN_DISTANCE_A,
+            BUSSI_TAUT_FS,
+            contacts,
+            name + ", the student",
+        )
         for offset, ((_, temperature_K, atoms), name) in enumerate(zip(starts, names))
     ]
     for name in names:
@@ -412,7 +424,7 @@ def target_nvt_rows(
             run["reason"] or "no blow-up",
         )
 
-    student_runs = map_with_calculator(_timed_student_run, calculator, tasks, processes, on_result=reached)
+    student_runs = map_with_calculator(_timed_bussi_run, calculator, tasks, processes, on_result=reached)
     for offset, ((target, temperature_K, atoms), name, (run, elapsed_s)) in enumerate(zip(starts, names, student_runs)):
         times_ps, conserved = run["times_ps"], run["conserved_eV"]
         student = _equilibrated(run["frames"])
@@ -420,18 +432,16 @@ def target_nvt_rows(
         reference: dict = {"rdf_reference": "the sample stage's teacher MD"}
         if teacher_steps > 0:
             logger.info("%s: the teacher, %d steps (the g(r) reference)", name, teacher_steps)
-            start_s = time.perf_counter()
-            teacher_run = bussi_run(
+            teacher_run, teacher_s = _timed_bussi_run(
                 teacher_calculator,
                 atoms,
                 temperature_K,
-                settings.timestep_fs,
+                dt,
                 teacher_steps,
-                settings.sample_every,
+                every,
                 seed + offset + len(starts),
                 label=f"{name}, the teacher",
             )
-            teacher_s = time.perf_counter() - start_s
             logger.info("%s: the teacher reached %g ps in %.0f s", name, teacher_run["time_ps"], teacher_s)
             teacher = _equilibrated(teacher_run["frames"])
             reference = {
@@ -462,30 +472,10 @@ def target_nvt_rows(
     return rows
 
 
-def _timed_student_run(
-    calculator: Calculator,
-    atoms: Atoms,
-    temperature_K: float,
-    timestep_fs: float,
-    steps: int,
-    sample_every: int,
-    seed: int,
-    contacts: Optional[ContactBounds],
-    name: str,
-) -> tuple[dict, float]:
-    """A `bussi_run` of `target_nvt_rows` (its progress logged under ``name``) and its wall-clock seconds."""
+def _timed_bussi_run(calculator: Calculator, *args, **kwargs) -> tuple[dict, float]:
+    """`bussi_run` (the same arguments) and its wall-clock seconds."""
     start_s = time.perf_counter()
-    run = bussi_run(
-        calculator,
-        atoms,
-        temperature_K,
-        timestep_fs,
-        steps,
-        sample_every,
-        seed,
-        contacts=contacts,
-        label=f"{name}, the student",
-    )
+    run = bussi_run(calculator, *args, **kwargs)
     return run, time.perf_counter() - start_s
 
 

@@ -22,6 +22,7 @@ import torch
 from ase.data import chemical_symbols
 from ase.io import read
 
+from mlff_distill.calculator_pool import student_processes
 from mlff_distill.evaluation.accuracy import (
     accuracy,
     accuracy_by_target,
@@ -196,9 +197,7 @@ def run(
         if targets:
             _, md_calculator = teacher_md_calculator(teacher_model, implementations)
             starts = nvt_starts(targets, sampled, settings.md.all_temperatures)
-            # On a CPU the student's runs are shared among the job's cores, a process each on one
-            # thread (as in exploration); on a GPU one process runs them all.
-            processes = 1 if torch.cuda.is_available() else max(1, min(threads, len(starts)))
+            processes = student_processes(threads, len(starts))
             metrics["target_nvt"] = target_nvt_rows(
                 (
                     functools.partial(StudentCalculator, model, threads=1, tuned_kernels=inference_path_file)

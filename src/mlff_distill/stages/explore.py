@@ -17,6 +17,7 @@ import torch
 from ase import Atoms
 from ase.io import read, write
 
+from mlff_distill.calculator_pool import student_processes
 from mlff_distill.logs import stage_logger
 from mlff_distill.sampling.condensed import teacher_md_frames
 from mlff_distill.sampling.on_policy import bare_structure, explore, label_contact_bounds
@@ -90,9 +91,7 @@ def run(
             first_sample_index,
             first_group,
         )
-        # On a CPU the runs are shared among the job's cores, a process each on one thread (the
-        # compiled student is fastest there on one); on a GPU one process runs them all.
-        processes = 1 if torch.cuda.is_available() else max(1, min(threads, settings.starts * len(starts)))
+        processes = student_processes(threads, settings.starts * len(starts))
         compiled = not torch.cuda.is_available()
         make_student = functools.partial(StudentCalculator, model, threads=threads // processes, compiled=compiled)
         structures, stats = explore(

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from ase.io import read
 
@@ -25,10 +26,11 @@ from mlff_distill.evaluation.plots import learning_curve_plot
 from mlff_distill.logs import stage_logger
 from mlff_distill.sampling.condensed import training_teacher_md_samples
 from mlff_distill.settings import StudentSettings, TrainSettings, build
-from mlff_distill.store import read_labels, store_attrs, store_species
+from mlff_distill.store import SPLIT_CODES, read_index_columns, store_attrs, store_species
 from mlff_distill.student.calibration import reference_shift, shift_reference_energies, uncalibrated_state
 from mlff_distill.student.checkpoint import load_student, save_student
 from mlff_distill.student.compilation import use_compile_cache
+from mlff_distill.student.dataset import StructureBlocks
 from mlff_distill.student.export import export_torchscript
 from mlff_distill.student.model import StudentPotential
 from mlff_distill.student.training import fit, state_path_for
@@ -101,7 +103,9 @@ def run(
         model = model.cpu()  # checkpoints and the TorchScript file load on any machine
         shift, calibration = None, None
         if train_settings.calibrate_on_target_md:
-            shift, calibration = calibrate_on_target_md(model, Path(store), sampled_file, logger)
+            shift, calibration = calibrate_on_target_md(
+                model, Path(store), sampled_file, train_settings.in_memory_max_GB, logger
+            )
             tracker.log_metrics({f"calibration.{k}": v for k, v in (calibration or {}).items()})
         n_parameters = sum(p.numel() for p in model.parameters())
         tracker.log_params({"n_parameters": n_parameters})
@@ -138,16 +142,22 @@ def run(
 
 
 def calibrate_on_target_md(
-    model: StudentPotential, store: Path, sampled_file: Optional[Path], logger: logging.Logger
+    model: StudentPotential,
+    store: Path,
+    sampled_file: Optional[Path],
+    in_memory_max_GB: float,
+    logger: logging.Logger,
 ) -> tuple[Optional[dict[int, float]], Optional[dict[str, float]]]:
     """Shift ``model``'s reference energies by `reference_shift` on the training split's
-    teacher-MD frames of the targets (from ``sampled_file``), logging what it does to those and
-    to the other training structures; the shift (eV) and those figures, or None without such frames."""
+    teacher-MD frames of the targets (from ``sampled_file``; the split read as training reads it,
+    whole up to ``in_memory_max_GB``, else block by block), logging what it does to those and to
+    the other training structures; the shift (eV) and those figures, or None without such frames."""
     samples = training_teacher_md_samples(read(sampled_file, index=":")) if sampled_file else []
-    training = read_labels(store, "train")
-    if not samples or not set(samples) & set(training.sample_index.tolist()):
+    index = read_index_columns(store)
+    if not np.isin(index["sample_index"][index["split"] == SPLIT_CODES["train"]], samples).any():
         logger.info("reference energies as fitted: no teacher-MD frames of a target in the training split")
         return None, None
+    training = StructureBlocks.from_store(store, "train", in_memory_max_GB * 1e9)
     shift, stats = reference_shift(model, training, samples)
     shift_reference_energies(model, shift)
     logger.info(

@@ -48,7 +48,7 @@ def reference_energy_fit(
     """
     species = [int(z) for z in species]
     gram, moment = np.zeros((len(species), len(species))), np.zeros(len(species))
-    for block in _as_blocks(data).blocks():
+    for block in as_blocks(data).blocks():
         counts = species_counts(block, species)
         gram += counts.T @ counts
         moment += counts.T @ block.energy_eV
@@ -84,14 +84,15 @@ def _undetermined_combinations(gram: np.ndarray, species: list[int]) -> list[str
     return combinations
 
 
-def _as_blocks(data: Union[LabeledArrays, StructureBlocks]) -> StructureBlocks:
+def as_blocks(data: Union[LabeledArrays, StructureBlocks]) -> StructureBlocks:
+    """``data`` as `StructureBlocks` (in memory, one block, if it is `LabeledArrays`)."""
     return data if isinstance(data, StructureBlocks) else StructureBlocks.in_memory(data)
 
 
 def stress_rms(data: Union[LabeledArrays, StructureBlocks]) -> float:
     """RMS stress component (eV/Angstrom^3) over the periodic structures with stress labels; 0 if none."""
     total, count = 0.0, 0
-    for block in _as_blocks(data).blocks():
+    for block in as_blocks(data).blocks():
         labels = block.stress_eV_per_A3[stress_mask(block)] if block.stress_eV_per_A3 is not None else np.zeros(0)
         total, count = total + float((labels**2).sum()), count + labels.size
     return math.sqrt(total / count) if count else 0.0
@@ -274,7 +275,7 @@ def train_student(
     "best_val_loss": float, "stop_reason": "epochs" | "patience" | "max_minutes"}``. With a fixed
     ``seed`` the run is deterministic on a given machine.
     """
-    train, val = _as_blocks(train), _as_blocks(val)
+    train, val = as_blocks(train), as_blocks(val)
     if train.n_structures == 0 or val.n_structures == 0:
         raise ValueError(
             f"train_student needs structures in both splits; got {train.n_structures} training "
