@@ -6,7 +6,8 @@ Usage::
         [--sizes 16,1,8,4.0 32,2,8,4.0 ...] [--minutes 3.5] [--atoms 512] \
         [--out results/benchmarks/student_pareto.json]
 
-Each size (``n_features,n_interactions,n_radial,cutoff_A``) is a student trained on the store's
+Each size (``n_features,n_interactions,n_radial,cutoff_A``, optionally followed by
+``,angular_order,angular_channels``) is a student trained on the store's
 train split with the config schema's ``train:`` settings, ``--minutes`` of wall clock each (the
 same budget for all: a bigger student gets fewer epochs), then tested on the store's test split
 (relative RMS force error, energy MAE in eV/atom) and timed on one system: the first periodic test
@@ -53,14 +54,19 @@ DEFAULT_SIZES = [
 
 
 def parse_size(spec: str) -> dict:
-    """``"48,2,8,4.0"`` -> the student settings it names."""
-    features, interactions, radial, cutoff = spec.split(",")
-    return {
+    """``"48,2,8,4.0"`` or, with the angular moments, ``"32,1,8,4.0,3,16"`` (order, channels) ->
+    the student settings it names."""
+    features, interactions, radial, cutoff, *angular = spec.split(",")
+    size = {
         "n_features": int(features),
         "n_interactions": int(interactions),
         "n_radial": int(radial),
         "cutoff_A": float(cutoff),
     }
+    if angular:
+        order, channels = angular
+        size.update(angular_order=int(order), angular_channels=int(channels))
+    return size
 
 
 def pareto_front(points: list[dict]) -> list[bool]:
@@ -97,7 +103,7 @@ def draw(points: list[dict], teacher_ms: float, teacher_name: str, n_atoms: int,
         xscale="log",
         xlabel=f"student ms per call, {n_atoms} atoms (energy, forces, stress; 1 thread)",
         ylabel="relative RMS force error on the test split (%)",
-        title="features, interactions, radial functions, cutoff (A)",
+        title="features, interactions, radial functions, cutoff (A)[, angular order, channels]",
     )
     axis.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     axis.xaxis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
@@ -112,7 +118,12 @@ def draw(points: list[dict], teacher_ms: float, teacher_name: str, n_atoms: int,
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", type=Path, required=True, help="a run's labels.zarr")
-    parser.add_argument("--sizes", nargs="+", default=DEFAULT_SIZES, help="n_features,n_interactions,n_radial,cutoff_A")
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        default=DEFAULT_SIZES,
+        help="n_features,n_interactions,n_radial,cutoff_A[,angular_order,angular_channels]",
+    )
     parser.add_argument("--minutes", type=float, default=3.5, help="training wall clock per student")
     parser.add_argument("--atoms", type=int, default=512, help="atoms of the timed system")
     parser.add_argument("--repeats", type=int, default=10, help="timed calls at least (and 1 s)")

@@ -255,6 +255,8 @@ class StudentSettings:
     n_radial: int
     n_interactions: int
     contact_wall_eV_per_A3: float
+    angular_order: int  # 1: PaiNN alone; 2, 3: plus the angular moments of those orders
+    angular_channels: int
 
 
 @dataclass(frozen=True)

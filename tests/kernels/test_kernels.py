@@ -260,16 +260,26 @@ def test_tuned_config_nearest_bucket() -> None:
         edge_kernels.set_tuned_configs({})
 
 
-def test_student_with_triton_backend_matches_eager() -> None:
+@pytest.mark.parametrize("angular_order", [1, 3], ids=["painn", "angular-moments"])
+def test_student_with_triton_backend_matches_eager(angular_order: int) -> None:
     """The whole student (two layers, energy, forces, stress) on the fused kernels, in the
-    interpreter, against the eager path: a molecule and a periodic cell in one batch."""
+    interpreter, against the eager path: a molecule and a periodic cell in one batch; with and
+    without the angular moments (computed in PyTorch on both paths)."""
     import numpy as np
     from ase.build import bulk, molecule
 
     from mlff_distill.student.model import StudentPotential, energy_forces_stress
 
     torch.manual_seed(0)
-    model = StudentPotential(species=(1, 6, 8, 14), cutoff_A=3.0, n_features=5, n_radial=3, n_interactions=2).double()
+    model = StudentPotential(
+        species=(1, 6, 8, 14),
+        cutoff_A=3.0,
+        n_features=5,
+        n_radial=3,
+        n_interactions=2,
+        angular_order=angular_order,
+        angular_channels=3,
+    ).double()
     water, silicon = molecule("H2O"), bulk("Si", "diamond", a=5.43)
     silicon.rattle(0.05, seed=1)
     inputs = dict(

@@ -17,7 +17,8 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     torch.manual_seed(3)
-    model = StudentPotential(species=(1, 6, 8), cutoff_A=3.5, n_features=8, n_interactions=2)
+    # with the angular moments (order 2), so that the package is shown to carry them too
+    model = StudentPotential(species=(1, 6, 8), cutoff_A=3.5, n_features=8, n_interactions=2, angular_order=2)
     with torch.no_grad():  # an untrained readout is near zero: give the energy some size
         model.energy_scale_eV.fill_(0.7)
         model.reference_energies_eV.copy_(torch.tensor([-13.6, -1029.8, -2041.3]))

@@ -34,9 +34,16 @@ print(json.dumps({"metadata": json.loads(extra["metadata.json"]),
 """
 
 
-def test_torchscript_file_matches_python_model_without_the_package(tmp_path) -> None:
+@pytest.mark.parametrize("angular_order", [1, 3], ids=["painn", "angular-moments"])
+def test_torchscript_file_matches_python_model_without_the_package(tmp_path, angular_order: int) -> None:
     torch.manual_seed(0)
-    model = StudentPotential(species=[1, 6, 8, 14], n_features=16, reference_energies_eV={1: -13.6, 8: -2041.0})
+    model = StudentPotential(
+        species=[1, 6, 8, 14],
+        n_features=16,
+        reference_energies_eV={1: -13.6, 8: -2041.0},
+        angular_order=angular_order,
+        angular_channels=4,
+    )
     model = model.double()
     path = tmp_path / "student.torchscript.pt"
     export_torchscript(model, path, {"teacher": {"name": "ani1x"}, "val_force_rmse_eV_per_A": 0.05})

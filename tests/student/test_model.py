@@ -23,6 +23,7 @@ from mlff_distill.student import (
     neighbour_list,
     save_student,
 )
+from mlff_distill.student.angular_moments import semi_normalised_harmonics
 from mlff_distill.student.calculator import AUTO_THREADS_MIN_ATOMS
 from mlff_distill.student.neighbours import ALL_PAIRS_MAX_CANDIDATES, pairs_of_one_structure
 
@@ -66,10 +67,17 @@ def triclinic_sioh() -> Atoms:
     return atoms
 
 
-@pytest.fixture(scope="module")
-def model() -> StudentPotential:
+@pytest.fixture(scope="module", params=[1, 3], ids=["painn", "angular-moments"])
+def model(request: pytest.FixtureRequest) -> StudentPotential:
+    """The student alone (angular order 1) and with the angular moments of orders 2 and 3."""
     torch.manual_seed(0)
-    return StudentPotential(species=SPECIES, n_features=16, reference_energies_eV={1: -13.6, 8: -2041.0}).double()
+    return StudentPotential(
+        species=SPECIES,
+        n_features=16,
+        reference_energies_eV={1: -13.6, 8: -2041.0},
+        angular_order=request.param,
+        angular_channels=4,
+    ).double()
 
 
 def energy_of(model: StudentPotential, structures: list[Atoms]) -> np.ndarray:
@@ -387,6 +395,27 @@ def test_state_dict_keys_are_those_of_saved_checkpoints() -> None:
     }
     expected |= {f"interactions.{i}.{name}" for i in range(2) for name in layer}
     assert set(StudentPotential(species=SPECIES, n_interactions=2).state_dict()) == expected
+    moments = {
+        f"angular_moments.0.{name}"
+        for name in ["neighbour_weight.weight", "neighbour_weight.bias", "radial_filter.weight"]
+        + [f"mix.{i}.{p}" for i in (0, 2) for p in ("weight", "bias")]
+    }
+    with_moments = StudentPotential(species=SPECIES, n_interactions=2, angular_order=3)
+    assert set(with_moments.state_dict()) == expected | moments
+
+
+def test_angular_harmonics_sum_to_legendre_polynomials() -> None:
+    """The moments' invariants are rotation-invariant because, for any two directions, the sum over
+    m of the harmonics' products is P_l of their cosine (orders 2 and 3)."""
+    rng = np.random.default_rng(3)
+    a, b = (torch.nn.functional.normalize(torch.as_tensor(rng.normal(size=(200, 3))), dim=1) for _ in range(2))
+    cosine = (a * b).sum(dim=1)
+    products = semi_normalised_harmonics(a, 3) * semi_normalised_harmonics(b, 3)
+    np.testing.assert_allclose(products[:, :5].sum(dim=1), 1.5 * cosine**2 - 0.5, atol=1e-12)
+    np.testing.assert_allclose(products[:, 5:].sum(dim=1), 2.5 * cosine**3 - 1.5 * cosine, atol=1e-12)
+    assert semi_normalised_harmonics(a, 2).shape == (200, 5)
+    with pytest.raises(ValueError, match="angular order must be 2 or 3"):
+        StudentPotential(species=SPECIES, angular_order=4)
 
 
 def test_calculator_threads(model: StudentPotential) -> None:

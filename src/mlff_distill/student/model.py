@@ -28,6 +28,7 @@ from torch import nn
 from mlff_distill.reference.edge_message import edge_messages_from_basis
 from mlff_distill.reference.radial import bessel_cosine_basis
 from mlff_distill.reference.rows import sum_rows
+from mlff_distill.student.angular_moments import AngularMoments
 from mlff_distill.student.edge_message import edge_message
 from mlff_distill.student.neighbours import edge_vectors
 
@@ -103,8 +104,11 @@ class StudentPotential(nn.Module):
         contact_wall_A: ``r0`` (Angstrom) for each pair of species, a symmetric matrix in the
             order of ``species`` (0: no wall); usually the closest contacts of the training labels
             (`training.contact_wall_radii`). None: no wall.
+        angular_order: 1 for PaiNN's vectors alone; 2 or 3 also adds the angular moments of orders
+            2..3 of each neighbourhood to the embedding (`mlff_distill.student.angular_moments`).
+        angular_channels: radial channels per angular order (with ``angular_order`` above 1).
 
-    Layout: species embedding -> ``n_interactions`` PaiNN blocks on scalar ``[N, F]`` and vector
+    Layout: species embedding (+ angular moments) -> ``n_interactions`` PaiNN blocks on scalar ``[N, F]`` and vector
     ``[N, 3, F]`` features -> scalar MLP readout ``F -> F/2 -> 1`` per atom, summed per structure.
     The reference energies are a float64 buffer: ``model.double()`` is fine, but avoid
     ``model.float()`` / ``.half()``, which would round them too. The model compiles with
@@ -125,6 +129,8 @@ class StudentPotential(nn.Module):
         radial_backend: str = "torch",
         contact_wall_eV_per_A3: float = 0.0,
         contact_wall_A: Optional[Sequence[Sequence[float]]] = None,
+        angular_order: int = 1,
+        angular_channels: int = 16,
     ) -> None:
         super().__init__()
         self.species = [int(z) for z in species]
@@ -132,6 +138,8 @@ class StudentPotential(nn.Module):
         self.n_features = n_features
         self.n_radial = n_radial
         self.n_interactions = n_interactions
+        self.angular_order = angular_order
+        self.angular_channels = angular_channels
         self.radial_backend = radial_backend
 
         index = torch.full((max(self.species) + 1,), -1, dtype=torch.long)
@@ -151,6 +159,10 @@ class StudentPotential(nn.Module):
         self.register_buffer("contact_wall_A", radii, persistent=False)
 
         self.embedding = nn.Embedding(len(self.species), n_features)
+        # Zero or one module: a ModuleList scripts where an Optional submodule does not.
+        self.angular_moments = nn.ModuleList(
+            [AngularMoments(n_features, n_radial, angular_order, angular_channels)] if angular_order > 1 else []
+        )
         self.radial_filter = nn.Linear(n_radial, n_interactions * 3 * n_features, bias=False)
         self.interactions = nn.ModuleList(_Interaction(n_features) for _ in range(n_interactions))
         self.readout = _mlp(n_features, n_features // 2, 1)
@@ -168,6 +180,8 @@ class StudentPotential(nn.Module):
             "energy_scale_eV": float(self.energy_scale_eV),
             "contact_wall_eV_per_A3": self.contact_wall_eV_per_A3,
             "contact_wall_A": self.contact_wall_A.tolist(),
+            "angular_order": self.angular_order,
+            "angular_channels": self.angular_channels,
         }
 
     def species_indices(self, numbers: torch.Tensor) -> torch.Tensor:
@@ -189,6 +203,10 @@ class StudentPotential(nn.Module):
         pass over the edges, forward and backward)."""
         weights = self.radial_filter.weight.split(3 * self.n_features, dim=0)
         s = self.embedding(species)
+        if len(self.angular_moments) > 0:
+            distances = torch.linalg.vector_norm(vectors, dim=-1)
+            basis = bessel_cosine_basis(distances, self.n_radial, self.cutoff_A)
+            s = s + self.angular_moments[0](s, basis, vectors / distances.unsqueeze(-1), src, dst)
         v = s.new_zeros(len(s), 3, self.n_features)
         for layer, interaction in enumerate(self.interactions):
             ds, dv = edge_message(
@@ -230,6 +248,8 @@ class StudentPotential(nn.Module):
             basis = bessel_cosine_basis(distances, self.n_radial, self.cutoff_A)
             weights = self.radial_filter.weight.split(3 * self.n_features, dim=0)
             s = self.embedding(species)
+            for moments in self.angular_moments:
+                s = s + moments(s, basis, units, src, dst)
             v = s.new_zeros(s.shape[0], 3, self.n_features)  # not len(s): export keeps the atom count symbolic
             for layer, interaction in enumerate(self.interactions):
                 s, v = interaction(s, v, basis, weights[layer], units, src, dst, vectors_are_zero=layer == 0)

@@ -136,7 +136,8 @@ def load_initial_weights(model: StudentPotential, initial_weights: dict[str, tor
         raise ValueError(
             f"the initial weights are not those of a student like this one (species {model.species}, "
             f"{model.n_features} features, {model.n_radial} radial functions, {model.n_interactions} "
-            f"interactions): missing {missing[:5]}, unexpected {unexpected[:5]}, other shapes {shapes[:5]}"
+            f"interactions, angular order {model.angular_order}): missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}, other shapes {shapes[:5]}"
         )
     with torch.no_grad():
         model.load_state_dict(initial_weights)
