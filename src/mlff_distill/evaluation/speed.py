@@ -52,8 +52,9 @@ def time_calls(
     a median over hundreds of calls; but no more once ``max_seconds`` (s) have been timed, so that
     a teacher taking seconds per call on thousands of atoms is timed once, not ``repeats`` times
     (a call that long varies by a few percent, and the evaluate stage times several
-    implementations of it at each size: at 2,268 atoms FeNNol's all-pairs path took 7.7 s a call). The warm-up likewise ends early, after one call
-    at least, once it has taken ``max_seconds``: a call that long is warm after one.
+    implementations of it at each size: at 2,268 atoms FeNNol's all-pairs path took 7.7 s a
+    call). The warm-up likewise ends early, after one call at least, once it has taken
+    ``max_seconds``: a call that long is warm after one.
 
     Each call computes energy and forces, and stress when ``stress`` is asked, ``atoms`` is
     periodic in all three directions and the calculator implements it, from scratch (neighbour
