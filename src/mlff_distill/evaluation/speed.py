@@ -50,7 +50,7 @@ def time_calls(
     """Time ``calculator`` on ``atoms``: ``warmup`` untimed calls, then timed ones, at least
     ``repeats`` and until they took ``min_seconds`` (s) in all, so that fast calls (a few ms) get
     a median over hundreds of calls; but no more once ``max_seconds`` (s) have been timed, so that
-    a teacher taking seconds per call on thousands of atoms is timed once, not ``repeats`` times
+    a teacher taking ``max_seconds`` or more per call on thousands of atoms is timed once, not ``repeats`` times
     (a call that long varies by a few percent, and the evaluate stage times several
     implementations of it at each size: at 2,268 atoms FeNNol's all-pairs path took 7.7 s a
     call). The warm-up likewise ends early, after one call at least, once it has taken
