@@ -16,11 +16,11 @@ from mlff_distill.evaluation.md_validation import (
     comparison_rdf,
     energy_drift_eV_per_atom_per_ps,
     nve_run,
-    nvt_run,
     radial_distribution,
     rdf_difference,
     target_nvt_rows,
 )
+from mlff_distill.sampling.dynamics import langevin_frames
 from mlff_distill.sampling.on_policy import ContactBounds
 
 
@@ -113,7 +113,7 @@ def test_nve_flags_a_blow_up():
 
 def test_nvt_frames_and_their_rdf_match_the_lattice_at_low_temperature():
     crystal = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
-    frames = nvt_run(EMT(), crystal, temperature_K=50, timestep_fs=2.0, steps=60, sample_every=20, seed=0)
+    frames = list(langevin_frames(EMT(), crystal, 50, timestep_fs=2.0, steps=60, sample_every=20, seed=0))
     assert len(frames) == 3 and not any(frame.constraints for frame in frames)
     # each frame carries the energy (eV) and forces (eV/A) of its own positions, as a single point
     for frame in frames:
@@ -303,7 +303,7 @@ def _cu_frames(a_A: float, temperature_K: float, seeds: tuple[int, ...]) -> list
     frames = []
     for seed in seeds:
         crystal = bulk("Cu", "fcc", a=a_A, cubic=True).repeat(2)
-        for frame in nvt_run(EMT(), crystal, temperature_K, 2.0, 200, 20, seed):
+        for frame in langevin_frames(EMT(), crystal, temperature_K, 2.0, 200, 20, seed):
             frame.info["group"] = f"trajectory {seed}"
             frames.append(frame)
     return frames[::2][2:] + frames[1::2][2:]  # some equilibration

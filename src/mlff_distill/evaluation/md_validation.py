@@ -1,8 +1,8 @@
 """Does MD with a potential behave: NVE energy drift and blow-ups, NVT radial distributions.
 
 `nve_run` integrates with velocity Verlet and reports total energies (eV) against time (ps);
-`energy_drift_eV_per_atom_per_ps` fits their slope. `nvt_run` samples frames with ASE's Langevin
-thermostat; `radial_distribution` turns frames into g(r) and `rdf_difference` compares two.
+`energy_drift_eV_per_atom_per_ps` fits their slope. `radial_distribution` turns frames (Langevin
+NVT, from the sample stage's `langevin_frames`) into g(r) and `rdf_difference` compares two.
 `md_validation` is the evaluate stage's step: all of the above for a teacher and a student.
 `bussi_run` is a long NVT (Bussi thermostat) that tracks its conserved quantity and stops at a
 blow-up; `target_nvt_rows` runs it with the student on each target and compares its g(r)
@@ -84,22 +84,6 @@ def energy_drift_eV_per_atom_per_ps(times_ps: np.ndarray, energies_eV: np.ndarra
         raise ValueError(f"n_atoms: must be >= 1, got {n_atoms}")
     slope_eV_per_ps = np.polyfit(times_ps, energies_eV, 1)[0]
     return float(slope_eV_per_ps / n_atoms)
-
-
-def nvt_run(
-    calculator: Calculator,
-    atoms: Atoms,
-    temperature_K: float,
-    timestep_fs: float,
-    steps: int,
-    sample_every: int,
-    seed: int,
-    friction_per_fs: float = 0.01,
-) -> list[Atoms]:
-    """The frames of `langevin_frames`, as a list."""
-    return list(
-        langevin_frames(calculator, atoms, temperature_K, timestep_fs, steps, sample_every, seed, friction_per_fs)
-    )
 
 
 MIN_DISTANCE_A = 0.6  # two atoms closer than this: the run has blown up (a collapse)
@@ -614,14 +598,16 @@ def md_validation(
         return {"drift": drift, "rdf": None, "rdf_not_run": f"teacher NVT: {too_slow}"}
     g = {}
     for model, calculator in calculators.items():
-        frames = nvt_run(
-            calculator,
-            atoms,
-            temperature_K,
-            settings.timestep_fs,
-            settings.nvt_steps,
-            settings.sample_every,
-            random_seed,
+        frames = list(
+            langevin_frames(
+                calculator,
+                atoms,
+                temperature_K,
+                settings.timestep_fs,
+                settings.nvt_steps,
+                settings.sample_every,
+                random_seed,
+            )
         )
         r, g[model] = radial_distribution(frames, settings.rdf_r_max_A, settings.rdf_bins)
     return {
