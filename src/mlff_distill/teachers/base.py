@@ -10,7 +10,7 @@ import hashlib
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 from ase import Atoms
@@ -64,6 +64,38 @@ class Teacher(Protocol):
     def compute(self, structures: Sequence[Atoms], compute_stress: bool = False) -> TeacherOutput:
         """Energies, forces and (if asked, for periodic cells) stress of ``structures``."""
         ...
+
+
+BatchLabels = tuple[np.ndarray, np.ndarray, np.ndarray]  # energy [n] (eV), forces [m, 3], stress [n, 3, 3]
+
+
+def labels_in_batches(
+    structures: Sequence[Atoms],
+    batch_size: int,
+    compute_batch: Callable[[Sequence[Atoms], int], BatchLabels],
+    compute_stress: bool,
+) -> TeacherOutput:
+    """The `TeacherOutput` of a single model (spreads zero), ``batch_size`` structures per call of
+    ``compute_batch(batch, index of its first structure)``, which returns energies (eV), forces
+    (eV/Angstrom) and stress (eV/Angstrom^3, ASE sign). Stress is kept when ``compute_stress`` and
+    for structures periodic in all three directions, NaN otherwise."""
+    energies, forces, stresses = [np.zeros(0)], [np.zeros((0, 3))], [np.zeros((0, 3, 3))]
+    for start in range(0, len(structures), batch_size):
+        energy, force, stress = compute_batch(structures[start : start + batch_size], start)
+        energies.append(energy)
+        forces.append(force)
+        stresses.append(stress)
+    periodic = np.array([compute_stress and bool(atoms.pbc.all()) for atoms in structures], dtype=bool)
+    stress = np.full((len(structures), 3, 3), np.nan)
+    stress[periodic] = np.concatenate(stresses)[periodic]
+    all_forces = np.concatenate(forces)
+    return TeacherOutput(
+        energy_eV=np.concatenate(energies),
+        forces_eV_per_A=all_forces,
+        energy_std_eV=np.zeros(len(structures)),
+        forces_std_eV_per_A=np.zeros_like(all_forces),
+        stress_eV_per_A3=stress,
+    )
 
 
 CACHE_ENV = "MLFF_DISTILL_CACHE"

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from mlff_distill.teachers.base import TeacherIdentity, TeacherOutput, sha256_of_files
+from mlff_distill.teachers.base import TeacherIdentity, TeacherOutput, labels_in_batches, sha256_of_files
 
 INSTALL_HINT = "pip install 'mlff-distill[materials]' (or pip install chgnet==0.4.2)"
 # Model names -> checkpoint inside the installed chgnet package (only files the wheel ships).
@@ -111,24 +111,11 @@ class CHGNetTeacher:
                     f"structure {index} ({atoms.get_chemical_formula()}): pbc={atoms.pbc.tolist()}, but "
                     f"{self.identity.name} needs a cell periodic in all three directions"
                 )
-        n = len(structures)
-        energy, forces = np.zeros(n), np.zeros((sum(len(a) for a in structures), 3))
-        stress = np.full((n, 3, 3), np.nan)
-        atom = 0
-        for start in range(0, n, self.batch_size):
-            chunk = structures[start : start + self.batch_size]
-            chunk_energy, chunk_forces, chunk_stress = self._compute_batch(chunk, start, compute_stress)
-            energy[start : start + len(chunk)] = chunk_energy
-            forces[atom : atom + len(chunk_forces)] = chunk_forces
-            atom += len(chunk_forces)
-            if compute_stress:
-                stress[start : start + len(chunk)] = chunk_stress
-        return TeacherOutput(
-            energy_eV=energy,
-            forces_eV_per_A=forces,
-            energy_std_eV=np.zeros(n),
-            forces_std_eV_per_A=np.zeros_like(forces),
-            stress_eV_per_A3=stress,
+        return labels_in_batches(
+            structures,
+            self.batch_size,
+            lambda batch, first: self._compute_batch(batch, first, compute_stress),
+            compute_stress,
         )
 
     def _compute_batch(

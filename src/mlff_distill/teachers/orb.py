@@ -27,7 +27,7 @@ from orb_models.forcefield.base import batch_graphs
 from orb_models.forcefield.forcefield_utils import torch_voigt_6_to_full_3x3_stress
 from orb_models.forcefield.nn_util import ChargeSpinConditioner
 
-from mlff_distill.teachers.base import TeacherIdentity, TeacherOutput
+from mlff_distill.teachers.base import TeacherIdentity, TeacherOutput, labels_in_batches
 
 PRECISIONS = ("float32-high", "float32-highest", "float64")
 # orb one-hot encodes atomic numbers into 118 classes (0..117), so Z = 1..117 are covered.
@@ -120,22 +120,10 @@ class OrbTeacher:
         and for models without stress (the omol models). Models trained on OMol25 need
         ``atoms.info["charge"]`` and ``atoms.info["spin"]``.
         """
-        energies, forces, stresses = [], [], []
         with _torch_precision(self._precision):
-            for start in range(0, len(structures), self.batch_size):
-                chunk = structures[start : start + self.batch_size]
-                energy, force, stress = self._compute_batch(chunk)
-                energies.append(energy)
-                forces.append(force)
-                stresses.append(stress)
-        n = len(structures)
-        return TeacherOutput(
-            energy_eV=np.concatenate(energies) if energies else np.zeros(0),
-            forces_eV_per_A=np.concatenate(forces) if forces else np.zeros((0, 3)),
-            energy_std_eV=np.zeros(n),
-            forces_std_eV_per_A=np.zeros((sum(len(a) for a in structures), 3)),
-            stress_eV_per_A3=(np.concatenate(stresses) if compute_stress and stresses else np.full((n, 3, 3), np.nan)),
-        )
+            return labels_in_batches(
+                structures, self.batch_size, lambda batch, _: self._compute_batch(batch), compute_stress
+            )
 
     def _compute_batch(self, structures: Sequence[Atoms]) -> tuple[np.ndarray, ...]:
         """Energy [N] (eV), forces [M, 3] (eV/Angstrom), stress [N, 3, 3] (eV/Angstrom^3)."""

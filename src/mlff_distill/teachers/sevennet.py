@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
-from mlff_distill.teachers.base import TeacherIdentity, TeacherOutput, sha256_of_files
+from mlff_distill.teachers.base import TeacherIdentity, TeacherOutput, labels_in_batches, sha256_of_files
 
 INSTALL_HINT = "pip install 'mlff-distill[materials]' (or pip install sevenn==0.13.0)"
 # Model names -> checkpoint inside the installed sevenn package (only files the wheel ships).
@@ -91,25 +91,8 @@ class SevenNetTeacher:
     def compute(self, structures: Sequence[Atoms], compute_stress: bool = False) -> TeacherOutput:
         """Energies (eV), forces (eV/Angstrom) and, if asked, stress (eV/Angstrom^3, ASE sign;
         NaN for structures not periodic in all three directions and when not asked)."""
-        n = len(structures)
-        energy, forces = np.zeros(n), np.zeros((sum(len(a) for a in structures), 3))
-        stress = np.full((n, 3, 3), np.nan)
-        atom = 0
-        for start in range(0, n, self.batch_size):
-            chunk = structures[start : start + self.batch_size]
-            chunk_energy, chunk_forces, chunk_stress = self._compute_batch(chunk)
-            energy[start : start + len(chunk)] = chunk_energy
-            forces[atom : atom + len(chunk_forces)] = chunk_forces
-            atom += len(chunk_forces)
-            if compute_stress:
-                periodic = np.array([a.pbc.all() for a in chunk])
-                stress[start : start + len(chunk)][periodic] = chunk_stress[periodic]
-        return TeacherOutput(
-            energy_eV=energy,
-            forces_eV_per_A=forces,
-            energy_std_eV=np.zeros(n),
-            forces_std_eV_per_A=np.zeros_like(forces),
-            stress_eV_per_A3=stress,
+        return labels_in_batches(
+            structures, self.batch_size, lambda batch, _: self._compute_batch(batch), compute_stress
         )
 
     def _compute_batch(self, structures: Sequence[Atoms]) -> tuple[np.ndarray, ...]:
