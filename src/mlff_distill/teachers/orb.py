@@ -143,11 +143,10 @@ class OrbTeacher:
         energy_key, forces_key, stress_key = self._keys
         energy = out[energy_key].detach().cpu().double().numpy().reshape(-1)
         forces = out[forces_key].detach().cpu().double().numpy()
-        stress = np.full((len(structures), 3, 3), np.nan)
+        stress = np.full((len(structures), 3, 3), np.nan)  # labels_in_batches keeps periodic cells' only
         if stress_key is not None:
             full = torch_voigt_6_to_full_3x3_stress(out[stress_key].detach().reshape(-1, 6))
-            periodic = np.array([a.pbc.all() for a in structures])
-            stress[periodic] = full.cpu().double().numpy()[periodic]
+            stress = full.cpu().double().numpy()
         return energy, forces, stress
 
 
