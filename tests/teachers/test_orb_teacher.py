@@ -89,8 +89,11 @@ def test_untrained_teacher_is_reproducible_from_seed(teacher64):
     other = OrbTeacher(MODEL, weights="random", seed=1, precision="float64")
     first = teacher64.compute(structures)
     second = again.compute(structures)
-    np.testing.assert_array_equal(first.energy_eV, second.energy_eV)
-    np.testing.assert_array_equal(first.forces_eV_per_A, second.forces_eV_per_A)
+    # The same seed gives the same weights to the bit (the checksum below). The outputs agree to
+    # float64 rounding only: the first call in a process differs from every later one by up to
+    # 7e-17 eV/A in a few force components, on one thread too (pytest-xdist may run this test first).
+    np.testing.assert_allclose(first.energy_eV, second.energy_eV, rtol=1e-13, atol=0)
+    np.testing.assert_allclose(first.forces_eV_per_A, second.forces_eV_per_A, rtol=0, atol=1e-14)
     assert again.identity.weights_sha256 == teacher64.identity.weights_sha256
     assert other.identity.weights_sha256 != teacher64.identity.weights_sha256
     assert not np.allclose(other.compute(structures).energy_eV, first.energy_eV)
