@@ -421,7 +421,11 @@ def _md(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
             "against each other) give the noise floor of that difference, and the student's "
             "halves that of its own side. The teacher's g(r) comes from its own NVT from the same "
             "start where <code>evaluate.md.teacher_nvt_ps</code> is set, else from the sample "
-            "stage's teacher-MD frames of that target.</p>" + labelled_table(rows, TARGET_NVT_COLUMNS)
+            "stage's teacher-MD frames of that target. Those start a fraction of a picosecond "
+            "after a box is packed, before a liquid's structure has settled (water's "
+            "hydrogen-bond peak grows over the teacher's first 2 ps), so a difference well above "
+            "the halves' can be the reference's: a <code>teacher_nvt_ps</code> of several ps "
+            "(its first fifth left out) gives an equilibrated one.</p>" + labelled_table(rows, TARGET_NVT_COLUMNS)
         )
         for key in sorted(k for k in figures if k.startswith("rdf_target_")):
             parts.append(f"<h4>{html.escape(key.removeprefix('rdf_target_'))}</h4>")
