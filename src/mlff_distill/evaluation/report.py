@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from mlff_distill.evaluation.md_validation import EQUILIBRATION_FRACTION
 from mlff_distill.evaluation.summary import NOT_MEASURED, has_accuracy
 
 # (metrics key, label, unit shown, factor from the key's unit to the unit shown)
@@ -425,7 +426,8 @@ def _md(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
             "after a box is packed, before a liquid's structure has settled (water's "
             "hydrogen-bond peak grows over the teacher's first 2 ps), so a difference well above "
             "the halves' can be the reference's: a <code>teacher_nvt_ps</code> of several ps "
-            "(its first fifth left out) gives an equilibrated one.</p>" + labelled_table(rows, TARGET_NVT_COLUMNS)
+            f"(its first {EQUILIBRATION_FRACTION:.0%} left out) gives an equilibrated one.</p>"
+            + labelled_table(rows, TARGET_NVT_COLUMNS)
         )
         for key in sorted(k for k in figures if k.startswith("rdf_target_")):
             parts.append(f"<h4>{html.escape(key.removeprefix('rdf_target_'))}</h4>")
