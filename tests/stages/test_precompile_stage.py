@@ -11,10 +11,12 @@ def test_nothing_to_compile_is_recorded(tmp_path):
 
     config = complete_config({"train": {"compile": False}})
     train_loss_keys = ("compile", "batch_size", "energy_weight", "force_weight", "stress_weight", "hessian_weight")
+    seed_keys = ("molecules", "crystals", "seed_files", "test_files", "min_cell_length_A")
     record_file = tmp_path / "precompile" / "compiled.json"
     run(
-        sample=config["sample"],
-        target=config["target"],
+        seeds={key: config["sample"][key] for key in seed_keys},
+        target_systems=config["target"]["systems"],
+        target_min_distance_A=config["target"]["min_distance_A"],
         student=config["student"],
         train_loss={key: config["train"][key] for key in train_loss_keys},
         try_compile=config["tune"]["try_compile"],

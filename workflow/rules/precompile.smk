@@ -15,8 +15,9 @@ rule precompile:
         CONDA_ENV
     threads: 1
     params:
-        sample=config["sample"],
-        target=config["target"],
+        seeds={key: config["sample"][key] for key in SEED_KEYS},
+        target_systems=config["target"]["systems"],
+        target_min_distance_A=config["target"]["min_distance_A"],
         student=config["student"],
         train_loss={key: config["train"][key] for key in TRAIN_LOSS_KEYS},
         try_compile=config["tune"]["try_compile"],

@@ -15,7 +15,7 @@ from mlff_distill.logs import stage_logger
 from mlff_distill.sampling.boxes import build_timing_systems
 from mlff_distill.sampling.seeds import read_seed_files, seed_structures
 from mlff_distill.sampling.targets import target_start, targets_from
-from mlff_distill.settings import SampleSettings, StudentSettings, TargetSettings, build
+from mlff_distill.settings import SampleSettings, StudentSettings, build, section_settings
 from mlff_distill.student.compilation import (
     attempt,
     compile_inference,
@@ -27,8 +27,9 @@ from mlff_distill.student.compilation import (
 
 def run(
     *,
-    sample: dict,
-    target: dict,
+    seeds: dict,
+    target_systems: list,
+    target_min_distance_A: float,
     student: dict,
     train_loss: dict,
     try_compile: bool,
@@ -40,7 +41,11 @@ def run(
     """The Snakemake job: compile into ``cache_dir`` and write what was done to ``record_file``
     (``training_loss`` and, on a CPU with ``tune.try_compile``, ``inference``). ``train_loss``:
     the keys of ``train:`` that shape the compiled loss (``compile``, ``batch_size`` and the
-    weights)."""
+    weights). ``seeds``: the keys of ``sample:`` that name the seed structures (``molecules``,
+    ``crystals``, ``seed_files``, ``test_files``, ``min_cell_length_A``);
+    ``target_systems`` and ``target_min_distance_A``: ``target.systems`` and
+    ``target.min_distance_A``. The stage reads no other key, so that editing one (the teacher MD,
+    the rattles) does not recompile."""
     logger = stage_logger("precompile", log_file)
     torch.set_num_threads(threads)
     size = vars(build(StudentSettings, student, "student"))
@@ -48,9 +53,9 @@ def run(
         record: dict[str, Any] = {"training_loss": {"skipped": "train.compile is false"}}
     else:
         cache = use_compile_cache(cache_dir, logger)
-        settings, targets = build(SampleSettings, sample, "sample"), build(TargetSettings, target, "target")
+        settings = section_settings(SampleSettings, "sample", seeds)
         rng = np.random.default_rng(0)
-        starts = [target_start(t, rng, targets.min_distance_A) for t in targets_from(targets.systems)]
+        starts = [target_start(t, rng, target_min_distance_A) for t in targets_from(target_systems)]
         seeds = seed_structures(settings) + read_seed_files(settings.test_files) + starts
         if not seeds:
             raise ValueError("nothing to compile on: no sample.molecules, crystals, seed_files or target systems")
