@@ -11,6 +11,7 @@ from ase.calculators.singlepoint import SinglePointCalculator
 
 from mlff_distill.contacts import closest_contacts_A
 from mlff_distill.evaluation.md_validation import (
+    FrameRDFs,
     bussi_run,
     closest_contacts,
     comparison_rdf,
@@ -297,6 +298,18 @@ def test_comparison_rdf_counts_pairs_between_molecules_normalised_per_pair():
     )
     r, g_molecule, kind = comparison_rdf([molecule("CH4")], r_max_A=3.0)
     assert kind.startswith("pair-distance density") and np.sum(g_molecule) * (r[1] - r[0]) == pytest.approx(1.0)
+
+
+def test_the_g_of_a_subset_of_frames_is_that_of_those_frames_alone():
+    rng = np.random.default_rng(1)
+    frames = [_dimer_gas(rng, 60 + 20 * k, 12.0) for k in range(5)]  # different densities
+    per_frame = FrameRDFs.of(frames, r_max_A=5.0)
+    for subset in ([0, 1], [2, 3, 4], [4]):
+        r, g = per_frame.mean(subset)
+        r_alone, g_alone, kind = comparison_rdf([frames[i] for i in subset], r_max_A=5.0)
+        assert kind == per_frame.kind and np.array_equal(r, r_alone)
+        assert np.allclose(g, g_alone, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(per_frame.mean([0])[1], per_frame.mean([4])[1])  # the frames differ
 
 
 def _cu_frames(a_A: float, temperature_K: float, seeds: tuple[int, ...]) -> list[Atoms]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
@@ -279,36 +280,60 @@ def comparison_rdf(
     non-periodic frame gives the pair-distance density per pair (1/Angstrom), as
     `radial_distribution` does for molecules.
     """
-    if not frames:
-        raise ValueError("frames: empty")
-    if r_max_A <= 0 or smoothing_A < 0:
-        raise ValueError(f"r_max_A must be > 0 and smoothing_A >= 0, got {r_max_A} and {smoothing_A}")
-    periodic = {bool(frame.pbc.all()) for frame in frames}
-    if len(periodic) > 1 or any(frame.pbc.any() and not frame.pbc.all() for frame in frames):
-        raise ValueError("frames: all must be periodic in x, y and z, or all without periodicity")
-    periodic_frames = periodic.pop()
-    reach_A = 4.0 * smoothing_A  # the kernel's half width: histogram beyond r_max_A so the edge is not cut
-    edges = np.arange(0.0, r_max_A + reach_A + RDF_SPACING_A, RDF_SPACING_A)
-    r = 0.5 * (edges[1:] + edges[:-1])
-    shells_A3 = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
-    g = np.zeros(len(r))
-    between_molecules = False
-    for frame in frames:
-        distances, n_pairs, between = _pair_distances(frame, float(edges[-1]))
-        between_molecules |= between
-        counts = np.histogram(distances, bins=edges)[0]
-        if periodic_frames:
-            g += counts / (n_pairs * shells_A3 / frame.get_volume())
-        else:
-            g += counts / (n_pairs * RDF_SPACING_A)
-    g /= len(frames)
-    if smoothing_A > 0:
-        offsets = np.arange(-round(reach_A / RDF_SPACING_A), round(reach_A / RDF_SPACING_A) + 1) * RDF_SPACING_A
-        kernel = np.exp(-0.5 * (offsets / smoothing_A) ** 2)
-        g = np.convolve(g, kernel / kernel.sum(), mode="same")
-    keep = r <= r_max_A
-    kind = "g(r)" if periodic_frames else "pair-distance density per pair (1/A)"
-    return r[keep], g[keep], f"{kind}, {'between molecules' if between_molecules else 'all pairs'}"
+    per_frame = FrameRDFs.of(frames, r_max_A, smoothing_A)
+    return (*per_frame.mean(), per_frame.kind)
+
+
+@dataclass(frozen=True)
+class FrameRDFs:
+    """The unsmoothed g of each frame on `comparison_rdf`'s grid, so that its average over any
+    subset of the frames (two halves, the whole) needs no second count of their pairs."""
+
+    r_A: np.ndarray  # bin centres, up to r_max_A plus the smoothing kernel's reach
+    g: np.ndarray  # (frames, bins)
+    r_max_A: float
+    smoothing_A: float
+    kind: str
+
+    @classmethod
+    def of(cls, frames: Sequence[Atoms], r_max_A: float, smoothing_A: float = RDF_SMOOTHING_A) -> "FrameRDFs":
+        """Count ``frames``' pairs as `comparison_rdf` does."""
+        if not frames:
+            raise ValueError("frames: empty")
+        if r_max_A <= 0 or smoothing_A < 0:
+            raise ValueError(f"r_max_A must be > 0 and smoothing_A >= 0, got {r_max_A} and {smoothing_A}")
+        periodic = {bool(frame.pbc.all()) for frame in frames}
+        if len(periodic) > 1 or any(frame.pbc.any() and not frame.pbc.all() for frame in frames):
+            raise ValueError("frames: all must be periodic in x, y and z, or all without periodicity")
+        periodic_frames = periodic.pop()
+        reach_A = 4.0 * smoothing_A  # the kernel's half width: histogram beyond r_max_A so the edge is not cut
+        edges = np.arange(0.0, r_max_A + reach_A + RDF_SPACING_A, RDF_SPACING_A)
+        shells_A3 = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
+        g = np.zeros((len(frames), len(edges) - 1))
+        between_molecules = False
+        for index, frame in enumerate(frames):
+            distances, n_pairs, between = _pair_distances(frame, float(edges[-1]))
+            between_molecules |= between
+            counts = np.histogram(distances, bins=edges)[0]
+            if periodic_frames:
+                g[index] = counts / (n_pairs * shells_A3 / frame.get_volume())
+            else:
+                g[index] = counts / (n_pairs * RDF_SPACING_A)
+        kind = "g(r)" if periodic_frames else "pair-distance density per pair (1/A)"
+        pairs = "between molecules" if between_molecules else "all pairs"
+        return cls(0.5 * (edges[1:] + edges[:-1]), g, r_max_A, smoothing_A, f"{kind}, {pairs}")
+
+    def mean(self, indices: Optional[Sequence[int]] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Grid ``r`` (up to ``r_max_A``) and the smoothed g averaged over the frames at ``indices``
+        (all of them when None)."""
+        g = (self.g if indices is None else self.g[list(indices)]).mean(axis=0)
+        if self.smoothing_A > 0:
+            half_width = round(4.0 * self.smoothing_A / RDF_SPACING_A)
+            offsets = np.arange(-half_width, half_width + 1) * RDF_SPACING_A
+            kernel = np.exp(-0.5 * (offsets / self.smoothing_A) ** 2)
+            g = np.convolve(g, kernel / kernel.sum(), mode="same")
+        keep = self.r_A <= self.r_max_A
+        return self.r_A[keep], g[keep]
 
 
 def _pair_distances(frame: Atoms, r_max_A: float) -> tuple[np.ndarray, int, bool]:
@@ -505,13 +530,14 @@ def _rdf_comparison(student: Sequence[Atoms], teacher: Sequence[Atoms], r_max_A:
             "g_teacher": None,
             "g_student": None,
         }
-    r, g_teacher, kind = comparison_rdf(teacher, r_max_A)
-    _, g_student, _ = comparison_rdf(student, r_max_A)
+    teacher_g, student_g = FrameRDFs.of(teacher, r_max_A), FrameRDFs.of(student, r_max_A)
+    r, g_teacher = teacher_g.mean()
+    _, g_student = student_g.mean()
     return {
-        "rdf_kind": kind,
+        "rdf_kind": teacher_g.kind,
         "rdf_integrated_abs_difference": rdf_difference(r, g_teacher, g_student),
-        "rdf_teacher_halves_difference": _halves_difference(r, _halves(teacher), r_max_A),
-        "rdf_student_halves_difference": _halves_difference(r, _halves(student), r_max_A),
+        "rdf_teacher_halves_difference": _halves_difference(teacher_g, _halves(teacher)),
+        "rdf_student_halves_difference": _halves_difference(student_g, _halves(student)),
         "rdf_not_run": None,
         "r_A": r.tolist(),
         "g_teacher": g_teacher.tolist(),
@@ -519,24 +545,25 @@ def _rdf_comparison(student: Sequence[Atoms], teacher: Sequence[Atoms], r_max_A:
     }
 
 
-def _halves_difference(r: np.ndarray, halves: tuple[list[Atoms], list[Atoms]], r_max_A: float) -> Optional[float]:
-    """`rdf_difference` of the `comparison_rdf` of two halves of some frames; None when one is empty."""
+def _halves_difference(per_frame: FrameRDFs, halves: tuple[list[int], list[int]]) -> Optional[float]:
+    """`rdf_difference` of the g(r) of two halves (frame indices) of some frames; None when one is empty."""
     first, second = halves
     if not first or not second:
         return None
-    return rdf_difference(r, comparison_rdf(first, r_max_A)[1], comparison_rdf(second, r_max_A)[1])
+    r, g_first = per_frame.mean(first)
+    return rdf_difference(r, g_first, per_frame.mean(second)[1])
 
 
-def _halves(frames: Sequence[Atoms]) -> tuple[list[Atoms], list[Atoms]]:
-    """Two halves of ``frames``: alternate trajectories (``info["group"]``) where there are two or
-    more, else the first half of the frames and the second."""
+def _halves(frames: Sequence[Atoms]) -> tuple[list[int], list[int]]:
+    """Two halves of ``frames``, as indices: alternate trajectories (``info["group"]``) where there
+    are two or more, else the first half of the frames and the second."""
     groups = list(dict.fromkeys(frame.info.get("group") for frame in frames))
     if len(groups) >= 2:
         first = set(groups[0::2])
         chosen = [frame.info.get("group") in first for frame in frames]
-        return [f for f, c in zip(frames, chosen) if c], [f for f, c in zip(frames, chosen) if not c]
+        return [i for i, c in enumerate(chosen) if c], [i for i, c in enumerate(chosen) if not c]
     middle = len(frames) // 2
-    return list(frames[:middle]), list(frames[middle:])
+    return list(range(middle)), list(range(middle, len(frames)))
 
 
 def md_validation(
