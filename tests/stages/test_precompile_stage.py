@@ -14,7 +14,7 @@ def test_nothing_to_compile_is_recorded(tmp_path):
     seed_keys = ("molecules", "crystals", "seed_files", "test_files", "min_cell_length_A")
     record_file = tmp_path / "precompile" / "compiled.json"
     run(
-        seeds={key: config["sample"][key] for key in seed_keys},
+        seed_settings={key: config["sample"][key] for key in seed_keys},
         target_systems=config["target"]["systems"],
         target_min_distance_A=config["target"]["min_distance_A"],
         student=config["student"],

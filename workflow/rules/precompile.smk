@@ -15,7 +15,7 @@ rule precompile:
         CONDA_ENV
     threads: 1
     params:
-        seeds={key: config["sample"][key] for key in SEED_KEYS},
+        seed_settings={key: config["sample"][key] for key in SEED_KEYS},
         target_systems=config["target"]["systems"],
         target_min_distance_A=config["target"]["min_distance_A"],
         student=config["student"],

@@ -27,7 +27,7 @@ from mlff_distill.student.compilation import (
 
 def run(
     *,
-    seeds: dict,
+    seed_settings: dict,
     target_systems: list,
     target_min_distance_A: float,
     student: dict,
@@ -41,7 +41,7 @@ def run(
     """The Snakemake job: compile into ``cache_dir`` and write what was done to ``record_file``
     (``training_loss`` and, on a CPU with ``tune.try_compile``, ``inference``). ``train_loss``:
     the keys of ``train:`` that shape the compiled loss (``compile``, ``batch_size`` and the
-    weights). ``seeds``: the keys of ``sample:`` that name the seed structures (``molecules``,
+    weights). ``seed_settings``: the keys of ``sample:`` that name the seed structures (``molecules``,
     ``crystals``, ``seed_files``, ``test_files``, ``min_cell_length_A``);
     ``target_systems`` and ``target_min_distance_A``: ``target.systems`` and
     ``target.min_distance_A``. The stage reads no other key, so that editing one (the teacher MD,
@@ -53,7 +53,7 @@ def run(
         record: dict[str, Any] = {"training_loss": {"skipped": "train.compile is false"}}
     else:
         cache = use_compile_cache(cache_dir, logger)
-        settings = section_settings(SampleSettings, "sample", seeds)
+        settings = section_settings(SampleSettings, "sample", seed_settings)
         rng = np.random.default_rng(0)
         starts = [target_start(t, rng, target_min_distance_A) for t in targets_from(target_systems)]
         seeds = seed_structures(settings) + read_seed_files(settings.test_files) + starts
