@@ -3,6 +3,7 @@ reuse itself: tests/workflow/test_pipeline.py)."""
 
 import json
 
+from mlff_distill.sampling.seeds import SEED_KEYS
 from mlff_distill.settings import complete_config
 
 
@@ -11,10 +12,9 @@ def test_nothing_to_compile_is_recorded(tmp_path):
 
     config = complete_config({"train": {"compile": False}})
     train_loss_keys = ("compile", "batch_size", "energy_weight", "force_weight", "stress_weight", "hessian_weight")
-    seed_keys = ("molecules", "crystals", "seed_files", "test_files", "min_cell_length_A")
     record_file = tmp_path / "precompile" / "compiled.json"
     run(
-        seed_settings={key: config["sample"][key] for key in seed_keys},
+        seed_settings={key: config["sample"][key] for key in SEED_KEYS},
         target_systems=config["target"]["systems"],
         target_min_distance_A=config["target"]["min_distance_A"],
         student=config["student"],

@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from mlff_distill.evaluation.summary import summary_text
+from mlff_distill.sampling.seeds import SEED_KEYS
 from mlff_distill.settings import MLflowSettings
 from mlff_distill.tracking import PipelineRun, finish_pipeline_run, start_pipeline_run
 
@@ -13,9 +14,6 @@ PIPELINE_RUN = str(RUN_DIR / "mlflow_run.json")
 COMPILE_CACHE = str(RUN_DIR / "precompile" / "inductor_cache")
 # The keys of `train:` that shape the compiled training loss (all the precompile job reads of it).
 TRAIN_LOSS_KEYS = ("compile", "batch_size", "energy_weight", "force_weight", "stress_weight", "hessian_weight")
-# The keys of `sample:` that name the seed structures (with target.systems and target.min_distance_A,
-# all the precompile job reads of `sample:` and `target:`).
-SEED_KEYS = ("molecules", "crystals", "seed_files", "test_files", "min_cell_length_A")
 
 
 # On-policy rounds: round 0 labels the sampled structures and trains the first student; round k >= 1

@@ -15,6 +15,7 @@ rule precompile:
         CONDA_ENV
     threads: 1
     params:
+        # with the target's systems and min_distance_A, all it reads of `sample:` and `target:`
         seed_settings={key: config["sample"][key] for key in SEED_KEYS},
         target_systems=config["target"]["systems"],
         target_min_distance_A=config["target"]["min_distance_A"],

@@ -246,6 +246,7 @@ def rdf_difference(r: np.ndarray, g_a: np.ndarray, g_b: np.ndarray) -> float:
 
 RDF_SPACING_A = 0.02  # grid of the comparison's g(r)
 RDF_SMOOTHING_A = 0.1  # its Gaussian smoothing (standard deviation)
+RDF_KERNEL_REACH = 4.0  # the smoothing kernel's half width, in standard deviations
 CONTACT_CUTOFF_A = 3.0  # closest contacts reported per pair of elements: those within this distance
 EQUILIBRATION_FRACTION = 0.2  # the first part of an NVT run (student or teacher), left out of its g(r)
 
@@ -306,7 +307,7 @@ class FrameRDFs:
         if len(periodic) > 1 or any(frame.pbc.any() and not frame.pbc.all() for frame in frames):
             raise ValueError("frames: all must be periodic in x, y and z, or all without periodicity")
         periodic_frames = periodic.pop()
-        reach_A = 4.0 * smoothing_A  # the kernel's half width: histogram beyond r_max_A so the edge is not cut
+        reach_A = RDF_KERNEL_REACH * smoothing_A  # histogram beyond r_max_A so the edge is not cut
         edges = np.arange(0.0, r_max_A + reach_A + RDF_SPACING_A, RDF_SPACING_A)
         shells_A3 = 4.0 / 3.0 * np.pi * (edges[1:] ** 3 - edges[:-1] ** 3)
         g = np.zeros((len(frames), len(edges) - 1))
@@ -328,7 +329,7 @@ class FrameRDFs:
         (all of them when None)."""
         g = (self.g if indices is None else self.g[list(indices)]).mean(axis=0)
         if self.smoothing_A > 0:
-            half_width = round(4.0 * self.smoothing_A / RDF_SPACING_A)
+            half_width = round(RDF_KERNEL_REACH * self.smoothing_A / RDF_SPACING_A)
             offsets = np.arange(-half_width, half_width + 1) * RDF_SPACING_A
             kernel = np.exp(-0.5 * (offsets / self.smoothing_A) ** 2)
             g = np.convolve(g, kernel / kernel.sum(), mode="same")

@@ -17,6 +17,9 @@ from ase.io import read
 from mlff_distill.sampling.strategies import replicate_to_min_size
 from mlff_distill.settings import SampleSettings
 
+# The keys of `sample:` that name seed structures: those `seed_structures` reads, and the test files.
+SEED_KEYS = ("molecules", "crystals", "seed_files", "test_files", "min_cell_length_A")
+
 
 def seed_molecules(names: Sequence[str]) -> list[Atoms]:
     """Molecules by name from ASE's G2 database, with ``info["seed"]`` set."""

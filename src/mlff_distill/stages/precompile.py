@@ -41,8 +41,8 @@ def run(
     """The Snakemake job: compile into ``cache_dir`` and write what was done to ``record_file``
     (``training_loss`` and, on a CPU with ``tune.try_compile``, ``inference``). ``train_loss``:
     the keys of ``train:`` that shape the compiled loss (``compile``, ``batch_size`` and the
-    weights). ``seed_settings``: the keys of ``sample:`` that name the seed structures (``molecules``,
-    ``crystals``, ``seed_files``, ``test_files``, ``min_cell_length_A``);
+    weights). ``seed_settings``: the keys of ``sample:`` that name the seed structures
+    (`mlff_distill.sampling.seeds.SEED_KEYS`);
     ``target_systems`` and ``target_min_distance_A``: ``target.systems`` and
     ``target.min_distance_A``. The stage reads no other key, so that editing one (the teacher MD,
     the rattles) does not recompile."""
