@@ -300,6 +300,7 @@ class SpeedSettings:
     sizes: list  # atoms per timing system
     warmup: int
     all_cores: bool  # also time every implementation on all the evaluate job's cores
+    accuracy_frames: int  # teacher-MD frames of each target's timed system its accuracy is measured on
 
 
 @dataclass(frozen=True)

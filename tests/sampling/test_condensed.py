@@ -1,5 +1,6 @@
 """The targets' data: molecular clusters cut from boxes, teacher MD of targets, derived structures."""
 
+import dataclasses
 import logging
 
 import numpy as np
@@ -12,11 +13,14 @@ from ase.io import write
 from mlff_distill.sampling.boxes import pack_box
 from mlff_distill.sampling.condensed import (
     derived_structures,
+    equilibrated_frames,
+    md_of_test_runs,
     molecular_clusters,
     target_trajectories,
     training_teacher_md_samples,
 )
-from mlff_distill.sampling.targets import targets_from
+from mlff_distill.sampling.strategies import teacher_md, teacher_relax
+from mlff_distill.sampling.targets import target_of_size, targets_from
 from mlff_distill.settings import TargetSettings, section_settings
 from mlff_distill.teachers import TeacherCalculator
 from mlff_distill.teachers.ase_calculator import AseCalculatorTeacher
@@ -166,6 +170,28 @@ def test_target_trajectories_run_the_teacher_from_fresh_starts(cu2_box_settings,
     assert len(molecule_runs) == 2 and not molecule_runs[0][0].pbc.any()
     assert all(np.isfinite(f.positions).all() for t in molecule_runs for f in t)  # a linear molecule too
     assert "molecule_index" not in molecule_runs[0][0].arrays
+
+
+def test_equilibrated_frames_run_a_system_of_the_size_asked_as_the_test_trajectories_run(cu2_box_settings, emt):
+    box, _ = targets_from(cu2_box_settings.systems)
+    settings = dataclasses.replace(
+        cu2_box_settings, test=dataclasses.replace(cu2_box_settings.test, equilibration_steps=6, steps_between_frames=3)
+    )
+    calculator = TeacherCalculator(emt)
+    frames = equilibrated_frames(box, 32, settings, calculator, 300.0, np.random.default_rng(0), frames=3)
+    assert len(frames) == 3 and all(len(f) == 32 and f.pbc.all() for f in frames)  # 16 Cu2, not the target's 8
+    expected_info = {"system": "cu", "target": "cu", "strategy": "timing", "temperature_K": 300.0}
+    assert all(frame.info == {**frame.info, **expected_info} for frame in frames)
+    assert not np.allclose(frames[0].positions, frames[1].positions)
+    # the test trajectories' equilibration and spacing: the same start and seed, run by hand
+    rng = np.random.default_rng(0)
+    start = target_of_size(box, 32, rng, settings.min_distance_A)
+    start.info["seed"] = "cu"
+    teacher_relax(start, calculator, settings.md.relax_steps)
+    by_hand = teacher_md(start, calculator, 300.0, md_of_test_runs(settings, 3), rng)
+    assert md_of_test_runs(settings, 3).equilibration_steps == 6
+    for frame, expected in zip(frames, by_hand, strict=True):
+        np.testing.assert_allclose(frame.positions, expected.positions)
 
 
 def test_training_teacher_md_samples_are_the_targets_md_frames_in_training() -> None:

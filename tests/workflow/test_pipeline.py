@@ -106,6 +106,11 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
         # the all-cores pass (the tiny run has 2 cores): each at the faster of its two passes
         assert row["all_cores_threads"] == 2 and row["all_cores_student_ms"] <= row["student_ms"]
         assert row["all_cores_teacher_fastest_ms"] <= row["teacher_fastest_ms"]
+        # the accuracy over three frames of the teacher's MD of the target, the timed one's own beside it
+        assert row["n_accuracy_frames"] == 3 and math.isfinite(row["timed_frame_force_rel_rmse"])
+        assert row["force_rel_rmse"] != row["timed_frame_force_rel_rmse"]
+    # the larger size is the smallest repeated: its frames' errors are the smallest's
+    assert len({row["force_rel_rmse"] for row in metrics["speed"]}) == 1
     assert (tiny_run.cache / RESOURCE_CACHE_SUBDIR / AEV_PARAMS_FILE).is_file()
 
 

@@ -63,6 +63,9 @@ SPEED_COLUMNS = (
     ("force_rel_rmse", "relative RMS force error on it (%)", 100.0),
     ("energy_mae_per_atom_eV", "energy MAE on it (meV/atom)", 1000.0),
     ("stress_rel_error", "relative RMS stress error on it (%)", 100.0),
+    ("n_accuracy_frames", "frames of its accuracy", 1.0),
+    ("timed_frame_force_rel_rmse", "timed frame: relative RMS force error (%)", 100.0),
+    ("timed_frame_energy_mae_per_atom_eV", "timed frame: energy MAE (meV/atom)", 1000.0),
     ("all_cores_threads", "all-cores pass: threads", 1.0),
     ("all_cores_teacher_fastest_ms", "fastest teacher, all cores (ms)", 1.0),
     ("all_cores_student_ms_on_all_threads", "student on all threads (ms)", 1.0),
@@ -360,7 +363,10 @@ def _speed(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
             "<p>Each row's speed-up is over the fastest implementation of the teacher timed here (every "
             "implementation's time is shown, with its relative RMS force difference from the labeling "
             "one on that system), and comes with the student's error against the teacher on that same "
-            f"system (its last timed call); a row without it shows &ldquo;{NOT_MEASURED}&rdquo;. "
+            "system: for a target, over the frames of the teacher's MD of it counted in &ldquo;frames "
+            "of its accuracy&rdquo; (the timed one first; a larger size is the smallest repeated, with "
+            "the same errors per atom), the timed frame's own beside them; otherwise on the timed "
+            f"structure. A row without it shows &ldquo;{NOT_MEASURED}&rdquo;. "
             "The all-cores columns time every implementation again on all the job's threads and count "
             "each at the faster of its two passes (one thread or all), as a user given all the cores "
             "would run it; the exported student is the AOTInductor package of the tune stage.</p>"

@@ -36,6 +36,8 @@ logger = logging.getLogger(__name__)
 # The student's forms in the all-cores pass: the model as the first pass runs it (`StudentCalculator`,
 # on the tune stage's inference path) and its AOTInductor package (`mlff_distill.student.aoti`).
 STUDENT, EXPORTED = "student", "exported package"
+# A row's accuracy columns, the student's on the system against the teacher (`student_accuracy`).
+ACCURACY_COLUMNS = ("force_rel_rmse", "force_mae_eV_per_A", "energy_mae_per_atom_eV", "stress_rel_error")
 
 
 def time_calls(
@@ -155,7 +157,9 @@ def compare_speed(
     system against the teacher: ``force_rel_rmse``, ``force_mae_eV_per_A``,
     ``energy_mae_per_atom_eV`` (and ``stress_rel_error`` when timed with stress), from the results
     of each one's last timed call (no extra call: a teacher call on thousands of atoms takes
-    seconds). A speed-up means something only beside that accuracy.
+    seconds). A speed-up means something only beside that accuracy. (The evaluate stage measures a
+    target's over several frames of it and puts those in these columns:
+    `mlff_distill.evaluation.targets.with_frames_accuracy`.)
 
     ``other_teachers``: other implementations of the same teacher by name (the ANI-1x ensemble in
     torchani's cell list, `mlff_distill.teachers.torchani_runtime`), timed after it on each system.
@@ -415,7 +419,7 @@ def student_accuracy(atoms: Atoms, teacher_results: dict, student_results: dict)
         ),
     )
     errors = energy_force_errors(reference, np.array([student_results["energy"]]), student_results["forces"])
-    found = {key: errors[key] for key in ("force_rel_rmse", "force_mae_eV_per_A", "energy_mae_per_atom_eV")}
+    found = {key: errors[key] for key in ACCURACY_COLUMNS if key in errors}
     if "stress" in teacher_results and "stress" in student_results:
         predicted = voigt_6_to_full_3x3_stress(np.asarray(student_results["stress"]))[None]
         stress = stress_errors(reference.stress_eV_per_A3, predicted)

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from mlff_distill.sampling.strategies import rattle_and_strain, teacher_md, teacher_relax
 from mlff_distill.sampling.targets import Target, target_of_size, target_start
-from mlff_distill.settings import TargetSettings
+from mlff_distill.settings import TargetMDSettings, TargetSettings
 
 TEACHER_MD = ("md", "test-md")  # the strategies of teacher-MD frames: training (and validation), test
 
@@ -125,14 +125,7 @@ def target_trajectories(
     frames = settings.test.frames_per_trajectory if test else settings.md.frames_per_trajectory
     if not runs or not frames:
         return []
-    md = settings.md
-    if test:  # test runs equilibrate longer and spread their frames over the run
-        md = dataclasses.replace(
-            md,
-            equilibration_steps=settings.test.equilibration_steps,
-            frames_per_trajectory=frames,
-            steps_between_frames=settings.test.steps_between_frames,
-        )
+    md = md_of_test_runs(settings, frames) if test else settings.md
     strategy = "test-md" if test else "md"
     jobs = [(float(t), run) for t in target.temperatures_K for run in range(runs)]
     trajectories = []
@@ -176,21 +169,34 @@ def derived_structures(frames: Sequence[Atoms], settings: TargetSettings, rng: n
     return derived
 
 
-def equilibrated_system(
+def md_of_test_runs(settings: TargetSettings, frames: int) -> TargetMDSettings:
+    """``settings.md`` as the test trajectories run it: ``settings.test``'s equilibration and
+    spacing of frames (longer, spread over the run), ``frames`` frames."""
+    return dataclasses.replace(
+        settings.md,
+        equilibration_steps=settings.test.equilibration_steps,
+        frames_per_trajectory=frames,
+        steps_between_frames=settings.test.steps_between_frames,
+    )
+
+
+def equilibrated_frames(
     target: Target,
     n_atoms: int,
     settings: TargetSettings,
     md_calculator: Calculator,
     temperature_K: float,
     rng: np.random.Generator,
-) -> Atoms:
-    """A periodic system of ``target`` with about ``n_atoms`` atoms (`target_of_size`), relaxed and
-    then equilibrated by teacher MD (``md_calculator``) at ``temperature_K`` as the training
-    trajectories are (``settings.md``), its last frame; ``info``: ``system`` and ``target`` (the name)."""
+    frames: int,
+) -> list[Atoms]:
+    """``frames`` frames of a periodic system of ``target`` with about ``n_atoms`` atoms
+    (`target_of_size`), relaxed and then run by teacher MD (``md_calculator``) at ``temperature_K``
+    as the test trajectories are (`md_of_test_runs`: equilibrated, then a frame every
+    ``settings.test.steps_between_frames`` steps); ``info``: ``system`` and ``target`` (the name)."""
     start = target_of_size(target, n_atoms, rng, settings.min_distance_A)
     start.info.update(seed=target.name, target=target.name)
     teacher_relax(start, md_calculator, settings.md.relax_steps)
-    md = dataclasses.replace(settings.md, frames_per_trajectory=1)
-    (frame,) = teacher_md(start, md_calculator, temperature_K, md, rng, strategy="timing")
-    frame.info.update(system=target.name, target=target.name)
-    return frame
+    run = teacher_md(start, md_calculator, temperature_K, md_of_test_runs(settings, frames), rng, strategy="timing")
+    for frame in run:
+        frame.info.update(system=target.name, target=target.name)
+    return run

@@ -38,8 +38,14 @@ from mlff_distill.evaluation.md_validation import md_validation, target_nvt_rows
 from mlff_distill.evaluation.metrics import check_gates, failed_gates, per_kind_force_errors, worst_force_errors
 from mlff_distill.evaluation.plots import write_figures
 from mlff_distill.evaluation.report import build_report
-from mlff_distill.evaluation.speed import speed_rows
-from mlff_distill.evaluation.targets import nvt_starts, timing_systems
+from mlff_distill.evaluation.speed import speed_rows, torch_threads
+from mlff_distill.evaluation.targets import (
+    frames_accuracy,
+    nvt_starts,
+    timed_target_frames,
+    timing_systems,
+    with_frames_accuracy,
+)
 from mlff_distill.evaluation.teacher_symmetry import rotation_force_change
 from mlff_distill.logs import stage_logger
 from mlff_distill.sampling.boxes import build_timing_systems
@@ -213,9 +219,21 @@ def run(
                 processes,
             )
             metrics["md_validation"] = None
-            systems = timing_systems(
-                targets, build(TargetSettings, target, "target"), settings.speed.sizes, md_calculator, seed, logger
-            )
+            with torch_threads(threads):  # the teacher's MD on torch's threads, all of the job's cores
+                frames = timed_target_frames(
+                    targets,
+                    build(TargetSettings, target, "target"),
+                    min(settings.speed.sizes),
+                    md_calculator,
+                    seed,
+                    settings.speed.accuracy_frames,
+                    logger,
+                )
+            systems = timing_systems(frames, settings.speed.sizes)
+            # before the speed step, which leaves FeNNol teachers padded to its largest system
+            accuracy_on_frames = {
+                name: frames_accuracy(run, teacher_model, model, member) for name, run in frames.items()
+            }
         else:
             metrics["md_validation"] = md_validation(
                 settings.md, seeds, seed, teacher_model, student_calculator, sampled
@@ -233,6 +251,9 @@ def run(
             exported_student=exported,
             all_cores_exported_student=all_cores_exported,
         )
+        if targets:
+            frames_per_target = settings.speed.accuracy_frames
+            metrics["speed"] = with_frames_accuracy(metrics["speed"], accuracy_on_frames, frames_per_target)
         if member is not None:
             metrics["ensemble_member"].update(
                 member_verdict(metrics["force_rel_rmse"], metrics["speed"], metrics["ensemble_member"])
