@@ -86,9 +86,9 @@ def timing_systems(frames_by_target: Mapping[str, Sequence[Atoms]], sizes: Seque
 def frames_accuracy(
     frames: Sequence[Atoms], teacher: Teacher, student: StudentPotential, member: Teacher | None
 ) -> dict[str, float]:
-    """The student's errors against ``teacher`` over ``frames`` (`ACCURACY_COLUMNS`, as the speed table's: relative RMS
-    force error, force MAE in eV/Angstrom, energy MAE in eV/atom, relative stress error), and
-    ``member``'s (an ensemble teacher's member) as ``member_*``."""
+    """The student's errors against ``teacher`` over ``frames``, the speed table's
+    `ACCURACY_COLUMNS` (relative RMS force error, force MAE in eV/Angstrom, energy MAE in eV/atom,
+    relative stress error), and ``member``'s (an ensemble teacher's member) as ``member_*``."""
     labels = teacher_labels(teacher, frames)
     errors = prediction_errors(labels, predict(student, labels, compute_stress=True))
     found = {key: errors[key] for key in ACCURACY_COLUMNS if key in errors}

@@ -232,7 +232,7 @@ def run(
             systems = timing_systems(frames, settings.speed.sizes)
             # before the speed step, which leaves FeNNol teachers padded to its largest system
             accuracy_on_frames = {
-                name: frames_accuracy(run, teacher_model, model, member) for name, run in frames.items()
+                name: frames_accuracy(its_frames, teacher_model, model, member) for name, its_frames in frames.items()
             }
         else:
             metrics["md_validation"] = md_validation(
@@ -252,8 +252,8 @@ def run(
             all_cores_exported_student=all_cores_exported,
         )
         if targets:
-            frames_per_target = settings.speed.accuracy_frames
-            metrics["speed"] = with_frames_accuracy(metrics["speed"], accuracy_on_frames, frames_per_target)
+            n_frames = settings.speed.accuracy_frames
+            metrics["speed"] = with_frames_accuracy(metrics["speed"], accuracy_on_frames, n_frames)
         if member is not None:
             metrics["ensemble_member"].update(
                 member_verdict(metrics["force_rel_rmse"], metrics["speed"], metrics["ensemble_member"])
