@@ -74,10 +74,10 @@ def timing_systems(frames_by_target: Mapping[str, Sequence[Atoms]], sizes: Seque
     repeated to the larger ``sizes`` (atoms, about; `replicated`). The systems come smallest first,
     all targets together: FeNNol teachers keep the padded size of the largest system they have
     seen, so a small system timed after a large one would be slowed."""
-    systems = []
+    smallest, systems = min(sizes), []
     for name, frames in frames_by_target.items():
-        for size in sorted(sizes):
-            system = frames[0].copy() if size == min(sizes) else replicated(frames[0], size)
+        for size in sizes:
+            system = frames[0].copy() if size == smallest else replicated(frames[0], size)
             system.info.update(system=name, target=name)
             systems.append(system)
     return sorted(systems, key=len)
