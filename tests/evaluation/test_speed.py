@@ -127,7 +127,7 @@ def test_compare_speed_times_an_ensemble_member_beside_the_teacher(single_thread
     member = EMT()
     member.parameters["asap_cutoff"] = True
     student = StudentCalculator(StudentPotential(species=(29,), cutoff_A=4.0, n_features=8))
-    (row,) = compare_speed(teacher, student, [copper], repeats=1, warmup=0, member_calc=member)
+    (row,) = compare_speed(teacher, student, [copper], repeats=1, warmup=0, members={"member": member})
     assert row["student_speedup_over_member"] == pytest.approx(row["member_ms"] / row["student_ms"])
     assert row["member_force_rel_rmse"] > 0 and row["member_energy_mae_per_atom_eV"] > 0
     assert "member_stress_rel_error" in row
@@ -149,10 +149,9 @@ def test_compare_speed_counts_the_speedup_over_the_fastest_implementation(single
         [copper],
         repeats=1,
         warmup=0,
-        member_calc=EMT(),
+        members={"member": EMT(), "member-again": EMT()},
         teacher_name="ase",
         other_teachers={"emt-again": same, "emt-asap": fast},
-        other_members={"member-again": EMT()},
     )
     timed = row["teacher_implementations_ms"]
     assert set(timed) == {"ase", "emt-again", "emt-asap"} and timed["ase"] == row["teacher_ms"]
@@ -196,7 +195,7 @@ def test_compare_speed_times_every_implementation_again_on_all_cores(single_thre
         [copper],
         repeats=1,
         warmup=0,
-        member_calc=member,
+        members={"member": member},
         other_teachers={"emt-again": other},
         all_cores_student=student_on_two,
         all_cores_threads=2,
@@ -313,6 +312,28 @@ def test_speed_rows_on_systems_built_from_the_runs_seeds(single_thread, quick_ti
     assert [row["n_atoms"] for row in rows] == [32, 108]
     assert {row["system"] for row in rows} == {"Cu-fcc"}
     assert all(row["teacher_ms"] > 0 and row["student_ms"] > 0 for row in rows)
+
+
+def test_speed_rows_time_the_member_in_its_other_implementations_only_where_it_has_them(single_thread, quick_timing):
+    from mlff_distill.evaluation.speed import speed_rows
+    from mlff_distill.settings import EvaluateSettings, section_settings
+    from mlff_distill.teachers import TeacherImplementations
+
+    copper = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    copper.rattle(0.05, seed=3)
+    settings = section_settings(EvaluateSettings, "evaluate", {"timing_repeats": 1, "speed": {"warmup": 0}})
+    teacher = AseCalculatorTeacher("ase.calculators.emt:EMT", species=(29,))
+    student = StudentCalculator(StudentPotential(species=(29,), cutoff_A=4.0, n_features=8))
+    member, other = CountingEMT(), CountingEMT()
+    member_teacher = AseCalculatorTeacher("ase.calculators.emt:EMT", species=(29,))
+    member_teacher.calculator = member
+    with_other = TeacherImplementations(labeling="emt", other_members={"emt-member-again": other})
+    (row,) = speed_rows([copper], settings, teacher, student, member=member_teacher, implementations=with_other)
+    assert row["member_implementations_ms"].keys() == {"emt-member-again"} and row["member_fastest"] == "emt-member-again"
+    assert other.calls > 0 and member.calls == 0  # the member's labeling path is not timed
+    assert row["member_force_rel_rmse"] == pytest.approx(0.0, abs=1e-12)  # EMT against EMT
+    (row,) = speed_rows([copper], settings, teacher, student, member=member_teacher)
+    assert row["member_implementations_ms"].keys() == {"teacher"} and member.calls > 0
 
 
 def test_speed_rows_carry_the_students_accuracy_on_the_same_system(single_thread, quick_timing):

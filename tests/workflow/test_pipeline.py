@@ -100,7 +100,7 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
         assert set(timed) == {"fennol", *others}
         assert all(row["teacher_implementations_force_rel_diff"][name] < 1e-4 for name in others)
         assert row["speedup"] == pytest.approx(min(timed.values()) / row["student_ms"])
-        assert set(row["member_implementations_ms"]) == {"member", CELL_LIST}
+        assert set(row["member_implementations_ms"]) == {CELL_LIST}  # the member at its fastest only
         # the tune stage's AOTInductor package: the same model, timed beside the student
         assert row["exported_student_ms"] > 0 and row["exported_force_rel_diff"] < 1e-4
         # the all-cores pass (the tiny run has 2 cores): each at the faster of its two passes

@@ -141,10 +141,9 @@ def compare_speed(
     systems: Sequence[Atoms],
     repeats: int,
     warmup: int = 2,
-    member_calc: Calculator | None = None,
+    members: Mapping[str, Calculator] | None = None,
     teacher_name: str = "teacher",
     other_teachers: Mapping[str, Calculator] | None = None,
-    other_members: Mapping[str, Calculator] | None = None,
     all_cores_student: Calculator | None = None,
     all_cores_threads: int = 1,
     exported_student: Calculator | None = None,
@@ -170,12 +169,12 @@ def compare_speed(
     the relative RMS difference of each other implementation's forces from ``teacher_calc``'s on
     that system (the same model, so rounding: what shows that it is the same).
 
-    With ``member_calc`` (one member of an ensemble teacher,
-    `mlff_distill.evaluation.ensemble_member`), it and ``other_members`` (its other
-    implementations) are timed after the teacher on each system: ``member_ms`` (the fastest of
-    them, named by ``member_fastest``; all in ``member_implementations_ms``),
-    ``student_speedup_over_member`` (member_ms / student_ms) and ``member_calc``'s own errors
-    against the teacher there (``member_force_rel_rmse``, ``member_energy_mae_per_atom_eV``, ...).
+    With ``members`` (one member of an ensemble teacher in the implementations to time it in, by
+    name: `speed_rows` gives it in its fastest one), each is timed after the teacher
+    on each system: ``member_ms`` (the fastest of them, named by ``member_fastest``; all in
+    ``member_implementations_ms``), ``student_speedup_over_member`` (member_ms / student_ms) and
+    the first one's errors against the teacher there (``member_force_rel_rmse``,
+    ``member_energy_mae_per_atom_eV``, ...).
 
     With ``exported_student`` (the student's AOTInductor package, `mlff_distill.student.aoti`), it
     is timed right after the student on each system, and again after the student's second pass:
@@ -267,17 +266,16 @@ def compare_speed(
                 ),
             }
         )
-        if member_calc is not None:
-            member = _member_columns(atoms, teacher_results, member_calc, other_members, repeats, warmup, stress)
+        if members:
+            member = _member_columns(atoms, teacher_results, members, repeats, warmup, stress)
             rows[-1].update(member, student_speedup_over_member=member["member_ms"] / student_ms)
         if all_cores_student is not None:
             teachers = {teacher_name: teacher_calc, **(other_teachers or {})}
-            members = {"member": member_calc, **(other_members or {})} if member_calc is not None else {}
             forms = {STUDENT: all_cores_student}
             if all_cores_exported_student is not None:
                 forms[EXPORTED] = all_cores_exported_student
             timing = (all_cores_threads, repeats, warmup, stress)
-            rows[-1].update(_all_cores_columns(atoms, forms, teachers, members, rows[-1], *timing))
+            rows[-1].update(_all_cores_columns(atoms, forms, teachers, members or {}, rows[-1], *timing))
         logger.info(
             "speed: %s (%d atoms): student %.2f ms, teacher at its fastest (%s) %.1f ms, %.1fx",
             system,
@@ -380,17 +378,17 @@ def uses_torch_threads(calc: Calculator) -> bool:
 def _member_columns(
     atoms: Atoms,
     teacher_results: dict,
-    member_calc: Calculator,
-    other_members: Mapping[str, Calculator] | None,
+    members: Mapping[str, Calculator],
     repeats: int,
     warmup: int,
     stress: bool,
 ) -> dict:
-    """`compare_speed`'s ``member_*`` columns on one system."""
-    timed = {"member": time_calls(member_calc, atoms, repeats, warmup, stress)["median_ms"]}
-    errors = student_accuracy(atoms, teacher_results, dict(member_calc.results))
-    for name, calc in (other_members or {}).items():
+    """`compare_speed`'s ``member_*`` columns on one system, the errors those of the first of ``members``."""
+    timed, errors = {}, None
+    for name, calc in members.items():
         timed[name] = time_calls(calc, atoms, repeats, warmup, stress)["median_ms"]
+        if errors is None:
+            errors = student_accuracy(atoms, teacher_results, dict(calc.results))
     fastest = min(timed, key=timed.get)
     return {
         "member_ms": timed[fastest],
@@ -444,21 +442,26 @@ def speed_rows(
     ``info["target"]``, or systems built from the run's seeds by
     `mlff_distill.sampling.boxes.build_timing_systems`), ``timing_repeats`` calls and
     ``speed.warmup`` warm-up calls each;
-    ``member`` (one member of an ensemble teacher), ``implementations`` (the teacher's other
-    implementations), ``all_cores_student`` (the second pass), ``exported_student`` (the
+    ``member`` (one member of an ensemble teacher, timed in ``implementations.other_members``
+    where there are any: the member's other implementations are torchani's cell list, which
+    was its fastest at every size measured (README, "Measured"), and a member in FeNNol's all-pairs
+    path on thousands of atoms takes seconds a call; else as ``member``), ``implementations`` (the
+    teacher's other implementations), ``all_cores_student`` (the second pass), ``exported_student`` (the
     student's AOTInductor package) and ``all_cores_exported_student`` (the package in the second
     pass) where given."""
     implementations = implementations or TeacherImplementations(labeling="teacher")
+    members = None
+    if member is not None:
+        members = implementations.other_members or {implementations.labeling: TeacherCalculator(member)}
     return compare_speed(
         TeacherCalculator(teacher),
         student_calculator,
         systems,
         settings.timing_repeats,
         settings.speed.warmup,
-        TeacherCalculator(member) if member is not None else None,
+        members,
         implementations.labeling,
         implementations.others,
-        implementations.other_members,
         all_cores_student,
         all_cores_threads,
         exported_student,
