@@ -329,7 +329,8 @@ def test_speed_rows_time_the_member_in_its_other_implementations_only_where_it_h
     member_teacher.calculator = member
     with_other = TeacherImplementations(labeling="emt", other_members={"emt-member-again": other})
     (row,) = speed_rows([copper], settings, teacher, student, member=member_teacher, implementations=with_other)
-    assert row["member_implementations_ms"].keys() == {"emt-member-again"} and row["member_fastest"] == "emt-member-again"
+    assert row["member_implementations_ms"].keys() == {"emt-member-again"}
+    assert row["member_fastest"] == "emt-member-again"
     assert other.calls > 0 and member.calls == 0  # the member's labeling path is not timed
     assert row["member_force_rel_rmse"] == pytest.approx(0.0, abs=1e-12)  # EMT against EMT
     (row,) = speed_rows([copper], settings, teacher, student, member=member_teacher)
