@@ -442,13 +442,13 @@ def speed_rows(
     ``info["target"]``, or systems built from the run's seeds by
     `mlff_distill.sampling.boxes.build_timing_systems`), ``timing_repeats`` calls and
     ``speed.warmup`` warm-up calls each;
-    ``member`` (one member of an ensemble teacher, timed in ``implementations.other_members``
-    where there are any: the member's other implementations are torchani's cell list, which
-    was its fastest at every size measured (README, "Measured"), and a member in FeNNol's all-pairs
-    path on thousands of atoms takes seconds a call; else as ``member``), ``implementations`` (the
-    teacher's other implementations), ``all_cores_student`` (the second pass), ``exported_student`` (the
-    student's AOTInductor package) and ``all_cores_exported_student`` (the package in the second
-    pass) where given."""
+    ``member`` (one member of an ensemble teacher), ``implementations`` (the teacher's other
+    implementations; the member is timed in their ``other_members`` where there are any, which
+    is torchani's cell list, its fastest at every size measured: in FeNNol's all-pairs path one
+    member takes seconds a call on thousands of atoms, docs/measurements.md; else in its
+    labeling path), ``all_cores_student`` (the second pass), ``exported_student`` (the student's
+    AOTInductor package) and ``all_cores_exported_student`` (the package in the second pass)
+    where given."""
     implementations = implementations or TeacherImplementations(labeling="teacher")
     members = None
     if member is not None:
