@@ -384,11 +384,8 @@ def _member_columns(
     stress: bool,
 ) -> dict:
     """`compare_speed`'s ``member_*`` columns on one system, the errors those of the first of ``members``."""
-    timed, errors = {}, None
-    for name, calc in members.items():
-        timed[name] = time_calls(calc, atoms, repeats, warmup, stress)["median_ms"]
-        if errors is None:
-            errors = student_accuracy(atoms, teacher_results, dict(calc.results))
+    timed = {name: time_calls(calc, atoms, repeats, warmup, stress)["median_ms"] for name, calc in members.items()}
+    errors = student_accuracy(atoms, teacher_results, dict(next(iter(members.values())).results))
     fastest = min(timed, key=timed.get)
     return {
         "member_ms": timed[fastest],
