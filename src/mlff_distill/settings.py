@@ -301,6 +301,7 @@ class SpeedSettings:
     warmup: int
     all_cores: bool  # also time every implementation on all the evaluate job's cores
     accuracy_frames: int  # teacher-MD frames of each target's timed system its accuracy is measured on
+    skip_slower_than: Optional[float]  # an implementation this many times the fastest's time is not timed larger
 
 
 @dataclass(frozen=True)

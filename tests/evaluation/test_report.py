@@ -151,6 +151,7 @@ def test_targets_fill_their_tables_and_figures_and_a_speedup_needs_its_accuracy(
         teacher="ani1x",
         student="StudentPotential",
         n_test=2,
+        teacher_implementations={"labeling": "fennol", "others": ["torchani-2.9-cell-list"], "missing": None},
         accuracy_by_target=[
             {
                 "target": "water",
@@ -187,7 +188,11 @@ def test_targets_fill_their_tables_and_figures_and_a_speedup_needs_its_accuracy(
                 "target": "water",
                 "system": "water",
                 "n_atoms": 768,
-                "teacher_ms": 250.0,
+                "teacher_ms": None,
+                "teacher_implementations_ms": {"torchani-2.9-cell-list": 250.0},
+                "teacher_implementations_not_timed": {
+                    "fennol": {"times_fastest": 1.5, "fastest": "torchani-2.9-cell-list", "at_n_atoms": 96}
+                },
                 "student_ms": 15.0,
                 "speedup": 16.67,
                 "all_cores_speedup": 17.89,
@@ -224,6 +229,8 @@ def test_targets_fill_their_tables_and_figures_and_a_speedup_needs_its_accuracy(
     # every implementation of the teacher, its force difference from the labeling one, the fastest
     assert "torchani-2.9-cell-list (ms)" in page and ">45<" in page and ">22.5<" in page
     assert "torchani-2.9-cell-list: force difference (%)" in page and ">0.00042<" in page
+    # an implementation far slower on a smaller system of the target is not timed on its larger ones
+    assert ">not timed: 1.5x the fastest at 96 atoms<" in page and ">250<" in page
     assert "speed-up over the fastest teacher" in page
     assert "speed-up over the fastest teacher, all cores" in page and ">12<" in page and ">1.75<" in page
     assert "17.89" not in page  # nor on all cores

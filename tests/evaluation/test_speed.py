@@ -169,6 +169,48 @@ def test_compare_speed_counts_the_speedup_over_the_fastest_implementation(single
     assert row["student_speedup_over_member"] == pytest.approx(row["member_ms"] / row["student_ms"])
 
 
+class SlowEMT(EMT):
+    """EMT whose calls take at least 60 ms (a sleep): many times an EMT call on 32 or 108 atoms."""
+
+    def calculate(self, *args, **kwargs):
+        time.sleep(0.06)
+        super().calculate(*args, **kwargs)
+
+
+def test_compare_speed_stops_timing_an_implementation_far_slower_at_a_smaller_size(single_thread, quick_timing):
+    small = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    small.rattle(0.05, seed=3)
+    large = small.repeat((3, 1, 1))
+    systems = [small, large, large.copy()]
+    for atoms, target in zip(systems, ("copper", "copper", "other copper")):
+        atoms.info["target"] = target
+    student = StudentCalculator(StudentPotential(species=(29,), cutoff_A=4.0, n_features=8))
+    rows = compare_speed(
+        SlowEMT(),
+        student,
+        systems,
+        repeats=1,
+        warmup=0,
+        teacher_name="slow",
+        other_teachers={"fast": EMT()},
+        skip_slower_than=3.0,
+    )
+    first, larger, other_target = rows
+    assert set(first["teacher_implementations_ms"]) == {"slow", "fast"} and not first["teacher_implementations_not_timed"]
+    # the labeling implementation, over 3x the fastest on the small system, is not timed on the larger one
+    assert set(larger["teacher_implementations_ms"]) == {"fast"}
+    note = larger["teacher_implementations_not_timed"]["slow"]
+    assert note["at_n_atoms"] == len(small) and note["fastest"] == "fast" and note["times_fastest"] > 3.0
+    assert larger["teacher_ms"] is None and larger["speedup_over_labeling_teacher"] is None
+    assert larger["teacher_fastest"] == "fast" and larger["speedup"] > 0
+    # the student's errors are then against the implementation timed (the same model)
+    assert larger["force_rel_rmse"] == pytest.approx(first["force_rel_rmse"], rel=0.2)
+    assert not larger["teacher_implementations_force_rel_diff"]
+    # another target is timed in every implementation
+    assert set(other_target["teacher_implementations_ms"]) == {"slow", "fast"}
+    assert other_target["teacher_ms"] > 0
+
+
 class ThreadRecordingEMT(EMT):
     """EMT that records the torch intra-op thread count each call ran under."""
 

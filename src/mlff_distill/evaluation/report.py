@@ -347,10 +347,12 @@ def _speed(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
         columns = SPEED_COLUMNS[:4]
         for name in others:
             columns += ((f"ms:{name}", f"{name} (ms)", 1.0), (f"diff:{name}", f"{name}: force difference (%)", 100.0))
+        labeling = (metrics.get("teacher_implementations") or {}).get("labeling")
         shown = [
             {
                 **(row if has_accuracy(row) else {**row, "speedup": NOT_MEASURED, "all_cores_speedup": NOT_MEASURED}),
-                **{f"ms:{name}": (row.get("teacher_implementations_ms") or {}).get(name) for name in others},
+                **({"teacher_ms": _implementation_ms(row, labeling)} if labeling else {}),
+                **{f"ms:{name}": _implementation_ms(row, name) for name in others},
                 **{
                     f"diff:{name}": (row.get("teacher_implementations_force_rel_diff") or {}).get(name)
                     for name in others
@@ -369,7 +371,10 @@ def _speed(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
             f"structure. A row without it shows &ldquo;{NOT_MEASURED}&rdquo;. "
             "The all-cores columns time every implementation again on all the job's threads and count "
             "each at the faster of its two passes (one thread or all), as a user given all the cores "
-            "would run it; the exported student is the AOTInductor package of the tune stage.</p>"
+            "would run it; the exported student is the AOTInductor package of the tune stage. An "
+            "implementation that was several times slower than the fastest on a target's system is "
+            "not timed on its larger ones (evaluate.speed.skip_slower_than): its cost grows with size "
+            "at least as fast.</p>"
             + (f"<p><b>Not timed</b>: {html.escape(missing)}.</p>" if missing else "")
             + labelled_table(shown, columns + SPEED_COLUMNS[4:])
             + _image(figures.get("speed"), "time per call against atoms")
@@ -397,6 +402,16 @@ def _speed(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:
             )
         )
     return "".join(parts)
+
+
+def _implementation_ms(row: Mapping[str, Any], name: str) -> float | str | None:
+    """A speed row's ms per call of the teacher's implementation ``name``, or why it was not
+    timed on that system (`mlff_distill.evaluation.speed.compare_speed`'s ``skip_slower_than``)."""
+    ms = (row.get("teacher_implementations_ms") or {}).get(name)
+    note = (row.get("teacher_implementations_not_timed") or {}).get(name)
+    if ms is None and note:
+        return f"not timed: {note['times_fastest']:.1f}x the fastest at {note['at_n_atoms']} atoms"
+    return ms
 
 
 def _md(metrics: Mapping[str, Any], figures: Mapping[str, Path]) -> str:

@@ -148,6 +148,7 @@ def compare_speed(
     all_cores_threads: int = 1,
     exported_student: Calculator | None = None,
     all_cores_exported_student: Calculator | None = None,
+    skip_slower_than: float | None = None,
 ) -> list[dict]:
     """One row per system: ``system`` (its ``info["system"]``, else its formula), ``target`` (its
     ``info["target"]``, where it has one), ``n_atoms``, ``teacher_ms``/``student_ms`` (median ms
@@ -162,12 +163,23 @@ def compare_speed(
 
     ``other_teachers``: other implementations of the same teacher by name (the ANI-1x ensemble in
     torchani's cell list, `mlff_distill.teachers.torchani_runtime`), timed after it on each system.
-    ``teacher_implementations_ms`` gives every implementation's time (``teacher_calc`` under
+    ``teacher_implementations_ms`` gives every timed implementation's time (``teacher_calc`` under
     ``teacher_name``), ``teacher_fastest`` and ``teacher_fastest_ms`` the fastest, ``speedup`` the
     student's speed-up over the fastest (``teacher_fastest_ms / student_ms``) and
     ``speedup_over_labeling_teacher`` over ``teacher_calc``; ``teacher_implementations_force_rel_diff``
     the relative RMS difference of each other implementation's forces from ``teacher_calc``'s on
     that system (the same model, so rounding: what shows that it is the same).
+
+    With ``skip_slower_than`` (a factor, at least 1), an implementation that took more than that
+    many times the fastest one's time on a system is not timed on the larger systems of the same
+    target (``info["target"]``, else the same system name): the implementations timed here grow
+    in cost with the size at least as fast as the fastest one (FeNNol's all-pairs path as the
+    square of it; docs/measurements.md), so it would not be the fastest there, and on thousands of
+    atoms its calls take seconds each. Such a row lists it under ``teacher_implementations_not_timed``
+    (``times_fastest``, the factor, ``fastest`` and ``at_n_atoms``, where it was measured); where
+    that is ``teacher_calc``, its columns (``teacher_ms``, ``speedup_over_labeling_teacher``,
+    ``teacher_atom_steps_per_s``, ``teacher_peak_MB``) are None and the student's errors are taken
+    against the first implementation timed (the same model). None: every one on every system.
 
     With ``members`` (one member of an ensemble teacher in the implementations to time it in, by
     name: `speed_rows` gives it in its fastest one), each is timed after the teacher
@@ -217,16 +229,28 @@ def compare_speed(
                     )["force_rel_rmse"],
                 }
             )
+    implementations = {teacher_name: teacher_calc, **(other_teachers or {})}
+    too_slow: dict[str, dict[str, dict]] = {}  # by target: the implementations not timed at larger sizes
     rows = []
     for index, (atoms, system, student, student_result) in enumerate(zip(systems, names, students, student_results)):
         logger.info("speed: the teacher on %s (%d atoms), system %d of %d", system, len(atoms), index + 1, len(systems))
-        teacher = time_calls(teacher_calc, atoms, repeats, warmup, stress)
-        teacher_results = dict(teacher_calc.results)
-        timed = {teacher_name: teacher["median_ms"]}
-        differences = {}
-        for name, calc in (other_teachers or {}).items():
-            timed[name] = time_calls(calc, atoms, repeats, warmup, stress)["median_ms"]
-            differences[name] = student_accuracy(atoms, teacher_results, dict(calc.results))["force_rel_rmse"]
+        group = atoms.info.get("target", system)
+        not_timed = {
+            name: note for name, note in too_slow.get(group, {}).items() if note["at_n_atoms"] < len(atoms)
+        }
+        timings, results = {}, {}
+        for name, calc in implementations.items():
+            if name not in not_timed:
+                timings[name] = time_calls(calc, atoms, repeats, warmup, stress)
+                results[name] = dict(calc.results)
+        teacher = timings.get(teacher_name)
+        teacher_results = next(iter(results.values()))
+        timed = {name: timing["median_ms"] for name, timing in timings.items()}
+        differences = {
+            name: student_accuracy(atoms, results[teacher_name], results[name])["force_rel_rmse"]
+            for name in results
+            if teacher_name in results and name != teacher_name
+        }
         # the student again, after the teachers: its short window of the first pass may have met a slow spell
         student_passes_ms = [
             student["median_ms"],
@@ -238,26 +262,33 @@ def compare_speed(
             passes.append(time_calls(exported_student, atoms, repeats, warmup, stress)["median_ms"])
             exported[index]["exported_student_ms"] = min(passes)
         fastest = min(timed, key=timed.get)
+        if skip_slower_than is not None:
+            for name, ms in timed.items():
+                if ms > skip_slower_than * timed[fastest]:
+                    too_slow.setdefault(group, {}).setdefault(
+                        name, {"times_fastest": ms / timed[fastest], "fastest": fastest, "at_n_atoms": len(atoms)}
+                    )
         target = {"target": atoms.info["target"]} if "target" in atoms.info else {}
         rows.append(
             {
                 "system": system,
                 **target,
                 "n_atoms": len(atoms),
-                "teacher_ms": teacher["median_ms"],
+                "teacher_ms": teacher["median_ms"] if teacher else None,
                 "student_ms": student_ms,
                 "student_passes_ms": student_passes_ms,
                 "teacher_implementations_ms": timed,
                 "teacher_fastest": fastest,
                 "teacher_fastest_ms": timed[fastest],
                 "speedup": timed[fastest] / student_ms,
-                "speedup_over_labeling_teacher": teacher["median_ms"] / student_ms,
+                "speedup_over_labeling_teacher": teacher["median_ms"] / student_ms if teacher else None,
                 "teacher_implementations_force_rel_diff": differences,
-                "teacher_atom_steps_per_s": teacher["atom_steps_per_s"],
+                "teacher_implementations_not_timed": not_timed,
+                "teacher_atom_steps_per_s": teacher["atom_steps_per_s"] if teacher else None,
                 "student_atom_steps_per_s": 1e3 * len(atoms) / student_ms,
-                "teacher_peak_MB": teacher["peak_MB"],
+                "teacher_peak_MB": teacher["peak_MB"] if teacher else None,
                 "student_peak_MB": student["peak_MB"],
-                "with_stress": teacher["with_stress"],
+                "with_stress": timings[fastest]["with_stress"],
                 **student_accuracy(atoms, teacher_results, student_result),
                 **(
                     {**exported[index], "exported_over_student": exported[index]["exported_student_ms"] / student_ms}
@@ -270,7 +301,7 @@ def compare_speed(
             member = _member_columns(atoms, teacher_results, members, repeats, warmup, stress)
             rows[-1].update(member, student_speedup_over_member=member["member_ms"] / student_ms)
         if all_cores_student is not None:
-            teachers = {teacher_name: teacher_calc, **(other_teachers or {})}
+            teachers = {name: calc for name, calc in implementations.items() if name in timed}
             forms = {STUDENT: all_cores_student}
             if all_cores_exported_student is not None:
                 forms[EXPORTED] = all_cores_exported_student
@@ -445,7 +476,8 @@ def speed_rows(
     member takes seconds a call on thousands of atoms, docs/measurements.md; else in its
     labeling path), ``all_cores_student`` (the second pass), ``exported_student`` (the student's
     AOTInductor package) and ``all_cores_exported_student`` (the package in the second pass)
-    where given."""
+    where given; ``speed.skip_slower_than`` stops timing an implementation of the teacher at a
+    target's larger sizes once it was that many times slower than the fastest."""
     implementations = implementations or TeacherImplementations(labeling="teacher")
     members = None
     if member is not None:
@@ -463,4 +495,5 @@ def speed_rows(
         all_cores_threads,
         exported_student,
         all_cores_exported_student,
+        settings.speed.skip_slower_than,
     )
