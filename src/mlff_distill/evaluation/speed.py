@@ -235,9 +235,7 @@ def compare_speed(
     for index, (atoms, system, student, student_result) in enumerate(zip(systems, names, students, student_results)):
         logger.info("speed: the teacher on %s (%d atoms), system %d of %d", system, len(atoms), index + 1, len(systems))
         group = atoms.info.get("target", system)
-        not_timed = {
-            name: note for name, note in too_slow.get(group, {}).items() if note["at_n_atoms"] < len(atoms)
-        }
+        not_timed = {name: note for name, note in too_slow.get(group, {}).items() if note["at_n_atoms"] < len(atoms)}
         timings, results = {}, {}
         for name, calc in implementations.items():
             if name not in not_timed:
