@@ -30,20 +30,29 @@ endef
 # Packages whose declared dependencies conflict with the project's pins (torchani 2.9, timed by the
 # speed table, declares zarr<3): installed after the project, without them.
 define no_deps
-	$(BIN)/python -m pip install --quiet --no-deps --requirement envs/no-deps-requirements.txt
+	$(BIN)/python -m pip install --quiet --no-compile --no-deps --requirement envs/no-deps-requirements.txt
+endef
+
+# pip byte-compiles what it installs on one core (about a minute here); compileall does it on all
+# of them. Its exit status is ignored, as pip ignores the files that do not compile (test data of
+# some packages); the jobs then import from the bytecode even where PYTHONDONTWRITEBYTECODE is set.
+define byte_compile
+	-$(BIN)/python -m compileall -q -j 0 $(VENV)/lib > /dev/null
 endef
 
 $(STAMP): pyproject.toml envs/no-deps-requirements.txt
 	$(new_venv)
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[test]'
 	$(no_deps)
+	$(byte_compile)
 	touch $(STAMP)
 
 # One pip run for the project and the extra (a second would resolve and build the project again).
 $(MATERIALS_STAMP): pyproject.toml envs/no-deps-requirements.txt
 	$(new_venv)
-	$(BIN)/python -m pip install --quiet -e '.[test,materials]'
+	$(BIN)/python -m pip install --quiet --no-compile -e '.[test,materials]'
 	$(no_deps)
+	$(byte_compile)
 	touch $(STAMP) $(MATERIALS_STAMP)
 
 run: install
