@@ -230,7 +230,7 @@ def test_targets_fill_their_tables_and_figures_and_a_speedup_needs_its_accuracy(
     assert "torchani-2.9-cell-list (ms)" in page and ">45<" in page and ">22.5<" in page
     assert "torchani-2.9-cell-list: force difference (%)" in page and ">0.00042<" in page
     # an implementation far slower on a smaller system of the target is not timed on its larger ones
-    assert ">not timed: 1.5x the fastest at 96 atoms<" in page and ">250<" in page
+    assert ">not timed: 1.50x the fastest at 96 atoms<" in page and ">250<" in page
     assert "speed-up over the fastest teacher" in page
     assert "speed-up over the fastest teacher, all cores" in page and ">12<" in page and ">1.75<" in page
     assert "17.89" not in page  # nor on all cores

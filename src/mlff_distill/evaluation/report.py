@@ -410,7 +410,7 @@ def _implementation_ms(row: Mapping[str, Any], name: str) -> float | str | None:
     ms = (row.get("teacher_implementations_ms") or {}).get(name)
     note = (row.get("teacher_implementations_not_timed") or {}).get(name)
     if ms is None and note:
-        return f"not timed: {note['times_fastest']:.1f}x the fastest at {note['at_n_atoms']} atoms"
+        return f"not timed: {note['times_fastest']:.2f}x the fastest at {note['at_n_atoms']} atoms"
     return ms
 
 
