@@ -244,10 +244,11 @@ def compare_speed(
         teacher = timings.get(teacher_name)
         teacher_results = next(iter(results.values()))
         timed = {name: timing["median_ms"] for name, timing in timings.items()}
+        labeling = results.get(teacher_name)
         differences = {
-            name: student_accuracy(atoms, results[teacher_name], results[name])["force_rel_rmse"]
-            for name in results
-            if teacher_name in results and name != teacher_name
+            name: student_accuracy(atoms, labeling, found)["force_rel_rmse"]
+            for name, found in results.items()
+            if labeling is not None and name != teacher_name
         }
         # the student again, after the teachers: its short window of the first pass may have met a slow spell
         student_passes_ms = [
