@@ -21,6 +21,7 @@ from mlff_distill.store import (
     read_index_columns,
     read_labels,
     read_marker,
+    read_samples,
     read_shard,
     shard_is_complete,
     store_attrs,
@@ -110,6 +111,17 @@ def test_read_one_split(two_shards, tmp_path):
             np.testing.assert_array_equal(getattr(part, name), getattr(expected, name))
     with pytest.raises(ValueError, match="validation"):
         read_labels(store, "validation")
+
+
+def test_read_samples_keeps_the_split_s_structures_of_those_samples_in_store_order(two_shards, tmp_path):
+    paths, _, _ = two_shards
+    store = tmp_path / "labels.zarr"
+    combine_shards(paths, store, {})
+    full = read_labels(store)
+    part = read_samples(store, "train", [2, 1, 0, 9])  # sample 1 is in val, 9 in no structure
+    for name in LabeledArrays.__dataclass_fields__:
+        np.testing.assert_array_equal(getattr(part, name), getattr(full.subset([0, 2]), name))
+    assert read_samples(store, "test", [0, 1]).n_structures == 0
 
 
 def test_index_columns_of_a_shard_and_of_the_store(two_shards, tmp_path):

@@ -33,7 +33,7 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import numpy as np
 import zarr
@@ -298,6 +298,17 @@ def read_structures(store_path: Path, start: int, stop: int, split: str | None =
         sample_index=group["structures/sample_index"][start:stop][keep],
         **hessian,
     )
+
+
+def read_samples(store_path: Path, split: str, sample_indices: Sequence[int]) -> LabeledArrays:
+    """The structures of ``split`` whose ``sample_index`` is among ``sample_indices``, in store
+    order; reads only the span of the store from the first to the last of them."""
+    index = read_index_columns(store_path)
+    wanted = np.isin(index["sample_index"], np.asarray(sample_indices, dtype=np.int64))
+    rows = np.flatnonzero((index["split"] == SPLIT_CODES[split]) & wanted)
+    if not len(rows):
+        return read_structures(store_path, 0, 0)
+    return read_structures(store_path, int(rows[0]), int(rows[-1]) + 1).subset(rows - rows[0])
 
 
 def read_structure_table(store_path: Path) -> dict[str, np.ndarray | int]:

@@ -14,6 +14,7 @@ from mlff_distill.evaluation.metrics import (
     per_kind_force_errors,
     per_species_force_errors,
     stress_errors,
+    training_fit,
     worst_force_errors,
 )
 
@@ -162,3 +163,17 @@ def test_worst_force_errors_by_hand():
     assert both["share_of_squared_error"] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="1 entries for 2 structures"):
         worst_force_errors(reference, forces, [{}])
+
+
+def test_training_fit_compares_training_and_test_frames_and_names_what_limits_the_student():
+    frames = h_and_h2o()  # summed squared force 30 over 12 components
+    forces = frames.forces_eV_per_A.copy()
+    forces[0] = [3.0, 0.3, 0.0]  # squared error 0.09 over 12 components
+    worse = frames.forces_eV_per_A.copy()
+    worse[0] = [3.0, 0.36, 0.0]  # 1.2 times the error
+    fit = training_fit(frames, forces, frames, worse)
+    assert fit["train_force_rel_rmse"] == pytest.approx(np.sqrt(0.09 / 30))
+    assert fit["test_over_train"] == pytest.approx(1.2) and fit["limited_by"] == "the student"
+    assert (fit["n_train"], fit["n_test"]) == (2, 2)
+    worse[0] = [3.0, 0.6, 0.0]  # twice the error: the data limit it
+    assert training_fit(frames, forces, frames, worse)["limited_by"] == "the data"

@@ -90,6 +90,24 @@ def test_summary_and_report_show_each_round_and_one_ensemble_member(tmp_path):
     ]
     path.write_text(json.dumps(metrics))
     assert "test error by round:   0: 13.50 %, 1.77 meV/atom; 1: 5.00 %, 2.00 meV/atom" in summary_text(path)
+    assert (
+        "limited by" not in summary_text(path)
+        and "What limits the student"
+        not in build_report(tmp_path / "report.html", metrics, {}, {"name": "ani1x"}, {}, {}).read_text()
+    )
+    metrics["training_fit"] = {
+        "n_train": 80,
+        "train_force_rel_rmse": 0.1104,
+        "n_test": 40,
+        "test_force_rel_rmse": 0.1239,
+        "test_over_train": 1.122,
+        "limited_by": "the student",
+    }
+    path.write_text(json.dumps(metrics))
+    assert "limited by:            the student (force error 11.04 % on the targets' teacher MD" in summary_text(path)
+    fit_paragraph = build_report(tmp_path / "report.html", metrics, {}, {"name": "ani1x"}, {}, {}).read_text()
+    assert "on the 80 teacher-MD frames of the targets in the training split" in fit_paragraph
+    assert "12.39 % (1.12 times as much): it fits the frames it learned from hardly better" in fit_paragraph
     line = next(line for line in summary_text(path).splitlines() if "ensemble member" in line)
     assert "7.10 %" in line and "5.00 %" in line and "6.0x" in line and "more accurate and faster everywhere" in line
     report = build_report(tmp_path / "report.html", metrics, {}, {"name": "ani1x"}, {}, {}).read_text()

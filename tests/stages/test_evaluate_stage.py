@@ -116,6 +116,7 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
     assert set(metrics["per_species"]) == {"Cu"} and metrics["ensemble_spread"] == {}
     assert metrics["teacher_rotation"]["n_structures"] == 2  # EMT is invariant: no floor
     assert metrics["teacher_rotation"]["force_rel_change"] < 1e-8
+    assert metrics["training_fit"] is None  # no target, so no teacher MD of one to compare on
     kinds = metrics["per_kind"]  # the test split's structures by sampling strategy (copper_store)
     assert sum(row["n_structures"] for row in kinds.values()) == 2
     assert sum(row["share_of_squared_error"] for row in kinds.values()) == pytest.approx(1.0)

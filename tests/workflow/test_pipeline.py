@@ -86,6 +86,9 @@ def test_checkpoint_tune_record_and_metrics(tiny_run):
     spread = metrics["ensemble_spread"]  # the members' disagreement, and the mean's own uncertainty
     assert 0 < spread["force_rel_rmse_of_the_mean"] == pytest.approx(spread["force_rel_rmse"] / math.sqrt(8))
     assert all(row["ensemble_force_rel_rmse_of_the_mean"] > 0 for row in metrics["accuracy_by_target"])
+    fit = metrics["training_fit"]  # the targets' teacher MD it learned from, against their test MD
+    assert fit["n_train"] > 0 and fit["n_test"] > 0 and fit["limited_by"] in ("the student", "the data")
+    assert fit["test_over_train"] == pytest.approx(fit["test_force_rel_rmse"] / fit["train_force_rel_rmse"])
     member = metrics["ensemble_member"]  # the alternative the 8-member teacher offers: one member
     assert member["member"].endswith("member 1 of 8") and 0 < member["force_rel_rmse"] < 1
     assert isinstance(member["student_more_accurate"], bool)

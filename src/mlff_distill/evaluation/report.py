@@ -237,6 +237,23 @@ def _summary(metrics: Mapping[str, Any]) -> str:
     return f"<table>{rows}</table><h3>Acceptance gates</h3>{gate_html}"
 
 
+def _training_fit(fit: Mapping[str, Any]) -> str:
+    """A paragraph on what limits the student (`metrics.training_fit`)."""
+    reading = (
+        "it fits the frames it learned from hardly better than new ones, so more of the same data would "
+        'barely lower its error: a more expressive student (README, "Student size") is what could'
+        if fit["limited_by"] == "the student"
+        else "it fits the frames it learned from clearly better than new ones, so more teacher MD of the "
+        "targets (target.md) or more on-policy rounds should lower its test error"
+    )
+    return (
+        f"<p>What limits the student: on the {fit['n_train']} teacher-MD frames of the targets in the "
+        f"training split its relative RMS force error is {100 * fit['train_force_rel_rmse']:.2f} %, on the "
+        f"{fit['n_test']} test frames of the same targets {100 * fit['test_force_rel_rmse']:.2f} % "
+        f"({fit['test_over_train']:.2f} times as much): {reading}.</p>"
+    )
+
+
 def _accuracy(metrics: Mapping[str, Any]) -> str:
     spread = metrics.get("ensemble_spread") or {}
     body = "".join(
@@ -263,6 +280,8 @@ def _accuracy(metrics: Mapping[str, Any]) -> str:
         if spread
         else '<p class="na">Ensemble yardstick: not available (single-model teacher, or no spread stored).</p>'
     )
+    if metrics.get("training_fit"):
+        note += _training_fit(metrics["training_fit"])
     if metrics.get("n_stress") is None:
         note += '<p class="na">Stress: no periodic structures in the test split.</p>'
     rotation = metrics.get("teacher_rotation")

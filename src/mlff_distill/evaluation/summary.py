@@ -40,6 +40,7 @@ def summary_text(metrics_file: Path) -> str:
     lines.append(f"  energy MAE:            {1000 * metrics['energy_mae_per_atom_eV']:.2f} meV/atom")
     lines += _target_accuracy_lines(metrics.get("accuracy_by_target") or [])
     lines += round_lines(metrics.get("rounds") or [])
+    lines += fit_lines(metrics.get("training_fit"))
     lines += [
         f"  speed-up, test set:    {metrics['speedup']:.1f}x over the labeling teacher "
         f"({1000 * metrics['teacher_s_per_structure']:.2f} ms -> "
@@ -113,6 +114,17 @@ def round_lines(rows: list[dict]) -> list[str]:
         for row in rows
     )
     return [f"  test error by round:   {cells}"]
+
+
+def fit_lines(fit: dict | None) -> list[str]:
+    """One line on what limits the student (`metrics.training_fit`): its force error on the targets'
+    teacher MD that it was trained on beside that on the test MD."""
+    if not fit:
+        return []
+    return [
+        f"  limited by:            {fit['limited_by']} (force error {100 * fit['train_force_rel_rmse']:.2f} % on "
+        f"the targets' teacher MD it was trained on, {100 * fit['test_force_rel_rmse']:.2f} % on the test MD)"
+    ]
 
 
 def member_lines(member: dict | None, metrics: dict) -> list[str]:

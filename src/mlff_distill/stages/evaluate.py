@@ -23,6 +23,7 @@ from ase.data import chemical_symbols
 from ase.io import read
 
 from mlff_distill.calculator_pool import student_processes
+from mlff_distill.data import LabeledArrays
 from mlff_distill.evaluation.accuracy import (
     accuracy,
     accuracy_by_target,
@@ -35,7 +36,13 @@ from mlff_distill.evaluation.accuracy import (
 )
 from mlff_distill.evaluation.ensemble_member import member_of, member_test_accuracy, member_verdict
 from mlff_distill.evaluation.md_validation import md_validation, target_nvt_rows
-from mlff_distill.evaluation.metrics import check_gates, failed_gates, per_kind_force_errors, worst_force_errors
+from mlff_distill.evaluation.metrics import (
+    check_gates,
+    failed_gates,
+    per_kind_force_errors,
+    training_fit,
+    worst_force_errors,
+)
 from mlff_distill.evaluation.plots import write_figures
 from mlff_distill.evaluation.report import build_report
 from mlff_distill.evaluation.speed import speed_rows, torch_threads
@@ -54,7 +61,7 @@ from mlff_distill.sampling.on_policy import label_contact_bounds
 from mlff_distill.sampling.seeds import seed_structures
 from mlff_distill.sampling.targets import targets_from
 from mlff_distill.settings import EvaluateSettings, SampleSettings, TargetSettings, TeacherSettings, build
-from mlff_distill.store import read_labels, store_attrs
+from mlff_distill.store import read_labels, read_samples, store_attrs
 from mlff_distill.student import StudentCalculator, load_student, predict
 from mlff_distill.student.aoti import ExportedStudentCalculator
 from mlff_distill.student.compilation import use_compile_cache
@@ -167,6 +174,7 @@ def run(
         sample_indices = split_column(store, "test", "sample_index")
         kinds = structure_kinds(sample_indices, sampled)
         metrics["per_kind"] = per_kind_force_errors(test, predictions["forces_eV_per_A"], kinds)
+        metrics["training_fit"] = teacher_md_fit(model, store, test, sampled)
         # A single-model teacher stores zeros for the spread: the column is left out for it.
         ensemble = n_members > 1
         spreads = [float(std) if np.isfinite(std) else None for std in energy_std_eV]
@@ -294,6 +302,18 @@ def run(
         tracker.log_artifact(checkpoint, "student")
         logger.info("metrics %s; report %s", numbers, report)
         logger.info("student model %s", _log_student_model(tracker, model))
+
+
+def teacher_md_fit(model: Any, store: Path, test: LabeledArrays, sampled: Sequence[Any]) -> dict | None:
+    """`training_fit` on the teacher-MD frames of the targets: those of the training split against
+    those of the test split; None where either has none."""
+    md_samples = [int(atoms.info["sample_index"]) for frames in teacher_md_frames(sampled).values() for atoms in frames]
+    trained_on = read_samples(store, "train", md_samples)
+    tested_on = test.subset(np.flatnonzero(np.isin(test.sample_index, md_samples)))
+    if not (trained_on.n_structures and tested_on.n_structures):
+        return None
+    forces = [predict(model, data)["forces_eV_per_A"] for data in (trained_on, tested_on)]
+    return training_fit(trained_on, forces[0], tested_on, forces[1])
 
 
 def calibration_facts(metadata: dict) -> dict | None:
