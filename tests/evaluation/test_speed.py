@@ -10,6 +10,7 @@ import torch
 from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 from ase.units import GPa
+from failing_calculator import SlowEMT
 
 from mlff_distill.data import LabeledArrays
 from mlff_distill.evaluation import speed
@@ -169,14 +170,6 @@ def test_compare_speed_counts_the_speedup_over_the_fastest_implementation(single
     assert row["student_speedup_over_member"] == pytest.approx(row["member_ms"] / row["student_ms"])
 
 
-class SlowEMT(EMT):
-    """EMT whose calls take at least 60 ms (a sleep): many times an EMT call on 32 or 108 atoms."""
-
-    def calculate(self, *args, **kwargs):
-        time.sleep(0.06)
-        super().calculate(*args, **kwargs)
-
-
 def test_compare_speed_stops_timing_an_implementation_far_slower_at_a_smaller_size(single_thread, quick_timing):
     small = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
     small.rattle(0.05, seed=3)
@@ -186,7 +179,7 @@ def test_compare_speed_stops_timing_an_implementation_far_slower_at_a_smaller_si
         atoms.info["target"] = target
     student = StudentCalculator(StudentPotential(species=(29,), cutoff_A=4.0, n_features=8))
     rows = compare_speed(
-        SlowEMT(),
+        SlowEMT(delay_s=0.4),  # many times an EMT call on 32 or 96 atoms, even a first one on a loaded machine
         student,
         systems,
         repeats=1,
