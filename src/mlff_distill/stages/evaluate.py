@@ -19,6 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
+from ase import Atoms
 from ase.data import chemical_symbols
 from ase.io import read
 
@@ -62,7 +63,7 @@ from mlff_distill.sampling.seeds import seed_structures
 from mlff_distill.sampling.targets import targets_from
 from mlff_distill.settings import EvaluateSettings, SampleSettings, TargetSettings, TeacherSettings, build
 from mlff_distill.store import read_labels, read_samples, store_attrs
-from mlff_distill.student import StudentCalculator, load_student, predict
+from mlff_distill.student import StudentCalculator, StudentPotential, load_student, predict
 from mlff_distill.student.aoti import ExportedStudentCalculator
 from mlff_distill.student.compilation import use_compile_cache
 from mlff_distill.teachers import load_teacher, teacher_implementations, teacher_md_calculator
@@ -304,7 +305,7 @@ def run(
         logger.info("student model %s", _log_student_model(tracker, model))
 
 
-def teacher_md_fit(model: Any, store: Path, test: LabeledArrays, sampled: Sequence[Any]) -> dict | None:
+def teacher_md_fit(model: StudentPotential, store: Path, test: LabeledArrays, sampled: Sequence[Atoms]) -> dict | None:
     """`training_fit` on the teacher-MD frames of the targets: those of the training split against
     those of the test split; None where either has none."""
     md_samples = [int(atoms.info["sample_index"]) for frames in teacher_md_frames(sampled).values() for atoms in frames]
