@@ -46,14 +46,16 @@ class LabeledArrays:
         """Number of atoms of each structure, ``[N]``."""
         return np.diff(self.atoms_ptr)
 
+    def atom_rows(self, indices: Sequence[int]) -> np.ndarray:
+        """The rows of the per-atom arrays that hold the atoms of the structures at ``indices``, in that order."""
+        if not len(indices):
+            return np.zeros(0, dtype=np.int64)
+        return np.concatenate([np.arange(self.atoms_ptr[i], self.atoms_ptr[i + 1]) for i in indices])
+
     def subset(self, indices: Sequence[int]) -> "LabeledArrays":
         """The structures at ``indices``, in that order."""
         indices = np.asarray(indices, dtype=np.int64)
-        atom_index = (
-            np.concatenate([np.arange(self.atoms_ptr[i], self.atoms_ptr[i + 1]) for i in indices])
-            if len(indices)
-            else np.zeros(0, dtype=np.int64)
-        )
+        atom_index = self.atom_rows(indices)
         ptr = np.concatenate([[0], np.cumsum(self.n_atoms[indices])]).astype(np.int64)
         return LabeledArrays(
             numbers=self.numbers[atom_index],

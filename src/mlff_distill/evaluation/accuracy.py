@@ -98,7 +98,7 @@ def accuracy_by_target(
         stress = predictions.get("stress_eV_per_A3")
         chosen = {
             "energy_eV": np.asarray(predictions["energy_eV"])[indices],
-            "forces_eV_per_A": np.asarray(predictions["forces_eV_per_A"])[_atom_indices(test, indices)],
+            "forces_eV_per_A": np.asarray(predictions["forces_eV_per_A"])[test.atom_rows(indices)],
             "stress_eV_per_A3": None if stress is None else np.asarray(stress)[indices],
         }
         rows.append(
@@ -111,16 +111,11 @@ def accuracy_by_target(
         )
         if forces_std_eV_per_A is not None:
             spread = ensemble_spread(
-                test.subset(indices), None, np.asarray(forces_std_eV_per_A)[_atom_indices(test, indices)], n_members
+                test.subset(indices), None, np.asarray(forces_std_eV_per_A)[test.atom_rows(indices)], n_members
             )
             if "force_rel_rmse_of_the_mean" in spread:
                 rows[-1]["ensemble_force_rel_rmse_of_the_mean"] = spread["force_rel_rmse_of_the_mean"]
     return rows
-
-
-def _atom_indices(labels: LabeledArrays, indices: Sequence[int]) -> np.ndarray:
-    """The rows of the per-atom arrays that belong to the structures at ``indices``."""
-    return np.concatenate([np.arange(labels.atoms_ptr[i], labels.atoms_ptr[i + 1]) for i in indices])
 
 
 def seconds_per_structure(compute: Callable[[Atoms], object], structures: Sequence[Atoms], repeats: int) -> float:

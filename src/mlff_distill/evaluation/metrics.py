@@ -30,6 +30,11 @@ def _rms(values: np.ndarray) -> float:
     return float(np.sqrt(np.mean(np.square(values))))
 
 
+def _relative_rms(error: np.ndarray, reference: np.ndarray) -> float:
+    """RMS of ``error`` over the RMS of ``reference`` (dimensionless)."""
+    return _rms(error) / _rms(reference)
+
+
 def force_cosine(reference_eV_per_A: np.ndarray, predicted_eV_per_A: np.ndarray) -> float:
     """Mean cosine between reference and predicted force vectors, weighted by the reference magnitude.
 
@@ -67,7 +72,7 @@ def energy_force_errors(
         "energy_mean_error_per_atom_eV": float(np.mean(energy_error)),
         "force_mae_eV_per_A": float(np.mean(np.abs(force_error))),
         "force_rmse_eV_per_A": _rms(force_error),
-        "force_rel_rmse": _rms(force_error) / _rms(reference.forces_eV_per_A),
+        "force_rel_rmse": _relative_rms(force_error, reference.forces_eV_per_A),
         "force_cosine": force_cosine(reference.forces_eV_per_A, forces_eV_per_A),
     }
 
@@ -82,7 +87,7 @@ def per_species_force_errors(reference: LabeledArrays, forces_eV_per_A: np.ndarr
             "n_atoms": int(mask.sum()),
             "force_mae_eV_per_A": float(np.mean(np.abs(error))),
             "force_rmse_eV_per_A": _rms(error),
-            "force_rel_rmse": _rms(error) / _rms(reference.forces_eV_per_A[mask]),
+            "force_rel_rmse": _relative_rms(error, reference.forces_eV_per_A[mask]),
         }
     return errors
 
@@ -104,7 +109,7 @@ def per_kind_force_errors(
         result[kind] = {
             "n_structures": int(sum(k == kind for k in kinds)),
             "force_rmse_eV_per_A": _rms(error[mask]),
-            "force_rel_rmse": _rms(error[mask]) / _rms(reference.forces_eV_per_A[mask]),
+            "force_rel_rmse": _relative_rms(error[mask], reference.forces_eV_per_A[mask]),
             "share_of_squared_error": float(np.sum(error[mask] ** 2)) / total if total > 0 else 0.0,
         }
     return result
@@ -161,8 +166,8 @@ def training_fit(
     frames of the same kind it never saw (``test``), their ratio, and what limits the student:
     ``"the student"`` (its size and form: the ratio is under `FIT_LIMITED_RATIO`, so more of the
     same data would barely help) or ``"the data"`` (it fits its training frames clearly better)."""
-    train_error = _rms(train_forces_eV_per_A - train.forces_eV_per_A) / _rms(train.forces_eV_per_A)
-    test_error = _rms(test_forces_eV_per_A - test.forces_eV_per_A) / _rms(test.forces_eV_per_A)
+    train_error = _relative_rms(train_forces_eV_per_A - train.forces_eV_per_A, train.forces_eV_per_A)
+    test_error = _relative_rms(test_forces_eV_per_A - test.forces_eV_per_A, test.forces_eV_per_A)
     ratio = test_error / train_error if train_error > 0 else math.inf
     return {
         "n_train": train.n_structures,
@@ -221,7 +226,7 @@ def ensemble_spread(
         spread.update(
             force_mae_eV_per_A=float(np.mean(std)),
             force_rmse_eV_per_A=_rms(std),
-            force_rel_rmse=_rms(std) / _rms(reference.forces_eV_per_A),
+            force_rel_rmse=_relative_rms(std, reference.forces_eV_per_A),
         )
         if n_members and n_members > 1:
             spread["force_rel_rmse_of_the_mean"] = spread["force_rel_rmse"] / math.sqrt(n_members)

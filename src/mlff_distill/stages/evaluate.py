@@ -175,7 +175,7 @@ def run(
         sample_indices = split_column(store, "test", "sample_index")
         kinds = structure_kinds(sample_indices, sampled)
         metrics["per_kind"] = per_kind_force_errors(test, predictions["forces_eV_per_A"], kinds)
-        metrics["training_fit"] = teacher_md_fit(model, store, test, sampled)
+        metrics["training_fit"] = teacher_md_fit(model, store, test, predictions["forces_eV_per_A"], sampled)
         # A single-model teacher stores zeros for the spread: the column is left out for it.
         ensemble = n_members > 1
         spreads = [float(std) if np.isfinite(std) else None for std in energy_std_eV]
@@ -305,16 +305,23 @@ def run(
         logger.info("student model %s", _log_student_model(tracker, model))
 
 
-def teacher_md_fit(model: StudentPotential, store: Path, test: LabeledArrays, sampled: Sequence[Atoms]) -> dict | None:
-    """`training_fit` on the teacher-MD frames of the targets: those of the training split against
-    those of the test split; None where either has none."""
+def teacher_md_fit(
+    model: StudentPotential,
+    store: Path,
+    test: LabeledArrays,
+    test_forces_eV_per_A: np.ndarray,
+    sampled: Sequence[Atoms],
+) -> dict | None:
+    """`training_fit` on the teacher-MD frames of the targets: those of the training split (predicted
+    here) against those of the test split (``test_forces_eV_per_A``: the student's forces on all of
+    ``test``); None where either has none."""
     md_samples = [int(atoms.info["sample_index"]) for frames in teacher_md_frames(sampled).values() for atoms in frames]
     trained_on = read_samples(store, "train", md_samples)
-    tested_on = test.subset(np.flatnonzero(np.isin(test.sample_index, md_samples)))
-    if not (trained_on.n_structures and tested_on.n_structures):
+    tested = np.flatnonzero(np.isin(test.sample_index, md_samples))
+    if not (trained_on.n_structures and len(tested)):
         return None
-    forces = [predict(model, data)["forces_eV_per_A"] for data in (trained_on, tested_on)]
-    return training_fit(trained_on, forces[0], tested_on, forces[1])
+    trained_forces = predict(model, trained_on)["forces_eV_per_A"]
+    return training_fit(trained_on, trained_forces, test.subset(tested), test_forces_eV_per_A[test.atom_rows(tested)])
 
 
 def calibration_facts(metadata: dict) -> dict | None:
