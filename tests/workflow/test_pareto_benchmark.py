@@ -45,14 +45,17 @@ def test_benchmark_trains_tests_and_times_each_size(pareto, tiny_run, tmp_path, 
     store = tiny_run.run_dir / "round1" / "label" / "labels.zarr"
     out = tmp_path / "pareto.json"
     sizes = ["--sizes", "8,1,4,3.5", "16,1,4,4.0,2,4"]  # eager: torch.compile is tested elsewhere, and costs minutes
-    argv = ["--store", str(store), *sizes, "--minutes", "0.05", "--atoms", "64", "--eager"]
+    sampled = tiny_run.run_dir / "sample" / "structures.extxyz"  # its teacher MD calibrates the energies
+    argv = ["--store", str(store), "--sampled", str(sampled), *sizes, "--minutes", "0.05", "--atoms", "64", "--eager"]
     report = pareto.main([*argv, "--repeats", "1", "--out", str(out), "--mlflow-uri", "none"])
     assert json.loads(out.read_text()) == json.loads(json.dumps(report))
     assert out.with_suffix(".png").stat().st_size > 10_000
     assert set(report["teacher_ms"]) == {"fennol", "fennol-skin", "torchani-2.9-cell-list"} and not report["compiled"]
+    assert report["energies_calibrated_on"] == str(sampled.resolve())
     sizes = [point["size"] for point in report["points"]]
     assert sizes == ["8,1,4,3.5", "16,1,4,4.0,2,4"] and any(point["on_front"] for point in report["points"])
     for point in report["points"]:
         assert 0 < point["force_rel_rmse"] < 10 and point["student_ms"] > 0 and point["epochs"] >= 1
+        assert 0 < point["energy_mae_per_atom_eV"] < 1
     small, large = report["points"]
     assert small["n_parameters"] < large["n_parameters"] and large["angular_order"] == 2
