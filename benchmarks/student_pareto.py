@@ -11,14 +11,15 @@ Each size (``n_features,n_interactions,n_radial,cutoff_A``, optionally followed 
 ``,angular_order,angular_channels``) is a student trained on the store's
 train split with the config schema's ``train:`` settings, ``--minutes`` of wall clock each (the
 same budget for all: a bigger student gets fewer epochs), then tested on the store's test split
-(relative RMS force error, energy MAE in eV/atom; with ``--sampled``, the run's sampled structures,
-the reference energies are first calibrated on the targets' teacher MD of the train split, as the
-train stage does, `mlff_distill.stages.train.calibrate_on_target_md`; without it they are as
-fitted, and the energy errors of a liquid target are not the pipeline's) and timed on one system: the first periodic test
+(relative RMS force error, energy MAE in eV/atom) and timed on one system: the first periodic test
 structure repeated to about ``--atoms`` atoms (energy, forces and stress per call, one torch thread,
 the student through ``torch.compile``; ``--eager`` trains and times every student without
-compiling, which starts in seconds instead of minutes per size but runs slower). The fastest
-implementation of the store's teacher (`mlff_distill.teachers.teacher_implementations`, with the
+compiling, which starts in seconds instead of minutes per size but runs slower). With
+``--sampled`` (the run's sampled structures) each student's reference energies are first
+calibrated on the train split's teacher MD of the targets, as the train stage does
+(`mlff_distill.stages.train.calibrate_on_target_md`; the shift, eV per species, is in its point);
+without it they are as fitted, and a liquid target's energy errors are not the pipeline's. The
+fastest implementation of the store's teacher (`mlff_distill.teachers.teacher_implementations`, with the
 schema's ``teacher:`` defaults and ``--teacher-config`` on top) is timed on the same system, so the
 figure shows which students cost 1/10 and 1/20 of it. A student is on the front when no other is
 both faster and more accurate.
@@ -177,8 +178,9 @@ def main(argv: list[str] | None = None) -> dict:
         student = section_settings(StudentSettings, "student", parse_size(spec))
         model, history, _ = fit(student, train, args.seed, args.store, states / f"{spec}.pt", logger)
         model = model.cpu()
+        shift = None
         if args.sampled:
-            calibrate_on_target_md(model, args.store, args.sampled, train.in_memory_max_GB, logger)
+            shift, _ = calibrate_on_target_md(model, args.store, args.sampled, train.in_memory_max_GB, logger)
         predictions = predict(model, test)
         errors = energy_force_errors(test, predictions["energy_eV"], predictions["forces_eV_per_A"])
         timing = time_calls(StudentCalculator(model, threads=1, compiled=not args.eager), system, args.repeats)
@@ -190,6 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "epochs": len(history["epochs"]),
                 "force_rel_rmse": errors["force_rel_rmse"],
                 "energy_mae_per_atom_eV": errors["energy_mae_per_atom_eV"],
+                "reference_shift_eV": shift,
                 "student_ms": timing["median_ms"],
                 "speedup_over_fastest_teacher": teacher_ms[fastest] / timing["median_ms"],
             }

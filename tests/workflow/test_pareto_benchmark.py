@@ -56,6 +56,6 @@ def test_benchmark_trains_tests_and_times_each_size(pareto, tiny_run, tmp_path, 
     assert sizes == ["8,1,4,3.5", "16,1,4,4.0,2,4"] and any(point["on_front"] for point in report["points"])
     for point in report["points"]:
         assert 0 < point["force_rel_rmse"] < 10 and point["student_ms"] > 0 and point["epochs"] >= 1
-        assert 0 < point["energy_mae_per_atom_eV"] < 1
+        assert 0 < point["energy_mae_per_atom_eV"] < 1 and len(point["reference_shift_eV"]) == 4  # H, C, N, O
     small, large = report["points"]
     assert small["n_parameters"] < large["n_parameters"] and large["angular_order"] == 2
