@@ -19,9 +19,9 @@ compiling, which starts in seconds instead of minutes per size but runs slower).
 calibrated on the train split's teacher MD of the targets, as the train stage does
 (`mlff_distill.stages.train.calibrate_on_target_md`; the shift, eV per species, is in its point);
 without it they are as fitted, and a liquid target's energy errors are not the pipeline's. The
-fastest implementation of the store's teacher (`mlff_distill.teachers.teacher_implementations`, with the
-schema's ``teacher:`` defaults and ``--teacher-config`` on top) is timed on the same system, so the
-figure shows which students cost 1/10 and 1/20 of it. A student is on the front when no other is
+fastest implementation of the store's teacher (`mlff_distill.teachers.teacher_implementations`,
+with the schema's ``teacher:`` defaults and ``--teacher-config`` on top) is timed on the same
+system, so the figure shows which students cost 1/10 and 1/20 of it. A student is on the front when no other is
 both faster and more accurate.
 
 Writes ``--out`` (JSON), the figure beside it (``.png``) and an MLflow run (experiment
