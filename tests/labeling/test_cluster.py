@@ -1,5 +1,5 @@
-"""Where shards are labeled (`mlff_distill.labeling.cluster`): an existing Dask scheduler by
-address, refused scheduler kinds, and SLURM job scripts through dask-jobqueue."""
+"""Where shards are labeled (`mlff_distill.labeling.cluster`): how many local workers, an existing
+Dask scheduler by address, refused scheduler kinds, and SLURM job scripts through dask-jobqueue."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from ase.build import molecule
 from ase.calculators.emt import EMT
 
-from mlff_distill.labeling.cluster import slurm_cluster
+from mlff_distill.labeling.cluster import IN_PROCESS_MAX_CORES, local_workers, slurm_cluster
 from mlff_distill.labeling.shards import label_structures
 from mlff_distill.settings import TeacherSettings, section_settings
 from mlff_distill.store import read_labels
@@ -29,6 +29,13 @@ def rattled_molecules() -> list:
         atoms.info.update(split=["train", "val", "test"][index % 3], group=index // 4, sample_index=index)
         structures.append(atoms)
     return structures
+
+
+def test_local_workers_label_in_the_job_on_few_cores_and_take_what_is_set():
+    assert [local_workers(None, cores) for cores in (1, 2, 3, 8)] == [0, 0, 3, 8]
+    assert IN_PROCESS_MAX_CORES == 2
+    assert local_workers(2, 2) == 2  # set: workers even on 2 cores
+    assert local_workers(0, 16) == 0  # set: the job's own process even on 16
 
 
 def test_existing_scheduler_by_address(tmp_path):

@@ -45,6 +45,11 @@ def test_every_stage_wrote_outputs_logs_and_benchmarks(tiny_run):
         assert (run_dir / "logs" / f"round{round_index}" / f"{stage}.log").stat().st_size > 0
         assert (run_dir / "benchmarks" / f"round{round_index}" / f"{stage}.tsv").is_file()
     assert "mlff-distill finished" in output and "speed-up" in output
+    # 2 cores: each round labels in its own job's process (`labeling.cluster.local_workers`)
+    for round_index in (0, 1):
+        assert (
+            "scheduler local, in this process" in (run_dir / "logs" / f"round{round_index}" / "label.log").read_text()
+        )
 
 
 def test_structures_and_store_agree(tiny_run):

@@ -20,6 +20,13 @@ WORKER_ENV = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}
 
 SCHEDULER_KINDS = ("local", "address", "slurm")
 
+# Up to this many cores, a label job labels its shards in its own process rather than on Dask
+# workers: each worker starts Python, imports the teacher's libraries and compiles the teacher's
+# shapes on its own, which on 2 cores cost more than the second worker gains (measured on the
+# default's labels: 1,200 structures in 52 s in one process against 79 s on two workers; 320
+# on-policy boxes in 32 s against 59 s; docs/measurements.md).
+IN_PROCESS_MAX_CORES = 2
+
 
 JOBQUEUE_PIN = "dask-jobqueue==0.9.0"
 
@@ -35,6 +42,14 @@ def checked_scheduler(scheduler: dict | None) -> dict:
     if kind == "slurm" and int(scheduler.get("jobs", 1)) < 1:
         raise ValueError(f"scheduler kind 'slurm': jobs must be at least 1, got {scheduler['jobs']}")
     return {**scheduler, "kind": kind}
+
+
+def local_workers(workers: int | None, cores: int) -> int:
+    """Dask workers for a label job with ``cores`` cores: ``workers`` where it is set (0: the
+    job's own process); when it is None, one per core, or 0 up to `IN_PROCESS_MAX_CORES` cores."""
+    if workers is not None:
+        return workers
+    return 0 if cores <= IN_PROCESS_MAX_CORES else cores
 
 
 @contextlib.contextmanager

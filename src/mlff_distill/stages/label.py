@@ -8,8 +8,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Optional, Sequence
 
+import torch
 from ase.io import read
 
+from mlff_distill.labeling.cluster import local_workers
 from mlff_distill.labeling.shards import LabelingFailedError, label_structures, shards_in
 from mlff_distill.logs import stage_logger
 from mlff_distill.settings import LabelSettings, TeacherSettings, build, config_hash
@@ -42,7 +44,8 @@ def run(
     previous_shards = [shard for directory in previous_shards_dirs for shard in shards_in(Path(directory))]
     model = load_teacher(teacher_settings)
     check_structures_for(model, structures, teacher_settings.molecule_only)
-    n_workers = settings.workers or threads
+    torch.set_num_threads(threads)  # a torch teacher labeling in this process (`local_workers`)
+    n_workers = local_workers(settings.workers, threads)
     params = {**label, "n_workers": n_workers, "previous_shards_dirs": [str(d) for d in previous_shards_dirs]}
     with stage_run(pipeline_file, "label", params, log_file, round_index=round_index) as tracker:
         tracker.set_tags({"teacher": model.identity.label, "teacher_trained": model.identity.trained})
@@ -117,6 +120,9 @@ def run(
             )
             shard_run.end()
         tracker.log_metrics({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+        where = summary["scheduler"]
+        if where == "local":
+            where += ", in this process" if n_workers <= 0 else f", {n_workers} workers"
         logger.info(
             "labeled %d structures (%d failed, %d shards new, %d reused, scheduler %s) in %.1f s into %s, "
             "with %d structures of %d earlier shards: %d in all",
@@ -124,7 +130,7 @@ def run(
             summary["n_failed"],
             summary["shards_labeled"],
             summary["shards_reused"],
-            summary["scheduler"],
+            where,
             summary["seconds"],
             store,
             summary["n_previous"],
