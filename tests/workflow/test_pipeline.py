@@ -212,6 +212,7 @@ EDITS = [
     ("student: {n_features: 32}", {"precompile", "train0"} | ROUND1 | FINAL),
     ("teacher: {batch_size: 16}", {"sample_target", "sample"} | ROUND0 | ROUND1 | FINAL),
     ("label: {shard_size: 16}", ROUND0 | ROUND1 | FINAL),
+    ("label: {workers: 1}", set()),  # where the shards are labeled, not what they hold
     ("sample: {rattle: {structures_per_seed: 7}}", ALL_JOBS - {"sample_target", "precompile"}),
     ("sample: {molecules: [H2O]}", ALL_JOBS - {"sample_target"}),
     ("target: {md: {frames_per_trajectory: 3}}", ALL_JOBS - {"precompile"}),

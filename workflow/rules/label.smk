@@ -1,6 +1,7 @@
 rule label:
-    """The teacher labels the round's new structures in shards (Dask); the round's Zarr v3 store
-    combines them with the shards of the earlier rounds (never relabeled)."""
+    """The teacher labels the round's new structures in shards (on Dask workers, or in the job's own
+    process on 2 cores or fewer); the round's Zarr v3 store combines them with the shards of the
+    earlier rounds (never relabeled)."""
     input:
         structures=round_structures,
         previous_store=previous_round("labels.zarr", "label"),
@@ -18,7 +19,8 @@ rule label:
     threads: workflow.cores
     params:
         teacher=config["teacher"],
-        label=config["label"],
+        # where the shards are labeled (WHERE_KEYS) is read by the script: it changes no label
+        label={key: value for key, value in config["label"].items() if key not in WHERE_KEYS},
         round_index=lambda wildcards: int(wildcards.round),
         shards_dir=round_path("label", "shards"),
         previous_shards_dirs=lambda wildcards: [round_path("label", "shards", k) for k in range(int(wildcards.round))],

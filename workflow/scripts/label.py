@@ -1,9 +1,12 @@
+from mlff_distill.labeling.cluster import WHERE_KEYS
 from mlff_distill.stages.label import run
 
 # Dask starts worker processes that import this file again: run only in the main process.
 if __name__ == "__main__":
+    # The rule's params leave out where the shards are labeled (no rerun when that changes).
+    where = {key: snakemake.config["label"][key] for key in WHERE_KEYS if key in snakemake.config["label"]}
     run(
-        **dict(snakemake.params.items()),
+        **{**dict(snakemake.params.items()), "label": {**snakemake.params.label, **where}},
         structures_file=snakemake.input.structures,
         store=snakemake.output.store,
         log_file=snakemake.log.main,

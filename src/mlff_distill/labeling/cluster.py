@@ -20,6 +20,10 @@ WORKER_ENV = {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"}
 
 SCHEDULER_KINDS = ("local", "address", "slurm")
 
+# The keys of ``label:`` that say where the shards are labeled, not what labels they get: the label
+# rule leaves them out of its params, so that editing them reruns nothing.
+WHERE_KEYS = ("workers", "scheduler")
+
 # Up to this many cores, a label job labels its shards in its own process rather than on Dask
 # workers: each worker starts Python, imports the teacher's libraries and compiles the teacher's
 # shapes on its own, which on 2 cores cost more than the second worker gains (measured on the

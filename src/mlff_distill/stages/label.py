@@ -1,7 +1,7 @@
-"""The label stage: the teacher labels the sampled structures in shards on Dask
-(`mlff_distill.labeling`), combined into one Zarr v3 store; throughput and one MLflow child run per
-shard are logged. In an on-policy round it labels only the round's new structures and combines them
-with the shards of the earlier rounds."""
+"""The label stage: the teacher labels the sampled structures in shards, on Dask workers or in
+this process (`mlff_distill.labeling`; `labeling.cluster.local_workers` says which), combined into
+one Zarr v3 store; throughput and one MLflow child run per shard are logged. In an on-policy round
+it labels only the round's new structures and combines them with the shards of the earlier rounds."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 from ase.io import read
 
-from mlff_distill.labeling.cluster import local_workers
+from mlff_distill.labeling.cluster import WHERE_KEYS, local_workers
 from mlff_distill.labeling.shards import LabelingFailedError, label_structures, shards_in
 from mlff_distill.logs import stage_logger
 from mlff_distill.settings import LabelSettings, TeacherSettings, build, config_hash
@@ -71,7 +71,10 @@ def run(
 
         attrs = {
             "teacher": model.identity.as_dict(),
-            "config_hash": config_hash({"teacher": teacher, "label": label}),
+            # of what the labels depend on: not where they were computed
+            "config_hash": config_hash(
+                {"teacher": teacher, "label": {k: v for k, v in label.items() if k not in WHERE_KEYS}}
+            ),
             "label_settings": label,
             "package_versions": package_versions(),
             "structures_file": str(Path(structures_file).resolve()),
