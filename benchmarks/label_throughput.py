@@ -1,8 +1,8 @@
-"""Labeling throughput of the label stage with 1 and 2 Dask workers, per teacher.
+"""Labeling throughput of the label stage in its own process and with 1 and 2 Dask workers, per teacher.
 
 Usage::
 
-    python benchmarks/label_throughput.py --teacher ani1x orb --workers 1 2 --structures 16 \
+    python benchmarks/label_throughput.py --teacher ani1x orb --workers 0 1 2 --structures 16 \
         --out results/benchmarks/label_throughput.json [--mlflow-uri file:./mlruns]
 
 Structures: periodic boxes of rigid, rattled water molecules (H and O: both the ANI-1x and the
@@ -10,7 +10,10 @@ Orb teacher label them), all of the same size. For each teacher and worker count
 is started and every worker labels a warm-up shard first (teacher loading, JAX compilation),
 so cluster start-up and first-call costs are reported apart. Then `label_structures` labels the
 structures through that cluster (scheduler kind "address"): structures/s is over its labeling
-phase only. The store's overhead is (time in `write_shard`, summed over shards, + time in
+phase only. ``--workers 0`` labels in this process, as a label job on 2 cores or fewer does
+(`mlff_distill.labeling.cluster.local_workers`): no cluster, the warm-up shard labeled here.
+``total_seconds`` (start-up, warm-up and labeling) is what a label job of that many structures
+pays from a cold start. The store's overhead is (time in `write_shard`, summed over shards, + time in
 `combine_shards`) / (teacher compute time, summed over shards). Times in s.
 
 Teachers: ``ani1x``: ``{"kind": "fennol", "name": "ani1x", "source": "torchani"}`` (built from the
@@ -77,13 +80,21 @@ def measure(
     """One teacher and worker count: start-up, warm-up and labeling times and throughput."""
     from distributed import Client, LocalCluster, wait
 
-    from mlff_distill.labeling.cluster import pin_workers_to_cores, worker_env
+    from mlff_distill.labeling.cluster import WORKER_ENV, pin_workers_to_cores
     from mlff_distill.labeling.shards import label_shard, label_structures
 
     settings = teacher_settings(teacher)
     config = dataclasses.asdict(settings)  # what `label_shard` takes, as `label_structures` gives it
     shards_dir = workdir / f"{teacher}-{n_workers}" / "shards"
     shards_dir.mkdir(parents=True)
+    if n_workers == 0:
+        start = time.perf_counter()
+        warm = [label_shard(config, warmup, shards_dir.parent / "warm-0.zarr")]
+        warmup_seconds = time.perf_counter() - start
+        summary = label_structures(
+            structures, settings, shards_dir, shards_dir.parent / "labels.zarr", 0, shard_size, attrs={}
+        )
+        return _result(teacher, n_workers, structures, shard_size, 0.0, warmup_seconds, warm, warmup, summary)
     start = time.perf_counter()
     with (
         LocalCluster(
@@ -92,7 +103,7 @@ def measure(
             processes=True,
             dashboard_address=None,
             silence_logs=logging.WARNING,
-            env=worker_env(shards_dir),
+            env=WORKER_ENV,
         ) as cluster,
         Client(cluster) as client,
     ):
@@ -126,6 +137,21 @@ def measure(
             attrs={},
             scheduler={"kind": "address", "address": cluster.scheduler_address},
         )
+    return _result(teacher, n_workers, structures, shard_size, cluster_start, warmup_seconds, warm, warmup, summary)
+
+
+def _result(
+    teacher: str,
+    n_workers: int,
+    structures: list[Atoms],
+    shard_size: int,
+    cluster_start: float,
+    warmup_seconds: float,
+    warm: list[dict],
+    warmup: list[Atoms],
+    summary: dict,
+) -> dict:
+    """The row of one teacher and worker count (see `measure`), times in s."""
     teacher_seconds = sum(s["teacher_seconds"] for s in summary["shards"])
     write_seconds = sum(s["write_seconds"] for s in summary["shards"])
     return {
@@ -145,6 +171,7 @@ def measure(
         "write_seconds": write_seconds,
         "combine_seconds": summary["combine_seconds"],
         "store_overhead_fraction": (write_seconds + summary["combine_seconds"]) / teacher_seconds,
+        "total_seconds": cluster_start + warmup_seconds + summary["label_seconds"],
     }
 
 
@@ -160,7 +187,7 @@ def machine() -> dict:
 def print_table(results: list[dict], speedups: dict) -> None:
     header = (
         f"{'teacher':8} {'workers':>7} {'structs/s':>10} {'teacher s/struct':>16} "
-        f"{'store overhead':>14} {'cluster start s':>15} {'warm-up s':>9}"
+        f"{'store overhead':>14} {'cluster start s':>15} {'warm-up s':>9} {'total s':>8}"
     )
     print(header)
     print("-" * len(header))
@@ -168,7 +195,7 @@ def print_table(results: list[dict], speedups: dict) -> None:
         print(
             f"{r['teacher']:8} {r['workers']:7d} {r['structures_per_second']:10.2f} "
             f"{r['teacher_seconds_per_structure']:16.3f} {r['store_overhead_fraction']:14.1%} "
-            f"{r['cluster_start_seconds']:15.1f} {r['warmup_seconds']:9.1f}"
+            f"{r['cluster_start_seconds']:15.1f} {r['warmup_seconds']:9.1f} {r['total_seconds']:8.1f}"
         )
     for teacher, speedup in speedups.items():
         print(f"speed-up {teacher}: {speedup}")
@@ -194,7 +221,7 @@ def log_to_mlflow(uri: str, report: dict) -> None:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--teacher", nargs="+", choices=sorted(TEACHERS), default=["ani1x", "orb"])
-    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--workers", nargs="+", type=int, default=[0, 1, 2], help="Dask workers; 0: in this process")
     parser.add_argument("--structures", type=int, default=16, help="structures labeled per run")
     parser.add_argument("--shard-size", type=int, default=2, help="structures per shard")
     parser.add_argument(
