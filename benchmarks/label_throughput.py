@@ -1,4 +1,4 @@
-"""Labeling throughput of the label stage in its own process and with 1 and 2 Dask workers, per teacher.
+"""Labeling throughput of the label stage, in its own process and on 1 and 2 Dask workers.
 
 Usage::
 
@@ -13,8 +13,8 @@ structures through that cluster (scheduler kind "address"): structures/s is over
 phase only. ``--workers 0`` labels in this process, as a label job on 2 cores or fewer does
 (`mlff_distill.labeling.cluster.local_workers`): no cluster, the warm-up shard labeled here.
 ``total_seconds`` (start-up, warm-up and labeling) is what a label job of that many structures
-pays from a cold start. The store's overhead is (time in `write_shard`, summed over shards, + time in
-`combine_shards`) / (teacher compute time, summed over shards). Times in s.
+pays from a cold start. The store's overhead is (time in `write_shard`, summed over shards, +
+time in `combine_shards`) / (teacher compute time, summed over shards). Times in s.
 
 Teachers: ``ani1x``: ``{"kind": "fennol", "name": "ani1x", "source": "torchani"}`` (built from the
 torchani wheel into the user cache on first use); ``orb``: orb-v3-conservative-inf-omat with seeded

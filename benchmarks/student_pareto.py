@@ -21,8 +21,8 @@ calibrated on the train split's teacher MD of the targets, as the train stage do
 without it they are as fitted, and a liquid target's energy errors are not the pipeline's. The
 fastest implementation of the store's teacher (`mlff_distill.teachers.teacher_implementations`,
 with the schema's ``teacher:`` defaults and ``--teacher-config`` on top) is timed on the same
-system, so the figure shows which students cost 1/10 and 1/20 of it. A student is on the front when no other is
-both faster and more accurate.
+system, so the figure shows which students cost 1/10 and 1/20 of it. A student is on the front
+when no other is both faster and more accurate.
 
 Writes ``--out`` (JSON), the figure beside it (``.png``) and an MLflow run (experiment
 "benchmarks", run "student_pareto"). Each student's training state is kept under

@@ -3,10 +3,10 @@ from mlff_distill.stages.label import run
 
 # Dask starts worker processes that import this file again: run only in the main process.
 if __name__ == "__main__":
-    # The rule's params leave out where the shards are labeled (no rerun when that changes).
-    where = {key: snakemake.config["label"][key] for key in WHERE_KEYS if key in snakemake.config["label"]}
     run(
-        **{**dict(snakemake.params.items()), "label": {**snakemake.params.label, **where}},
+        **dict(snakemake.params.items()),
+        # where the shards are labeled: read here, not a param, so that changing it reruns nothing
+        where={key: snakemake.config["label"][key] for key in WHERE_KEYS if key in snakemake.config["label"]},
         structures_file=snakemake.input.structures,
         store=snakemake.output.store,
         log_file=snakemake.log.main,

@@ -402,6 +402,11 @@ def _cached_teacher(teacher_config_json: str) -> Teacher:
     return load_teacher(TeacherSettings(**json.loads(teacher_config_json)))
 
 
+def cached_teacher(settings: TeacherSettings) -> Teacher:
+    """The teacher of ``settings``, loaded once per process: the one that `label_shard` uses here."""
+    return _cached_teacher(_canonical_json(dataclasses.asdict(settings)))
+
+
 def _canonical_json(config: dict) -> str:
     return json.dumps(config, sort_keys=True)
 

@@ -11,11 +11,11 @@ from typing import Optional, Sequence
 import torch
 from ase.io import read
 
-from mlff_distill.labeling.cluster import WHERE_KEYS, local_workers
-from mlff_distill.labeling.shards import LabelingFailedError, label_structures, shards_in
+from mlff_distill.labeling.cluster import local_workers
+from mlff_distill.labeling.shards import LabelingFailedError, cached_teacher, label_structures, shards_in
 from mlff_distill.logs import stage_logger
 from mlff_distill.settings import LabelSettings, TeacherSettings, build, config_hash
-from mlff_distill.teachers import check_structures_for, load_teacher
+from mlff_distill.teachers import check_structures_for
 from mlff_distill.tracking import package_versions, stage_run
 
 
@@ -23,6 +23,7 @@ def run(
     *,
     teacher: dict,
     label: dict,
+    where: dict,
     structures_file: Path,
     store: Path,
     shards_dir: Path,
@@ -34,19 +35,22 @@ def run(
 ) -> None:
     """The Snakemake job: label, combine, log throughput and one MLflow child run per shard.
 
+    ``label``: the ``label:`` keys that the labels depend on; ``where``: those that say where the
+    shards are labeled (`labeling.cluster.WHERE_KEYS`), which the rule keeps out of its params.
     ``previous_shards_dirs``: the shards directories of the earlier rounds, in order; their shards
     (`mlff_distill.labeling.shards.shards_in`) go into ``store`` before this round's, as they are.
     ``round_index``: the on-policy round (the MLflow run nests under "round <k>"); None outside rounds.
     """
-    settings, teacher_settings = build(LabelSettings, label, "label"), build(TeacherSettings, teacher, "teacher")
+    settings = build(LabelSettings, {**label, **where}, "label")
+    teacher_settings = build(TeacherSettings, teacher, "teacher")
     logger = stage_logger("label", log_file)
     structures = read(structures_file, ":") if Path(structures_file).stat().st_size else []
     previous_shards = [shard for directory in previous_shards_dirs for shard in shards_in(Path(directory))]
-    model = load_teacher(teacher_settings)
+    model = cached_teacher(teacher_settings)  # the one that labels, when it labels in this process
     check_structures_for(model, structures, teacher_settings.molecule_only)
     torch.set_num_threads(threads)  # a torch teacher labeling in this process (`local_workers`)
     n_workers = local_workers(settings.workers, threads)
-    params = {**label, "n_workers": n_workers, "previous_shards_dirs": [str(d) for d in previous_shards_dirs]}
+    params = {**label, **where, "n_workers": n_workers, "previous_shards_dirs": [str(d) for d in previous_shards_dirs]}
     with stage_run(pipeline_file, "label", params, log_file, round_index=round_index) as tracker:
         tracker.set_tags({"teacher": model.identity.label, "teacher_trained": model.identity.trained})
         tracker.log_params({"teacher": model.identity.as_dict()})
@@ -71,10 +75,7 @@ def run(
 
         attrs = {
             "teacher": model.identity.as_dict(),
-            # of what the labels depend on: not where they were computed
-            "config_hash": config_hash(
-                {"teacher": teacher, "label": {k: v for k, v in label.items() if k not in WHERE_KEYS}}
-            ),
+            "config_hash": config_hash({"teacher": teacher, "label": label}),
             "label_settings": label,
             "package_versions": package_versions(),
             "structures_file": str(Path(structures_file).resolve()),
