@@ -1,7 +1,14 @@
 """Where shards are labeled (`mlff_distill.labeling.cluster`): how many local workers, an existing
-Dask scheduler by address, refused scheduler kinds, and SLURM job scripts through dask-jobqueue."""
+Dask scheduler by address, refused scheduler kinds, SLURM job scripts through dask-jobqueue, and a
+label job's own process confined to its cores."""
 
 from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -36,6 +43,36 @@ def test_local_workers_label_in_the_job_on_few_cores_and_take_what_is_set():
     assert IN_PROCESS_MAX_CORES == 2
     assert local_workers(2, 2) == 2  # set: workers even on 2 cores
     assert local_workers(0, 16) == 0  # set: the job's own process even on 16
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="no CPU affinity on this platform")
+def test_confine_to_cores_holds_every_thread_to_the_jobs_cores():
+    """In a child process (so that the test's own process keeps its cores): a thread started before
+    the call and one started after it run only on the one core it returns."""
+    child = textwrap.dedent(
+        """
+        import json, os, threading
+        from mlff_distill.labeling.cluster import confine_to_cores
+        seen = {}
+        started = threading.Event()
+        def early():
+            started.wait()
+            seen["early"] = sorted(os.sched_getaffinity(0))
+        thread = threading.Thread(target=early)
+        thread.start()
+        cores = confine_to_cores(1)
+        started.set()
+        thread.join()
+        late = threading.Thread(target=lambda: seen.update(late=sorted(os.sched_getaffinity(0))))
+        late.start()
+        late.join()
+        print(json.dumps([cores, seen["early"], seen["late"], sorted(os.sched_getaffinity(0))]))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, check=True).stdout
+    cores, early, late, main = json.loads(out)
+    assert len(cores) == 1 and cores[0] in os.sched_getaffinity(0)
+    assert early == late == main == cores
 
 
 def test_existing_scheduler_by_address(tmp_path):

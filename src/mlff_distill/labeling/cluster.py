@@ -92,6 +92,26 @@ def open_client(scheduler: dict | None, n_workers: int, env: dict[str, str]) -> 
         yield client
 
 
+def confine_to_cores(n_cores: int) -> list[int]:
+    """Confine this process (every thread it has, and those it starts later) to the first
+    ``n_cores`` cores of its affinity, where it has more; return the cores it may run on.
+
+    For labeling in the job's own process: XLA sizes its thread pool by the process's affinity
+    when JAX starts, whatever torch's threads are, so that a label job given 2 of a machine's 16
+    cores would otherwise compute on all 16. The affinity is the way JAX's developers give to cap
+    it (jax-ml/jax issue 1539); call this before the teacher is loaded."""
+    if not hasattr(os, "sched_getaffinity"):
+        return []
+    cores = sorted(os.sched_getaffinity(0))
+    if n_cores < 1 or len(cores) <= n_cores:
+        return cores
+    kept = set(cores[:n_cores])
+    for thread_id in os.listdir("/proc/self/task"):
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(thread_id), kept)
+    return sorted(kept)
+
+
 def pin_workers_to_cores(client) -> None:
     """Pin each worker of a local cluster to its own core, if there are at least as many cores
     (this process's affinity) as workers; otherwise leave them unpinned."""

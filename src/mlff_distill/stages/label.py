@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 from ase.io import read
 
-from mlff_distill.labeling.cluster import local_workers
+from mlff_distill.labeling.cluster import checked_scheduler, confine_to_cores, local_workers
 from mlff_distill.labeling.shards import LabelingFailedError, cached_teacher, label_structures, shards_in
 from mlff_distill.logs import stage_logger
 from mlff_distill.settings import LabelSettings, TeacherSettings, build, config_hash
@@ -46,10 +46,12 @@ def run(
     logger = stage_logger("label", log_file)
     structures = read(structures_file, ":") if Path(structures_file).stat().st_size else []
     previous_shards = [shard for directory in previous_shards_dirs for shard in shards_in(Path(directory))]
+    n_workers = local_workers(settings.workers, threads)
+    if n_workers == 0 and checked_scheduler(settings.scheduler)["kind"] == "local":
+        confine_to_cores(threads)  # labeling in this process: JAX's pool on the job's cores only
+        torch.set_num_threads(threads)  # and a torch teacher's
     model = cached_teacher(teacher_settings)  # the one that labels, when it labels in this process
     check_structures_for(model, structures, teacher_settings.molecule_only)
-    torch.set_num_threads(threads)  # a torch teacher labeling in this process (`local_workers`)
-    n_workers = local_workers(settings.workers, threads)
     params = {**label, **where, "n_workers": n_workers, "previous_shards_dirs": [str(d) for d in previous_shards_dirs]}
     with stage_run(pipeline_file, "label", params, log_file, round_index=round_index) as tracker:
         tracker.set_tags({"teacher": model.identity.label, "teacher_trained": model.identity.trained})
