@@ -52,7 +52,11 @@ def test_mlflow_metrics_are_flat_numbers_with_gate_verdicts():
             "target_nvt": [{"target": "water", "temperature_K": 350.0, "time_ps": 5.0, "blew_up": False, "r_A": [1.0]}],
             "rounds": [{"round": 0, "force_rel_rmse": 0.3}, {"round": 1, "force_rel_rmse": 0.2}],
             "strict": True,
-            "gates": [{"metric": "force_rel_rmse", "passed": False}, {"metric": "stress_rel_error", "passed": None}],
+            "gates": [
+                {"metric": "force_rel_rmse", "bound": "max", "threshold": 0.03, "value": 0.01, "passed": True},
+                {"metric": "force_rel_rmse", "bound": "max", "threshold": 0.03, "value": 0.2, "passed": False},
+                {"metric": "stress_rel_error", "bound": "max", "threshold": 0.05, "value": None, "passed": None},
+            ],
         }
     )
     assert numbers == {

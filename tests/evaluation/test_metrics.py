@@ -1,4 +1,4 @@
-"""Metrics against values computed by hand on tiny arrays; gates pass and fail."""
+"""Metrics against values computed by hand on tiny arrays."""
 
 import numpy as np
 import pytest
@@ -6,10 +6,8 @@ from ase.units import GPa
 
 from mlff_distill.data import LabeledArrays
 from mlff_distill.evaluation.metrics import (
-    check_gates,
     energy_force_errors,
     ensemble_spread,
-    failed_gates,
     force_cosine,
     per_kind_force_errors,
     per_species_force_errors,
@@ -97,28 +95,6 @@ def test_ensemble_spread_uses_the_error_names():
     of_eight = ensemble_spread(reference, None, np.full((4, 3), 0.5), n_members=8)
     assert of_eight["force_rel_rmse_of_the_mean"] == pytest.approx(spread["force_rel_rmse"] / np.sqrt(8))
     assert ensemble_spread(reference, np.zeros(2)) == {}
-
-
-def test_gates_pass_fail_and_not_computed():
-    metrics = {"force_rel_rmse": 0.05, "energy_mae_per_atom_eV": 0.001, "force_cosine": 0.9}
-    rows = check_gates(
-        metrics,
-        {
-            "force_rel_rmse": 0.03,
-            "energy_mae_per_atom_eV": 0.002,
-            "force_cosine": 0.95,
-            "stress_rel_error": 0.05,
-            "stress_mae_GPa": None,
-        },
-    )
-    verdict = {row["metric"]: row["passed"] for row in rows}
-    assert verdict == {
-        "force_rel_rmse": False,
-        "energy_mae_per_atom_eV": True,
-        "force_cosine": False,
-        "stress_rel_error": None,
-    }
-    assert failed_gates(rows) == ["force_rel_rmse 0.05 > 0.03", "force_cosine 0.9 < 0.95"]
 
 
 def test_per_kind_force_errors_by_hand():

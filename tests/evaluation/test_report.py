@@ -6,7 +6,8 @@ from ase.units import GPa
 from mlff_distill.data import LabeledArrays
 from mlff_distill.evaluation import plots
 from mlff_distill.evaluation.accuracy import accuracy
-from mlff_distill.evaluation.metrics import check_gates, worst_force_errors
+from mlff_distill.evaluation.gates import check_gates
+from mlff_distill.evaluation.metrics import worst_force_errors
 from mlff_distill.evaluation.report import build_report
 from mlff_distill.teachers.base import TeacherIdentity
 

@@ -245,6 +245,8 @@ def test_strict_acceptance_rule_fails_and_keeps_metrics_and_report(tmp_path):
         text=True,
     )
     assert result.returncode != 0
-    assert "acceptance gates failed: force_rel_rmse 0.2 > 0.03" in result.stdout + result.stderr
+    assert (
+        "acceptance gates FAILED: force_rel_rmse 0.2 > 0.03, failed in 1 of 1 places" in result.stdout + result.stderr
+    )
     assert (out / "metrics.json").is_file() and (out / "report.html").is_file()
     assert not (out / "acceptance.json").exists()

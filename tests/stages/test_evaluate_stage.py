@@ -11,6 +11,7 @@ from ase.build import bulk
 from ase.io import read, write
 
 from mlff_distill.data import concatenate_structures
+from mlff_distill.evaluation.gates import gate_summary
 
 
 def copper_store(path, teacher):
@@ -72,6 +73,7 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
                     "stress_rel_error": 0.05,
                     "force_cosine": -1.0,
                     "energy_mae_per_atom_eV": None,  # on by default
+                    "speedup_over_fastest_teacher": None,  # EMT is as fast as the student: on by default
                 },
             },
         }
@@ -128,8 +130,19 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
     assert {row["sample_index"] for row in worst["structures"]} <= set(
         range(len(read(tmp_path / "structures.extxyz", ":")))
     )
-    verdict = {g["metric"]: g["passed"] for g in metrics["gates"]}
-    assert verdict == {"force_rel_rmse": False, "stress_rel_error": False, "force_cosine": True}
+    verdict = {g["metric"]: g["passed"] for g in gate_summary(metrics["gates"])}
+    assert verdict == {
+        "force_rel_rmse": False,
+        "stress_rel_error": False,
+        "force_cosine": True,
+        "student_nvt_blow_ups": None,  # no targets, no NVT of them: not evaluated
+    }
+    # the error gates are checked on the test split and on each timed system too
+    assert [g["scope"] for g in metrics["gates"] if g["metric"] == "force_rel_rmse"] == [
+        "test split",
+        "timed Cu-fcc, 32 atoms",
+        "timed Cu-fcc, 108 atoms",
+    ]
     assert metrics["gates_passed"] is False and metrics["strict"] is False
     # speed at the configured sizes, on systems built from the run's seeds (the copper crystal)
     assert [row["n_atoms"] for row in metrics["speed"]] == [32, 108]

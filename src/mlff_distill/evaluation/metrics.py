@@ -1,4 +1,4 @@
-"""Accuracy of predictions against teacher labels, the ensemble's own spread, and acceptance gates.
+"""Accuracy of predictions against teacher labels and the ensemble's own spread.
 
 Units: energies per atom in eV/atom, forces in eV/Angstrom, stress in GPa (labels and predictions
 come in eV/Angstrom^3 with ASE's sign convention; NaN marks structures without a stress, such as
@@ -8,16 +8,13 @@ molecules). Relative errors are dimensionless: the RMS error over the RMS of the
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from ase.data import chemical_symbols
 from ase.units import GPa
 
 from mlff_distill.data import LabeledArrays
-
-# Gates on these metrics are lower bounds (larger is better); all other gates are upper bounds.
-HIGHER_IS_BETTER = frozenset({"force_cosine"})
 
 # Test over training force error below this: the student fits the frames it learned from hardly
 # better than new ones of the same targets, so more of the same data would barely lower its error
@@ -231,41 +228,3 @@ def ensemble_spread(
         if n_members and n_members > 1:
             spread["force_rel_rmse_of_the_mean"] = spread["force_rel_rmse"] / math.sqrt(n_members)
     return spread
-
-
-def check_gates(metrics: Mapping[str, float], gates: Mapping[str, float | None]) -> list[dict]:
-    """One row per configured gate: metric, threshold, value, and passed (None: metric not computed).
-
-    A gate's threshold is an upper bound, except for metrics in `HIGHER_IS_BETTER` (a lower
-    bound). Gates set to ``None`` are off and left out.
-    """
-    rows = []
-    for name, threshold in gates.items():
-        if threshold is None:
-            continue
-        value = metrics.get(name)
-        if value is None:
-            passed = None
-        elif name in HIGHER_IS_BETTER:
-            passed = bool(value >= threshold)
-        else:
-            passed = bool(value <= threshold)
-        rows.append(
-            {
-                "metric": name,
-                "threshold": float(threshold),
-                "bound": "min" if name in HIGHER_IS_BETTER else "max",
-                "value": None if value is None else float(value),
-                "passed": passed,
-            }
-        )
-    return rows
-
-
-def failed_gates(rows: list[dict]) -> list[str]:
-    """``"metric value > threshold"`` for each gate in ``rows`` (from `check_gates`) that failed."""
-    return [
-        f"{row['metric']} {row['value']:.4g} {'<' if row['bound'] == 'min' else '>'} {row['threshold']:.4g}"
-        for row in rows
-        if row["passed"] is False
-    ]

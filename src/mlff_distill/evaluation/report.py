@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 
 import yaml
 
+from mlff_distill.evaluation.gates import TEST_SPLIT, gate_summary
 from mlff_distill.evaluation.md_validation import EQUILIBRATION_FRACTION
 from mlff_distill.evaluation.summary import NOT_MEASURED, has_accuracy
 
@@ -175,6 +176,32 @@ def _image(path: Path | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
+def _gate_table(gates: Sequence[Mapping[str, Any]]) -> str:
+    """Per gate: threshold, where it failed out of where it was checked, the worst value and its
+    place, the verdict; then every check, folded."""
+    rows = "".join(
+        f"<tr><td>{html.escape(g['metric'])}</td>"
+        f'<td class="num">{g["bound"]} {_number(g["threshold"])}</td>'
+        f'<td class="num">{g["n_failed"]} of {g["n_places"]}</td>'
+        f"{_cell(g['worst']['value'] if g['worst'] else None)}"
+        f"<td>{html.escape(g['worst'].get('scope', TEST_SPLIT)) if g['worst'] else ''}</td>"
+        f"<td>{_verdict(g['passed'])}</td></tr>"
+        for g in gate_summary(gates)
+    )
+    checks = "".join(
+        f"<tr><td>{html.escape(g['metric'])}</td><td>{html.escape(g.get('scope', TEST_SPLIT))}</td>"
+        f'<td class="num">{g["bound"]} {_number(g["threshold"])}</td>'
+        f"{_cell(g['value'])}<td>{_verdict(g['passed'])}</td></tr>"
+        for g in gates
+    )
+    return (
+        "<table><tr><th>gate</th><th>threshold</th><th>failed in</th><th>worst value</th><th>where</th>"
+        f"<th>verdict</th></tr>{rows}</table>"
+        f"<details><summary>every check ({len(gates)})</summary><table><tr><th>gate</th><th>where</th>"
+        f"<th>threshold</th><th>value</th><th>verdict</th></tr>{checks}</table></details>"
+    )
+
+
 def _verdict(passed: bool | None) -> str:
     if passed is None:
         return '<span class="na">not evaluated</span>'
@@ -222,17 +249,13 @@ def _summary(metrics: Mapping[str, Any]) -> str:
     if not gates:
         gate_html = '<p class="na">no gates configured</p>'
     else:
-        gate_rows = "".join(
-            f"<tr><td>{html.escape(g['metric'])}</td>"
-            f'<td class="num">{g["bound"]} {_number(g["threshold"])}</td>'
-            f"{_cell(g['value'])}<td>{_verdict(g['passed'])}</td></tr>"
-            for g in gates
-        )
         overall = metrics.get("gates_passed")
         strict = " (strict: the run fails)" if metrics.get("strict") and overall is False else ""
         gate_html = (
-            "<table><tr><th>gate</th><th>threshold</th><th>value</th><th>verdict</th></tr>"
-            f"{gate_rows}</table><p>All gates: {_verdict(overall)}{strict}</p>"
+            "<p>Each gate is checked wherever it applies: errors on the test split, on each target and "
+            "temperature and on each timed system; the speed-up on each timed system, on one thread "
+            "and on all cores; blow-ups in the student's NVT of the targets.</p>"
+            f"{_gate_table(gates)}<p>All gates: {_verdict(overall)}{strict}</p>"
         )
     return f"<table>{rows}</table><h3>Acceptance gates</h3>{gate_html}"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from mlff_distill.evaluation.metrics import failed_gates
+from mlff_distill.evaluation.gates import failed_gates, gate_verdict
 
 NOT_MEASURED = "accuracy not measured"  # shown in place of a speed-up without the accuracy beside it
 
@@ -58,8 +58,7 @@ def summary_text(metrics_file: Path) -> str:
             f"about {100 * rotation['invariant_student_floor']:.1f} %"
         )
     if metrics.get("gates"):
-        failed = failed_gates(metrics["gates"])
-        lines.append(f"  acceptance gates:      {'FAILED: ' + '; '.join(failed) if failed else 'passed'}")
+        lines.append(f"  acceptance gates:      {gate_verdict(metrics['gates'])}")
     report = Path(metrics_file).with_name("report.html")
     if report.is_file():
         lines.append(f"  report:                {report.resolve()}")
@@ -187,7 +186,7 @@ def check_acceptance(metrics_file: Path, strict: bool, verdict_file: Path, log_f
     `GatesFailedError` naming the failed gates instead of writing ``verdict_file``."""
     metrics = json.loads(Path(metrics_file).read_text())
     failed = failed_gates(metrics.get("gates", []))
-    verdict = f"acceptance gates failed: {'; '.join(failed)}" if failed else "acceptance gates passed"
+    verdict = f"acceptance gates {gate_verdict(metrics.get('gates', []))}"
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     Path(log_file).write_text(f"{verdict} (strict: {strict})\n")
     if strict and failed:

@@ -36,10 +36,9 @@ from mlff_distill.evaluation.accuracy import (
     time_test_structures,
 )
 from mlff_distill.evaluation.ensemble_member import member_of, member_test_accuracy, member_verdict
+from mlff_distill.evaluation.gates import check_gates, failed_gates
 from mlff_distill.evaluation.md_validation import md_validation, target_nvt_rows
 from mlff_distill.evaluation.metrics import (
-    check_gates,
-    failed_gates,
     per_kind_force_errors,
     training_fit,
     worst_force_errors,
