@@ -48,14 +48,22 @@ def used_student_metrics() -> dict:
             },
             {"system": "box", "n_atoms": 512, "force_rel_rmse": 1.5, "speedup": 30.0},
         ],
-        "target_nvt": [{"blew_up": False}, {"blew_up": True}],
+        "target_nvt": [
+            {"target": "water", "temperature_K": 350.0, "blew_up": False, "rdf_integrated_abs_difference": 0.03},
+            {"target": "ice", "temperature_K": 250.0, "blew_up": True, "rdf_integrated_abs_difference": None},
+        ],
     }
 
 
 def test_gates_are_checked_where_the_student_is_used():
     rows = check_gates(
         used_student_metrics(),
-        {"force_rel_rmse": 0.03, "speedup_over_fastest_teacher": 10.0, "student_nvt_blow_ups": 0},
+        {
+            "force_rel_rmse": 0.03,
+            "speedup_over_fastest_teacher": 10.0,
+            "student_nvt_blow_ups": 0,
+            "rdf_integrated_abs_difference": 0.02,
+        },
     )
     by_place = {(row["metric"], row["scope"]): row["passed"] for row in rows}
     assert by_place == {
@@ -70,18 +78,22 @@ def test_gates_are_checked_where_the_student_is_used():
         ("speedup_over_fastest_teacher", "timed water, 504 atoms, 2 threads"): False,
         ("speedup_over_fastest_teacher", "timed box, 512 atoms, one thread"): True,
         ("student_nvt_blow_ups", "the student's NVT of the targets"): False,
+        ("rdf_integrated_abs_difference", "the student's NVT of water at 350 K"): False,
+        ("rdf_integrated_abs_difference", "the student's NVT of ice at 250 K"): None,  # blew up: no g(r)
     }
     assert "force_rel_rmse 0.04 > 0.03 (water at 350 K)" in failed_gates(rows)
     assert gate_verdict(rows) == (
         "FAILED: force_rel_rmse 1.5 > 0.03 (timed box, 512 atoms), failed in 2 of 6 places; "
         "speedup_over_fastest_teacher 8 < 10 (timed water, 504 atoms, 2 threads), failed in 1 of 4 places; "
-        "student_nvt_blow_ups 1 > 0 (the student's NVT of the targets), failed in 1 of 1 places"
+        "student_nvt_blow_ups 1 > 0 (the student's NVT of the targets), failed in 1 of 1 places; "
+        "rdf_integrated_abs_difference 0.03 > 0.02 (the student's NVT of water at 350 K), failed in 1 of 1 places"
     )
     summary = {row["metric"]: (row["n_failed"], row["n_places"], row["passed"]) for row in gate_summary(rows)}
     assert summary == {
         "force_rel_rmse": (2, 6, False),
         "speedup_over_fastest_teacher": (1, 4, False),
         "student_nvt_blow_ups": (1, 1, False),
+        "rdf_integrated_abs_difference": (1, 1, False),
     }
 
 

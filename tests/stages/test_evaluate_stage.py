@@ -136,6 +136,7 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
         "stress_rel_error": False,
         "force_cosine": True,
         "student_nvt_blow_ups": None,  # no targets, no NVT of them: not evaluated
+        "rdf_integrated_abs_difference": None,
     }
     # the error gates are checked on the test split and on each timed system too
     assert [g["scope"] for g in metrics["gates"] if g["metric"] == "force_rel_rmse"] == [

@@ -4,8 +4,9 @@ A student is judged where it will run, not only on the test split. So each error
 a metric of `mlff_distill.evaluation.metrics`, such as ``force_rel_rmse``) is checked on the test
 split as a whole, on each target and temperature (``accuracy_by_target`` in metrics.json) and on
 each timed system (the errors of its ``speed`` row). ``speedup_over_fastest_teacher`` is checked
-on each timed system, on one thread and on all cores, and ``student_nvt_blow_ups`` on the student's
-NVT runs of the targets. Each check is a row: ``metric``, ``scope`` (where), ``threshold``,
+on each timed system, on one thread and on all cores, ``student_nvt_blow_ups`` on the student's
+NVT runs of the targets, and ``rdf_integrated_abs_difference`` (g(r) against the teacher's) on
+each of those runs that has one. Each check is a row: ``metric``, ``scope`` (where), ``threshold``,
 ``bound`` (``max``, or ``min`` for `HIGHER_IS_BETTER`), ``value`` and ``passed`` (None: the metric
 was not computed there).
 """
@@ -20,6 +21,7 @@ HIGHER_IS_BETTER = frozenset({"force_cosine", "speedup_over_fastest_teacher"})
 TEST_SPLIT = "test split"
 SPEEDUP = "speedup_over_fastest_teacher"
 NVT_BLOW_UPS = "student_nvt_blow_ups"
+RDF = "rdf_integrated_abs_difference"
 
 
 def check_gates(metrics: Mapping[str, Any], gates: Mapping[str, float | None]) -> list[dict]:
@@ -51,6 +53,10 @@ def _places(name: str, metrics: Mapping[str, Any]) -> Iterator[tuple[str, float 
         runs = metrics.get("target_nvt") or []
         if runs:
             yield "the student's NVT of the targets", float(sum(bool(run["blew_up"]) for run in runs))
+        return
+    if name == RDF:
+        for run in metrics.get("target_nvt") or []:
+            yield f"the student's NVT of {run['target']} at {run['temperature_K']:g} K", run.get(RDF)
         return
     yield TEST_SPLIT, metrics.get(name)
     for row in metrics.get("accuracy_by_target") or []:

@@ -254,7 +254,7 @@ def _summary(metrics: Mapping[str, Any]) -> str:
         gate_html = (
             "<p>Each gate is checked wherever it applies: errors on the test split, on each target and "
             "temperature and on each timed system; the speed-up on each timed system, on one thread "
-            "and on all cores; blow-ups in the student's NVT of the targets.</p>"
+            "and on all cores; blow-ups and g(r) in the student's NVT of the targets.</p>"
             f"{_gate_table(gates)}<p>All gates: {_verdict(overall)}{strict}</p>"
         )
     return f"<table>{rows}</table><h3>Acceptance gates</h3>{gate_html}"
