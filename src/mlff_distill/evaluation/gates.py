@@ -22,6 +22,12 @@ TEST_SPLIT = "test split"
 SPEEDUP = "speedup_over_fastest_teacher"
 NVT_BLOW_UPS = "student_nvt_blow_ups"
 RDF = "rdf_integrated_abs_difference"
+# Where a gate applies, named in its one "not evaluated" row when it was measured nowhere.
+NOWHERE = {
+    SPEEDUP: "the timed systems",
+    NVT_BLOW_UPS: "the student's NVT of the targets",
+    RDF: "the student's NVT of the targets",
+}
 
 
 def check_gates(metrics: Mapping[str, Any], gates: Mapping[str, float | None]) -> list[dict]:
@@ -34,7 +40,7 @@ def check_gates(metrics: Mapping[str, Any], gates: Mapping[str, float | None]) -
             continue
         places = list(_places(name, metrics))
         if not any(value is not None for _, value in places):
-            places = places[:1] or [(TEST_SPLIT, None)]  # reported as not evaluated
+            places = places[:1] or [(NOWHERE.get(name, TEST_SPLIT), None)]  # reported as not evaluated
         for scope, value in places:
             rows.append(_row(name, scope, float(threshold), value))
     return rows

@@ -56,6 +56,11 @@ def local_workers(workers: int | None, cores: int) -> int:
     return 0 if cores <= IN_PROCESS_MAX_CORES else cores
 
 
+def in_this_process(scheduler: dict | None, n_workers: int) -> bool:
+    """Whether shards are labeled in the calling process: a local scheduler with no workers."""
+    return checked_scheduler(scheduler)["kind"] == "local" and n_workers <= 0
+
+
 @contextlib.contextmanager
 def open_client(scheduler: dict | None, n_workers: int, env: dict[str, str]) -> Iterator:
     """A Dask ``Client`` for ``scheduler``, closed (with any cluster it started) on exit.

@@ -23,7 +23,7 @@ from ase import Atoms
 from distributed import as_completed
 
 from mlff_distill.data import concatenate_structures
-from mlff_distill.labeling.cluster import WORKER_ENV, checked_scheduler, open_client
+from mlff_distill.labeling.cluster import WORKER_ENV, checked_scheduler, in_this_process, open_client
 from mlff_distill.settings import TeacherSettings
 from mlff_distill.store import (
     FAILURES_FILE,
@@ -312,7 +312,7 @@ def _label_todo(
 
     batches = largest_molecules([atoms for _, shard in todo for atoms in shard], LARGEST_FOR_CAPACITY)
     largest = list({id(atoms): atoms for batch in batches for atoms in batch}.values())
-    if scheduler["kind"] == "local" and n_workers <= 0:
+    if in_this_process(scheduler, n_workers):
         for path, shard in todo:
             finished(label_shard(teacher_config, shard, path, largest, hessian_step_A))
         return stats

@@ -11,7 +11,7 @@ from typing import Optional, Sequence
 import torch
 from ase.io import read
 
-from mlff_distill.labeling.cluster import checked_scheduler, confine_to_cores, local_workers
+from mlff_distill.labeling.cluster import confine_to_cores, in_this_process, local_workers
 from mlff_distill.labeling.shards import LabelingFailedError, cached_teacher, label_structures, shards_in
 from mlff_distill.logs import stage_logger
 from mlff_distill.settings import LabelSettings, TeacherSettings, build, config_hash
@@ -47,7 +47,7 @@ def run(
     structures = read(structures_file, ":") if Path(structures_file).stat().st_size else []
     previous_shards = [shard for directory in previous_shards_dirs for shard in shards_in(Path(directory))]
     n_workers = local_workers(settings.workers, threads)
-    if n_workers == 0 and checked_scheduler(settings.scheduler)["kind"] == "local":
+    if in_this_process(settings.scheduler, n_workers):
         confine_to_cores(threads)  # labeling in this process: JAX's pool on the job's cores only
         torch.set_num_threads(threads)  # and a torch teacher's
     model = cached_teacher(teacher_settings)  # the one that labels, when it labels in this process
