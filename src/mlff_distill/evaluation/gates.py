@@ -22,7 +22,8 @@ TEST_SPLIT = "test split"
 SPEEDUP = "speedup_over_fastest_teacher"
 NVT_BLOW_UPS = "student_nvt_blow_ups"
 RDF = "rdf_integrated_abs_difference"
-# Where a gate applies, named in its one "not evaluated" row when it was measured nowhere.
+# Where a gate applies as a whole: the blow-up gate's one place, and the scope of a gate's one
+# "not evaluated" row when it was measured nowhere.
 NOWHERE = {
     SPEEDUP: "the timed systems",
     NVT_BLOW_UPS: "the student's NVT of the targets",
@@ -58,7 +59,7 @@ def _places(name: str, metrics: Mapping[str, Any]) -> Iterator[tuple[str, float 
     if name == NVT_BLOW_UPS:
         runs = metrics.get("target_nvt") or []
         if runs:
-            yield "the student's NVT of the targets", float(sum(bool(run["blew_up"]) for run in runs))
+            yield NOWHERE[NVT_BLOW_UPS], float(sum(bool(run["blew_up"]) for run in runs))
         return
     if name == RDF:
         for run in metrics.get("target_nvt") or []:
