@@ -11,7 +11,7 @@ import pytest
 from mlff_distill.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
-RULES = ("sample_target", "sample", "precompile", "label", "train", "explore", "tune", "evaluate", "acceptance")
+RULES = "sample_target sample precompile label train explore tune evaluate report acceptance".split()
 
 
 def mlff_distill(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:

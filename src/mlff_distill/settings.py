@@ -323,14 +323,32 @@ class MDValidationSettings:
 
 
 @dataclass(frozen=True)
-class EvaluateSettings:
+class MeasurementSettings:
+    """What the evaluate stage reads: ``evaluate:`` without its verdict keys (`VERDICT_KEYS`)."""
+
     timing_structures: int
     timing_repeats: int
     symmetry_structures: int
     speed: SpeedSettings
     md: MDValidationSettings
+
+
+@dataclass(frozen=True)
+class EvaluateSettings(MeasurementSettings):
+    """The whole ``evaluate:`` section: the measurements and the verdict on them (the report stage)."""
+
     gates: dict  # metric -> bound (None: off)
     strict: bool
+
+
+# The keys of ``evaluate:`` that judge the measurements rather than shape them: editing them reruns
+# the report and acceptance jobs, not the evaluate job.
+VERDICT_KEYS = ("gates", "strict")
+
+
+def measurement_section(evaluate: Mapping[str, Any]) -> dict:
+    """``evaluate:`` without `VERDICT_KEYS`: the part that `MeasurementSettings` is built from."""
+    return {key: value for key, value in evaluate.items() if key not in VERDICT_KEYS}
 
 
 SECTIONS: dict[str, type] = {

@@ -1,7 +1,15 @@
 """Acceptance gates (`mlff_distill.evaluation.gates`): checked on the test split, on each target and
 temperature, on each timed system (errors and speed-ups) and on the student's NVT; the verdicts."""
 
-from mlff_distill.evaluation.gates import TEST_SPLIT, check_gates, failed_gates, gate_summary, gate_verdict
+from mlff_distill.evaluation.gates import (
+    TEST_SPLIT,
+    check_gates,
+    failed_gates,
+    gate_metrics,
+    gate_summary,
+    gate_verdict,
+)
+from mlff_distill.stages.report import judged_metrics
 
 
 def test_gates_pass_fail_and_not_computed():
@@ -116,3 +124,19 @@ def test_gates_pass_everywhere_and_are_not_evaluated_where_nothing_was_measured(
     nvt = check_gates(metrics, {"student_nvt_blow_ups": 0})
     assert [(row["scope"], row["passed"]) for row in nvt] == [("the student's NVT of the targets", None)]
     assert gate_summary(nvt)[0]["passed"] is None and gate_verdict(nvt) == "passed"
+
+
+def test_gate_metrics_for_mlflow_and_the_judged_metrics_file():
+    rows = [
+        {"metric": "force_rel_rmse", "bound": "max", "threshold": 0.03, "value": 0.01, "passed": True},
+        {"metric": "force_rel_rmse", "bound": "max", "threshold": 0.03, "value": 0.2, "passed": False},
+        {"metric": "energy_mae_per_atom_eV", "bound": "max", "threshold": 0.002, "value": 0.001, "passed": True},
+        {"metric": "stress_rel_error", "bound": "max", "threshold": 0.05, "value": None, "passed": None},
+    ]
+    assert gate_metrics(rows) == {"gate.force_rel_rmse": 0.0, "gate.energy_mae_per_atom_eV": 1.0}
+    measured = used_student_metrics()
+    judged = judged_metrics(measured, {"force_rel_rmse": 0.03}, strict=True)
+    assert {k: judged[k] for k in measured} == measured and "gates" not in measured  # measurements untouched
+    assert judged["gates_passed"] is False and judged["strict"] is True
+    assert judged["gates"] == check_gates(measured, {"force_rel_rmse": 0.03})
+    assert judged_metrics(measured, {"force_rel_rmse": None}, strict=False)["gates_passed"] is None  # no gate set

@@ -48,7 +48,8 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
 
     from mlff_distill.evaluation import speed
     from mlff_distill.evaluation.md_validation import rdf_difference
-    from mlff_distill.settings import MLflowSettings, TeacherSettings, build, complete_config
+    from mlff_distill.settings import MLflowSettings, TeacherSettings, build, complete_config, measurement_section
+    from mlff_distill.stages import report
     from mlff_distill.stages.evaluate import run
     from mlff_distill.student import StudentPotential
     from mlff_distill.student.checkpoint import save_student
@@ -102,17 +103,31 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
         teacher=config["teacher"],
         sample=config["sample"],
         target=config["target"],
-        evaluate=config["evaluate"],
+        evaluate=measurement_section(config["evaluate"]),
         store=store,
         checkpoint=checkpoint,
         inference_path_file=tmp_path / "inference_path.json",
         structures_file=tmp_path / "structures.extxyz",
-        metrics_file=out / "metrics.json",
+        measurements_file=out / "measurements.json",
+        context_file=out / "report_context.json",
         pipeline_file=pipeline_file,
         log_file=tmp_path / "evaluate.log",
     )
+    measured = json.loads((out / "measurements.json").read_text())
+    assert "gates" not in measured and not (out / "report.html").exists()  # the verdict is the report stage's
+    report.run(
+        gates=config["evaluate"]["gates"],
+        strict=False,
+        measurements_file=out / "measurements.json",
+        context_file=out / "report_context.json",
+        metrics_file=out / "metrics.json",
+        report_file=out / "report.html",
+        pipeline_file=pipeline_file,
+        log_file=tmp_path / "report.log",
+    )
 
     metrics = json.loads((out / "metrics.json").read_text())
+    assert {k: v for k, v in metrics.items() if k not in ("gates", "gates_passed", "strict")} == measured
     assert metrics["n_test"] == 2 and metrics["stress_mae_GPa"] > 0 and metrics["speedup"] > 0
     assert metrics["inference_path"] == "eager" and metrics["n_timed"] == 2
     assert set(metrics["per_species"]) == {"Cu"} and metrics["ensemble_spread"] == {}
@@ -173,7 +188,10 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
     assert client.get_run(pipeline.run_id).info.status == "RUNNING"
     stage = client.search_runs([pipeline.experiment_id], "tags.stage = 'evaluate'")[0]
     assert stage.info.status == "FINISHED" and stage.data.metrics["stress_mae_GPa"] > 0
-    assert stage.data.metrics["gate.force_cosine"] == 1.0
+    judged = client.search_runs([pipeline.experiment_id], "tags.stage = 'report'")[0]
+    assert judged.data.metrics["gate.force_cosine"] == 1.0 and judged.data.metrics["gate.force_rel_rmse"] == 0.0
+    assert judged.data.tags["gates_passed"] == "False"
+    assert {a.path for a in client.list_artifacts(judged.info.run_id)} >= {"metrics.json", "report.html"}
     assert stage.data.metrics["md_validation.rdf.integrated_abs_difference"] == pytest.approx(
         rdf["integrated_abs_difference"]
     )
@@ -182,7 +200,7 @@ def test_run_writes_metrics_figures_report_and_logs_the_model(tmp_path, single_t
     assert [step for step, _ in logged] == [32, 108]
     assert [value for _, value in logged] == pytest.approx([row["student_ms"] for row in metrics["speed"]])
     artifacts = {a.path for a in client.list_artifacts(stage.info.run_id)}
-    assert {"metrics.json", "report.html", "parity.png", "errors.png", "speed.png", "rdf.png", "student"} <= artifacts
+    assert {"measurements.json", "parity.png", "errors.png", "speed.png", "rdf.png", "student"} <= artifacts
     models = mlflow.search_logged_models(experiment_ids=[pipeline.experiment_id], output_format="list")
     assert len(models) == 1 and models[0].source_run_id == stage.info.run_id
     loaded = mlflow.pytorch.load_model(models[0].model_uri)

@@ -202,7 +202,7 @@ def test_training_took_its_compiled_loss_from_the_precompile_cache(tiny_run):
 # Jobs by rule and round (the tiny config has one on-policy round).
 ROUND0 = {"label0", "train0"}
 ROUND1 = {"explore1", "label1", "train1"}
-FINAL = {"tune", "evaluate", "acceptance"}
+FINAL = {"tune", "evaluate", "report", "acceptance"}
 ALL_JOBS = {"sample_target", "sample", "precompile"} | ROUND0 | ROUND1 | FINAL
 
 
@@ -219,8 +219,10 @@ EDITS = [
     ("on_policy: {steps: 30}", ROUND1 | FINAL),
     ("on_policy: {train: {epochs: 3}}", {"train1"} | FINAL),
     ("rounds: 2", {"explore2", "label2", "train2"} | FINAL),
-    ("tune: {repeats: 3}", {"tune", "evaluate", "acceptance"}),
-    ("evaluate: {timing_repeats: 2}", {"evaluate", "acceptance"}),
+    ("tune: {repeats: 3}", FINAL),
+    ("evaluate: {timing_repeats: 2}", {"evaluate", "report", "acceptance"}),
+    ("evaluate: {gates: {force_rel_rmse: 0.5}}", {"report", "acceptance"}),  # a verdict, not a measurement
+    ("evaluate: {strict: true}", {"report", "acceptance"}),
     ("mlflow: {experiment: elsewhere}", set()),
 ]
 SEED_EDIT = ("{}", ("--config", "seed=5"))

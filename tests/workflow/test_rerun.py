@@ -28,4 +28,4 @@ def test_editing_round_1_epochs_retrains_it_without_relabeling(tiny_run, tmp_pat
     assert len(history["epochs"]) == 3
     assert (round1 / "train" / "student.pt").stat().st_mtime_ns > checkpoint_time
     assert stores and {p: p.stat().st_mtime_ns for p in kept} == kept_times
-    assert planned(run, "on_policy: {train: {epochs: 3}}") == {"tune", "evaluate", "acceptance"}
+    assert planned(run, "on_policy: {train: {epochs: 3}}") == {"tune", "evaluate", "report", "acceptance"}

@@ -4,7 +4,7 @@ from pathlib import Path
 from mlff_distill.evaluation.summary import summary_text
 from mlff_distill.labeling.cluster import WHERE_KEYS
 from mlff_distill.sampling.seeds import SEED_KEYS
-from mlff_distill.settings import MLflowSettings
+from mlff_distill.settings import MLflowSettings, measurement_section
 from mlff_distill.tracking import PipelineRun, finish_pipeline_run, start_pipeline_run
 
 RUN_DIR = Path(config["results_dir"]) / config["run_name"]

@@ -10,7 +10,8 @@ if __name__ == "__main__":
         earlier_checkpoints=list(snakemake.input.earlier_checkpoints),
         inference_path_file=snakemake.input.inference_path,
         structures_file=snakemake.input.structures,
-        metrics_file=snakemake.output.metrics,
+        measurements_file=snakemake.output.measurements,
+        context_file=snakemake.output.context,
         log_file=snakemake.log[0],
         threads=snakemake.threads,
     )

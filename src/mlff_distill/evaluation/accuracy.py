@@ -22,7 +22,6 @@ import zarr
 from ase import Atoms
 
 from mlff_distill.data import LabeledArrays
-from mlff_distill.evaluation.gates import gate_summary
 from mlff_distill.evaluation.metrics import (
     energy_force_errors,
     ensemble_spread,
@@ -202,9 +201,8 @@ def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
     """The numbers of ``metrics`` under flat names (``per_species.H.force_mae_eV_per_A``,
     ``md_validation.rdf.<scalar>``), the per-target rows under ``<key>.<target>.<T>K.<column>``
     (``accuracy_by_target.water.300K.force_rel_rmse``, ``target_nvt.water.350K.time_ps``; rows
-    without a target or temperature under ``none``), ``gate.<metric>`` 1/0 for each gate evaluated
-    somewhere (1: passed everywhere it was checked), and each round's test errors under
-    ``rounds.<k>.<column>``."""
+    without a target or temperature under ``none``) and each round's test errors under
+    ``rounds.<k>.<column>``; the gates' rows are left to `mlff_distill.evaluation.gates.gate_metrics`."""
     rows_keys = ("accuracy_by_target", "target_nvt")
     flat = flatten({k: v for k, v in metrics.items() if k not in ("gates", "speed", "rounds", *rows_keys)})
     for row in metrics.get("rounds") or []:
@@ -214,7 +212,4 @@ def mlflow_metrics(metrics: dict[str, Any]) -> dict[str, float]:
             temperature = "none" if row.get("temperature_K") is None else f"{row['temperature_K']:g}K"
             prefix = f"{key}.{row.get('target') or 'none'}.{temperature}."
             flat.update({prefix + k: v for k, v in row.items() if k not in ("target", "temperature_K")})
-    numbers = {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-    gates = gate_summary(metrics.get("gates", []))
-    numbers.update({f"gate.{g['metric']}": float(g["passed"]) for g in gates if g["passed"] is not None})
-    return numbers
+    return {k: float(v) for k, v in flat.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

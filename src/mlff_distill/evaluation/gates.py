@@ -135,3 +135,9 @@ def gate_summary(rows: Sequence[dict]) -> list[dict]:
             }
         )
     return summary
+
+
+def gate_metrics(rows: Sequence[dict]) -> dict[str, float]:
+    """MLflow's numbers for the gates: ``gate.<metric>`` 1.0 when it passed everywhere it was
+    checked, 0.0 when it failed somewhere; gates evaluated nowhere are left out."""
+    return {f"gate.{g['metric']}": float(g["passed"]) for g in gate_summary(rows) if g["passed"] is not None}

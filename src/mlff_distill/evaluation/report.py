@@ -4,8 +4,9 @@ Sections: summary and gates, accuracy (overall, per target and temperature, per 
 yardstick), accuracy figures, speed (with the student's accuracy on each timed system), MD validation
 (with the student's NVT on each target), teacher, data provenance, config. A section whose inputs
 are missing says "not run" instead of disappearing; the target parts say "no targets" in a run
-without targets. Everything comes from the evaluate stage's ``metrics.json``
-content plus the config, the teacher's identity, the provenance and the figure files.
+without targets. Everything comes from the run's ``metrics.json`` content (the evaluate stage's
+measurements and the report stage's gates) plus the config, the teacher's identity, the provenance
+and the figure files.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ from ase.stress import voigt_6_to_full_3x3_stress
 
 from mlff_distill.data import LabeledArrays
 from mlff_distill.evaluation.metrics import energy_force_errors, stress_errors
-from mlff_distill.settings import EvaluateSettings
+from mlff_distill.settings import MeasurementSettings
 from mlff_distill.teachers import Teacher, TeacherCalculator, TeacherImplementations
 
 logger = logging.getLogger(__name__)
@@ -455,7 +455,7 @@ def student_accuracy(atoms: Atoms, teacher_results: dict, student_results: dict)
 
 def speed_rows(
     systems: Sequence[Atoms],
-    settings: EvaluateSettings,
+    settings: MeasurementSettings,
     teacher: Teacher,
     student_calculator: Calculator,
     member: Teacher | None = None,

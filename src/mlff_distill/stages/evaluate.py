@@ -1,12 +1,12 @@
-"""The evaluate stage: the student against its teacher on the held-out test split, and the report.
+"""The evaluate stage: the student against its teacher on the held-out test split.
 
 Accuracy, speed on the test structures and at several sizes, teacher symmetry, MD validation and,
-for an ensemble teacher, one of its members as the alternative to beat (`mlff_distill.evaluation`),
-with acceptance gates from ``evaluate.gates``. Outputs in ``<results>/<run>/evaluate/``:
-metrics.json, parity.png, errors.png, speed.png, rdf.png (when those steps ran), report.html; all
-logged to MLflow with the student as a model. The acceptance rule
-(`mlff_distill.evaluation.summary.check_acceptance`) fails afterwards when ``evaluate.strict`` and
-a gate fails, so that these files are kept.
+for an ensemble teacher, one of its members as the alternative to beat (`mlff_distill.evaluation`).
+Outputs in ``<results>/<run>/evaluate/``: measurements.json, parity.png, errors.png, speed.png,
+rdf.png (when those steps ran) and report_context.json (what the report shows beside the
+measurements); all logged to MLflow with the student as a model. The verdict is not made here:
+the report stage (`mlff_distill.stages.report`) checks the acceptance gates on measurements.json
+and writes metrics.json and report.html, so that editing ``evaluate.gates`` reruns only it.
 """
 
 from __future__ import annotations
@@ -36,7 +36,6 @@ from mlff_distill.evaluation.accuracy import (
     time_test_structures,
 )
 from mlff_distill.evaluation.ensemble_member import member_of, member_test_accuracy, member_verdict
-from mlff_distill.evaluation.gates import check_gates, failed_gates
 from mlff_distill.evaluation.md_validation import md_validation, target_nvt_rows
 from mlff_distill.evaluation.metrics import (
     per_kind_force_errors,
@@ -44,7 +43,6 @@ from mlff_distill.evaluation.metrics import (
     worst_force_errors,
 )
 from mlff_distill.evaluation.plots import write_figures
-from mlff_distill.evaluation.report import build_report
 from mlff_distill.evaluation.speed import speed_rows, torch_threads
 from mlff_distill.evaluation.targets import (
     frames_accuracy,
@@ -60,7 +58,7 @@ from mlff_distill.sampling.condensed import teacher_md_frames
 from mlff_distill.sampling.on_policy import label_contact_bounds
 from mlff_distill.sampling.seeds import seed_structures
 from mlff_distill.sampling.targets import targets_from
-from mlff_distill.settings import EvaluateSettings, SampleSettings, TargetSettings, TeacherSettings, build
+from mlff_distill.settings import MeasurementSettings, SampleSettings, TargetSettings, TeacherSettings, build
 from mlff_distill.store import read_labels, read_samples, store_attrs
 from mlff_distill.student import StudentCalculator, StudentPotential, load_student, predict
 from mlff_distill.student.aoti import ExportedStudentCalculator
@@ -97,7 +95,8 @@ def run(
     checkpoint: Path,
     inference_path_file: Path,
     structures_file: Path,
-    metrics_file: Path,
+    measurements_file: Path,
+    context_file: Path,
     pipeline_file: Path,
     log_file: Path,
     earlier_checkpoints: Sequence[Path] = (),
@@ -107,11 +106,12 @@ def run(
     """The Snakemake job. ``checkpoint``: the final round's student; ``earlier_checkpoints``: those
     of the rounds before it, round 0 first, tested too so that the rounds' effect shows;
     ``compile_cache_dir``: TorchInductor's cache of the run (`mlff_distill.student.compilation`);
-    ``threads``: the job's cores, for the speed step's all-cores pass (one thread everywhere else)."""
-    settings = build(EvaluateSettings, evaluate, "evaluate")
+    ``threads``: the job's cores, for the speed step's all-cores pass (one thread everywhere else);
+    ``evaluate``: the section without its verdict keys (`mlff_distill.settings.measurement_section`)."""
+    settings = build(MeasurementSettings, evaluate, "evaluate")
     logger = stage_logger("evaluate", log_file)
     use_compile_cache(compile_cache_dir, logger)
-    out_dir = Path(metrics_file).parent
+    out_dir = Path(measurements_file).parent
     with stage_run(pipeline_file, "evaluate", evaluate, log_file) as tracker:
         test = read_labels(store, "test")
         if test.n_structures == 0:
@@ -266,10 +266,7 @@ def run(
             metrics["ensemble_member"].update(
                 member_verdict(metrics["force_rel_rmse"], metrics["speed"], metrics["ensemble_member"])
             )
-        metrics["gates"] = check_gates(metrics, settings.gates)
-        metrics["gates_passed"] = not failed_gates(metrics["gates"]) if metrics["gates"] else None
-        metrics["strict"] = settings.strict
-        Path(metrics_file).write_text(json.dumps(metrics, indent=2))
+        Path(measurements_file).write_text(json.dumps(metrics, indent=2))
 
         figures = write_figures(out_dir, test, predictions, metrics)
         teacher_identity = store_attrs(store).get("teacher") or teacher_model.identity.as_dict()
@@ -283,9 +280,13 @@ def run(
             **student_metadata.get("settings", {}),
             "evaluate": evaluate,
         }
-        report = build_report(
-            out_dir / "report.html", metrics, shown_config, teacher_identity, provenance(store, sampled), figures
-        )
+        context = {
+            "config": shown_config,
+            "teacher": teacher_identity,
+            "provenance": provenance(store, sampled),
+            "figures": {name: Path(path).name for name, path in figures.items()},
+        }
+        Path(context_file).write_text(json.dumps(context, indent=2))
 
         numbers = mlflow_metrics(metrics)
         tracker.log_metrics(numbers)
@@ -294,13 +295,11 @@ def run(
                 {f"speed.{k}": v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
                 step=int(row["n_atoms"]),
             )
-        tracker.set_tags(
-            {"teacher": metrics["teacher"], "student": metrics["student"], "gates_passed": metrics["gates_passed"]}
-        )
-        for artifact in (metrics_file, report, *figures.values()):
+        tracker.set_tags({"teacher": metrics["teacher"], "student": metrics["student"]})
+        for artifact in (measurements_file, *figures.values()):
             tracker.log_artifact(artifact)
         tracker.log_artifact(checkpoint, "student")
-        logger.info("metrics %s; report %s", numbers, report)
+        logger.info("metrics %s", numbers)
         logger.info("student model %s", _log_student_model(tracker, model))
 
 
