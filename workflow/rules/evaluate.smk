@@ -58,7 +58,7 @@ rule report:
 
 
 rule acceptance:
-    """The acceptance gates' verdict; with evaluate.strict, fails when a gate fails (after evaluate)."""
+    """The acceptance gates' verdict; with evaluate.strict, fails when a gate fails (after report)."""
     input:
         metrics=stage_path("evaluate", "metrics.json"),
     output:
